@@ -1,0 +1,185 @@
+//! The overall deadline of a call, visible to every layer beneath the one that
+//! set it.
+//!
+//! [`TimeoutLayer`](crate::timeout::TimeoutLayer) with a total timeout sets a
+//! [`Deadline`]: it is put in the request's extensions (for
+//! `http::Request`s, through [`DeadlineCarrier`]) and made current for the task
+//! while the inner service is called and polled, so a retry layer below never
+//! sleeps past it and a per-attempt timeout never outlives it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use http::{HeaderValue, Request};
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Instant;
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
+
+/// A point in time by which a call must be complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    /// A deadline at `instant`.
+    pub fn at(instant: Instant) -> Self {
+        Deadline(instant)
+    }
+
+    /// A deadline `after` from now.
+    pub fn after(after: Duration) -> Self {
+        Deadline(Instant::now() + after)
+    }
+
+    /// When it is.
+    pub fn instant(&self) -> Instant {
+        self.0
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether it has passed.
+    pub fn is_expired(&self) -> bool {
+        Instant::now() >= self.0
+    }
+
+    /// The earlier of `self` and `other`.
+    pub fn min(self, other: Option<Deadline>) -> Deadline {
+        match other {
+            Some(o) if o < self => o,
+            _ => self,
+        }
+    }
+
+    /// The deadline of the enclosing [`TimeoutLayer`](crate::timeout::TimeoutLayer)
+    /// on this task, if any.
+    pub fn current() -> Option<Deadline> {
+        CURRENT.try_with(|d| *d).ok()
+    }
+
+    /// Run `f` with `self` as the current deadline (the earlier one wins if a
+    /// deadline is already current).
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.min(Deadline::current()), f)
+    }
+
+    /// Poll `fut` with `self` as the current deadline.
+    pub fn scope<F: Future>(self, fut: F) -> TaskLocalFuture<Deadline, F> {
+        CURRENT.scope(self.min(Deadline::current()), fut)
+    }
+}
+
+/// Request types that can carry a [`Deadline`] to the services beneath.
+///
+/// Implemented for `http::Request<B>` (the deadline goes in the extensions and,
+/// on request, as a `grpc-timeout` header). Any other request type can opt in
+/// with an empty impl — the deadline then still travels as the task's
+/// [`Deadline::current`]:
+///
+/// ```
+/// struct Event;
+/// impl tower_mesh::deadline::DeadlineCarrier for Event {}
+/// ```
+pub trait DeadlineCarrier {
+    /// The deadline the request already carries.
+    fn deadline(&self) -> Option<Deadline> {
+        None
+    }
+
+    /// Attach a deadline.
+    fn set_deadline(&mut self, deadline: Deadline) {
+        let _ = deadline;
+    }
+
+    /// Tell the server how long it has, as gRPC's `grpc-timeout` header.
+    fn set_grpc_timeout(&mut self, remaining: Duration) {
+        let _ = remaining;
+    }
+}
+
+impl<B> DeadlineCarrier for Request<B> {
+    fn deadline(&self) -> Option<Deadline> {
+        self.extensions().get::<Deadline>().copied()
+    }
+
+    fn set_deadline(&mut self, deadline: Deadline) {
+        let d = deadline.min(self.deadline());
+        self.extensions_mut().insert(d);
+    }
+
+    fn set_grpc_timeout(&mut self, remaining: Duration) {
+        self.headers_mut().insert("grpc-timeout", encode_grpc_timeout(remaining));
+    }
+}
+
+macro_rules! plain_carrier {
+    ($($t:ty),*) => { $(impl DeadlineCarrier for $t {})* };
+}
+plain_carrier!((), bool, u8, u16, u32, u64, usize, i32, i64, String, &'static str, Vec<u8>, bytes::Bytes);
+
+/// Encode a duration as a `grpc-timeout` value: at most 8 digits and a unit,
+/// in the finest unit that fits (rounded up, so the server never gets more
+/// time than the client).
+pub fn encode_grpc_timeout(d: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let nanos = d.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    for (scale, unit) in units {
+        let v = nanos.div_ceil(scale);
+        if v <= MAX {
+            return HeaderValue::from_str(&format!("{v}{unit}")).expect("ascii");
+        }
+    }
+    HeaderValue::from_static("99999999H")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_encoding() {
+        assert_eq!(encode_grpc_timeout(Duration::from_millis(250)), "250000u");
+        assert_eq!(encode_grpc_timeout(Duration::from_nanos(5)), "5n");
+        assert_eq!(encode_grpc_timeout(Duration::from_secs(1000)), "1000000m");
+        assert_eq!(encode_grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(encode_grpc_timeout(Duration::from_secs(u64::MAX)), "99999999H");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scopes_nest_to_the_earliest() {
+        assert_eq!(Deadline::current(), None);
+        let outer = Deadline::after(Duration::from_secs(5));
+        let inner = Deadline::after(Duration::from_secs(10));
+        let seen = outer.scope(async move { inner.scope(async { Deadline::current() }).await }).await;
+        assert_eq!(seen, Some(outer));
+        let seen = outer.sync_scope(|| Deadline::current());
+        assert_eq!(seen, Some(outer));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http_requests_carry_the_earliest_deadline() {
+        let mut req = Request::new(());
+        let a = Deadline::after(Duration::from_secs(1));
+        req.set_deadline(Deadline::after(Duration::from_secs(3)));
+        req.set_deadline(a);
+        req.set_deadline(Deadline::after(Duration::from_secs(9)));
+        assert_eq!(req.deadline(), Some(a));
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(a.remaining(), Duration::from_millis(600));
+        req.set_grpc_timeout(a.remaining());
+        assert_eq!(req.headers()["grpc-timeout"], "600000u");
+    }
+}
