@@ -78,10 +78,7 @@ mod tests {
     #[test]
     fn messages_name_the_field() {
         let e = check_range("retry.budget.ratio", 1.5, 0.0, 1.0).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "invalid configuration: `retry.budget.ratio` is 1.5, must be between 0 and 1"
-        );
+        assert_eq!(e.to_string(), "invalid configuration: `retry.budget.ratio` is 1.5, must be between 0 and 1");
         assert!(check_range("x", f64::NAN, 0.0, 1.0).is_err());
         assert!(check_range("x", 1.0, 0.0, 1.0).is_ok());
         assert_eq!(

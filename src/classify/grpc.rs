@@ -171,9 +171,7 @@ impl GrpcClassifier {
 
     fn classify_eos(&self, event: EosEvent<'_>) -> Outcome {
         match event {
-            EosEvent::End(Some(trailers)) => {
-                self.classify_code(grpc_status(trailers).unwrap_or(GrpcCode::Unknown))
-            }
+            EosEvent::End(Some(trailers)) => self.classify_code(grpc_status(trailers).unwrap_or(GrpcCode::Unknown)),
             EosEvent::End(None) => self.classify_code(GrpcCode::Unknown),
             EosEvent::Error => Outcome::Failure(FailureKind::Error),
         }
@@ -295,10 +293,7 @@ mod tests {
             Some(Outcome::Failure(FailureKind::Grpc(GrpcCode::Internal)))
         );
         // no trailers at all: UNKNOWN
-        assert_eq!(
-            streamed(vec![], true).await,
-            Some(Outcome::Failure(FailureKind::Grpc(GrpcCode::Unknown)))
-        );
+        assert_eq!(streamed(vec![], true).await, Some(Outcome::Failure(FailureKind::Grpc(GrpcCode::Unknown))));
         // body dropped before the end: cancelled
         assert_eq!(streamed(vec![Ok(trailers("0"))], false).await, Some(Outcome::Cancelled));
     }

@@ -273,10 +273,7 @@ mod tests {
     fn result_classifier() {
         let c = ResultClassifier;
         assert_eq!(Classify::<u8, ()>::classify(&c, Ok(&1)), Outcome::Success);
-        assert_eq!(
-            Classify::<u8, ()>::classify(&c, Err(&())),
-            Outcome::Failure(FailureKind::Error)
-        );
+        assert_eq!(Classify::<u8, ()>::classify(&c, Err(&())), Outcome::Failure(FailureKind::Error));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 use http::Response;
-use tower_http::classify::{ClassifiedResponse, ClassifyEos as _, ClassifyResponse, GrpcFailureClass, ServerErrorsFailureClass};
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyEos as _, ClassifyResponse, GrpcFailureClass, ServerErrorsFailureClass,
+};
 
 use super::grpc::code_from_i32;
 use super::{Classify, EosEvent, EosSlot, FailureKind, Outcome, OutcomeRecorder};
