@@ -1,1 +1,414 @@
-fn main(){}
+//! Per-call overhead of the tower-mesh layers against a bare service, tower's own middleware and
+//! tower-resilience 0.13.
+//!
+//! Every subject wraps the same no-op `Service<u32>` (built once). One measured call is
+//! `poll_ready` + `call` + polling the response future to completion, driven by hand with a no-op
+//! waker inside a tokio runtime context, so no executor overhead is measured — only the layer.
+//!
+//! Before the criterion run the bench prints heap allocations per call for every subject, and a
+//! 1-thread vs 2-thread throughput comparison for a shared (cloned) service stack. After the run it
+//! prints the overhead ratios (subject median minus bare median) read from criterion's estimates.
+//!
+//! Run: `cargo bench --all-features --bench layers` (CI only builds it: `cargo bench --no-run`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::{Future, Ready};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::Criterion;
+use futures::task::noop_waker_ref;
+use tower::{Layer, Service};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator
+// ---------------------------------------------------------------------------------------------
+
+/// Wraps the system allocator and counts allocation calls (alloc, alloc_zeroed, realloc).
+struct CountingAlloc;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+// ---------------------------------------------------------------------------------------------
+// The no-op service and the hand-driven call
+// ---------------------------------------------------------------------------------------------
+
+/// Always ready, answers its request immediately.
+#[derive(Clone, Copy, Debug)]
+struct Noop;
+
+impl Service<u32> for Noop {
+    type Response = u32;
+    type Error = Infallible;
+    type Future = Ready<Result<u32, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: u32) -> Self::Future {
+        std::future::ready(Ok(req))
+    }
+}
+
+/// Spins allowed on a `Pending` before we decide the subject would never become ready.
+const MAX_SPINS: u64 = 100_000_000;
+
+/// One call: `poll_ready` until ready, `call`, poll the future until ready. The subjects are
+/// ready immediately for a no-op inner service (and under two-thread contention become ready as
+/// soon as the other thread releases what it holds), so `Pending` is simply polled again.
+#[inline(always)]
+fn call_once<S>(svc: &mut S, cx: &mut Context<'_>, req: u32) -> u32
+where
+    S: Service<u32, Response = u32>,
+    S::Error: Debug,
+{
+    let mut spins = 0u64;
+    loop {
+        match svc.poll_ready(cx) {
+            Poll::Ready(Ok(())) => break,
+            Poll::Ready(Err(e)) => panic!("poll_ready failed: {e:?}"),
+            Poll::Pending => {
+                spins += 1;
+                assert!(spins < MAX_SPINS, "service never became ready");
+                std::hint::spin_loop();
+            }
+        }
+    }
+    let mut fut = pin!(svc.call(req));
+    loop {
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(Ok(res)) => return res,
+            Poll::Ready(Err(e)) => panic!("call failed: {e:?}"),
+            Poll::Pending => {
+                spins += 1;
+                assert!(spins < MAX_SPINS, "response future never completed");
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subjects
+// ---------------------------------------------------------------------------------------------
+
+/// Something that does work for each subject (the subjects have different types).
+trait Visit {
+    fn visit<S>(&mut self, name: &'static str, svc: S)
+    where
+        S: Service<u32, Response = u32>,
+        S::Error: Debug;
+}
+
+/// A tower retry policy that never retries (but clones the request like a real one would).
+#[derive(Clone, Copy, Debug)]
+struct NeverRetry;
+
+impl<E> tower::retry::Policy<u32, u32, E> for NeverRetry {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _req: &mut u32, _result: &mut Result<u32, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, req: &u32) -> Option<u32> {
+        Some(*req)
+    }
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Every subject, in report order. Each service stack is built once here.
+fn subjects(v: &mut impl Visit) {
+    use tower_resilience::bulkhead::BulkheadLayer as TrBulkheadLayer;
+    use tower_resilience::circuitbreaker::{CircuitBreakerLayer as TrCircuitBreakerLayer, SlidingWindowType};
+    use tower_resilience::retry::RetryLayer as TrRetryLayer;
+    use tower_resilience::timelimiter::TimeLimiterLayer as TrTimeLimiterLayer;
+
+    v.visit("bare", Noop);
+
+    // tower 0.5
+    v.visit("tower_timeout", tower::timeout::Timeout::new(Noop, LONG));
+    v.visit("tower_concurrency_limit", tower::limit::ConcurrencyLimit::new(Noop, 1024));
+    v.visit("tower_retry", tower::retry::Retry::new(NeverRetry, Noop));
+
+    // tower-resilience 0.13
+    let cb = TrCircuitBreakerLayer::builder()
+        .sliding_window_type(SlidingWindowType::CountBased)
+        .sliding_window_size(100)
+        .build()
+        .expect("tower-resilience count breaker");
+    v.visit("tr_breaker_count", cb.layer(Noop));
+    // tower-resilience keeps one record per call in its time window and rescans it on every call
+    // (O(calls in window)), so its cost grows with call rate x window length: a 1 s window keeps
+    // the measurement at a steady state instead of slowing down for the whole run.
+    let cb = TrCircuitBreakerLayer::builder()
+        .sliding_window_type(SlidingWindowType::TimeBased)
+        .sliding_window_duration(Duration::from_secs(1))
+        .build()
+        .expect("tower-resilience time breaker");
+    v.visit("tr_breaker_time", cb.layer(Noop));
+    let bh = TrBulkheadLayer::builder().max_concurrent_calls(1024).build().expect("tower-resilience bulkhead");
+    v.visit("tr_bulkhead", bh.layer(Noop));
+    let retry = TrRetryLayer::<u32, u32, Infallible>::builder().max_attempts(3).build();
+    v.visit("tr_retry", retry.layer(Noop));
+    let tl = TrTimeLimiterLayer::builder().timeout_duration(LONG).build();
+    v.visit("tr_time_limiter", tl.layer(Noop));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Allocations per call
+// ---------------------------------------------------------------------------------------------
+
+const ALLOC_CALLS: u64 = 10_000;
+
+struct CountAllocations<'a> {
+    cx: Context<'a>,
+}
+
+impl Visit for CountAllocations<'_> {
+    fn visit<S>(&mut self, name: &'static str, mut svc: S)
+    where
+        S: Service<u32, Response = u32>,
+        S::Error: Debug,
+    {
+        // Warm up: lazily initialised state (thread-locals, metrics handles) is not per call.
+        for i in 0..100 {
+            black_box(call_once(&mut svc, &mut self.cx, i));
+        }
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for i in 0..ALLOC_CALLS {
+            black_box(call_once(&mut svc, &mut self.cx, i as u32));
+        }
+        let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        println!("allocations per call: {name} {}", n as f64 / ALLOC_CALLS as f64);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Criterion
+// ---------------------------------------------------------------------------------------------
+
+const GROUP: &str = "layers";
+
+struct Bench<'c, 'w> {
+    group: criterion::BenchmarkGroup<'c, criterion::measurement::WallTime>,
+    cx: Context<'w>,
+}
+
+impl Visit for Bench<'_, '_> {
+    fn visit<S>(&mut self, name: &'static str, mut svc: S)
+    where
+        S: Service<u32, Response = u32>,
+        S::Error: Debug,
+    {
+        let cx = &mut self.cx;
+        self.group.bench_function(name, |b| {
+            let mut i = 0u32;
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                call_once(&mut svc, cx, black_box(i))
+            })
+        });
+    }
+}
+
+/// Where criterion writes its results (same rules as criterion 0.5, minus `cargo metadata`).
+fn criterion_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Some(PathBuf::from(home));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(target).join("criterion"));
+    }
+    // The bench binary lives in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+}
+
+/// Median point estimate (ns) of every subject measured by this run (stale files are ignored).
+fn read_medians(started: SystemTime) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Some(dir) = criterion_dir() else { return out };
+    let Ok(entries) = std::fs::read_dir(dir.join(GROUP)) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path().join("new").join("estimates.json");
+        let fresh = std::fs::metadata(&path).and_then(|m| m.modified()).map(|t| t >= started).unwrap_or(false);
+        if !fresh {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        if let Some(median) = json["median"]["point_estimate"].as_f64() {
+            out.insert(entry.file_name().to_string_lossy().into_owned(), median);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two-thread scaling
+// ---------------------------------------------------------------------------------------------
+
+const SCALING_CALLS: u64 = 2_000_000;
+
+/// Runs `calls` calls on each of `threads` threads, each with its own clone of `svc` (so all
+/// state is shared), and returns the total throughput in calls per second (best of 3).
+fn throughput<S>(handle: &tokio::runtime::Handle, svc: &S, threads: usize, calls: u64) -> f64
+where
+    S: Service<u32, Response = u32> + Clone + Send + 'static,
+    S::Error: Debug,
+{
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let barrier = Arc::new(Barrier::new(threads + 1));
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = Arc::clone(&barrier);
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    let _rt = handle.enter();
+                    let mut cx = Context::from_waker(noop_waker_ref());
+                    barrier.wait();
+                    for i in 0..calls {
+                        black_box(call_once(&mut svc, &mut cx, i as u32));
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for w in workers {
+            w.join().expect("scaling worker panicked");
+        }
+        let secs = start.elapsed().as_secs_f64();
+        best = best.max((threads as u64 * calls) as f64 / secs);
+    }
+    best
+}
+
+fn scaling<S>(handle: &tokio::runtime::Handle, name: &str, svc: S)
+where
+    S: Service<u32, Response = u32> + Clone + Send + 'static,
+    S::Error: Debug,
+{
+    let one = throughput(handle, &svc, 1, SCALING_CALLS);
+    let two = throughput(handle, &svc, 2, SCALING_CALLS / 2);
+    println!(
+        "scaling {name}: 1 thread {:.2} Mcalls/s, 2 threads {:.2} Mcalls/s, ratio {:.2}",
+        one / 1e6,
+        two / 1e6,
+        two / one
+    );
+}
+
+fn scaling_subjects(handle: &tokio::runtime::Handle) {
+    scaling(handle, "tower_concurrency_limit", tower::limit::ConcurrencyLimit::new(Noop, 1024));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary
+// ---------------------------------------------------------------------------------------------
+
+/// `(label, subject, reference, target ratio of overheads)`.
+const RATIOS: &[(&str, &str, &str, f64)] = &[];
+
+fn summary(medians: &BTreeMap<String, f64>) {
+    if medians.is_empty() {
+        println!("summary: no fresh criterion estimates found (filtered run or --test mode)");
+        return;
+    }
+    println!("\nsummary (median ns/call; overhead = median - bare median):");
+    let bare = medians.get("bare").copied();
+    for (name, median) in medians {
+        match bare {
+            Some(bare) => println!("  {name:<28} {median:>8.2} ns   overhead {:>8.2} ns", median - bare),
+            None => println!("  {name:<28} {median:>8.2} ns"),
+        }
+    }
+    let Some(bare) = bare else {
+        println!("  (no bare baseline measured, no ratios)");
+        return;
+    };
+    for &(label, subject, reference, target) in RATIOS {
+        let (Some(s), Some(r)) = (medians.get(subject), medians.get(reference)) else { continue };
+        let (so, ro) = (s - bare, r - bare);
+        let ratio = so / ro;
+        let verdict = if ratio <= target { "ok" } else { "MISSED" };
+        println!("  {label}: {so:.2} ns / {ro:.2} ns = {ratio:.3}x (target <= {target}x) {verdict}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let started = SystemTime::now();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
+    let _rt = rt.enter();
+
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+        .configure_from_args();
+
+    // `cargo test --benches` passes `--test` (criterion then runs each benchmark once); skip the
+    // extra printouts there and for `--list`.
+    let test_mode = std::env::args().any(|a| a == "--test" || a == "--list");
+    if !test_mode {
+        subjects(&mut CountAllocations { cx: Context::from_waker(noop_waker_ref()) });
+        scaling_subjects(rt.handle());
+    }
+
+    {
+        let group = criterion.benchmark_group(GROUP);
+        let mut bench = Bench { group, cx: Context::from_waker(noop_waker_ref()) };
+        subjects(&mut bench);
+        bench.group.finish();
+    }
+    criterion.final_summary();
+
+    if !test_mode {
+        summary(&read_medians(started));
+    }
+}
