@@ -165,7 +165,7 @@ mod tests {
         let inner = Deadline::after(Duration::from_secs(10));
         let seen = outer.scope(async move { inner.scope(async { Deadline::current() }).await }).await;
         assert_eq!(seen, Some(outer));
-        let seen = outer.sync_scope(|| Deadline::current());
+        let seen = outer.sync_scope(Deadline::current);
         assert_eq!(seen, Some(outer));
     }
 
