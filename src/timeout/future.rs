@@ -1,0 +1,80 @@
+//! Response future of the timeout service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Sleep;
+
+use super::error::TimeoutKind;
+use super::layer::Shared;
+use crate::deadline::Deadline;
+use crate::error::BoxError;
+
+pin_project! {
+    /// Response future of [`Timeout`](super::Timeout): the inner future,
+    /// polled with the call's [`Deadline`] current, raced against a timer.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        response: TaskLocalFuture<Deadline, F>,
+        #[pin]
+        sleep: Sleep,
+        kind: TimeoutKind,
+        after: Duration,
+        shared: Arc<Shared>,
+    }
+}
+
+impl<F: Future> ResponseFuture<F> {
+    pub(crate) fn new(
+        deadline: Deadline,
+        response: F,
+        kind: TimeoutKind,
+        after: Duration,
+        shared: Arc<Shared>,
+    ) -> Self {
+        ResponseFuture {
+            response: deadline.scope(response),
+            sleep: tokio::time::sleep_until(deadline.instant()),
+            kind,
+            after,
+            shared,
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("timeout", &self.shared)
+            .field("kind", &self.kind)
+            .field("after", &self.after)
+            .field("deadline", &self.sleep.deadline())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(res) = this.response.poll(cx) {
+            return Poll::Ready(res.map_err(Into::into));
+        }
+        match this.sleep.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Err(this.shared.elapsed(*this.kind, *this.after).into())),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The timeout layer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::Counter;
+use tower_layer::Layer;
+
+use super::error::{Elapsed, TimeoutKind};
+use super::service::Timeout;
+
+const DEFAULT_NAME: &str = "timeout";
+
+/// Name and metric handles of a timeout layer, shared by its services.
+pub(crate) struct Shared {
+    name: Arc<str>,
+    attempt_elapsed: Counter,
+    total_elapsed: Counter,
+}
+
+impl Shared {
+    fn new(name: Arc<str>) -> Self {
+        let counter = |kind: TimeoutKind| metrics::counter!("tower_mesh_timeout_elapsed_total", "service" => name.to_string(), "kind" => kind.as_str());
+        Shared { attempt_elapsed: counter(TimeoutKind::Attempt), total_elapsed: counter(TimeoutKind::Total), name }
+    }
+
+    /// A call timed out: count it, log it and make the error.
+    #[cold]
+    pub(crate) fn elapsed(&self, kind: TimeoutKind, after: Duration) -> Elapsed {
+        match kind {
+            TimeoutKind::Attempt => self.attempt_elapsed.increment(1),
+            TimeoutKind::Total => self.total_elapsed.increment(1),
+        }
+        tracing::debug!(service = %self.name, kind = kind.as_str(), timeout = ?after, "request timed out");
+        Elapsed::new(kind, after)
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Layer that fails calls that take too long with [`Elapsed`], and tells the
+/// services below (and, for HTTP/gRPC, the server) the deadline.
+///
+/// - [`TimeoutLayer::new`]: the total timeout of a call, put **above** a retry
+///   layer. It sets a [`Deadline`](crate::deadline::Deadline) (the earlier of
+///   now + `total` and any deadline already current or carried by the
+///   request) that the retry layer and per-attempt timeouts below respect.
+/// - [`TimeoutLayer::per_attempt`]: the timeout of one attempt, put **below**
+///   a retry layer; never longer than the time left before the enclosing
+///   deadline.
+///
+/// See the [module docs](super) for details.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_mesh::timeout::{Elapsed, TimeoutKind, TimeoutLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(TimeoutLayer::new(Duration::from_millis(20)).name("slow-backend"))
+///     .service_fn(|_: ()| async {
+///         tokio::time::sleep(Duration::from_secs(5)).await;
+///         Ok::<_, std::convert::Infallible>("too late")
+///     });
+///
+/// let err = svc.oneshot(()).await.unwrap_err();
+/// let elapsed = err.downcast_ref::<Elapsed>().unwrap();
+/// assert_eq!(elapsed.kind(), TimeoutKind::Total);
+/// assert_eq!(elapsed.timeout(), Duration::from_millis(20));
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TimeoutLayer {
+    kind: TimeoutKind,
+    duration: Duration,
+    grpc_timeout: bool,
+    shared: Arc<Shared>,
+}
+
+impl TimeoutLayer {
+    /// A total timeout: the whole call (retries below included) must complete
+    /// within `total`.
+    ///
+    /// A zero timeout is allowed here (every call fails unless its future is
+    /// ready at the first poll); [`TimeoutConfig::validate`](super::TimeoutConfig::validate) rejects it.
+    pub fn new(total: Duration) -> Self {
+        Self::with_kind(TimeoutKind::Total, total)
+    }
+
+    /// A per-attempt timeout, for use below a retry layer: each attempt must
+    /// complete within `attempt`, or before the enclosing deadline if that is
+    /// earlier.
+    pub fn per_attempt(attempt: Duration) -> Self {
+        Self::with_kind(TimeoutKind::Attempt, attempt)
+    }
+
+    fn with_kind(kind: TimeoutKind, duration: Duration) -> Self {
+        TimeoutLayer { kind, duration, grpc_timeout: false, shared: Arc::new(Shared::new(DEFAULT_NAME.into())) }
+    }
+
+    /// The name used in logs and as the `service` label of the metrics.
+    /// Default `"timeout"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        let name: String = name.into();
+        self.shared = Arc::new(Shared::new(name.into()));
+        self
+    }
+
+    /// Also send the time left as a `grpc-timeout` header (for request types
+    /// that carry headers, see [`DeadlineCarrier`](crate::deadline::DeadlineCarrier)),
+    /// so the server stops working on a call the client has given up on.
+    pub fn grpc_timeout(mut self, enabled: bool) -> Self {
+        self.grpc_timeout = enabled;
+        self
+    }
+
+    /// The configured timeout.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// Whether this is a total or a per-attempt timeout.
+    pub fn kind(&self) -> TimeoutKind {
+        self.kind
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout::new(inner, self.kind, self.duration, self.grpc_timeout, self.shared.clone())
+    }
+}

@@ -1,0 +1,84 @@
+//! Timeouts: fail calls that take too long, with a total deadline that every
+//! layer below respects.
+//!
+//! The equivalent of tower's `Timeout` and resilience4j's `TimeLimiter`, made
+//! retry-aware the way gRPC deadlines are:
+//!
+//! - [`TimeoutLayer::new(total)`](TimeoutLayer::new), **above** a retry layer,
+//!   bounds the whole call. On `call` it computes the call's
+//!   [`Deadline`](crate::deadline::Deadline) — now + `total`, or an earlier
+//!   deadline already current on the task or carried by the request — and
+//!   1. attaches it to the request with
+//!      [`DeadlineCarrier::set_deadline`](crate::deadline::DeadlineCarrier::set_deadline)
+//!      (an `http::Request` gets it as an extension; with
+//!      [`grpc_timeout(true)`](TimeoutLayer::grpc_timeout) also as a
+//!      `grpc-timeout` header, so the server can give up too);
+//!   2. calls the inner service, and polls its future, with the deadline
+//!      current ([`Deadline::current`](crate::deadline::Deadline::current)),
+//!      so a retry layer below never waits past it;
+//!   3. fails with [`Elapsed`] (kind [`TimeoutKind::Total`]) if the deadline
+//!      passes first.
+//! - [`TimeoutLayer::per_attempt(d)`](TimeoutLayer::per_attempt), **below** a
+//!   retry layer, bounds each attempt: its effective timeout is
+//!   `min(d, time left before the enclosing deadline)`, so an attempt never
+//!   outlives the total. It installs that (earlier) deadline the same way for
+//!   the layers below it and the request. When the enclosing deadline is what
+//!   cuts the attempt short, the error says [`TimeoutKind::Total`] — there is
+//!   no time left for another attempt — otherwise [`TimeoutKind::Attempt`].
+//!
+//! As in tower, `poll_ready` is not timed (put a timeout above a `Buffer` or
+//! use a bulkhead with a maximum wait to bound waiting for capacity), and the
+//! inner future is polled before the timer, so a response ready at the same
+//! instant as the deadline wins.
+//!
+//! Servers answer [`Elapsed`] with `504` / gRPC `DEADLINE_EXCEEDED` (see
+//! [`ServerErrorLayer`](crate::error::ServerErrorLayer)).
+//!
+//! # Metrics
+//!
+//! `tower_mesh_timeout_elapsed_total{service, kind}` counts timeouts (`kind`
+//! is `attempt` or `total`; `service` is the layer's [name](TimeoutLayer::name),
+//! default `"timeout"`). Each timeout also emits a `debug` tracing event.
+//!
+//! # Example
+//!
+//! A client stack with a total and a per-attempt timeout (a retry layer would
+//! go between the two):
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_mesh::deadline::Deadline;
+//! use tower_mesh::timeout::TimeoutLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(TimeoutLayer::new(Duration::from_secs(2)).grpc_timeout(true))
+//!     // .layer(retry)
+//!     .layer(TimeoutLayer::per_attempt(Duration::from_millis(500)).grpc_timeout(true))
+//!     .service_fn(|req: http::Request<()>| async move {
+//!         // The deadline travels with the request and the task.
+//!         assert!(req.extensions().get::<Deadline>().is_some());
+//!         assert!(Deadline::current().unwrap().remaining() <= Duration::from_millis(500));
+//!         assert_eq!(req.headers()["grpc-timeout"], "500000u");
+//!         Ok::<_, std::convert::Infallible>("ok")
+//!     });
+//! assert_eq!(svc.oneshot(http::Request::new(())).await.unwrap(), "ok");
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod future;
+mod layer;
+mod service;
+
+pub use config::{TimeoutConfig, TimeoutLayers};
+pub use error::{Elapsed, TimeoutKind};
+pub use future::ResponseFuture;
+pub use layer::TimeoutLayer;
+pub use service::Timeout;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+use std::convert::Infallible;
+use std::time::Duration;
+
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_test::mock;
+
+use super::*;
+use crate::config::ConfigError;
+use crate::deadline::{Deadline, DeadlineCarrier};
+use crate::error::MeshError;
+
+fn elapsed(e: crate::BoxError) -> Elapsed {
+    *e.downcast::<Elapsed>().expect("an Elapsed")
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_timeout_fires() {
+    let (mut svc, mut handle) = mock::spawn_layer::<u32, u32, _>(TimeoutLayer::new(Duration::from_millis(100)));
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(1));
+    let (req, _send) = handle.next_request().await.unwrap();
+    assert_eq!(req, 1);
+    assert_pending!(fut.poll());
+    tokio::time::advance(Duration::from_millis(99)).await;
+    assert_pending!(fut.poll());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let e = elapsed(assert_ready!(fut.poll()).unwrap_err());
+    assert_eq!(e, Elapsed::new(TimeoutKind::Total, Duration::from_millis(100)));
+    assert_eq!(e.http_status(), http::StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(e.grpc_code(), crate::classify::GrpcCode::DeadlineExceeded);
+    assert_eq!(e.to_string(), "request timed out after 100ms (total timeout)");
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_attempt_timeout_fires() {
+    let (mut svc, mut handle) = mock::spawn_layer::<u32, u32, _>(TimeoutLayer::per_attempt(Duration::from_millis(30)));
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(1));
+    let _req = handle.next_request().await.unwrap();
+    assert_pending!(fut.poll());
+    tokio::time::advance(Duration::from_millis(30)).await;
+    let e = elapsed(assert_ready!(fut.poll()).unwrap_err());
+    assert_eq!((e.kind(), e.timeout()), (TimeoutKind::Attempt, Duration::from_millis(30)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_attempt_is_capped_by_the_enclosing_deadline() {
+    // Under an enclosing deadline on the task (as a total timeout above sets).
+    let (mut svc, mut handle) = mock::spawn_layer::<u32, u32, _>(TimeoutLayer::per_attempt(Duration::from_secs(1)));
+    assert_ready_ok!(svc.poll_ready());
+    let outer = Deadline::after(Duration::from_millis(50));
+    let mut fut = tokio_test::task::spawn(outer.sync_scope(|| svc.call(1)));
+    let _req = handle.next_request().await.unwrap();
+    assert_pending!(fut.poll());
+    tokio::time::advance(Duration::from_millis(50)).await;
+    let e = elapsed(assert_ready!(fut.poll()).unwrap_err());
+    assert_eq!((e.kind(), e.timeout()), (TimeoutKind::Total, Duration::from_millis(50)));
+
+    // Stacked: total 80ms above a per-attempt 1s; the attempt ends at 80ms.
+    let (svc, mut handle) = mock::pair::<u32, u32>();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(80)))
+        .layer(TimeoutLayer::per_attempt(Duration::from_secs(1)))
+        .service(svc);
+    let mut fut = tokio_test::task::spawn(svc.oneshot(1));
+    assert_pending!(fut.poll());
+    let _req = handle.next_request().await.unwrap();
+    tokio::time::advance(Duration::from_millis(80)).await;
+    let e = elapsed(assert_ready!(fut.poll()).unwrap_err());
+    assert_eq!((e.kind(), e.timeout()), (TimeoutKind::Total, Duration::from_millis(80)));
+
+    // A shorter attempt timeout is not extended by the total.
+    let (svc, mut handle) = mock::pair::<u32, u32>();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(10)))
+        .layer(TimeoutLayer::per_attempt(Duration::from_millis(20)))
+        .service(svc);
+    let mut fut = tokio_test::task::spawn(svc.oneshot(1));
+    assert_pending!(fut.poll());
+    let _req = handle.next_request().await.unwrap();
+    tokio::time::advance(Duration::from_millis(20)).await;
+    let e = elapsed(assert_ready!(fut.poll()).unwrap_err());
+    assert_eq!((e.kind(), e.timeout()), (TimeoutKind::Attempt, Duration::from_millis(20)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_sees_the_deadline_in_call_and_while_polled() {
+    let start = tokio::time::Instant::now();
+    let svc = ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_secs(3))).service_fn(|_: ()| {
+        let in_call = Deadline::current();
+        async move {
+            let before = Deadline::current();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after_sleep = Deadline::current();
+            Ok::<_, Infallible>((in_call, before, after_sleep))
+        }
+    });
+    assert_eq!(Deadline::current(), None);
+    let (in_call, before, after_sleep) = svc.oneshot(()).await.unwrap();
+    let expected = Some(Deadline::at(start + Duration::from_secs(3)));
+    assert_eq!(in_call, expected);
+    assert_eq!(before, expected);
+    assert_eq!(after_sleep, expected);
+    assert_eq!(Deadline::current(), None, "the scope ends with the call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_requests_carry_the_deadline_and_grpc_timeout() {
+    let start = tokio::time::Instant::now();
+    let (svc, mut handle) = mock::pair::<http::Request<()>, http::Response<()>>();
+    let svc =
+        ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_millis(250)).grpc_timeout(true)).service(svc);
+    let mut fut = tokio_test::task::spawn(svc.clone().oneshot(http::Request::new(())));
+    assert_pending!(fut.poll());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.deadline(), Some(Deadline::at(start + Duration::from_millis(250))));
+    assert_eq!(req.headers()["grpc-timeout"], "250000u");
+    send.send_response(http::Response::new(()));
+    assert!(assert_ready!(fut.poll()).is_ok());
+
+    // Without grpc_timeout: no header. A request that already carries an
+    // earlier deadline keeps it, and the timeout fires then.
+    let (svc, mut handle) = mock::pair::<http::Request<()>, http::Response<()>>();
+    let svc = ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_secs(5))).service(svc);
+    let mut req = http::Request::new(());
+    let early = Deadline::after(Duration::from_millis(40));
+    req.set_deadline(early);
+    let mut fut = tokio_test::task::spawn(svc.oneshot(req));
+    assert_pending!(fut.poll());
+    let (req, _send) = handle.next_request().await.unwrap();
+    assert_eq!(req.deadline(), Some(early));
+    assert!(req.headers().get("grpc-timeout").is_none());
+    tokio::time::advance(Duration::from_millis(40)).await;
+    let e = elapsed(assert_ready!(fut.poll()).unwrap_err());
+    assert_eq!(e.timeout(), Duration::from_millis(40));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_responses_and_inner_errors_pass_through() {
+    let (mut svc, mut handle) = mock::spawn_layer::<u32, u32, _>(TimeoutLayer::new(Duration::from_millis(100)));
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(1));
+    let (_, send) = handle.next_request().await.unwrap();
+    tokio::time::advance(Duration::from_millis(99)).await;
+    send.send_response(42);
+    assert_eq!(assert_ready!(fut.poll()).unwrap(), 42);
+
+    #[derive(Debug)]
+    struct Boom;
+    impl std::fmt::Display for Boom {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("boom")
+        }
+    }
+    impl std::error::Error for Boom {}
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(2);
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(Boom);
+    assert!(fut.await.unwrap_err().is::<Boom>());
+
+    // Readiness is the inner service's.
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_error_layer_maps_elapsed_to_504() {
+    let svc = ServiceBuilder::new()
+        .layer(crate::error::ServerErrorLayer::new())
+        .layer(TimeoutLayer::new(Duration::from_millis(10)))
+        .service_fn(|_req: http::Request<String>| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Infallible>(http::Response::new(String::new()))
+        });
+    let res = svc.clone().oneshot(http::Request::new(String::new())).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::GATEWAY_TIMEOUT);
+
+    let grpc = http::Request::builder().header("content-type", "application/grpc").body(String::new()).unwrap();
+    let res = svc.oneshot(grpc).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "4");
+}
+
+#[test]
+fn config_validation_and_layers() {
+    let ms = Duration::from_millis;
+    assert_eq!(TimeoutConfig::default().layers().map(|l| (l.total.is_none(), l.attempt.is_none())), Ok((true, true)));
+    let zero = TimeoutConfig { attempt: Some(Duration::ZERO), ..Default::default() };
+    assert_eq!(zero.validate(), Err(ConfigError::Zero { field: "timeout.attempt" }));
+    let zero = TimeoutConfig { total: Some(Duration::ZERO), ..Default::default() };
+    assert_eq!(zero.validate(), Err(ConfigError::Zero { field: "timeout.total" }));
+    let conflict = TimeoutConfig { attempt: Some(ms(300)), total: Some(ms(200)), grpc_timeout: false };
+    assert!(matches!(conflict.validate(), Err(ConfigError::Conflict { field: "timeout.attempt", .. })));
+    let equal = TimeoutConfig { attempt: Some(ms(200)), total: Some(ms(200)), grpc_timeout: false };
+    assert_eq!(equal.validate(), Ok(()));
+
+    let cfg: TimeoutConfig = serde_json::from_str(r#"{"total":"2s"}"#).unwrap();
+    assert_eq!(cfg, TimeoutConfig { attempt: None, total: Some(Duration::from_secs(2)), grpc_timeout: false });
+    assert!(serde_json::from_str::<TimeoutConfig>(r#"{"deadline":"2s"}"#).is_err());
+    let back: TimeoutConfig = serde_json::from_str(&serde_json::to_string(&equal).unwrap()).unwrap();
+    assert_eq!(back, equal);
+    let layers = equal.layers().unwrap();
+    assert_eq!(layers.total.as_ref().map(|l| (l.kind(), l.duration())), Some((TimeoutKind::Total, ms(200))));
+    assert_eq!(layers.attempt.as_ref().map(|l| (l.kind(), l.duration())), Some((TimeoutKind::Attempt, ms(200))));
+    assert!(conflict.layers().is_err());
+}
+
+#[test]
+fn services_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _guard = rt.enter();
+    let mut svc = tower::Layer::layer(
+        &TimeoutLayer::new(Duration::from_secs(1)),
+        tower::service_fn(|r: u32| async move { Ok::<_, Infallible>(r) }),
+    );
+    send_sync(&svc);
+    send_sync(&tower::Service::call(&mut svc, 1));
+}
