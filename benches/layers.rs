@@ -193,6 +193,15 @@ fn subjects(v: &mut impl Visit) {
     v.visit("tr_retry", retry.layer(Noop));
     let tl = TrTimeLimiterLayer::builder().timeout_duration(LONG).build();
     v.visit("tr_time_limiter", tl.layer(Noop));
+
+    // tower-mesh
+    #[cfg(feature = "bulkhead")]
+    v.visit("mesh_bulkhead", mesh_bulkhead().layer(Noop));
+}
+
+#[cfg(feature = "bulkhead")]
+fn mesh_bulkhead() -> tower_mesh::bulkhead::BulkheadLayer {
+    tower_mesh::bulkhead::BulkheadLayer::new(1024)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,14 +353,44 @@ where
 
 fn scaling_subjects(handle: &tokio::runtime::Handle) {
     scaling(handle, "tower_concurrency_limit", tower::limit::ConcurrencyLimit::new(Noop, 1024));
+    #[cfg(feature = "bulkhead")]
+    scaling(handle, "mesh_bulkhead", mesh_bulkhead().layer(Noop));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Summary
 // ---------------------------------------------------------------------------------------------
 
-/// `(label, subject, reference, target ratio of overheads)`.
-const RATIOS: &[(&str, &str, &str, f64)] = &[];
+/// How a subject's overhead is judged against a reference's overhead.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// `subject overhead / reference overhead <= x`.
+    Ratio(f64),
+    /// `subject overhead <= reference overhead + x ns`.
+    PlusNs(f64),
+    /// Informational ratio, no target.
+    Info,
+}
+
+/// `(label, subject, reference, target)`; comparisons whose subjects were not built are skipped.
+const CHECKS: &[(&str, &str, &str, Target)] = &[
+    (
+        "breaker (count) vs tower-resilience breaker (count)",
+        "mesh_breaker_count",
+        "tr_breaker_count",
+        Target::Ratio(0.1),
+    ),
+    ("breaker (time) vs tower-resilience breaker (time)", "mesh_breaker_time", "tr_breaker_time", Target::Ratio(0.1)),
+    ("breaker (count) vs tower ConcurrencyLimit", "mesh_breaker_count", "tower_concurrency_limit", Target::Ratio(1.0)),
+    ("breaker (time) vs tower ConcurrencyLimit", "mesh_breaker_time", "tower_concurrency_limit", Target::Ratio(1.0)),
+    ("breaker time window vs count window", "mesh_breaker_time", "mesh_breaker_count", Target::Info),
+    ("bulkhead vs tower ConcurrencyLimit", "mesh_bulkhead", "tower_concurrency_limit", Target::Ratio(1.0)),
+    ("bulkhead vs tower-resilience bulkhead", "mesh_bulkhead", "tr_bulkhead", Target::Info),
+    ("timeout vs tower Timeout", "mesh_timeout", "tower_timeout", Target::Ratio(1.0)),
+    ("timeout vs tower-resilience TimeLimiter", "mesh_timeout", "tr_time_limiter", Target::Info),
+    ("retry (no failure) vs tower Retry", "mesh_retry", "tower_retry", Target::PlusNs(5.0)),
+    ("retry (no failure) vs tower-resilience retry", "mesh_retry", "tr_retry", Target::Info),
+];
 
 fn summary(medians: &BTreeMap<String, f64>) {
     if medians.is_empty() {
@@ -362,20 +401,30 @@ fn summary(medians: &BTreeMap<String, f64>) {
     let bare = medians.get("bare").copied();
     for (name, median) in medians {
         match bare {
-            Some(bare) => println!("  {name:<28} {median:>8.2} ns   overhead {:>8.2} ns", median - bare),
-            None => println!("  {name:<28} {median:>8.2} ns"),
+            Some(bare) => println!("  {name:<28} {median:>10.2} ns   overhead {:>10.2} ns", median - bare),
+            None => println!("  {name:<28} {median:>10.2} ns"),
         }
     }
     let Some(bare) = bare else {
         println!("  (no bare baseline measured, no ratios)");
         return;
     };
-    for &(label, subject, reference, target) in RATIOS {
+    println!("overhead ratios:");
+    for &(label, subject, reference, target) in CHECKS {
         let (Some(s), Some(r)) = (medians.get(subject), medians.get(reference)) else { continue };
         let (so, ro) = (s - bare, r - bare);
         let ratio = so / ro;
-        let verdict = if ratio <= target { "ok" } else { "MISSED" };
-        println!("  {label}: {so:.2} ns / {ro:.2} ns = {ratio:.3}x (target <= {target}x) {verdict}");
+        let (goal, ok) = match target {
+            Target::Ratio(x) => (format!("target <= {x}x"), Some(ratio <= x)),
+            Target::PlusNs(x) => (format!("target <= reference + {x} ns"), Some(so <= ro + x)),
+            Target::Info => ("no target".to_string(), None),
+        };
+        let verdict = match ok {
+            Some(true) => "ok",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!("  {label}: {so:.2} ns / {ro:.2} ns = {ratio:.3}x ({goal}) {verdict}");
     }
 }
 
