@@ -197,6 +197,8 @@ fn subjects(v: &mut impl Visit) {
     // tower-mesh
     #[cfg(feature = "bulkhead")]
     v.visit("mesh_bulkhead", mesh_bulkhead().layer(Noop));
+    #[cfg(feature = "timeout")]
+    v.visit("mesh_timeout", tower_mesh::timeout::TimeoutLayer::new(LONG).layer(Noop));
 }
 
 #[cfg(feature = "bulkhead")]
