@@ -69,7 +69,7 @@ where
                 let out = ready!(inner.poll(cx));
                 // Release the permit as soon as the call is complete, even if
                 // the caller keeps the finished future around.
-                permit.take();
+                *permit = None;
                 Poll::Ready(out.map_err(Into::into))
             }
             Proj::Rejected { error } => {

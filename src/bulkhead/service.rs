@@ -12,14 +12,12 @@ use super::future::ResponseFuture;
 use super::shared::{Shared, Waiting};
 use crate::error::BoxError;
 
-/// Where a [`Bulkhead`] is between `poll_ready` and `call`.
-enum State {
-    /// No permit, not waiting.
+/// The slow path of a [`Bulkhead`]: no permit was free at the last `poll_ready`.
+enum Slow {
+    /// Not on the slow path.
     Idle,
     /// Waiting (up to `max_wait`) for a permit.
     Waiting(Waiting),
-    /// Holding a permit for the next call.
-    Permit(OwnedSemaphorePermit),
     /// No permit within `max_wait`: the next call is rejected.
     Rejected(Duration),
 }
@@ -40,12 +38,14 @@ pub struct Bulkhead<S> {
     inner: S,
     semaphore: Arc<Semaphore>,
     shared: Arc<Shared>,
-    state: State,
+    /// The permit for the next call (the fast path only touches this).
+    permit: Option<OwnedSemaphorePermit>,
+    slow: Slow,
 }
 
 impl<S> Bulkhead<S> {
     pub(crate) fn new(inner: S, semaphore: Arc<Semaphore>, shared: Arc<Shared>) -> Self {
-        Bulkhead { inner, semaphore, shared, state: State::Idle }
+        Bulkhead { inner, semaphore, shared, permit: None, slow: Slow::Idle }
     }
 
     /// Permits free in the pool right now.
@@ -78,11 +78,11 @@ impl<S: Clone> Clone for Bulkhead<S> {
 
 impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Idle => "idle",
-            State::Waiting(_) => "waiting",
-            State::Permit(_) => "permit",
-            State::Rejected(_) => "rejected",
+        let state = match (&self.permit, &self.slow) {
+            (Some(_), _) => "permit",
+            (None, Slow::Idle) => "idle",
+            (None, Slow::Waiting(_)) => "waiting",
+            (None, Slow::Rejected(_)) => "rejected",
         };
         f.debug_struct("Bulkhead")
             .field("inner", &self.inner)
@@ -102,43 +102,75 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        loop {
-            match &mut self.state {
-                State::Permit(_) => return self.inner.poll_ready(cx).map_err(Into::into),
-                State::Idle => match self.semaphore.clone().try_acquire_owned() {
-                    Ok(permit) => self.state = State::Permit(permit),
-                    Err(_) if self.shared.max_wait.is_zero() => {
-                        self.state = State::Rejected(Duration::ZERO);
-                        return Poll::Ready(Ok(()));
+        if self.permit.is_none() {
+            match self.semaphore.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    self.permit = Some(permit);
+                    if !matches!(self.slow, Slow::Idle) {
+                        self.slow = Slow::Idle;
                     }
-                    Err(_) => self.state = State::Waiting(self.shared.wait(&self.semaphore)),
-                },
-                State::Waiting(waiting) => {
-                    let permit = ready!(waiting.acquire.as_mut().poll(cx));
-                    let waited = self.shared.waited(waiting.started);
-                    self.state = match permit {
-                        Some(permit) => State::Permit(permit),
-                        None => State::Rejected(waited),
-                    };
                 }
-                State::Rejected(_) => {
-                    // Polled again before `call`: take a permit if one came
-                    // free meanwhile, else stay rejected.
-                    match self.semaphore.clone().try_acquire_owned() {
-                        Ok(permit) => self.state = State::Permit(permit),
-                        Err(_) => return Poll::Ready(Ok(())),
+                Err(_) => {
+                    ready!(self.poll_slow(cx));
+                    if self.permit.is_none() {
+                        // Rejected: the next call fails without reaching the
+                        // inner service, so its readiness does not matter.
+                        return Poll::Ready(Ok(()));
                     }
                 }
             }
         }
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match std::mem::replace(&mut self.state, State::Idle) {
-            State::Permit(permit) => ResponseFuture::called(self.inner.call(req), self.shared.in_flight(permit)),
-            State::Rejected(waited) => ResponseFuture::rejected(self.shared.reject(waited)),
-            State::Idle | State::Waiting(_) => panic!("Bulkhead::call without poll_ready returning Ready first"),
+        match self.permit.take() {
+            Some(permit) => ResponseFuture::called(self.inner.call(req), self.shared.in_flight(permit)),
+            None => self.reject(),
+        }
+    }
+}
+
+impl<S> Bulkhead<S> {
+    /// No permit was free: wait for one (up to `max_wait`) or decide to
+    /// reject. `Ready` with `self.permit` set, or `Ready` with `self.slow`
+    /// `Rejected`.
+    #[cold]
+    fn poll_slow(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.slow {
+                Slow::Idle if self.shared.max_wait.is_zero() => {
+                    self.slow = Slow::Rejected(Duration::ZERO);
+                    return Poll::Ready(());
+                }
+                Slow::Idle => self.slow = Slow::Waiting(self.shared.wait(&self.semaphore)),
+                Slow::Waiting(waiting) => {
+                    let permit = ready!(waiting.acquire.as_mut().poll(cx));
+                    let waited = self.shared.waited(waiting.started);
+                    match permit {
+                        Some(permit) => {
+                            self.permit = Some(permit);
+                            self.slow = Slow::Idle;
+                        }
+                        None => self.slow = Slow::Rejected(waited),
+                    }
+                    return Poll::Ready(());
+                }
+                // Polled again after a rejection (and the fast path found no
+                // permit either): stay rejected.
+                Slow::Rejected(_) => return Poll::Ready(()),
+            }
+        }
+    }
+
+    #[cold]
+    fn reject<F>(&mut self) -> ResponseFuture<F> {
+        match std::mem::replace(&mut self.slow, Slow::Idle) {
+            Slow::Rejected(waited) => ResponseFuture::rejected(self.shared.reject(waited)),
+            _ => panic!("Bulkhead::call without poll_ready returning Ready first"),
         }
     }
 }

@@ -407,3 +407,49 @@ fn services_and_futures_are_send_and_sync() {
     send_sync(&keyed);
     send(&tower::Service::call(&mut keyed, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn metrics_are_recorded_on_the_registered_handles() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        BulkheadLayer::builder().name("m").max_concurrent_calls(1).max_wait(Duration::from_millis(10)).build().unwrap()
+    });
+    // Each snapshot drains what it reads (counters and gauges are swapped to
+    // zero): the values are changes since the previous snapshot.
+    let values = || {
+        let snapshot = snapshotter.snapshot().into_vec();
+        move |name: &str| {
+            snapshot.iter().find_map(|(k, _, _, v)| {
+                let key = k.key();
+                let ours = key.labels().any(|l| l.key() == "service" && l.value() == "m");
+                (key.name() == name && ours).then(|| match v {
+                    DebugValue::Counter(c) => vec![*c as f64],
+                    DebugValue::Gauge(g) => vec![g.into_inner()],
+                    DebugValue::Histogram(h) => h.iter().map(|x| x.into_inner()).collect(),
+                })
+            })
+        }
+    };
+    let value = |name: &str| values()(name);
+
+    let (mut svc, mut handle) = mock::spawn_layer::<u32, u32, _>(layer.clone());
+    assert_ready_ok!(svc.poll_ready());
+    let f = svc.call(1);
+    assert_eq!(value("tower_mesh_bulkhead_in_flight"), Some(vec![1.0]));
+
+    let mut svc2 = mock::Spawn::new(svc.clone().into_inner());
+    assert_pending!(svc2.poll_ready());
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert_ready_ok!(svc2.poll_ready());
+    assert!(svc2.call(2).await.is_err());
+    let now = values();
+    assert_eq!(now("tower_mesh_bulkhead_rejections_total"), Some(vec![1.0]));
+    assert_eq!(now("tower_mesh_bulkhead_permit_wait_seconds"), Some(vec![0.01]));
+
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(1);
+    f.await.unwrap();
+    assert_eq!(value("tower_mesh_bulkhead_in_flight"), Some(vec![-1.0]), "back down by one");
+}

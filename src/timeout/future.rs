@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
 
 use super::error::TimeoutKind;
-use super::layer::Shared;
+use super::layer::Reporter;
 use crate::deadline::Deadline;
 use crate::error::BoxError;
 
@@ -26,24 +25,19 @@ pin_project! {
         sleep: Sleep,
         kind: TimeoutKind,
         after: Duration,
-        shared: Arc<Shared>,
+        reporter: Reporter,
     }
 }
 
 impl<F: Future> ResponseFuture<F> {
-    pub(crate) fn new(
-        deadline: Deadline,
-        response: F,
-        kind: TimeoutKind,
-        after: Duration,
-        shared: Arc<Shared>,
-    ) -> Self {
+    #[inline]
+    pub(crate) fn new(deadline: Deadline, response: F, kind: TimeoutKind, after: Duration, reporter: Reporter) -> Self {
         ResponseFuture {
             response: deadline.scope(response),
             sleep: tokio::time::sleep_until(deadline.instant()),
             kind,
             after,
-            shared,
+            reporter,
         }
     }
 }
@@ -51,7 +45,7 @@ impl<F: Future> ResponseFuture<F> {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("timeout", &self.shared)
+            .field("timeout", &self.reporter)
             .field("kind", &self.kind)
             .field("after", &self.after)
             .field("deadline", &self.sleep.deadline())
@@ -74,7 +68,7 @@ where
         }
         match this.sleep.poll(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => Poll::Ready(Err(this.shared.elapsed(*this.kind, *this.after).into())),
+            Poll::Ready(()) => Poll::Ready(Err(this.reporter.elapsed(*this.kind, *this.after).into())),
         }
     }
 }

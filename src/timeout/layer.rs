@@ -25,15 +25,41 @@ impl Shared {
         Shared { attempt_elapsed: counter(TimeoutKind::Attempt), total_elapsed: counter(TimeoutKind::Total), name }
     }
 
+    /// What a response future needs to report a timeout of `kind`: the
+    /// counter (a no-op handle when no metrics recorder is installed) and,
+    /// only when `debug` events are enabled, the name — so a call pays for no
+    /// reference count it does not use.
+    #[inline]
+    pub(crate) fn reporter(&self, kind: TimeoutKind) -> Reporter {
+        let counter = match kind {
+            TimeoutKind::Attempt => self.attempt_elapsed.clone(),
+            TimeoutKind::Total => self.total_elapsed.clone(),
+        };
+        let name = if tracing::enabled!(tracing::Level::DEBUG) { Some(self.name.clone()) } else { None };
+        Reporter { counter, name }
+    }
+}
+
+/// Reports a timeout: see [`Shared::reporter`].
+pub(crate) struct Reporter {
+    counter: Counter,
+    name: Option<Arc<str>>,
+}
+
+impl Reporter {
     /// A call timed out: count it, log it and make the error.
     #[cold]
     pub(crate) fn elapsed(&self, kind: TimeoutKind, after: Duration) -> Elapsed {
-        match kind {
-            TimeoutKind::Attempt => self.attempt_elapsed.increment(1),
-            TimeoutKind::Total => self.total_elapsed.increment(1),
-        }
-        tracing::debug!(service = %self.name, kind = kind.as_str(), timeout = ?after, "request timed out");
+        self.counter.increment(1);
+        let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);
+        tracing::debug!(service = name, kind = kind.as_str(), timeout = ?after, "request timed out");
         Elapsed::new(kind, after)
+    }
+}
+
+impl fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name.as_deref().unwrap_or(DEFAULT_NAME))
     }
 }
 

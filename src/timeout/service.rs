@@ -72,14 +72,18 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
         let own = Deadline::at(now + self.duration);
         let deadline = own.min(Deadline::current()).min(req.deadline());
-        // A deadline set further up is what expires first: report it as the
-        // total timeout, so a retry layer knows not to try again.
-        let kind = if deadline == own { self.kind } else { TimeoutKind::Total };
-        let after = deadline.instant().saturating_duration_since(now);
+        // When a deadline set further up expires first, report it as the total
+        // timeout, so a retry layer knows not to try again.
+        let (kind, after) = if deadline == own {
+            (self.kind, self.duration)
+        } else {
+            (TimeoutKind::Total, deadline.instant().saturating_duration_since(now))
+        };
 
         req.set_deadline(deadline);
         if self.grpc_timeout {
@@ -87,6 +91,6 @@ where
         }
         let inner = &mut self.inner;
         let response = deadline.sync_scope(|| inner.call(req));
-        ResponseFuture::new(deadline, response, kind, after, self.shared.clone())
+        ResponseFuture::new(deadline, response, kind, after, self.shared.reporter(kind))
     }
 }

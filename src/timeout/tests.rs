@@ -220,3 +220,33 @@ fn services_and_futures_are_send_and_sync() {
     send_sync(&svc);
     send_sync(&tower::Service::call(&mut svc, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn elapsed_counter_is_recorded() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer =
+        metrics::with_local_recorder(&recorder, || TimeoutLayer::per_attempt(Duration::from_millis(5)).name("t"));
+    // Each snapshot drains the counters: values are increments since the last one.
+    let value = |kind: &str| {
+        snapshotter.snapshot().into_vec().into_iter().find_map(|(k, _, _, v)| {
+            let key = k.key();
+            let labels: Vec<_> = key.labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+            (key.name() == "tower_mesh_timeout_elapsed_total"
+                && labels.contains(&("service".into(), "t".into()))
+                && labels.contains(&("kind".into(), kind.into())))
+            .then_some(v)
+        })
+    };
+    assert_eq!(value("attempt"), Some(DebugValue::Counter(0)), "pre-registered");
+    let svc = ServiceBuilder::new().layer(layer).service_fn(|_: ()| std::future::pending::<Result<(), Infallible>>());
+    assert!(svc.clone().oneshot(()).await.is_err());
+    assert!(svc.clone().oneshot(()).await.is_err());
+    assert_eq!(value("attempt"), Some(DebugValue::Counter(2)));
+    assert_eq!(value("total"), Some(DebugValue::Counter(0)));
+    // Capped by an enclosing deadline: counted as a total timeout.
+    let outer = Deadline::after(Duration::from_millis(1));
+    assert!(outer.scope(svc.oneshot(())).await.is_err());
+    assert_eq!(value("total"), Some(DebugValue::Counter(1)));
+}
