@@ -1,5 +1,11 @@
-//! Crate docs are written in README.md and included here.
-#![doc = include_str!("../README.md")]
+//! Service-mesh resilience inside the process, as composable tower layers.
+//!
+//! The crate documentation is the README (included below when all the layer
+//! features are enabled, so that its example compiles).
+#![cfg_attr(
+    all(feature = "circuit-breaker", feature = "bulkhead", feature = "retry", feature = "timeout"),
+    doc = include_str!("../README.md")
+)]
 #![deny(missing_docs)]
 #![warn(unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 #![forbid(unsafe_code)]
