@@ -453,3 +453,34 @@ async fn metrics_are_recorded_on_the_registered_handles() {
     f.await.unwrap();
     assert_eq!(value("tower_mesh_bulkhead_in_flight"), Some(vec![-1.0]), "back down by one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_tasks_never_exceed_the_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let layer = BulkheadLayer::builder().max_concurrent_calls(10).max_wait(Duration::from_secs(60)).build().unwrap();
+    let svc = tower::ServiceBuilder::new().layer(layer.clone()).service_fn({
+        let (in_flight, max_seen) = (in_flight.clone(), max_seen.clone());
+        move |_: ()| {
+            let (in_flight, max_seen) = (in_flight.clone(), max_seen.clone());
+            async move {
+                let now = in_flight.fetch_add(1, SeqCst) + 1;
+                max_seen.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                in_flight.fetch_sub(1, SeqCst);
+                Ok::<_, crate::BoxError>(())
+            }
+        }
+    });
+    let tasks: Vec<_> = (0..500).map(|_| tokio::spawn(svc.clone().oneshot(()))).collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert!(max_seen.load(SeqCst) <= 10, "max in flight {}", max_seen.load(SeqCst));
+    assert!(max_seen.load(SeqCst) >= 2, "ran concurrently");
+    assert_eq!(layer.available_permits(), 10);
+}
