@@ -32,6 +32,9 @@ enum Slow {
 /// [`BulkheadFull`](super::BulkheadFull) — a rejected call is an error of that
 /// call, not of the service, so `Buffer` or `Balance` above keep working.
 ///
+/// If `poll_ready` is called again after it decided to reject (before
+/// `call`), it tries once more to take a free permit without waiting.
+///
 /// Cloning gives a service that shares the pool but does not hold the
 /// original's permit.
 pub struct Bulkhead<S> {

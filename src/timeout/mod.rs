@@ -26,6 +26,13 @@
 //!   cuts the attempt short, the error says [`TimeoutKind::Total`] — there is
 //!   no time left for another attempt — otherwise [`TimeoutKind::Attempt`].
 //!
+//! The request type must implement
+//! [`DeadlineCarrier`](crate::deadline::DeadlineCarrier): `http::Request`
+//! does (the deadline goes in its extensions), plain types such as `()`,
+//! `u32` or `String` have no-op impls, and any other type opts in with an
+//! empty `impl DeadlineCarrier for MyRequest {}` (the deadline then travels
+//! only as the task's current deadline).
+//!
 //! As in tower, `poll_ready` is not timed (put a timeout above a `Buffer` or
 //! use a bulkhead with a maximum wait to bound waiting for capacity), and the
 //! inner future is polled before the timer, so a response ready at the same
