@@ -68,9 +68,24 @@ impl Deadline {
         CURRENT.sync_scope(self.min(Deadline::current()), f)
     }
 
-    /// Poll `fut` with `self` as the current deadline.
+    /// Poll `fut` with `self` as the current deadline (the earlier one wins if a
+    /// deadline is already current).
     pub fn scope<F: Future>(self, fut: F) -> TaskLocalFuture<Deadline, F> {
         CURRENT.scope(self.min(Deadline::current()), fut)
+    }
+
+    /// [`sync_scope`](Deadline::sync_scope) for a caller that already took the
+    /// earliest of `self` and [`Deadline::current`]: skips reading it again.
+    #[inline]
+    pub(crate) fn sync_scope_exact<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
+    /// [`scope`](Deadline::scope) for a caller that already took the earliest of
+    /// `self` and [`Deadline::current`].
+    #[inline]
+    pub(crate) fn scope_exact<F: Future>(self, fut: F) -> TaskLocalFuture<Deadline, F> {
+        CURRENT.scope(self, fut)
     }
 }
 

@@ -33,7 +33,7 @@ impl<F: Future> ResponseFuture<F> {
     #[inline]
     pub(crate) fn new(deadline: Deadline, response: F, kind: TimeoutKind, after: Duration, reporter: Reporter) -> Self {
         ResponseFuture {
-            response: deadline.scope(response),
+            response: deadline.scope_exact(response),
             sleep: tokio::time::sleep_until(deadline.instant()),
             kind,
             after,

@@ -90,7 +90,8 @@ where
             req.set_grpc_timeout(after);
         }
         let inner = &mut self.inner;
-        let response = deadline.sync_scope(|| inner.call(req));
+        // `deadline` is already the earliest of ours, the current one and the request's.
+        let response = deadline.sync_scope_exact(|| inner.call(req));
         ResponseFuture::new(deadline, response, kind, after, self.shared.reporter(kind))
     }
 }
