@@ -7,15 +7,64 @@
 //! while the inner service is called and polled, so a retry layer below never
 //! sleeps past it and a per-attempt timeout never outlives it.
 
+use std::cell::Cell;
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
-use tokio::task::futures::TaskLocalFuture;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-tokio::task_local! {
-    static CURRENT: Deadline;
+// The deadline current on this thread. `DeadlineScope` sets it around every
+// poll of the future it wraps (and restores the previous value after), so it
+// follows the task exactly as a tokio task-local would; a `Copy` value in a
+// const-initialised `Cell` makes that a couple of plain loads and stores.
+thread_local! {
+    static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+}
+
+/// Restores the previous current deadline when dropped (also on unwind).
+struct Restore(Option<Deadline>);
+
+impl Drop for Restore {
+    #[inline]
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
+}
+
+#[inline]
+fn enter(deadline: Deadline) -> Restore {
+    Restore(CURRENT.with(|c| c.replace(Some(deadline))))
+}
+
+pin_project! {
+    /// A future polled with a [`Deadline`] current: see [`Deadline::scope`].
+    pub struct DeadlineScope<F> {
+        #[pin]
+        inner: F,
+        deadline: Deadline,
+    }
+}
+
+impl<F> fmt::Debug for DeadlineScope<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadlineScope").field("deadline", &self.deadline).finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for DeadlineScope<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _restore = enter(*this.deadline);
+        this.inner.poll(cx)
+    }
 }
 
 /// A point in time by which a call must be complete.
@@ -58,34 +107,36 @@ impl Deadline {
 
     /// The deadline of the enclosing [`TimeoutLayer`](crate::timeout::TimeoutLayer)
     /// on this task, if any.
+    #[inline]
     pub fn current() -> Option<Deadline> {
-        CURRENT.try_with(|d| *d).ok()
+        CURRENT.with(Cell::get)
     }
 
     /// Run `f` with `self` as the current deadline (the earlier one wins if a
     /// deadline is already current).
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self.min(Deadline::current()), f)
+        self.min(Deadline::current()).sync_scope_exact(f)
     }
 
     /// Poll `fut` with `self` as the current deadline (the earlier one wins if a
     /// deadline is already current).
-    pub fn scope<F: Future>(self, fut: F) -> TaskLocalFuture<Deadline, F> {
-        CURRENT.scope(self.min(Deadline::current()), fut)
+    pub fn scope<F: Future>(self, fut: F) -> DeadlineScope<F> {
+        self.min(Deadline::current()).scope_exact(fut)
     }
 
     /// [`sync_scope`](Deadline::sync_scope) for a caller that already took the
     /// earliest of `self` and [`Deadline::current`]: skips reading it again.
     #[inline]
     pub(crate) fn sync_scope_exact<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        let _restore = enter(self);
+        f()
     }
 
     /// [`scope`](Deadline::scope) for a caller that already took the earliest of
     /// `self` and [`Deadline::current`].
     #[inline]
-    pub(crate) fn scope_exact<F: Future>(self, fut: F) -> TaskLocalFuture<Deadline, F> {
-        CURRENT.scope(self, fut)
+    pub(crate) fn scope_exact<F: Future>(self, fut: F) -> DeadlineScope<F> {
+        DeadlineScope { inner: fut, deadline: self }
     }
 }
 
@@ -182,6 +233,32 @@ mod tests {
         assert_eq!(seen, Some(outer));
         let seen = outer.sync_scope(Deadline::current);
         assert_eq!(seen, Some(outer));
+        assert_eq!(Deadline::current(), None, "restored after the scopes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_follows_the_task_not_the_thread() {
+        let d = Deadline::after(Duration::from_secs(1));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let scoped = tokio::spawn(d.scope(async move {
+            let before = Deadline::current();
+            rx.await.unwrap(); // yields: other tasks run on this thread meanwhile
+            (before, Deadline::current())
+        }));
+        let other = tokio::spawn(async { Deadline::current() });
+        assert_eq!(other.await.unwrap(), None);
+        tx.send(()).unwrap();
+        assert_eq!(scoped.await.unwrap(), (Some(d), Some(d)));
+    }
+
+    #[test]
+    fn a_panic_inside_a_scope_restores_the_previous_deadline() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _g = rt.enter();
+        let d = Deadline::after(Duration::from_secs(1));
+        let r = std::panic::catch_unwind(|| d.sync_scope(|| panic!("boom")));
+        assert!(r.is_err());
+        assert_eq!(Deadline::current(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,12 +7,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
 
 use super::error::TimeoutKind;
 use super::layer::Reporter;
-use crate::deadline::Deadline;
+use crate::deadline::{Deadline, DeadlineScope};
 use crate::error::BoxError;
 
 pin_project! {
@@ -20,7 +19,7 @@ pin_project! {
     /// polled with the call's [`Deadline`] current, raced against a timer.
     pub struct ResponseFuture<F> {
         #[pin]
-        response: TaskLocalFuture<Deadline, F>,
+        response: DeadlineScope<F>,
         #[pin]
         sleep: Sleep,
         kind: TimeoutKind,
