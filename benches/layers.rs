@@ -195,10 +195,62 @@ fn subjects(v: &mut impl Visit) {
     v.visit("tr_time_limiter", tl.layer(Noop));
 
     // tower-mesh
+    #[cfg(feature = "circuit-breaker")]
+    v.visit("mesh_breaker_count", mesh_breaker_count().layer(Noop));
+    #[cfg(feature = "circuit-breaker")]
+    v.visit("mesh_breaker_time", mesh_breaker_time().layer(Noop));
     #[cfg(feature = "bulkhead")]
     v.visit("mesh_bulkhead", mesh_bulkhead().layer(Noop));
     #[cfg(feature = "timeout")]
     v.visit("mesh_timeout", tower_mesh::timeout::TimeoutLayer::new(LONG).layer(Noop));
+    #[cfg(feature = "retry")]
+    v.visit("mesh_retry", mesh_retry().layer(Noop));
+    #[cfg(all(feature = "circuit-breaker", feature = "bulkhead"))]
+    v.visit("mesh_breaker_bulkhead", mesh_breaker_bulkhead());
+    #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "retry", feature = "timeout"))]
+    v.visit(
+        "mesh_full_stack",
+        tower::ServiceBuilder::new()
+            .layer(tower_mesh::timeout::TimeoutLayer::new(LONG))
+            .layer(mesh_retry())
+            .layer(mesh_breaker_count())
+            .layer(mesh_bulkhead())
+            .service(Noop),
+    );
+}
+
+/// Count window of 100 calls; with no failures it never trips.
+#[cfg(feature = "circuit-breaker")]
+fn mesh_breaker_count() -> tower_mesh::circuit_breaker::CircuitBreakerLayer {
+    tower_mesh::circuit_breaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(50.0)
+        .count_window(100)
+        .minimum_calls(100)
+        .build()
+        .expect("tower-mesh count breaker")
+}
+
+/// Time window of 60 s; with no failures it never trips.
+#[cfg(feature = "circuit-breaker")]
+fn mesh_breaker_time() -> tower_mesh::circuit_breaker::CircuitBreakerLayer {
+    tower_mesh::circuit_breaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(50.0)
+        .time_window(Duration::from_secs(60))
+        .minimum_calls(100)
+        .build()
+        .expect("tower-mesh time breaker")
+}
+
+/// The recommended inner stack: breaker outside the bulkhead, one shared state for all clones.
+#[cfg(all(feature = "circuit-breaker", feature = "bulkhead"))]
+fn mesh_breaker_bulkhead() -> tower_mesh::circuit_breaker::CircuitBreaker<tower_mesh::bulkhead::Bulkhead<Noop>> {
+    tower::ServiceBuilder::new().layer(mesh_breaker_count()).layer(mesh_bulkhead()).service(Noop)
+}
+
+/// Two retries with the default backoff; the no-op service never fails, so it never retries.
+#[cfg(feature = "retry")]
+fn mesh_retry() -> tower_mesh::retry::RetryLayer {
+    tower_mesh::retry::RetryLayer::builder().max_retries(2).build().expect("tower-mesh retry")
 }
 
 #[cfg(feature = "bulkhead")]
@@ -357,6 +409,10 @@ fn scaling_subjects(handle: &tokio::runtime::Handle) {
     scaling(handle, "tower_concurrency_limit", tower::limit::ConcurrencyLimit::new(Noop, 1024));
     #[cfg(feature = "bulkhead")]
     scaling(handle, "mesh_bulkhead", mesh_bulkhead().layer(Noop));
+    #[cfg(feature = "circuit-breaker")]
+    scaling(handle, "mesh_breaker_count", mesh_breaker_count().layer(Noop));
+    #[cfg(all(feature = "circuit-breaker", feature = "bulkhead"))]
+    scaling(handle, "mesh_breaker_bulkhead", mesh_breaker_bulkhead());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -386,6 +442,7 @@ const CHECKS: &[(&str, &str, &str, Target)] = &[
     ("breaker (count) vs tower ConcurrencyLimit", "mesh_breaker_count", "tower_concurrency_limit", Target::Ratio(1.0)),
     ("breaker (time) vs tower ConcurrencyLimit", "mesh_breaker_time", "tower_concurrency_limit", Target::Ratio(1.0)),
     ("breaker time window vs count window", "mesh_breaker_time", "mesh_breaker_count", Target::Info),
+    ("breaker + bulkhead vs tower ConcurrencyLimit", "mesh_breaker_bulkhead", "tower_concurrency_limit", Target::Info),
     ("bulkhead vs tower ConcurrencyLimit", "mesh_bulkhead", "tower_concurrency_limit", Target::Ratio(1.0)),
     ("bulkhead vs tower-resilience bulkhead", "mesh_bulkhead", "tr_bulkhead", Target::Info),
     ("timeout vs tower Timeout", "mesh_timeout", "tower_timeout", Target::Ratio(1.0)),
