@@ -1,0 +1,164 @@
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backoff, Jitter, RetryBudget};
+use crate::config::{check_nonzero, check_range, ConfigError};
+
+/// Retry configuration, deserializable with `serde` (durations as `"250ms"`,
+/// `"1s"`).
+///
+/// ```
+/// use tower_mesh::retry::RetryConfig;
+///
+/// let c: RetryConfig = serde_json::from_str(r#"{
+///     "max_retries": 2,
+///     "backoff": { "initial": "1s", "multiplier": 2.0, "max_delay": "10s", "jitter": "equal" },
+///     "budget": { "ttl": "10s", "min_per_second": 10, "ratio": 0.2 }
+/// }"#).unwrap();
+/// c.validate().unwrap();
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Name used as the `service` label of the metrics.
+    pub name: String,
+    /// Retries after the first attempt: 3 attempts in all is `max_retries: 2`.
+    pub max_retries: u32,
+    /// Backoff between attempts.
+    pub backoff: BackoffConfig,
+    /// Optional retry budget shared by all clones of the layer.
+    pub budget: Option<BudgetConfig>,
+}
+
+/// Backoff part of [`RetryConfig`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Growth per retry (≥ 1).
+    pub multiplier: f64,
+    /// Longest delay, and cap on server pushback.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Randomisation.
+    pub jitter: Jitter,
+}
+
+/// Budget part of [`RetryConfig`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Window over which requests and retries are counted (1 s – 60 s).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Retries per second always allowed.
+    pub min_per_second: u32,
+    /// Retries allowed per request, 0.0 – 1.0 (0.2 = one retry per five requests).
+    pub ratio: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { name: "retry".into(), max_retries: 3, backoff: BackoffConfig::default(), budget: None }
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(10),
+            jitter: Jitter::Full,
+        }
+    }
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig { ttl: Duration::from_secs(10), min_per_second: 10, ratio: 0.2 }
+    }
+}
+
+impl RetryConfig {
+    /// The defaults of the client libraries users come from: 3 attempts in all
+    /// (`max_retries` 2), 1 s initial delay growing ×2.0 up to 10 s, with equal
+    /// jitter (never less than half the nominal delay), no budget.
+    pub fn standard() -> Self {
+        RetryConfig {
+            name: "retry".into(),
+            max_retries: 2,
+            backoff: BackoffConfig {
+                initial: Duration::from_secs(1),
+                multiplier: 2.0,
+                max_delay: Duration::from_secs(10),
+                jitter: Jitter::Equal,
+            },
+            budget: None,
+        }
+    }
+
+    /// Check every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.backoff;
+        check_range("retry.backoff.multiplier", b.multiplier, 1.0, 1000.0)?;
+        check_nonzero("retry.backoff.max_delay", b.max_delay.is_zero())?;
+        if b.initial > b.max_delay {
+            return Err(ConfigError::Conflict {
+                field: "retry.backoff.initial",
+                other: "retry.backoff.max_delay",
+                reason: "the first delay is longer than the longest delay",
+            });
+        }
+        if let Some(budget) = &self.budget {
+            check_range("retry.budget.ratio", budget.ratio, 0.0, 1.0)?;
+            check_range("retry.budget.ttl", budget.ttl.as_secs_f64(), 1.0, 60.0)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn backoff(&self) -> Backoff {
+        let b = &self.backoff;
+        Backoff::exponential(b.initial, b.multiplier, b.max_delay).jitter(b.jitter)
+    }
+
+    pub(crate) fn budget(&self) -> Option<RetryBudget> {
+        self.budget.as_ref().map(|b| RetryBudget::new(b.ttl, b.min_per_second, b.ratio))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_preset() {
+        let c = RetryConfig::standard();
+        c.validate().unwrap();
+        assert_eq!(c.max_retries, 2);
+        assert_eq!(c.backoff.initial, Duration::from_secs(1));
+        assert_eq!(c.backoff.multiplier, 2.0);
+        assert_eq!(c.backoff.max_delay, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn invalid_values_are_typed_errors() {
+        let mut c = RetryConfig::default();
+        c.backoff.multiplier = 0.5;
+        assert!(matches!(c.validate(), Err(ConfigError::OutOfRange { field: "retry.backoff.multiplier", .. })));
+        let mut c = RetryConfig::default();
+        c.backoff.initial = Duration::from_secs(20);
+        assert!(matches!(c.validate(), Err(ConfigError::Conflict { .. })));
+        let c = RetryConfig { budget: Some(BudgetConfig { ratio: 1.5, ..Default::default() }), ..Default::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::OutOfRange { field: "retry.budget.ratio", .. })));
+        let mut c = RetryConfig::default();
+        c.backoff.max_delay = Duration::ZERO;
+        c.backoff.initial = Duration::ZERO;
+        assert!(matches!(c.validate(), Err(ConfigError::Zero { .. })));
+        let e = serde_json::from_str::<RetryConfig>(r#"{"max_retry": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+}

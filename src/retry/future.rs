@@ -1,0 +1,164 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::budget::BudgetToken;
+use super::layer::Settings;
+use super::{Pushback, RetryRequests};
+use crate::classify::{Classify, Outcome};
+use crate::deadline::Deadline;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, Req> {
+        // An attempt is in flight.
+        Calling { #[pin] fut: F },
+        // Waiting out the backoff before sending `req`.
+        Backoff { #[pin] sleep: Sleep, req: Option<Req> },
+        // Waiting for the service to be ready to send `req`.
+        Readying { req: Option<Req> },
+    }
+}
+
+pin_project! {
+    /// Response future of [`Retry`](super::Retry): a state machine of attempt,
+    /// backoff sleep and readiness, with no allocation.
+    ///
+    /// Dropping it during a backoff gives the retry it took back to the budget.
+    pub struct ResponseFuture<S, Req, C, P>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future, Req>,
+        service: S,
+        // A copy of the request for the next retry (`None`: not retryable).
+        copy: Option<Req>,
+        token: Option<BudgetToken>,
+        retries: u32,
+        previous_delay: Duration,
+        settings: Settings<C, P>,
+    }
+}
+
+impl<S: Service<Req>, Req, C, P> ResponseFuture<S, Req, C, P> {
+    #[inline]
+    pub(crate) fn new(fut: S::Future, service: S, copy: Option<Req>, settings: Settings<C, P>) -> Self {
+        ResponseFuture {
+            state: State::Calling { fut },
+            service,
+            copy,
+            token: None,
+            retries: 0,
+            previous_delay: Duration::ZERO,
+            settings,
+        }
+    }
+}
+
+impl<S: Service<Req>, Req, C, P> fmt::Debug for ResponseFuture<S, Req, C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("retries", &self.retries)
+            .field("retryable", &self.copy.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, C, P> Future for ResponseFuture<S, Req, C, P>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error>,
+    P: RetryRequests<Req, S::Response>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.state.as_mut().project() {
+                StateProj::Calling { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    let s = &*this.settings;
+                    let retryable = match s.classifier.classify(result.as_ref()) {
+                        Outcome::Failure(kind) => s.retry_if.map_or(true, |f| f(&kind)),
+                        _ => false,
+                    };
+                    if !retryable {
+                        return Poll::Ready(result);
+                    }
+                    if *this.retries >= s.max_retries {
+                        s.shared.exhausted.increment(1);
+                        return Poll::Ready(result);
+                    }
+                    // Not replayable (a POST, a streaming body ...): never retried.
+                    let Some(req) = this.copy.take() else {
+                        return Poll::Ready(result);
+                    };
+                    let pushback = match &result {
+                        Ok(res) => s.requests.pushback(res),
+                        Err(_) => Pushback::None,
+                    };
+                    let delay = match pushback {
+                        Pushback::Stop => return Poll::Ready(result),
+                        Pushback::After(d) => d.min(s.backoff.max_delay()),
+                        Pushback::None => s.backoff.delay(*this.retries, *this.previous_delay),
+                    };
+                    // Never sleep past the deadline of an enclosing timeout.
+                    if let Some(deadline) = Deadline::current() {
+                        if Instant::now() + delay >= deadline.instant() {
+                            return Poll::Ready(result);
+                        }
+                    }
+                    if let Some(budget) = &s.shared.budget {
+                        match budget.withdraw() {
+                            Some(token) => *this.token = Some(token),
+                            None => {
+                                s.shared.budget_exhausted.increment(1);
+                                tracing::warn!(service = %s.shared.name, "retry budget exhausted; not retrying");
+                                return Poll::Ready(result);
+                            }
+                        }
+                    }
+                    *this.retries += 1;
+                    *this.previous_delay = delay;
+                    s.shared.retries.increment(1);
+                    tracing::debug!(
+                        service = %s.shared.name,
+                        retry = *this.retries,
+                        delay_ms = delay.as_millis() as u64,
+                        pushback = matches!(pushback, Pushback::After(_)),
+                        "retrying failed call"
+                    );
+                    *this.copy = s.requests.clone_request(&req);
+                    // The failed response (and its connection) is released here, before the wait.
+                    drop(result);
+                    this.state.set(State::Backoff { sleep: tokio::time::sleep(delay), req: Some(req) });
+                }
+                StateProj::Backoff { sleep, req } => {
+                    ready!(sleep.poll(cx));
+                    let req = req.take();
+                    this.state.set(State::Readying { req });
+                }
+                StateProj::Readying { req } => {
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                    let req = req.take().expect("a retry holds its request until it is sent");
+                    if let Some(token) = this.token.take() {
+                        token.spend();
+                    }
+                    this.settings.shared.attempts.increment(1);
+                    let fut = this.service.call(req);
+                    this.state.set(State::Calling { fut });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+use std::fmt;
+use std::sync::Arc;
+
+use metrics::Counter;
+use tower_layer::Layer;
+
+use super::{Backoff, CloneRequests, HttpRequests, Retry, RetryBudget, RetryConfig};
+use crate::classify::{FailureKind, ResultClassifier};
+use crate::config::ConfigError;
+
+/// Per-layer state shared by every service and future the layer makes.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) attempts: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) budget_exhausted: Counter,
+    pub(crate) exhausted: Counter,
+}
+
+impl Shared {
+    fn new(name: String, budget: Option<RetryBudget>) -> Self {
+        let label = name.clone();
+        Shared {
+            attempts: metrics::counter!("tower_mesh_retry_attempts_total", "service" => label.clone()),
+            retries: metrics::counter!("tower_mesh_retry_retries_total", "service" => label.clone()),
+            budget_exhausted: metrics::counter!("tower_mesh_retry_budget_exhausted_total", "service" => label.clone()),
+            exhausted: metrics::counter!("tower_mesh_retry_exhausted_total", "service" => label),
+            name,
+            budget,
+        }
+    }
+}
+
+/// Everything a retrying call needs; cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub(crate) struct Settings<C, P> {
+    pub(crate) max_retries: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) retry_if: Option<fn(&FailureKind) -> bool>,
+    pub(crate) classifier: C,
+    pub(crate) requests: P,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Retries failed calls with exponential backoff and jitter: see the
+/// [module docs](super).
+#[derive(Clone)]
+pub struct RetryLayer<C = ResultClassifier, P = CloneRequests> {
+    settings: Settings<C, P>,
+}
+
+impl<C, P> fmt::Debug for RetryLayer<C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.settings.shared.name)
+            .field("max_retries", &self.settings.max_retries)
+            .field("backoff", &self.settings.backoff)
+            .field("budget", &self.settings.shared.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryLayer {
+    /// Start building a retry layer.
+    pub fn builder() -> RetryBuilder {
+        RetryBuilder {
+            config: RetryConfig::default(),
+            budget: None,
+            retry_if: None,
+            classifier: ResultClassifier,
+            requests: CloneRequests,
+        }
+    }
+
+    /// A layer from a validated [`RetryConfig`].
+    pub fn from_config(config: &RetryConfig) -> Result<Self, ConfigError> {
+        RetryBuilder { config: config.clone(), ..RetryLayer::builder() }.build()
+    }
+}
+
+impl<C, P> RetryLayer<C, P> {
+    /// Use `classifier` to decide which results are failures (and so retried).
+    pub fn with_classifier<C2>(self, classifier: C2) -> RetryLayer<C2, P> {
+        let s = self.settings;
+        RetryLayer {
+            settings: Settings {
+                max_retries: s.max_retries,
+                backoff: s.backoff,
+                retry_if: s.retry_if,
+                classifier,
+                requests: s.requests,
+                shared: s.shared,
+            },
+        }
+    }
+
+    /// Use `requests` to copy requests and read server pushback, e.g.
+    /// [`HttpRequests`].
+    pub fn with_requests<P2>(self, requests: P2) -> RetryLayer<C, P2> {
+        let s = self.settings;
+        RetryLayer {
+            settings: Settings {
+                max_retries: s.max_retries,
+                backoff: s.backoff,
+                retry_if: s.retry_if,
+                classifier: s.classifier,
+                requests,
+                shared: s.shared,
+            },
+        }
+    }
+
+    /// The budget shared by the services of this layer, if it has one.
+    pub fn budget(&self) -> Option<&RetryBudget> {
+        self.settings.shared.budget.as_ref()
+    }
+}
+
+impl<S, C: Clone, P: Clone> Layer<S> for RetryLayer<C, P> {
+    type Service = Retry<S, C, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::new(inner, self.settings.clone())
+    }
+}
+
+/// Builds a [`RetryLayer`]; start with [`RetryLayer::builder`].
+pub struct RetryBuilder<C = ResultClassifier, P = CloneRequests> {
+    config: RetryConfig,
+    budget: Option<RetryBudget>,
+    retry_if: Option<fn(&FailureKind) -> bool>,
+    classifier: C,
+    requests: P,
+}
+
+impl<C, P> fmt::Debug for RetryBuilder<C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<C, P> RetryBuilder<C, P> {
+    /// The `service` label of the metrics.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Retries after the first attempt (3 attempts in all = `max_retries(2)`).
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.config.max_retries = max_retries;
+        self
+    }
+
+    /// Backoff between attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff.initial = backoff.initial;
+        self.config.backoff.multiplier = backoff.multiplier;
+        self.config.backoff.max_delay = backoff.max_delay;
+        self.config.backoff.jitter = backoff.jitter;
+        self
+    }
+
+    /// Share this budget (it may also be shared with other layers).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Retry a failure only when `f` says so (e.g. not for
+    /// `FailureKind::HttpStatus(501)`).
+    pub fn retry_if(mut self, f: fn(&FailureKind) -> bool) -> Self {
+        self.retry_if = Some(f);
+        self
+    }
+
+    /// Which results are failures.
+    pub fn classifier<C2>(self, classifier: C2) -> RetryBuilder<C2, P> {
+        RetryBuilder {
+            config: self.config,
+            budget: self.budget,
+            retry_if: self.retry_if,
+            classifier,
+            requests: self.requests,
+        }
+    }
+
+    /// How requests are copied and pushback read: [`CloneRequests`] (default)
+    /// or [`HttpRequests`].
+    pub fn requests<P2>(self, requests: P2) -> RetryBuilder<C, P2> {
+        RetryBuilder {
+            config: self.config,
+            budget: self.budget,
+            retry_if: self.retry_if,
+            classifier: self.classifier,
+            requests,
+        }
+    }
+
+    /// Shorthand for `.requests(HttpRequests::new())`.
+    pub fn http(self) -> RetryBuilder<C, HttpRequests> {
+        self.requests(HttpRequests::new())
+    }
+
+    /// Validate and build.
+    pub fn build(self) -> Result<RetryLayer<C, P>, ConfigError> {
+        self.config.validate()?;
+        let budget = self.budget.or_else(|| self.config.budget());
+        Ok(RetryLayer {
+            settings: Settings {
+                max_retries: self.config.max_retries,
+                backoff: self.config.backoff(),
+                retry_if: self.retry_if,
+                classifier: self.classifier,
+                requests: self.requests,
+                shared: Arc::new(Shared::new(self.config.name, budget)),
+            },
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! Retry failed calls with exponential backoff, jitter and a retry budget.
+//!
+//! [`RetryLayer`] sends a call again when the shared [classifier](crate::classify)
+//! says it failed, up to `max_retries` times **after the first attempt** (three
+//! attempts in all is `max_retries(2)`).
+//!
+//! * **Backoff** — [`Backoff`]: `initial × multiplier^n` capped at `max_delay`,
+//!   randomised by a [`Jitter`] mode (none, full, equal, decorrelated).
+//! * **Budget** — [`RetryBudget`], shared by every clone: retries may be at most
+//!   a ratio of recent requests plus a minimum per second, so a struggling
+//!   dependency is not hit by a retry storm. A call cancelled during its backoff
+//!   gives its retry back.
+//! * **Server pushback** — with [`HttpRequests`], `Retry-After` (seconds or
+//!   HTTP-date) and `grpc-retry-pushback-ms` replace the backoff delay, capped at
+//!   `max_delay`; a negative or malformed gRPC pushback means "do not retry".
+//! * **Deadlines** — a retry that would start after the deadline of an
+//!   enclosing [`TimeoutLayer`](crate::timeout::TimeoutLayer) is not made; the
+//!   last result is returned instead of sleeping past it.
+//! * **Safe replay** — requests are copied before they are sent. Any `Clone`
+//!   request works ([`CloneRequests`], the default). `http::Request`s go through
+//!   [`HttpRequests`]: only idempotent methods, and only bodies held in memory up
+//!   to a size limit ([`ReplayBody`]); anything else is sent once, never
+//!   partially replayed.
+//!
+//! | tower-mesh | resilience4j | Polly | tower |
+//! |---|---|---|---|
+//! | `max_retries` | `maxAttempts − 1` | `MaxRetryAttempts` | `Policy::retry` |
+//! | `Backoff` + `Jitter` | `IntervalFunction.ofExponentialRandomBackoff` | `BackoffType.Exponential`, `UseJitter` | `backoff::ExponentialBackoff` |
+//! | `RetryBudget` | — | — | `budget::TpsBudget` |
+//! | classifier, `retry_if` | `retryOnResult`, `retryExceptions` | `ShouldHandle` | `Policy::retry` |
+//!
+//! ```
+//! use std::time::Duration;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_mesh::retry::{Backoff, Jitter, RetryLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let c = calls.clone();
+//! let flaky = tower::service_fn(move |x: u32| {
+//!     let n = c.fetch_add(1, Ordering::SeqCst);
+//!     async move { if n < 2 { Err("temporarily unavailable") } else { Ok(x * 2) } }
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(
+//!         RetryLayer::builder()
+//!             .max_retries(3)
+//!             .backoff(Backoff::exponential(Duration::from_millis(50), 2.0, Duration::from_secs(1)).jitter(Jitter::Equal))
+//!             .build()
+//!             .unwrap(),
+//!     )
+//!     .service(flaky);
+//! assert_eq!(svc.oneshot(21).await, Ok(42));
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! # }
+//! ```
+
+mod backoff;
+mod budget;
+mod config;
+mod future;
+mod layer;
+mod request;
+mod service;
+
+pub use self::backoff::{Backoff, Jitter};
+pub use self::budget::{BudgetToken, RetryBudget};
+pub use self::config::{BackoffConfig, BudgetConfig, RetryConfig};
+pub use self::future::ResponseFuture;
+pub use self::layer::{RetryBuilder, RetryLayer};
+pub use self::request::{CloneRequests, HttpRequests, Pushback, ReplayBody, RetryRequests};
+pub use self::service::Retry;
+
+#[cfg(test)]
+mod tests;

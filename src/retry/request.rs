@@ -1,0 +1,284 @@
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body::Body;
+use http_body_util::{Empty, Full};
+
+/// What the server said about retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushback {
+    /// Nothing: use the backoff.
+    None,
+    /// Wait this long before the retry (`Retry-After`, `grpc-retry-pushback-ms`).
+    After(Duration),
+    /// Do not retry (a negative or malformed `grpc-retry-pushback-ms`).
+    Stop,
+}
+
+/// How the retry layer copies a request before sending it, so it can send it
+/// again, and what it reads from a response about retrying.
+///
+/// * [`CloneRequests`] (the default): any `Req: Clone`; no pushback.
+/// * [`HttpRequests`]: `http::Request`s with idempotent methods and replayable
+///   bodies; honours `Retry-After` and `grpc-retry-pushback-ms`.
+pub trait RetryRequests<Req, Res> {
+    /// A copy to send if the call must be retried, or `None` if this request
+    /// must not be retried.
+    fn clone_request(&self, req: &Req) -> Option<Req>;
+
+    /// What the response asks of the retry.
+    fn pushback(&self, res: &Res) -> Pushback {
+        let _ = res;
+        Pushback::None
+    }
+}
+
+/// Retries any `Clone` request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneRequests;
+
+impl<Req: Clone, Res> RetryRequests<Req, Res> for CloneRequests {
+    #[inline]
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// Request bodies that can be sent again: already in memory, and copied only
+/// when no larger than the limit.
+pub trait ReplayBody: Sized {
+    /// A copy of the body if it is at most `limit` bytes.
+    fn replay(&self, limit: usize) -> Option<Self>;
+}
+
+impl ReplayBody for Full<Bytes> {
+    fn replay(&self, limit: usize) -> Option<Self> {
+        let size = self.size_hint().exact()?;
+        (size <= limit as u64).then(|| self.clone())
+    }
+}
+
+impl ReplayBody for Empty<Bytes> {
+    fn replay(&self, _limit: usize) -> Option<Self> {
+        Some(Empty::new())
+    }
+}
+
+impl ReplayBody for String {
+    fn replay(&self, limit: usize) -> Option<Self> {
+        (self.len() <= limit).then(|| self.clone())
+    }
+}
+
+impl ReplayBody for Bytes {
+    fn replay(&self, limit: usize) -> Option<Self> {
+        (self.len() <= limit).then(|| self.clone())
+    }
+}
+
+impl ReplayBody for Vec<u8> {
+    fn replay(&self, limit: usize) -> Option<Self> {
+        (self.len() <= limit).then(|| self.clone())
+    }
+}
+
+impl ReplayBody for () {
+    fn replay(&self, _limit: usize) -> Option<Self> {
+        Some(())
+    }
+}
+
+/// Retries `http::Request`s safely: only idempotent methods (GET, HEAD,
+/// OPTIONS, TRACE, PUT, DELETE by default) and only with a body that is in
+/// memory and at most `max_body` bytes (default 64 KiB) — anything else is sent
+/// once and never retried, so a body is never partially replayed. Server
+/// pushback (`Retry-After` in seconds or as an HTTP-date,
+/// `grpc-retry-pushback-ms`) replaces the backoff delay.
+///
+/// ```
+/// use tower_mesh::retry::{HttpRequests, RetryRequests};
+/// use http::{Method, Request, Response};
+///
+/// let p = HttpRequests::new();
+/// let get = Request::get("/").body(String::new()).unwrap();
+/// let post = Request::post("/").body(String::from("{}")).unwrap();
+/// assert!(RetryRequests::<_, Response<()>>::clone_request(&p, &get).is_some());
+/// assert!(RetryRequests::<_, Response<()>>::clone_request(&p, &post).is_none());
+/// let p = p.method(Method::POST); // the caller knows these POSTs are idempotent
+/// assert!(RetryRequests::<_, Response<()>>::clone_request(&p, &post).is_some());
+/// ```
+#[derive(Clone, Debug)]
+pub struct HttpRequests {
+    methods: u16,
+    extra: Vec<Method>,
+    max_body: usize,
+}
+
+const GET: u16 = 1;
+const HEAD: u16 = 1 << 1;
+const OPTIONS: u16 = 1 << 2;
+const TRACE: u16 = 1 << 3;
+const PUT: u16 = 1 << 4;
+const DELETE: u16 = 1 << 5;
+const POST: u16 = 1 << 6;
+const PATCH: u16 = 1 << 7;
+
+fn method_bit(m: &Method) -> Option<u16> {
+    Some(match *m {
+        Method::GET => GET,
+        Method::HEAD => HEAD,
+        Method::OPTIONS => OPTIONS,
+        Method::TRACE => TRACE,
+        Method::PUT => PUT,
+        Method::DELETE => DELETE,
+        Method::POST => POST,
+        Method::PATCH => PATCH,
+        _ => return None,
+    })
+}
+
+impl Default for HttpRequests {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpRequests {
+    /// Idempotent methods, bodies up to 64 KiB.
+    pub fn new() -> Self {
+        HttpRequests { methods: GET | HEAD | OPTIONS | TRACE | PUT | DELETE, extra: Vec::new(), max_body: 64 * 1024 }
+    }
+
+    /// Also retry `method`.
+    pub fn method(mut self, method: Method) -> Self {
+        match method_bit(&method) {
+            Some(bit) => self.methods |= bit,
+            None => self.extra.push(method),
+        }
+        self
+    }
+
+    /// Never retry `method`.
+    pub fn without_method(mut self, method: Method) -> Self {
+        if let Some(bit) = method_bit(&method) {
+            self.methods &= !bit;
+        }
+        self.extra.retain(|m| *m != method);
+        self
+    }
+
+    /// Largest body that is kept for replay.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    fn allows(&self, m: &Method) -> bool {
+        match method_bit(m) {
+            Some(bit) => self.methods & bit != 0,
+            None => self.extra.contains(m),
+        }
+    }
+}
+
+impl<B: ReplayBody, ResB> RetryRequests<Request<B>, Response<ResB>> for HttpRequests {
+    fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
+        if !self.allows(req.method()) {
+            return None;
+        }
+        let body = req.body().replay(self.max_body)?;
+        let mut copy = Request::new(body);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+
+    fn pushback(&self, res: &Response<ResB>) -> Pushback {
+        pushback_from_headers(res.headers())
+    }
+}
+
+/// Read `grpc-retry-pushback-ms` (negative or malformed: stop) or `Retry-After`
+/// (delta-seconds or HTTP-date; malformed: ignored).
+pub(crate) fn pushback_from_headers(headers: &HeaderMap) -> Pushback {
+    if let Some(v) = headers.get("grpc-retry-pushback-ms") {
+        return match v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+            Some(ms) if ms >= 0 => Pushback::After(Duration::from_millis(ms as u64)),
+            _ => Pushback::Stop,
+        };
+    }
+    let Some(v) = headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()) else {
+        return Pushback::None;
+    };
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Pushback::After(Duration::from_secs(secs));
+    }
+    match httpdate::parse_http_date(v) {
+        Ok(at) => Pushback::After(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)),
+        Err(_) => Pushback::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(pushback_from_headers(&headers(&[("retry-after", "3")])), Pushback::After(Duration::from_secs(3)));
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(61));
+        match pushback_from_headers(&headers(&[("retry-after", &in_a_minute)])) {
+            Pushback::After(d) => assert!(d > Duration::from_secs(55) && d <= Duration::from_secs(61), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(100));
+        assert_eq!(pushback_from_headers(&headers(&[("retry-after", &past)])), Pushback::After(Duration::ZERO));
+        assert_eq!(pushback_from_headers(&headers(&[("retry-after", "soon")])), Pushback::None);
+        assert_eq!(pushback_from_headers(&HeaderMap::new()), Pushback::None);
+    }
+
+    #[test]
+    fn grpc_pushback() {
+        assert_eq!(
+            pushback_from_headers(&headers(&[("grpc-retry-pushback-ms", "250")])),
+            Pushback::After(Duration::from_millis(250))
+        );
+        assert_eq!(pushback_from_headers(&headers(&[("grpc-retry-pushback-ms", "-1")])), Pushback::Stop);
+        assert_eq!(pushback_from_headers(&headers(&[("grpc-retry-pushback-ms", "x")])), Pushback::Stop);
+    }
+
+    #[test]
+    fn http_requests_copy_everything_or_nothing() {
+        let p = HttpRequests::new().max_body(4);
+        let mut req =
+            Request::put("http://a/b").header("x-k", "v").body(Full::new(Bytes::from_static(b"1234"))).unwrap();
+        req.extensions_mut().insert(7u8);
+        let copy = RetryRequests::<_, Response<()>>::clone_request(&p, &req).expect("replayable");
+        assert_eq!(copy.method(), Method::PUT);
+        assert_eq!(copy.uri(), "http://a/b");
+        assert_eq!(copy.headers()["x-k"], "v");
+        assert_eq!(copy.extensions().get::<u8>(), Some(&7));
+        let big = Request::put("/").body(Full::new(Bytes::from_static(b"12345"))).unwrap();
+        assert!(RetryRequests::<_, Response<()>>::clone_request(&p, &big).is_none(), "over the limit");
+        let patch = Request::patch("/").body(String::new()).unwrap();
+        assert!(RetryRequests::<_, Response<()>>::clone_request(&HttpRequests::new(), &patch).is_none());
+        let p = HttpRequests::new().without_method(Method::DELETE).method(Method::from_bytes(b"PURGE").unwrap());
+        let del = Request::delete("/").body(()).unwrap();
+        assert!(RetryRequests::<_, Response<()>>::clone_request(&p, &del).is_none());
+        let purge = Request::builder().method("PURGE").uri("/").body(()).unwrap();
+        assert!(RetryRequests::<_, Response<()>>::clone_request(&p, &purge).is_some());
+    }
+}

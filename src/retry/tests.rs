@@ -1,0 +1,283 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::time::Instant;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+use super::*;
+use crate::classify::{FailureKind, HttpClassifier};
+use crate::deadline::Deadline;
+
+/// A service that fails the first `failures` calls, recording when each came.
+fn flaky(failures: usize) -> (impl Service<u32, Response = u32, Error = &'static str> + Clone, Arrivals) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let svc = service_fn(move |x: u32| {
+        let mut calls = s.lock().unwrap();
+        calls.push(Instant::now());
+        let n = calls.len();
+        async move {
+            if n <= failures {
+                Err("down")
+            } else {
+                Ok(x)
+            }
+        }
+    });
+    (svc, seen)
+}
+
+fn none(ms: u64) -> Backoff {
+    Backoff::exponential(Duration::from_millis(ms), 2.0, Duration::from_secs(60)).jitter(Jitter::None)
+}
+
+fn gaps(seen: &Mutex<Vec<Instant>>) -> Vec<Duration> {
+    let v = seen.lock().unwrap();
+    v.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_with_exact_exponential_delays() {
+    let (svc, seen) = flaky(3);
+    let layer = RetryLayer::builder().max_retries(3).backoff(none(100)).build().unwrap();
+    assert_eq!(layer.layer(svc).oneshot(7).await, Ok(7));
+    assert_eq!(gaps(&seen), [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_after_max_retries_with_the_last_error() {
+    let (svc, seen) = flaky(10);
+    let layer = RetryLayer::builder().max_retries(2).backoff(none(10)).build().unwrap();
+    assert_eq!(layer.layer(svc).oneshot(7).await, Err("down"));
+    assert_eq!(seen.lock().unwrap().len(), 3, "max_retries 2 = 3 attempts");
+    let (svc, seen) = flaky(10);
+    let layer = RetryLayer::builder().max_retries(0).build().unwrap();
+    assert_eq!(layer.layer(svc).oneshot(7).await, Err("down"));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_if_filters_failures() {
+    fn not_errors(k: &FailureKind) -> bool {
+        !matches!(k, FailureKind::Error)
+    }
+    let (svc, seen) = flaky(10);
+    let layer = RetryLayer::builder().max_retries(5).retry_if(not_errors).build().unwrap();
+    assert_eq!(layer.layer(svc).oneshot(7).await, Err("down"));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_stops_retries_and_is_shared_by_clones() {
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5);
+    let (svc, seen) = flaky(usize::MAX);
+    let layer = RetryLayer::builder().max_retries(5).backoff(none(1)).budget(budget.clone()).build().unwrap();
+    let a = layer.layer(svc.clone());
+    let b = layer.layer(svc);
+    // Each call deposits half a retry: four calls earn two retries in all.
+    for s in [a.clone(), b.clone(), a, b] {
+        let _ = s.oneshot(1).await;
+    }
+    assert_eq!(seen.lock().unwrap().len(), 4 + 2);
+    assert!(budget.balance() < 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_during_backoff_returns_its_budget_token() {
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 1.0);
+    let (svc, seen) = flaky(usize::MAX);
+    let mut svc =
+        RetryLayer::builder().max_retries(3).backoff(none(1000)).budget(budget.clone()).build().unwrap().layer(svc);
+    svc.ready().await.unwrap();
+    let mut fut = tokio_test::task::spawn(svc.call(1));
+    assert!(fut.poll().is_pending(), "first attempt failed, now in backoff");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert!(budget.balance() < 0.5, "the retry took its token: {}", budget.balance());
+    drop(fut);
+    assert!((budget.balance() - 1.0).abs() < 1e-9, "token returned: {}", budget.balance());
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_sleeps_past_the_deadline() {
+    let (svc, seen) = flaky(usize::MAX);
+    let svc = RetryLayer::builder().max_retries(10).backoff(none(100)).build().unwrap().layer(svc);
+    let start = Instant::now();
+    let res = Deadline::after(Duration::from_millis(350)).scope(svc.oneshot(1)).await;
+    assert_eq!(res, Err("down"));
+    // Attempts at 0, 100, 300 ms; the next would start at 700 ms > 350 ms.
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    assert_eq!(Instant::now() - start, Duration::from_millis(300));
+}
+
+type Arrivals = Arc<Mutex<Vec<Instant>>>;
+
+fn http_service(
+    script: Vec<Response<Full<Bytes>>>,
+) -> (impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = &'static str> + Clone, Arrivals) {
+    let script = Arc::new(Mutex::new(script.into_iter()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let svc = service_fn(move |_req: Request<Full<Bytes>>| {
+        s.lock().unwrap().push(Instant::now());
+        let next = script.lock().unwrap().next();
+        async move { next.ok_or("script ran out") }
+    });
+    (svc, seen)
+}
+
+fn status(code: u16, headers: &[(&'static str, &str)]) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(code);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+fn http_layer(max_retries: u32) -> RetryLayer<HttpClassifier, HttpRequests> {
+    RetryLayer::builder()
+        .max_retries(max_retries)
+        .backoff(none(10))
+        .classifier(HttpClassifier::new())
+        .http()
+        .build()
+        .unwrap()
+}
+
+fn get() -> Request<Full<Bytes>> {
+    Request::get("http://svc/items").body(Full::new(Bytes::new())).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_statuses_are_classified() {
+    let (svc, seen) = http_service(vec![status(503, &[]), status(404, &[]), status(200, &[])]);
+    let res = http_layer(3).layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND, "404 is not retried");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_replaces_the_backoff_and_is_capped() {
+    let (svc, seen) = http_service(vec![status(503, &[("retry-after", "3")]), status(200, &[])]);
+    let res = http_layer(2).layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(gaps(&seen), [Duration::from_secs(3)]);
+
+    let (svc, seen) = http_service(vec![status(429, &[("retry-after", "3600")]), status(200, &[])]);
+    let layer = RetryLayer::builder()
+        .max_retries(1)
+        .backoff(Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(5)))
+        .classifier(HttpClassifier::new())
+        .http()
+        .build()
+        .unwrap();
+    layer.layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(gaps(&seen), [Duration::from_secs(5)], "capped at max_delay");
+}
+
+#[tokio::test(start_paused = true)]
+async fn negative_grpc_pushback_means_do_not_retry() {
+    let (svc, seen) =
+        http_service(vec![status(200, &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "-1")]), status(200, &[])]);
+    let layer =
+        RetryLayer::builder().max_retries(3).classifier(crate::classify::GrpcClassifier::new()).http().build().unwrap();
+    let res = layer.layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let (svc, seen) =
+        http_service(vec![status(200, &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "250")]), status(200, &[])]);
+    let layer =
+        RetryLayer::builder().max_retries(3).classifier(crate::classify::GrpcClassifier::new()).http().build().unwrap();
+    layer.layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(gaps(&seen), [Duration::from_millis(250)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_idempotent_and_unreplayable_requests_are_sent_once() {
+    let (svc, seen) = http_service(vec![status(503, &[]), status(200, &[])]);
+    let post = Request::post("http://svc/orders").body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+    let res = http_layer(3).layer(svc).oneshot(post).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let (svc, seen) = http_service(vec![status(503, &[]), status(200, &[])]);
+    let layer = RetryLayer::builder()
+        .max_retries(3)
+        .classifier(HttpClassifier::new())
+        .requests(HttpRequests::new().max_body(8))
+        .build()
+        .unwrap();
+    let big = Request::put("http://svc/blob").body(Full::new(Bytes::from(vec![0u8; 9]))).unwrap();
+    assert_eq!(layer.layer(svc).oneshot(big).await.unwrap().status(), 503);
+    assert_eq!(seen.lock().unwrap().len(), 1, "a body over the limit is not kept for replay");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_wait_for_readiness_of_the_inner_service() {
+    let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
+    let mut svc = RetryLayer::builder().max_retries(1).backoff(none(10)).build().unwrap().layer(mock);
+    handle.allow(1);
+    svc.ready().await.unwrap();
+    let mut fut = tokio_test::task::spawn(svc.call(5));
+    assert!(fut.poll().is_pending());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, 5);
+    send.send_error("boom");
+    assert!(fut.poll().is_pending(), "backing off");
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert!(fut.poll().is_pending(), "not ready: no capacity allowed yet");
+    handle.allow(1);
+    assert!(fut.poll().is_pending());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, 5);
+    send.send_response(6);
+    assert_eq!(fut.await.unwrap(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_attempts_and_retries() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder().name("orders").max_retries(2).backoff(none(1)).build().unwrap()
+    });
+    let (svc, _) = flaky(usize::MAX);
+    let _ = layer.layer(svc).oneshot(1).await;
+    let counts: std::collections::HashMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(k, _, _, v)| match v {
+            metrics_util::debugging::DebugValue::Counter(c) => Some((k.key().name().to_string(), c)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts["tower_mesh_retry_attempts_total"], 3);
+    assert_eq!(counts["tower_mesh_retry_retries_total"], 2);
+    assert_eq!(counts["tower_mesh_retry_exhausted_total"], 1);
+}
+
+#[test]
+fn calls_counted_by_an_atomic_are_not_cloned_needlessly() {
+    // max_retries 0: the request is not copied at all.
+    #[derive(Debug)]
+    struct Counted(Arc<AtomicUsize>);
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Counted(self.0.clone())
+        }
+    }
+    let clones = Arc::new(AtomicUsize::new(0));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let svc = service_fn(|_c: Counted| async { Ok::<_, &'static str>(()) });
+        let svc = RetryLayer::builder().max_retries(0).build().unwrap().layer(svc);
+        svc.oneshot(Counted(clones.clone())).await.unwrap();
+    });
+    assert_eq!(clones.load(Ordering::SeqCst), 0);
+}
