@@ -1,0 +1,118 @@
+//! The response future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::state::{Rec, Shared};
+use super::CircuitOpen;
+use crate::classify::{Classify, Outcome, OutcomeRecorder};
+use crate::BoxError;
+
+/// An admitted call's bookkeeping: records exactly once — when the call
+/// completes, when the deferred outcome arrives, or (as cancelled) when dropped.
+/// A half-open probe's slot is released by that record.
+#[derive(Debug)]
+pub(crate) struct Recording {
+    shared: Arc<Shared>,
+    start: Instant,
+    epoch: u64,
+    done: bool,
+}
+
+impl Recording {
+    pub(crate) fn new(shared: Arc<Shared>, epoch: u64) -> Self {
+        Recording { shared, start: Instant::now(), epoch, done: false }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let rec = match self.shared.settings.cancel_policy.apply(outcome) {
+            Outcome::Success => Rec::Success,
+            Outcome::Failure(_) => Rec::Failure,
+            Outcome::Ignored | Outcome::Cancelled | Outcome::Deferred => Rec::Ignored,
+        };
+        let now = Instant::now();
+        self.shared.record(rec, now.saturating_duration_since(self.start), now, self.epoch);
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.finish(Outcome::Cancelled);
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F> {
+        Called { #[pin] fut: F },
+        Rejected { err: Option<CircuitOpen> },
+    }
+}
+
+pin_project! {
+    /// Response future of [`CircuitBreaker`](super::CircuitBreaker): either
+    /// the inner call, recorded when it completes (or as cancelled if dropped),
+    /// or a [`CircuitOpen`] rejection.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F>,
+        recording: Option<Recording>,
+        classifier: C,
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(fut: F, recording: Recording, classifier: C) -> Self {
+        ResponseFuture { kind: Kind::Called { fut }, recording: Some(recording), classifier }
+    }
+
+    pub(crate) fn rejected(err: CircuitOpen, classifier: C) -> Self {
+        ResponseFuture { kind: Kind::Rejected { err: Some(err) }, recording: None, classifier }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Rejected { err } => {
+                Poll::Ready(Err(err.take().expect("ResponseFuture polled after completion").into()))
+            }
+            KindProj::Called { fut } => {
+                let mut result = ready!(fut.poll(cx));
+                if let Some(mut rec) = this.recording.take() {
+                    match this.classifier.classify(result.as_ref()) {
+                        Outcome::Deferred => match result.as_mut() {
+                            Ok(res) => {
+                                let recorder = OutcomeRecorder::new(move |o| rec.finish(o));
+                                if let Err(recorder) = this.classifier.defer(res, recorder) {
+                                    recorder.record(Outcome::Success);
+                                }
+                            }
+                            Err(_) => rec.finish(Outcome::Failure(crate::classify::FailureKind::Error)),
+                        },
+                        o => rec.finish(o),
+                    }
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+        }
+    }
+}

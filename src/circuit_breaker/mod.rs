@@ -1,0 +1,80 @@
+//! Circuit breaker, after resilience4j's `CircuitBreaker`.
+//!
+//! Calls pass through while the breaker is **closed**; their outcomes (from a
+//! [`Classify`](crate::classify::Classify), default
+//! [`ResultClassifier`](crate::classify::ResultClassifier)) go into a sliding
+//! window. Once the window holds `minimum_calls`, a failure rate or slow-call
+//! rate at or above its threshold **opens** the breaker: calls are rejected
+//! with [`CircuitOpen`] (from the response future, never from `poll_ready`)
+//! until `wait_in_open` has elapsed. The next call then moves it to
+//! **half-open**, which admits `permitted_calls_in_half_open` probes; when they
+//! have all completed their rates decide: below the thresholds it closes (with
+//! a fresh window), otherwise it opens again (with a longer wait if a
+//! multiplier is set). With `max_wait_in_half_open`, probes that have not
+//! concluded in time re-open the breaker.
+//!
+//! | state | admits | records | leaves by |
+//! |---|---|---|---|
+//! | closed | all | window | rates ≥ threshold → open |
+//! | open | none (`retry_after` = rest of the wait) | — | wait elapsed → half-open (lazily, on the next call) |
+//! | half-open | `permitted_calls_in_half_open` probes | probes only | all probes done → closed / open; max wait → open |
+//! | disabled | all | nothing | manual transition |
+//! | forced-open | none | — | manual transition |
+//! | metrics-only | all | window | manual transition |
+//!
+//! Outcomes: `Failure` is a failure, `Ignored` counts for nothing (an ignored
+//! probe gives its slot back), `Deferred` (gRPC trailers) is recorded when the
+//! body ends, `Cancelled` (the response future or body dropped) is mapped by
+//! the [`CancelPolicy`](crate::classify::CancelPolicy) (default: ignored, so a
+//! dropped probe frees its slot and half-open cannot get stuck). Slowness is
+//! the duration from `call` to the outcome (end of stream for deferred calls).
+//!
+//! Windows are O(1) per call: a count window is a ring of outcome slots with
+//! running totals; a time window is a ring of per-second buckets with running
+//! totals, stale buckets being subtracted as time advances. A count window's
+//! `minimum_calls` larger than the window is clamped to the window size (as in
+//! resilience4j).
+//!
+//! Differences from resilience4j: a call admitted in one state and finishing
+//! in another is only counted if it was admitted in the current closed period
+//! (calls admitted before opening are not counted by half-open; probes of an
+//! old half-open period are dropped).
+//!
+//! | resilience4j | tower-mesh |
+//! |---|---|
+//! | `failureRateThreshold` | `failure_rate_threshold` |
+//! | `slowCallRateThreshold` / `slowCallDurationThreshold` | `slow_call_rate_threshold` / `slow_call_duration` |
+//! | `slidingWindowType` + `slidingWindowSize` | `sliding_window` (`count_window` / `time_window`) |
+//! | `minimumNumberOfCalls` | `minimum_calls` |
+//! | `waitDurationInOpenState` / `waitIntervalFunctionInOpenState` | `wait_in_open` / `growing_wait_in_open` |
+//! | `permittedNumberOfCallsInHalfOpenState` | `permitted_calls_in_half_open` |
+//! | `maxWaitDurationInHalfOpenState` | `max_wait_in_half_open` |
+//! | `recordExceptions` / `ignoreExceptions` | a [`Classify`](crate::classify::Classify) |
+//! | `CallNotPermittedException` | [`CircuitOpen`] |
+//! | `transitionTo…State`, `reset` | [`CircuitBreakerHandle`] |
+//!
+//! Metrics: `tower_mesh_circuit_breaker_calls_total{service,outcome}`
+//! (success/failure/ignored/rejected), `tower_mesh_circuit_breaker_slow_calls_total`,
+//! `tower_mesh_circuit_breaker_state{service}` (0 closed, 1 open, 2 half-open,
+//! 3 disabled, 4 forced-open, 5 metrics-only),
+//! `tower_mesh_circuit_breaker_transitions_total{service,from,to}`,
+//! `tower_mesh_circuit_breaker_call_duration_seconds`. Transitions are logged
+//! with `tracing` and passed to `on_state_change` callbacks.
+//!
+//! See [`CircuitBreakerLayer`] for an example.
+
+mod config;
+mod error;
+mod future;
+mod layer;
+mod service;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use self::config::{CircuitBreakerConfig, SlidingWindow};
+pub use self::error::CircuitOpen;
+pub use self::future::ResponseFuture;
+pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer};
+pub use self::service::CircuitBreaker;
+pub use self::state::{CircuitMetrics, CircuitState, StateChange};

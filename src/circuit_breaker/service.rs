@@ -1,0 +1,83 @@
+//! The service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::future::{Recording, ResponseFuture};
+use super::state::Shared;
+use super::CircuitBreakerHandle;
+use crate::classify::{Classify, ResultClassifier};
+use crate::BoxError;
+
+/// A circuit breaker around `S` (see the [module docs](super)).
+///
+/// Clones share one breaker state. Rejections come from the response future
+/// as a [`CircuitOpen`](super::CircuitOpen); `poll_ready` only reflects the
+/// inner service's readiness.
+#[derive(Debug)]
+pub struct CircuitBreaker<S, C = ResultClassifier> {
+    inner: S,
+    shared: Arc<Shared>,
+    classifier: C,
+}
+
+impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+    fn clone(&self) -> Self {
+        CircuitBreaker { inner: self.inner.clone(), shared: self.shared.clone(), classifier: self.classifier.clone() }
+    }
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+        CircuitBreaker { inner, shared, classifier }
+    }
+
+    /// A handle on this breaker's state.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle { shared: self.shared.clone() }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.shared.acquire() {
+            Ok(epoch) => {
+                let rec = Recording::new(self.shared.clone(), epoch);
+                ResponseFuture::called(self.inner.call(req), rec, self.classifier.clone())
+            }
+            Err(e) => ResponseFuture::rejected(e, self.classifier.clone()),
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! The shared state machine and the sliding windows.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use tokio::time::Instant;
+
+use super::config::{CircuitBreakerConfig, SlidingWindow};
+use super::CircuitOpen;
+use crate::classify::CancelPolicy;
+
+/// The state of a circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CircuitState {
+    /// Calls pass and are recorded; the breaker opens when a rate reaches its threshold.
+    Closed = 0,
+    /// Calls are rejected until the open wait has elapsed.
+    Open = 1,
+    /// A limited number of probe calls pass; their rates decide close or re-open.
+    HalfOpen = 2,
+    /// Calls pass and are not recorded; no transition happens by itself.
+    Disabled = 3,
+    /// Calls are rejected until a manual transition.
+    ForcedOpen = 4,
+    /// Calls pass and are recorded, but the breaker never opens by itself.
+    MetricsOnly = 5,
+}
+
+impl CircuitState {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => CircuitState::Closed,
+            1 => CircuitState::Open,
+            2 => CircuitState::HalfOpen,
+            3 => CircuitState::Disabled,
+            4 => CircuitState::ForcedOpen,
+            _ => CircuitState::MetricsOnly,
+        }
+    }
+
+    /// Short name (`closed`, `open`, `half_open`, `disabled`, `forced_open`, `metrics_only`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+            CircuitState::Disabled => "disabled",
+            CircuitState::ForcedOpen => "forced_open",
+            CircuitState::MetricsOnly => "metrics_only",
+        }
+    }
+
+    /// Whether calls are admitted without restriction in this state.
+    pub fn admits_all(self) -> bool {
+        matches!(self, CircuitState::Closed | CircuitState::Disabled | CircuitState::MetricsOnly)
+    }
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state transition, passed to [`on_state_change`](super::CircuitBreakerBuilder::on_state_change) callbacks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateChange {
+    /// The breaker's name.
+    pub name: Arc<str>,
+    /// The state left.
+    pub from: CircuitState,
+    /// The state entered.
+    pub to: CircuitState,
+    /// Failure rate (percent) of the window that decided the transition
+    /// (`None` when it held too few calls, or for a manual transition).
+    pub failure_rate: Option<f64>,
+    /// Slow-call rate (percent), likewise.
+    pub slow_call_rate: Option<f64>,
+}
+
+/// A snapshot of a breaker's counters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CircuitMetrics {
+    /// Current state.
+    pub state: CircuitState,
+    /// Calls recorded in the current window (in half-open: the probe calls so far).
+    pub calls: u32,
+    /// Failed calls among them.
+    pub failures: u32,
+    /// Slow calls among them.
+    pub slow_calls: u32,
+    /// `failures / calls` in percent (`None` below the minimum number of calls).
+    pub failure_rate: Option<f64>,
+    /// `slow_calls / calls` in percent (`None` below the minimum number of calls).
+    pub slow_call_rate: Option<f64>,
+    /// Calls rejected since the breaker was built.
+    pub not_permitted: u64,
+}
+
+/// What a finished call counts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rec {
+    Success,
+    Failure,
+    Ignored,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) calls: u32,
+    pub(crate) failures: u32,
+    pub(crate) slow: u32,
+}
+
+impl Totals {
+    fn add(&mut self, failed: bool, slow: bool) {
+        self.calls += 1;
+        self.failures += failed as u32;
+        self.slow += slow as u32;
+    }
+    fn rates(&self) -> (f64, f64) {
+        let c = self.calls.max(1) as f64;
+        (self.failures as f64 * 100.0 / c, self.slow as f64 * 100.0 / c)
+    }
+}
+
+/// Ring of the last `n` outcomes (bit 0 failed, bit 1 slow) with running totals: O(1) per record.
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    slots: Box<[u8]>,
+    next: usize,
+    len: usize,
+    totals: Totals,
+}
+
+impl CountWindow {
+    pub(crate) fn new(n: usize) -> Self {
+        CountWindow { slots: vec![0; n].into_boxed_slice(), next: 0, len: 0, totals: Totals::default() }
+    }
+    fn record(&mut self, failed: bool, slow: bool) {
+        if self.len == self.slots.len() {
+            let old = self.slots[self.next];
+            self.totals.calls -= 1;
+            self.totals.failures -= (old & 1) as u32;
+            self.totals.slow -= (old >> 1) as u32;
+        } else {
+            self.len += 1;
+        }
+        self.slots[self.next] = failed as u8 | ((slow as u8) << 1);
+        self.next += 1;
+        if self.next == self.slots.len() {
+            self.next = 0;
+        }
+        self.totals.add(failed, slow);
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    sec: u64,
+    totals: Totals,
+}
+
+/// Ring of per-second buckets with running totals; buckets that fall out of
+/// the window are subtracted as time advances (amortized O(1) per record).
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    buckets: Box<[Bucket]>,
+    base: Instant,
+    head: u64,
+    totals: Totals,
+}
+
+impl TimeWindow {
+    pub(crate) fn new(secs: usize, now: Instant) -> Self {
+        TimeWindow {
+            buckets: vec![Bucket::default(); secs].into_boxed_slice(),
+            base: now,
+            head: 0,
+            totals: Totals::default(),
+        }
+    }
+    fn advance(&mut self, now: Instant) {
+        let sec = now.saturating_duration_since(self.base).as_secs();
+        if sec <= self.head {
+            return;
+        }
+        let n = self.buckets.len() as u64;
+        let steps = (sec - self.head).min(n);
+        for s in sec + 1 - steps..=sec {
+            let b = &mut self.buckets[(s % n) as usize];
+            self.totals.calls -= b.totals.calls;
+            self.totals.failures -= b.totals.failures;
+            self.totals.slow -= b.totals.slow;
+            *b = Bucket { sec: s, totals: Totals::default() };
+        }
+        self.head = sec;
+    }
+    fn record(&mut self, now: Instant, failed: bool, slow: bool) {
+        self.advance(now);
+        let n = self.buckets.len() as u64;
+        let b = &mut self.buckets[(self.head % n) as usize];
+        debug_assert_eq!(b.sec, self.head);
+        b.totals.add(failed, slow);
+        self.totals.add(failed, slow);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    fn new(kind: SlidingWindow, now: Instant) -> Self {
+        match kind {
+            SlidingWindow::Count(n) => Window::Count(CountWindow::new(n)),
+            SlidingWindow::Time(d) => {
+                let secs = d.as_secs() + (d.subsec_nanos() > 0) as u64;
+                Window::Time(TimeWindow::new(secs.max(1) as usize, now))
+            }
+        }
+    }
+    fn record(&mut self, now: Instant, failed: bool, slow: bool) {
+        match self {
+            Window::Count(w) => w.record(failed, slow),
+            Window::Time(w) => w.record(now, failed, slow),
+        }
+    }
+    fn totals(&mut self, now: Instant) -> Totals {
+        match self {
+            Window::Count(w) => w.totals,
+            Window::Time(w) => {
+                w.advance(now);
+                w.totals
+            }
+        }
+    }
+}
+
+pub(crate) type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
+
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) failure_rate: f64,
+    pub(crate) slow_rate: f64,
+    pub(crate) slow_duration: Duration,
+    pub(crate) window: SlidingWindow,
+    pub(crate) minimum_calls: u32,
+    pub(crate) wait_in_open: Duration,
+    pub(crate) wait_multiplier: f64,
+    pub(crate) max_wait_in_open: Duration,
+    pub(crate) permitted_in_half_open: u32,
+    pub(crate) max_wait_in_half_open: Duration,
+    pub(crate) cancel_policy: CancelPolicy,
+}
+
+impl Settings {
+    pub(crate) fn from_config(c: &CircuitBreakerConfig) -> Self {
+        let minimum_calls = match c.sliding_window {
+            SlidingWindow::Count(n) => c.minimum_calls.min(n),
+            SlidingWindow::Time(_) => c.minimum_calls,
+        };
+        Settings {
+            failure_rate: c.failure_rate_threshold,
+            slow_rate: c.slow_call_rate_threshold,
+            slow_duration: c.slow_call_duration,
+            window: c.sliding_window,
+            minimum_calls: minimum_calls.min(u32::MAX as usize) as u32,
+            wait_in_open: c.wait_in_open,
+            wait_multiplier: c.wait_in_open_multiplier,
+            max_wait_in_open: c.max_wait_in_open,
+            permitted_in_half_open: c.permitted_calls_in_half_open.min(u32::MAX as usize) as u32,
+            max_wait_in_half_open: c.max_wait_in_half_open,
+            cancel_policy: c.cancel_policy,
+        }
+    }
+
+    fn exceeded(&self, t: Totals) -> bool {
+        let (fr, sr) = t.rates();
+        fr >= self.failure_rate || sr >= self.slow_rate
+    }
+}
+
+#[derive(Debug)]
+struct HalfOpen {
+    free: u32,
+    totals: Totals,
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: CircuitState,
+    epoch: u64,
+    window: Window,
+    open_until: Instant,
+    trips: u32,
+    half_open: HalfOpen,
+}
+
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) success: Counter,
+    pub(crate) failure: Counter,
+    pub(crate) ignored: Counter,
+    pub(crate) rejected: Counter,
+    pub(crate) slow: Counter,
+    pub(crate) state: Gauge,
+    pub(crate) duration: Histogram,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let calls = |outcome: &'static str| metrics::counter!("tower_mesh_circuit_breaker_calls_total", "service" => name.to_owned(), "outcome" => outcome);
+        Metrics {
+            success: calls("success"),
+            failure: calls("failure"),
+            ignored: calls("ignored"),
+            rejected: calls("rejected"),
+            slow: metrics::counter!("tower_mesh_circuit_breaker_slow_calls_total", "service" => name.to_owned()),
+            state: metrics::gauge!("tower_mesh_circuit_breaker_state", "service" => name.to_owned()),
+            duration: metrics::histogram!("tower_mesh_circuit_breaker_call_duration_seconds", "service" => name.to_owned()),
+        }
+    }
+}
+
+/// Everything the clones of one breaker share.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) settings: Settings,
+    state: AtomicU8,
+    not_permitted: AtomicU64,
+    inner: Mutex<Inner>,
+    pub(crate) metrics: Metrics,
+    listeners: Vec<Listener>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("state", &self.state())
+            .field("settings", &self.settings)
+            .field("listeners", &self.listeners.len())
+            .finish()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(name: Arc<str>, settings: Settings, listeners: Vec<Listener>) -> Self {
+        let now = Instant::now();
+        let metrics = Metrics::new(&name);
+        metrics.state.set(0.0);
+        Shared {
+            inner: Mutex::new(Inner {
+                state: CircuitState::Closed,
+                epoch: 1,
+                window: Window::new(settings.window, now),
+                open_until: now,
+                trips: 0,
+                half_open: HalfOpen { free: 0, totals: Totals::default(), since: now },
+            }),
+            name,
+            settings,
+            state: AtomicU8::new(CircuitState::Closed as u8),
+            not_permitted: AtomicU64::new(0),
+            metrics,
+            listeners,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[inline]
+    pub(crate) fn state(&self) -> CircuitState {
+        CircuitState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Admission. `Ok(0)`: a normal call; `Ok(epoch)`: a half-open probe
+    /// holding a slot of that half-open period.
+    #[inline]
+    pub(crate) fn acquire(&self) -> Result<u64, CircuitOpen> {
+        if self.state().admits_all() {
+            return Ok(0);
+        }
+        self.acquire_slow()
+    }
+
+    #[cold]
+    fn acquire_slow(&self) -> Result<u64, CircuitOpen> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        let change = match g.state {
+            CircuitState::Open if now >= g.open_until => {
+                Some(self.transition(&mut g, CircuitState::HalfOpen, now, None))
+            }
+            CircuitState::HalfOpen
+                if !self.settings.max_wait_in_half_open.is_zero()
+                    && now >= g.half_open.since + self.settings.max_wait_in_half_open =>
+            {
+                let t = g.half_open.totals;
+                let rates = (t.calls > 0).then(|| t.rates());
+                Some(self.transition(&mut g, CircuitState::Open, now, rates))
+            }
+            _ => None,
+        };
+        let result = match g.state {
+            s if s.admits_all() => Ok(0),
+            CircuitState::HalfOpen if g.half_open.free > 0 => {
+                g.half_open.free -= 1;
+                Ok(g.epoch)
+            }
+            state => Err(CircuitOpen {
+                name: self.name.clone(),
+                state,
+                retry_after: (state == CircuitState::Open).then(|| g.open_until.saturating_duration_since(now)),
+            }),
+        };
+        drop(g);
+        if let Some(c) = change {
+            self.notify(&c);
+        }
+        if result.is_err() {
+            self.not_permitted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rejected.increment(1);
+        }
+        result
+    }
+
+    /// Record a finished call that was admitted with `epoch` (see [`acquire`]).
+    pub(crate) fn record(&self, rec: Rec, elapsed: Duration, now: Instant, epoch: u64) {
+        self.metrics.duration.record(elapsed.as_secs_f64());
+        let slow = rec != Rec::Ignored && elapsed >= self.settings.slow_duration;
+        match rec {
+            Rec::Success => self.metrics.success.increment(1),
+            Rec::Failure => self.metrics.failure.increment(1),
+            Rec::Ignored => self.metrics.ignored.increment(1),
+        }
+        if slow {
+            self.metrics.slow.increment(1);
+        }
+        if epoch == 0 && (rec == Rec::Ignored || self.state() == CircuitState::Disabled) {
+            return;
+        }
+        let failed = rec == Rec::Failure;
+        let mut g = self.lock();
+        let mut change = None;
+        if epoch != 0 {
+            // A probe: only counts for the half-open period it was admitted in.
+            if g.state == CircuitState::HalfOpen && g.epoch == epoch {
+                if rec == Rec::Ignored {
+                    g.half_open.free += 1;
+                } else {
+                    g.half_open.totals.add(failed, slow);
+                    let t = g.half_open.totals;
+                    if t.calls >= self.settings.permitted_in_half_open {
+                        let to = if self.settings.exceeded(t) { CircuitState::Open } else { CircuitState::Closed };
+                        change = Some(self.transition(&mut g, to, now, Some(t.rates())));
+                    }
+                }
+            }
+        } else if rec != Rec::Ignored && matches!(g.state, CircuitState::Closed | CircuitState::MetricsOnly) {
+            g.window.record(now, failed, slow);
+            if g.state == CircuitState::Closed {
+                let t = g.window.totals(now);
+                if t.calls >= self.settings.minimum_calls && self.settings.exceeded(t) {
+                    change = Some(self.transition(&mut g, CircuitState::Open, now, Some(t.rates())));
+                }
+            }
+        }
+        drop(g);
+        if let Some(c) = change {
+            self.notify(&c);
+        }
+    }
+
+    fn open_wait(&self, trips: u32) -> Duration {
+        let s = &self.settings;
+        if s.wait_multiplier <= 1.0 || trips <= 1 {
+            return s.wait_in_open;
+        }
+        let f = s.wait_multiplier.powi((trips - 1).min(1000) as i32);
+        let secs = (s.wait_in_open.as_secs_f64() * f).min(1e9);
+        let d = Duration::from_secs_f64(secs);
+        if s.max_wait_in_open.is_zero() {
+            d
+        } else {
+            d.min(s.max_wait_in_open)
+        }
+    }
+
+    fn transition(&self, g: &mut Inner, to: CircuitState, now: Instant, rates: Option<(f64, f64)>) -> StateChange {
+        let from = g.state;
+        g.state = to;
+        g.epoch += 1;
+        match to {
+            CircuitState::Open => {
+                g.trips = g.trips.saturating_add(1);
+                g.open_until = now + self.open_wait(g.trips);
+            }
+            CircuitState::HalfOpen => {
+                g.half_open =
+                    HalfOpen { free: self.settings.permitted_in_half_open, totals: Totals::default(), since: now };
+            }
+            CircuitState::Closed | CircuitState::Disabled | CircuitState::MetricsOnly | CircuitState::ForcedOpen => {
+                if to != CircuitState::ForcedOpen {
+                    g.trips = 0;
+                }
+                g.window = Window::new(self.settings.window, now);
+            }
+        }
+        self.state.store(to as u8, Ordering::Release);
+        self.metrics.state.set(to as u8 as f64);
+        StateChange {
+            name: self.name.clone(),
+            from,
+            to,
+            failure_rate: rates.map(|r| r.0),
+            slow_call_rate: rates.map(|r| r.1),
+        }
+    }
+
+    fn notify(&self, c: &StateChange) {
+        metrics::counter!("tower_mesh_circuit_breaker_transitions_total",
+            "service" => self.name.to_string(), "from" => c.from.as_str(), "to" => c.to.as_str())
+        .increment(1);
+        match c.to {
+            CircuitState::Open | CircuitState::ForcedOpen => tracing::warn!(
+                service = %self.name, from = c.from.as_str(), to = c.to.as_str(),
+                failure_rate = c.failure_rate, slow_call_rate = c.slow_call_rate,
+                "circuit breaker opened"
+            ),
+            _ => tracing::info!(
+                service = %self.name, from = c.from.as_str(), to = c.to.as_str(),
+                failure_rate = c.failure_rate, slow_call_rate = c.slow_call_rate,
+                "circuit breaker state change"
+            ),
+        }
+        for l in &self.listeners {
+            l(c);
+        }
+    }
+
+    /// Manual transition (from the handle). `None` when already in `to`
+    /// (except `reset`, which always resets).
+    pub(crate) fn manual(&self, to: CircuitState, force: bool) {
+        let now = Instant::now();
+        let mut g = self.lock();
+        if g.state == to && !force {
+            return;
+        }
+        if force {
+            g.trips = 0;
+        }
+        let c = self.transition(&mut g, to, now, None);
+        drop(g);
+        self.notify(&c);
+    }
+
+    pub(crate) fn snapshot(&self) -> CircuitMetrics {
+        let now = Instant::now();
+        let mut g = self.lock();
+        let (t, min) = match g.state {
+            CircuitState::HalfOpen => (g.half_open.totals, self.settings.permitted_in_half_open),
+            _ => (g.window.totals(now), self.settings.minimum_calls),
+        };
+        let rates = (t.calls >= min && t.calls > 0).then(|| t.rates());
+        CircuitMetrics {
+            state: g.state,
+            calls: t.calls,
+            failures: t.failures,
+            slow_calls: t.slow,
+            failure_rate: rates.map(|r| r.0),
+            slow_call_rate: rates.map(|r| r.1),
+            not_permitted: self.not_permitted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// When the breaker, now open, will admit probes again.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        let g = self.lock();
+        (g.state == CircuitState::Open).then(|| g.open_until.saturating_duration_since(Instant::now()))
+    }
+}
