@@ -16,7 +16,8 @@ pub enum Jitter {
     /// `d/2 + uniform[0, d/2]`: never less than half the delay.
     Equal,
     /// `min(max_delay, uniform[initial, previous × 3])`: grows from the previous
-    /// delay rather than from the attempt number.
+    /// delay rather than from the attempt number (the first retry uses
+    /// `previous = initial`, as in the AWS article).
     Decorrelated,
 }
 
@@ -83,8 +84,10 @@ impl Backoff {
             Jitter::Full => fastrand::f64() * exp,
             Jitter::Equal => exp / 2.0 + fastrand::f64() * exp / 2.0,
             Jitter::Decorrelated => {
+                // AWS starts from `sleep = base`: the first retry draws from [initial, 3 × initial].
                 let lo = self.initial.as_secs_f64();
-                let hi = (previous.as_secs_f64() * 3.0).max(lo);
+                let prev = if previous.is_zero() { lo } else { previous.as_secs_f64() };
+                let hi = (prev * 3.0).max(lo);
                 (lo + fastrand::f64() * (hi - lo)).min(max)
             }
         };
@@ -122,7 +125,8 @@ mod tests {
             let dec = b(Jitter::Decorrelated).delay(retry, prev);
             prop_assert!(dec <= Duration::from_millis(500));
             prop_assert!(dec >= Duration::from_millis(10).min(Duration::from_millis(500)));
-            prop_assert!(dec <= (prev * 3).max(Duration::from_millis(10)));
+            let base = if prev.is_zero() { Duration::from_millis(10) } else { prev };
+            prop_assert!(dec <= (base * 3).max(Duration::from_millis(10)));
         }
     }
 

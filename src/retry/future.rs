@@ -136,7 +136,10 @@ where
                         pushback = matches!(pushback, Pushback::After(_)),
                         "retrying failed call"
                     );
-                    *this.copy = s.requests.clone_request(&req);
+                    // Keep a copy only if another retry may follow this one.
+                    if *this.retries < s.max_retries {
+                        *this.copy = s.requests.clone_request(&req);
+                    }
                     // The failed response (and its connection) is released here, before the wait.
                     drop(result);
                     this.state.set(State::Backoff { sleep: tokio::time::sleep(delay), req: Some(req) });

@@ -4,6 +4,14 @@
 //! says it failed, up to `max_retries` times **after the first attempt** (three
 //! attempts in all is `max_retries(2)`).
 //!
+//! Only [`Outcome::Failure`](crate::classify::Outcome::Failure) is retried
+//! (and only when the builder's `retry_if` predicate, if any, accepts its
+//! [`FailureKind`](crate::classify::FailureKind)); `Success`, `Ignored`,
+//! `Cancelled` and `Deferred` (an outcome known only at the end of a gRPC
+//! stream, too late to retry) are returned as they are. Errors of the inner
+//! service pass through unchanged, as with tower's `Retry`; after the last
+//! retry the last result (response or error) is returned.
+//!
 //! * **Backoff** — [`Backoff`]: `initial × multiplier^n` capped at `max_delay`,
 //!   randomised by a [`Jitter`] mode (none, full, equal, decorrelated).
 //! * **Budget** — [`RetryBudget`], shared by every clone: retries may be at most

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -111,7 +112,8 @@ impl ReplayBody for () {
 #[derive(Clone, Debug)]
 pub struct HttpRequests {
     methods: u16,
-    extra: Vec<Method>,
+    // Behind an `Arc`: the layer clones this per call, which must not allocate.
+    extra: Arc<[Method]>,
     max_body: usize,
 }
 
@@ -147,14 +149,18 @@ impl Default for HttpRequests {
 impl HttpRequests {
     /// Idempotent methods, bodies up to 64 KiB.
     pub fn new() -> Self {
-        HttpRequests { methods: GET | HEAD | OPTIONS | TRACE | PUT | DELETE, extra: Vec::new(), max_body: 64 * 1024 }
+        HttpRequests { methods: GET | HEAD | OPTIONS | TRACE | PUT | DELETE, extra: Arc::from([]), max_body: 64 * 1024 }
     }
 
     /// Also retry `method`.
     pub fn method(mut self, method: Method) -> Self {
         match method_bit(&method) {
             Some(bit) => self.methods |= bit,
-            None => self.extra.push(method),
+            None => {
+                let mut extra = self.extra.to_vec();
+                extra.push(method);
+                self.extra = extra.into();
+            }
         }
         self
     }
@@ -164,7 +170,9 @@ impl HttpRequests {
         if let Some(bit) = method_bit(&method) {
             self.methods &= !bit;
         }
-        self.extra.retain(|m| *m != method);
+        if self.extra.contains(&method) {
+            self.extra = self.extra.iter().filter(|m| **m != method).cloned().collect();
+        }
         self
     }
 

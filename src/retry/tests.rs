@@ -281,3 +281,28 @@ fn calls_counted_by_an_atomic_are_not_cloned_needlessly() {
     });
     assert_eq!(clones.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_request_is_copied_once_per_possible_retry() {
+    // max_retries 2 against a service that always fails: one copy for each
+    // retry, none kept after the last one (3 attempts, 2 clones).
+    #[derive(Debug)]
+    struct Counted(Arc<AtomicUsize>);
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Counted(self.0.clone())
+        }
+    }
+    let clones = Arc::new(AtomicUsize::new(0));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let svc = service_fn(move |_c: Counted| {
+        a.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>("down") }
+    });
+    let layer = RetryLayer::builder().max_retries(2).backoff(none(10)).build().unwrap();
+    assert_eq!(layer.layer(svc).oneshot(Counted(clones.clone())).await, Err("down"));
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(clones.load(Ordering::SeqCst), 2);
+}
