@@ -84,7 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             RetryLayer::builder()
                 .name("items")
                 .max_retries(2)
-                .backoff(Backoff::exponential(Duration::from_millis(20), 2.0, Duration::from_millis(200)).jitter(Jitter::Full))
+                .backoff(
+                    Backoff::exponential(Duration::from_millis(20), 2.0, Duration::from_millis(200))
+                        .jitter(Jitter::Full),
+                )
                 .budget(RetryBudget::new(Duration::from_secs(10), 10, 0.2))
                 .classifier(HttpClassifier::new())
                 .http()
@@ -92,7 +95,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .layer(TimeoutLayer::per_attempt(Duration::from_millis(250)))
         .layer(breaker)
-        .layer(BulkheadLayer::builder().name("items").max_concurrent_calls(8).max_wait(Duration::from_millis(50)).build()?)
+        .layer(
+            BulkheadLayer::builder()
+                .name("items")
+                .max_concurrent_calls(8)
+                .max_wait(Duration::from_millis(50))
+                .build()?,
+        )
         .service(client);
 
     // The upstream's schedule.
@@ -120,24 +129,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 while started.elapsed() < RUN_FOR {
                     let req = Request::get(&uri).body(Full::new(Bytes::new())).unwrap();
                     let t0 = Instant::now();
-                    let result = svc.clone().oneshot(req).await;
-                    let took = t0.elapsed();
-                    let mut t = tally.lock().unwrap();
-                    match result {
+                    let result = match svc.clone().oneshot(req).await {
+                        // Read the body so the connection goes back to the pool.
                         Ok(res) if res.status().is_success() => {
-                            drop(t);
-                            let _ = res.into_body().collect().await;
-                            t = tally.lock().unwrap();
-                            t.ok += 1;
-                            t.latencies.push(took);
+                            res.into_body().collect().await.map(|_| true).map_err(Into::into)
                         }
-                        Ok(_) => t.upstream_errors += 1,
-                        Err(e) if e.is::<CircuitOpen>() => t.circuit_open += 1,
-                        Err(e) if e.is::<BulkheadFull>() => t.bulkhead_full += 1,
-                        Err(e) if e.is::<Elapsed>() => t.timeouts += 1,
-                        Err(_) => t.other += 1,
+                        Ok(_) => Ok(false),
+                        Err(e) => Err(e),
+                    };
+                    let took = t0.elapsed();
+                    {
+                        let mut t = tally.lock().unwrap();
+                        let t = &mut *t;
+                        match result {
+                            Ok(true) => {
+                                t.ok += 1;
+                                t.latencies.push(took);
+                            }
+                            Ok(false) => t.upstream_errors += 1,
+                            Err(e) if e.is::<CircuitOpen>() => t.circuit_open += 1,
+                            Err(e) if e.is::<BulkheadFull>() => t.bulkhead_full += 1,
+                            Err(e) if e.is::<Elapsed>() => t.timeouts += 1,
+                            Err(_) => t.other += 1,
+                        }
                     }
-                    drop(t);
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             })
@@ -150,7 +165,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut t = std::mem::take(&mut *tally.lock().unwrap());
     t.latencies.sort();
-    let pct = |p: f64| t.latencies.get(((t.latencies.len() as f64 * p) as usize).min(t.latencies.len().saturating_sub(1)));
+    let pct =
+        |p: f64| t.latencies.get(((t.latencies.len() as f64 * p) as usize).min(t.latencies.len().saturating_sub(1)));
     let total = t.ok + t.upstream_errors + t.circuit_open + t.bulkhead_full + t.timeouts + t.other;
     let counter = |name: &str| -> u64 {
         snapshotter
