@@ -45,6 +45,44 @@ pub(crate) struct Settings<C, P> {
 
 /// Retries failed calls with exponential backoff and jitter: see the
 /// [module docs](super).
+///
+/// For HTTP, pair the [`HttpClassifier`](crate::classify::HttpClassifier)
+/// (5xx and 429 are failures) with [`HttpRequests`] (idempotent methods,
+/// buffered bodies, `Retry-After`):
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_mesh::classify::HttpClassifier;
+/// use tower_mesh::retry::{RetryConfig, RetryLayer};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let calls = Arc::new(AtomicUsize::new(0));
+/// let c = calls.clone();
+/// let backend = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+///     let status = if c.fetch_add(1, Ordering::SeqCst) == 0 { 503 } else { 200 };
+///     async move {
+///         let mut res = Response::new(Full::new(Bytes::new()));
+///         *res.status_mut() = StatusCode::from_u16(status).unwrap();
+///         Ok::<_, std::convert::Infallible>(res)
+///     }
+/// });
+/// let retry = RetryLayer::from_config(&RetryConfig::standard())
+///     .unwrap()
+///     .with_classifier(HttpClassifier::default())
+///     .with_requests(tower_mesh::retry::HttpRequests::new());
+/// let svc = ServiceBuilder::new().layer(retry).service(backend);
+///
+/// let res = svc.oneshot(Request::get("/orders").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+/// assert_eq!(res.status(), StatusCode::OK);
+/// assert_eq!(calls.load(Ordering::SeqCst), 2); // the 503 was retried once
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RetryLayer<C = ResultClassifier, P = CloneRequests> {
     settings: Settings<C, P>,

@@ -306,3 +306,28 @@ async fn the_request_is_copied_once_per_possible_retry() {
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     assert_eq!(clones.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_is_counted_and_labelled() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // ratio 0, no reserve: every retry is refused.
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.0);
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder().name("billing").max_retries(3).backoff(none(1)).budget(budget).build().unwrap()
+    });
+    let (svc, seen) = flaky(usize::MAX);
+    assert_eq!(layer.layer(svc).oneshot(1).await, Err("down"));
+    assert_eq!(seen.lock().unwrap().len(), 1, "no retry without budget");
+    let exhausted: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == "tower_mesh_retry_budget_exhausted_total")
+        .map(|(k, _, _, v)| {
+            let label = k.key().labels().find(|l| l.key() == "service").map(|l| l.value().to_string());
+            (label, v)
+        })
+        .collect();
+    assert_eq!(exhausted, [(Some("billing".to_string()), metrics_util::debugging::DebugValue::Counter(1))]);
+}
