@@ -119,9 +119,8 @@ impl Upstream {
                         let ctl = ctl.clone();
                         async move { Ok::<_, Infallible>(ctl.handle(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
