@@ -208,6 +208,25 @@ mod tests {
                 ours.deposit();
             }
             assert_eq!(granted(&ours, 100), 40);
+
+            // More ratios: tower grants 1 / floor(1 / r) of the requests.
+            for (ratio, tower_expected, ours_expected) in [(0.3, 33, 30), (0.7, 100, 70), (0.25, 25, 25)] {
+                let tower = tower::retry::budget::TpsBudget::new(Duration::from_secs(10), 0, ratio);
+                let ours = RetryBudget::new(Duration::from_secs(10), 0, f64::from(ratio));
+                for _ in 0..100 {
+                    tower.deposit();
+                    ours.deposit();
+                }
+                assert_eq!((0..100).filter(|_| tower.withdraw()).count(), tower_expected, "tower, ratio {ratio}");
+                assert_eq!(granted(&ours, 100), ours_expected, "ours, ratio {ratio}");
+            }
+
+            // With a reserve: floor(N × r) + min_per_second × ttl.
+            let ours = RetryBudget::new(Duration::from_secs(10), 1, 0.3);
+            for _ in 0..55 {
+                ours.deposit();
+            }
+            assert_eq!(granted(&ours, 100), 16 + 10);
         });
     }
 

@@ -145,6 +145,21 @@ mod tests {
     }
 
     #[test]
+    fn serde_round_trip_with_humantime() {
+        let c = RetryConfig { budget: Some(BudgetConfig::default()), ..RetryConfig::standard() };
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["backoff"]["initial"], "1s");
+        assert_eq!(json["backoff"]["jitter"], "equal");
+        let back: RetryConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, c);
+        let partial: RetryConfig =
+            serde_json::from_str(r#"{"max_retries": 1, "backoff": {"initial": "250ms"}}"#).unwrap();
+        assert_eq!(partial.max_retries, 1);
+        assert_eq!(partial.backoff.initial, Duration::from_millis(250));
+        assert_eq!(partial.backoff.max_delay, Duration::from_secs(10), "other fields default");
+    }
+
+    #[test]
     fn invalid_values_are_typed_errors() {
         let mut c = RetryConfig::default();
         c.backoff.multiplier = 0.5;
