@@ -20,12 +20,12 @@ use crate::BoxError;
 pub(crate) struct Recording {
     shared: Arc<Shared>,
     start: Instant,
-    epoch: u64,
+    epoch: u32,
     done: bool,
 }
 
 impl Recording {
-    pub(crate) fn new(shared: Arc<Shared>, epoch: u64) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, epoch: u32) -> Self {
         Recording { shared, start: Instant::now(), epoch, done: false }
     }
 
@@ -54,7 +54,7 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<F> {
         Called { #[pin] fut: F },
-        Rejected { err: Option<CircuitOpen> },
+        Rejected { err: Option<BoxError> },
     }
 }
 
@@ -77,7 +77,7 @@ impl<F, C> ResponseFuture<F, C> {
     }
 
     pub(crate) fn rejected(err: CircuitOpen, classifier: C) -> Self {
-        ResponseFuture { kind: Kind::Rejected { err: Some(err) }, recording: None, classifier }
+        ResponseFuture { kind: Kind::Rejected { err: Some(Box::new(err)) }, recording: None, classifier }
     }
 }
 
@@ -92,9 +92,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Rejected { err } => {
-                Poll::Ready(Err(err.take().expect("ResponseFuture polled after completion").into()))
-            }
+            KindProj::Rejected { err } => Poll::Ready(Err(err.take().expect("ResponseFuture polled after completion"))),
             KindProj::Called { fut } => {
                 let mut result = ready!(fut.poll(cx));
                 if let Some(mut rec) = this.recording.take() {

@@ -200,6 +200,15 @@ impl TimeWindow {
         }
         self.head = sec;
     }
+    /// Empty the window, keeping the bucket alignment (whole seconds since
+    /// the breaker was built, like resilience4j's epoch-second buckets).
+    fn clear(&mut self, now: Instant) {
+        self.buckets.fill(Bucket::default());
+        self.totals = Totals::default();
+        self.head = now.saturating_duration_since(self.base).as_secs();
+        let n = self.buckets.len() as u64;
+        self.buckets[(self.head % n) as usize].sec = self.head;
+    }
     fn record(&mut self, now: Instant, failed: bool, slow: bool) {
         self.advance(now);
         let n = self.buckets.len() as u64;
@@ -224,6 +233,12 @@ impl Window {
                 let secs = d.as_secs() + (d.subsec_nanos() > 0) as u64;
                 Window::Time(TimeWindow::new(secs.max(1) as usize, now))
             }
+        }
+    }
+    fn clear(&mut self, now: Instant) {
+        match self {
+            Window::Count(w) => *w = CountWindow::new(w.slots.len()),
+            Window::Time(w) => w.clear(now),
         }
     }
     fn record(&mut self, now: Instant, failed: bool, slow: bool) {
@@ -297,7 +312,7 @@ struct HalfOpen {
 #[derive(Debug)]
 struct Inner {
     state: CircuitState,
-    epoch: u64,
+    epoch: u32,
     window: Window,
     open_until: Instant,
     trips: u32,
@@ -387,7 +402,7 @@ impl Shared {
     /// Admission. `Ok(0)`: a normal call; `Ok(epoch)`: a half-open probe
     /// holding a slot of that half-open period.
     #[inline]
-    pub(crate) fn acquire(&self) -> Result<u64, CircuitOpen> {
+    pub(crate) fn acquire(&self) -> Result<u32, CircuitOpen> {
         if self.state().admits_all() {
             return Ok(0);
         }
@@ -395,7 +410,7 @@ impl Shared {
     }
 
     #[cold]
-    fn acquire_slow(&self) -> Result<u64, CircuitOpen> {
+    fn acquire_slow(&self) -> Result<u32, CircuitOpen> {
         let now = Instant::now();
         let mut g = self.lock();
         let change = match g.state {
@@ -436,7 +451,7 @@ impl Shared {
     }
 
     /// Record a finished call that was admitted with `epoch` (see [`acquire`]).
-    pub(crate) fn record(&self, rec: Rec, elapsed: Duration, now: Instant, epoch: u64) {
+    pub(crate) fn record(&self, rec: Rec, elapsed: Duration, now: Instant, epoch: u32) {
         self.metrics.duration.record(elapsed.as_secs_f64());
         let slow = rec != Rec::Ignored && elapsed >= self.settings.slow_duration;
         match rec {
@@ -500,7 +515,8 @@ impl Shared {
     fn transition(&self, g: &mut Inner, to: CircuitState, now: Instant, rates: Option<(f64, f64)>) -> StateChange {
         let from = g.state;
         g.state = to;
-        g.epoch += 1;
+        // 0 marks "not a probe"; epochs only need to differ between periods.
+        g.epoch = g.epoch.checked_add(1).unwrap_or(1);
         match to {
             CircuitState::Open => {
                 g.trips = g.trips.saturating_add(1);
@@ -514,7 +530,7 @@ impl Shared {
                 if to != CircuitState::ForcedOpen {
                     g.trips = 0;
                 }
-                g.window = Window::new(self.settings.window, now);
+                g.window.clear(now);
             }
         }
         self.state.store(to as u8, Ordering::Release);

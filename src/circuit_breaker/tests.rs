@@ -1,1 +1,431 @@
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::time::{advance, sleep};
+use tower::{Service, ServiceExt};
+use tower_layer::Layer;
+
+use super::*;
+use crate::classify::{classify_fn, CancelPolicy, FailureKind, FnClassifier, Outcome};
+use crate::config::ConfigError;
+use crate::error::MeshError;
+use crate::BoxError;
+
+/// Request: (outcome: 0 success, 1 failure, 2 ignored; duration in ms).
+type Req = (u8, u64);
+type Cls = FnClassifier<fn(Result<&u8, &&'static str>) -> Outcome>;
+
+fn classify(r: Result<&u8, &&'static str>) -> Outcome {
+    match r {
+        Err(_) => Outcome::Failure(FailureKind::Error),
+        Ok(2) => Outcome::Ignored,
+        Ok(_) => Outcome::Success,
+    }
+}
+
+fn cls() -> Cls {
+    classify_fn(classify as fn(Result<&u8, &&'static str>) -> Outcome)
+}
+
+fn inner() -> impl Service<Req, Response = u8, Error = &'static str> + Clone {
+    tower::service_fn(|(o, ms): Req| async move {
+        if ms > 0 {
+            sleep(Duration::from_millis(ms)).await;
+        }
+        if o == 1 {
+            Err("boom")
+        } else {
+            Ok(o)
+        }
+    })
+}
+
+fn builder() -> CircuitBreakerBuilder<Cls> {
+    CircuitBreakerLayer::builder()
+        .name("test")
+        .count_window(4)
+        .minimum_calls(4)
+        .wait_in_open(Duration::from_secs(10))
+        .permitted_calls_in_half_open(2)
+        .classifier(cls())
+}
+
+async fn call<S>(svc: &mut S, o: u8, ms: u64) -> Result<u8, BoxError>
+where
+    S: Service<Req, Response = u8, Error = BoxError>,
+{
+    svc.ready().await?.call((o, ms)).await
+}
+
+fn is_open(r: &Result<u8, BoxError>) -> bool {
+    matches!(r, Err(e) if e.is::<CircuitOpen>())
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_opens_at_threshold_only_after_minimum_calls() {
+    let layer = builder().build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    // 3 failures: 100 % but below minimum_calls
+    for _ in 0..3 {
+        assert_eq!(call(&mut svc, 1, 0).await.unwrap_err().to_string(), "boom");
+    }
+    assert_eq!(h.state(), CircuitState::Closed);
+    let m = h.metrics();
+    assert_eq!((m.calls, m.failures, m.failure_rate), (3, 3, None));
+    // 4th call is a success: 3/4 = 75 % >= 50 % -> open
+    assert_eq!(call(&mut svc, 0, 0).await.unwrap(), 0);
+    assert_eq!(h.state(), CircuitState::Open);
+    assert!(is_open(&call(&mut svc, 0, 0).await));
+    assert_eq!(h.metrics().not_permitted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_threshold_stays_closed_and_window_slides() {
+    let layer = builder().build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    // F S S S: 25 %
+    for o in [1, 0, 0, 0] {
+        let _ = call(&mut svc, o, 0).await;
+    }
+    assert_eq!(h.state(), CircuitState::Closed);
+    // window of 4 now S S S F -> 25 %, then S S F F -> 50 % -> open
+    let _ = call(&mut svc, 1, 0).await;
+    assert_eq!(h.state(), CircuitState::Closed);
+    assert_eq!(h.metrics().failure_rate, Some(25.0));
+    let _ = call(&mut svc, 1, 0).await;
+    assert_eq!(h.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejection_comes_from_the_future_with_retry_after() {
+    let layer = CircuitBreakerLayer::builder().name("test").wait_in_open(Duration::from_secs(10)).build().unwrap();
+    let h = layer.handle();
+    let (mock, mut handle) = tower_test::mock::pair::<Req, u8>();
+    let mut svc = layer.layer(mock);
+    h.transition_to_open();
+    advance(Duration::from_secs(3)).await;
+    handle.allow(1);
+    // poll_ready stays Ready while open
+    tokio_test::assert_ready_ok!(tokio_test::task::spawn(()).enter(|cx, _| svc.poll_ready(cx)));
+    let err = svc.call((0, 0)).await.unwrap_err();
+    let open = err.downcast_ref::<CircuitOpen>().expect("CircuitOpen");
+    assert_eq!(open.state(), CircuitState::Open);
+    assert_eq!(open.name(), "test");
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(7)));
+    assert_eq!(MeshError::retry_after(open), Some(Duration::from_secs(7)));
+    assert_eq!(open.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(open.grpc_code(), crate::classify::GrpcCode::Unavailable);
+    assert!(open.to_string().contains("`test` is open"));
+    // the inner service never saw the request
+    assert!(handle.poll_request().is_pending() || tokio_test::task::spawn(handle.next_request()).poll().is_pending());
+    assert_eq!(h.retry_after(), Some(Duration::from_secs(7)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_closes_after_successful_probes() {
+    let layer = builder().build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    for _ in 0..4 {
+        let _ = call(&mut svc, 1, 0).await;
+    }
+    assert_eq!(h.state(), CircuitState::Open);
+    advance(Duration::from_millis(9_999)).await;
+    assert!(is_open(&call(&mut svc, 0, 0).await));
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(call(&mut svc, 0, 0).await.unwrap(), 0);
+    assert_eq!(h.state(), CircuitState::HalfOpen);
+    assert_eq!(call(&mut svc, 0, 0).await.unwrap(), 0);
+    assert_eq!(h.state(), CircuitState::Closed);
+    // fresh window
+    assert_eq!(h.metrics().calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_reopens_and_limits_probes() {
+    let layer = builder().build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    h.transition_to_half_open();
+    // two probes in flight, a third is rejected
+    let mut p1 = tokio_test::task::spawn(svc.ready().await.unwrap().call((1, 100)));
+    let mut p2 = tokio_test::task::spawn(svc.ready().await.unwrap().call((0, 100)));
+    let third = call(&mut svc, 0, 0).await;
+    let e = third.unwrap_err();
+    let open = e.downcast_ref::<CircuitOpen>().unwrap();
+    assert_eq!((open.state(), open.retry_after()), (CircuitState::HalfOpen, None));
+    assert!(p1.poll().is_pending() && p2.poll().is_pending());
+    advance(Duration::from_millis(100)).await;
+    assert!(tokio_test::assert_ready!(p1.poll()).is_err());
+    assert_eq!(h.state(), CircuitState::HalfOpen);
+    assert!(tokio_test::assert_ready!(p2.poll()).is_ok());
+    // 1 of 2 failed = 50 % -> open again
+    assert_eq!(h.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn growing_wait_in_open_and_reset() {
+    let layer = builder().growing_wait_in_open(2.0, Duration::from_secs(30)).build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    let mut expected = [10, 20, 30, 30].into_iter();
+    for _ in 0..3 {
+        for _ in 0..4 {
+            let _ = call(&mut svc, 1, 0).await;
+        }
+        if h.state() == CircuitState::HalfOpen {
+            // probes fail
+        }
+        assert_eq!(h.state(), CircuitState::Open);
+        let wait = expected.next().unwrap();
+        assert_eq!(h.retry_after(), Some(Duration::from_secs(wait)));
+        advance(Duration::from_secs(wait)).await;
+        // half-open, probes fail -> re-open with longer wait
+        let _ = call(&mut svc, 1, 0).await;
+        let _ = call(&mut svc, 1, 0).await;
+        assert_eq!(h.state(), CircuitState::Open);
+        let wait = expected.next().unwrap();
+        assert_eq!(h.retry_after(), Some(Duration::from_secs(wait)));
+        h.reset();
+        assert_eq!(h.state(), CircuitState::Closed);
+        expected = [10, 20, 30, 30].into_iter();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_in_half_open_reopens() {
+    let layer = builder().max_wait_in_half_open(Duration::from_secs(5)).build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    h.transition_to_half_open();
+    // one probe completes, the other never comes
+    assert!(call(&mut svc, 0, 0).await.is_ok());
+    advance(Duration::from_secs(5)).await;
+    // the next call notices the max wait: back to open, rejected
+    assert!(is_open(&call(&mut svc, 0, 0).await));
+    assert_eq!(h.state(), CircuitState::Open);
+    assert_eq!(h.retry_after(), Some(Duration::from_secs(10)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn special_states_and_callbacks() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let layer = builder().on_state_change(move |c| s.lock().unwrap().push((c.from, c.to))).build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+
+    h.transition_to_forced_open();
+    advance(Duration::from_secs(3600)).await;
+    let e = call(&mut svc, 0, 0).await.unwrap_err();
+    let e = e.downcast_ref::<CircuitOpen>().unwrap();
+    assert_eq!((e.state(), e.retry_after()), (CircuitState::ForcedOpen, None));
+
+    h.transition_to_disabled();
+    for _ in 0..10 {
+        assert!(call(&mut svc, 1, 0).await.is_err());
+    }
+    assert_eq!(h.state(), CircuitState::Disabled);
+    assert_eq!(h.metrics().calls, 0);
+
+    h.transition_to_metrics_only();
+    for _ in 0..10 {
+        let _ = call(&mut svc, 1, 0).await;
+    }
+    assert_eq!(h.state(), CircuitState::MetricsOnly);
+    assert_eq!(h.metrics().failure_rate, Some(100.0));
+
+    h.transition_to_closed();
+    h.transition_to_closed(); // no-op
+    assert_eq!(h.metrics().calls, 0);
+    use CircuitState::*;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(Closed, ForcedOpen), (ForcedOpen, Disabled), (Disabled, MetricsOnly), (MetricsOnly, Closed)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_expires_old_buckets() {
+    let layer = builder().time_window(Duration::from_secs(3)).minimum_calls(4).build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    for _ in 0..3 {
+        let _ = call(&mut svc, 1, 0).await;
+    }
+    assert_eq!(h.metrics().calls, 3);
+    advance(Duration::from_secs(3)).await;
+    // the three failures have left the window
+    assert_eq!(h.metrics().calls, 0);
+    let _ = call(&mut svc, 1, 0).await;
+    for _ in 0..3 {
+        let _ = call(&mut svc, 0, 0).await;
+    }
+    // 1 of 4 failed
+    assert_eq!(h.state(), CircuitState::Closed);
+    assert_eq!(h.metrics().failure_rate, Some(25.0));
+    advance(Duration::from_secs(1)).await;
+    let _ = call(&mut svc, 1, 0).await;
+    assert_eq!(h.state(), CircuitState::Closed);
+    let _ = call(&mut svc, 1, 0).await; // 3 of 6
+    assert_eq!(h.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_the_breaker() {
+    let layer =
+        builder().slow_call_duration(Duration::from_millis(500)).slow_call_rate_threshold(75.0).build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    for ms in [500, 600, 100] {
+        assert!(call(&mut svc, 0, ms).await.is_ok());
+    }
+    assert_eq!(h.metrics().slow_calls, 2);
+    assert!(call(&mut svc, 0, 499).await.is_ok());
+    assert_eq!(h.state(), CircuitState::Closed); // 50 %
+    assert!(call(&mut svc, 0, 700).await.is_ok());
+    assert_eq!(h.state(), CircuitState::Closed); // 50 %
+    assert!(call(&mut svc, 0, 700).await.is_ok());
+    assert_eq!(h.state(), CircuitState::Closed); // 50 %
+    assert!(call(&mut svc, 0, 700).await.is_ok());
+    assert_eq!(h.state(), CircuitState::Open); // 75 %
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignored_outcomes_count_for_nothing() {
+    let layer = builder().build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    for _ in 0..10 {
+        assert_eq!(call(&mut svc, 2, 0).await.unwrap(), 2);
+    }
+    assert_eq!(h.metrics().calls, 0);
+    // ignored probes give their slot back
+    h.transition_to_half_open();
+    for _ in 0..5 {
+        let _ = call(&mut svc, 2, 0).await;
+    }
+    assert_eq!(h.state(), CircuitState::HalfOpen);
+    let _ = call(&mut svc, 0, 0).await;
+    let _ = call(&mut svc, 0, 0).await;
+    assert_eq!(h.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_statuses_are_classified() {
+    use crate::classify::HttpClassifier;
+    use http::{Response, StatusCode};
+    let layer = CircuitBreakerLayer::builder()
+        .count_window(4)
+        .minimum_calls(4)
+        .classifier(HttpClassifier::new())
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let svc = layer.layer(tower::service_fn(|s: u16| async move {
+        Ok::<_, std::convert::Infallible>(Response::builder().status(s).body(()).unwrap())
+    }));
+    for s in [404, 200, 503, 500] {
+        let r = svc.clone().oneshot(s).await.unwrap();
+        assert_eq!(r.status(), StatusCode::from_u16(s).unwrap());
+    }
+    let m = h.metrics();
+    assert_eq!((m.calls, m.failures), (4, 2));
+    assert_eq!(h.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deferred_outcomes_are_recorded_at_end_of_stream() {
+    use crate::classify::{ClassifyEosLayer, GrpcClassifier};
+    use bytes::Bytes;
+    use http::{HeaderMap, Response};
+    use http_body_util::{BodyExt, StreamBody};
+
+    let layer = CircuitBreakerLayer::builder()
+        .count_window(2)
+        .minimum_calls(2)
+        .slow_call_duration(Duration::from_secs(1))
+        .classifier(GrpcClassifier::new())
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let svc = layer.layer(ClassifyEosLayer::new().layer(tower::service_fn(|code: &'static str| async move {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", code.parse().unwrap());
+        let frames: Vec<Result<_, std::convert::Infallible>> =
+            vec![Ok(http_body::Frame::data(Bytes::from_static(b"x"))), Ok(http_body::Frame::trailers(t))];
+        Ok::<_, std::convert::Infallible>(Response::new(StreamBody::new(futures::stream::iter(frames))))
+    })));
+
+    let res = svc.clone().oneshot("13").await.unwrap();
+    // not recorded until the body ends
+    assert_eq!(h.metrics().calls, 0);
+    sleep(Duration::from_secs(2)).await;
+    let _ = res.into_body().collect().await.unwrap();
+    let m = h.metrics();
+    assert_eq!((m.calls, m.failures, m.slow_calls), (1, 1, 1));
+
+    // a dropped body is cancelled -> ignored by default
+    let res = svc.clone().oneshot("0").await.unwrap();
+    drop(res);
+    assert_eq!(h.metrics().calls, 1);
+    let res = svc.clone().oneshot("14").await.unwrap();
+    let _ = res.into_body().collect().await.unwrap();
+    assert_eq!(h.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_policy_failure_counts_dropped_calls() {
+    let layer = builder().cancel_policy(CancelPolicy::Failure).build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    for _ in 0..4 {
+        let mut f = tokio_test::task::spawn(svc.ready().await.unwrap().call((0, 1000)));
+        assert!(f.poll().is_pending());
+        drop(f);
+    }
+    assert_eq!(h.state(), CircuitState::Open);
+}
+
+#[test]
+fn config_validation_and_serde() {
+    let ok = CircuitBreakerConfig::default();
+    assert!(ok.validate().is_ok());
+    let bad = |f: fn(&mut CircuitBreakerConfig)| {
+        let mut c = CircuitBreakerConfig::default();
+        f(&mut c);
+        c.validate().unwrap_err()
+    };
+    assert!(matches!(bad(|c| c.failure_rate_threshold = 101.0), ConfigError::OutOfRange { .. }));
+    assert!(matches!(bad(|c| c.slow_call_rate_threshold = -1.0), ConfigError::OutOfRange { .. }));
+    assert!(matches!(bad(|c| c.sliding_window = SlidingWindow::Count(0)), ConfigError::Zero { .. }));
+    assert!(matches!(bad(|c| c.sliding_window = SlidingWindow::Time(Duration::ZERO)), ConfigError::Zero { .. }));
+    assert!(matches!(bad(|c| c.permitted_calls_in_half_open = 0), ConfigError::Zero { .. }));
+    assert!(matches!(bad(|c| c.minimum_calls = 0), ConfigError::Zero { .. }));
+    assert!(matches!(bad(|c| c.wait_in_open_multiplier = 0.5), ConfigError::OutOfRange { .. }));
+    assert!(matches!(bad(|c| c.max_wait_in_open = Duration::from_secs(1)), ConfigError::Conflict { .. }));
+    assert!(CircuitBreakerLayer::builder().failure_rate_threshold(f64::NAN).build().is_err());
+
+    let c: CircuitBreakerConfig = serde_json::from_str(
+        r#"{"name":"x","sliding_window":{"time":"10s"},"wait_in_open":"1m","cancel_policy":"failure"}"#,
+    )
+    .unwrap();
+    assert_eq!(c.sliding_window, SlidingWindow::Time(Duration::from_secs(10)));
+    assert_eq!(c.wait_in_open, Duration::from_secs(60));
+    assert_eq!(c.cancel_policy, CancelPolicy::Failure);
+    assert_eq!(c.minimum_calls, 100);
+    assert!(serde_json::from_str::<CircuitBreakerConfig>(r#"{"nope":1}"#).is_err());
+    let back: CircuitBreakerConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    assert_eq!(CircuitBreakerLayer::from_config(&c).unwrap().handle().name(), "x");
+}
+
+#[test]
+fn response_future_is_small() {
+    type F = ResponseFuture<std::future::Ready<Result<u8, &'static str>>, crate::classify::ResultClassifier>;
+    assert!(std::mem::size_of::<F>() <= 72, "{}", std::mem::size_of::<F>());
+}
+
+mod model;
