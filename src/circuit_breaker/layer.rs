@@ -182,6 +182,18 @@ impl<C> CircuitBreakerBuilder<C> {
     pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2> {
         CircuitBreakerBuilder { config: self.config, classifier, listeners: self.listeners }
     }
+    /// One breaker per key of the request (e.g. the URI authority) instead of
+    /// one for all calls; see [`KeyedCircuitBreakerLayer`](super::KeyedCircuitBreakerLayer).
+    /// Each key's breaker is named `name[key]`.
+    pub fn key<F>(self, key_fn: F) -> super::KeyedCircuitBreakerBuilder<C, F> {
+        super::KeyedCircuitBreakerBuilder {
+            config: self.config,
+            classifier: self.classifier,
+            listeners: self.listeners,
+            key_fn,
+            idle_ttl: Duration::from_secs(600),
+        }
+    }
     /// Validate and build.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         self.config.validate()?;

@@ -61,11 +61,17 @@
 //! `tower_mesh_circuit_breaker_call_duration_seconds`. Transitions are logged
 //! with `tracing` and passed to `on_state_change` callbacks.
 //!
+//! Per-key breakers ([`CircuitBreakerBuilder::key`]) keep one breaker per key
+//! of the request (e.g. the URI authority) in a [`CircuitBreakerRegistry`]
+//! that lists the keys with their states and evicts keys idle for a TTL. The
+//! unkeyed [`CircuitBreaker`] is a separate type and pays nothing for it.
+//!
 //! See [`CircuitBreakerLayer`] for an example.
 
 mod config;
 mod error;
 mod future;
+mod keyed;
 mod layer;
 mod service;
 mod state;
@@ -75,6 +81,9 @@ mod tests;
 pub use self::config::{CircuitBreakerConfig, SlidingWindow};
 pub use self::error::CircuitOpen;
 pub use self::future::ResponseFuture;
+pub use self::keyed::{
+    CircuitBreakerRegistry, KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerLayer,
+};
 pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer};
 pub use self::service::CircuitBreaker;
 pub use self::state::{CircuitMetrics, CircuitState, StateChange};

@@ -260,7 +260,7 @@ impl Window {
 
 pub(crate) type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Settings {
     pub(crate) failure_rate: f64,
     pub(crate) slow_rate: f64,

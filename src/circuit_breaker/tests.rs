@@ -428,4 +428,43 @@ fn response_future_is_small() {
     assert!(std::mem::size_of::<F>() <= 72, "{}", std::mem::size_of::<F>());
 }
 
+#[tokio::test(start_paused = true)]
+async fn keyed_breakers_are_independent_listed_and_evicted() {
+    let layer = builder().key(|req: &(u32, Req)| req.0).idle_ttl(Duration::from_secs(60)).build().unwrap();
+    let registry = layer.registry();
+    let svc = layer.layer(tower::service_fn(|(_, r): (u32, Req)| inner().oneshot(r)));
+    for _ in 0..4 {
+        assert!(svc.clone().oneshot((1, (1, 0))).await.is_err());
+        assert!(svc.clone().oneshot((2, (0, 0))).await.is_ok());
+    }
+    assert_eq!(registry.state(&1), Some(CircuitState::Open));
+    assert_eq!(registry.state(&2), Some(CircuitState::Closed));
+    let e = svc.clone().oneshot((1, (0, 0))).await.unwrap_err();
+    assert_eq!(e.downcast_ref::<CircuitOpen>().unwrap().name(), "test[1]");
+    assert!(svc.clone().oneshot((2, (0, 0))).await.is_ok());
+    let mut keys = registry.keys();
+    keys.sort_by_key(|k| k.0);
+    assert_eq!(keys.len(), 2);
+    assert_eq!((keys[0].0, keys[0].1.state, keys[0].1.failures), (1, CircuitState::Open, 4));
+    assert_eq!((keys[1].0, keys[1].1.state, keys[1].1.calls), (2, CircuitState::Closed, 4));
+    assert_eq!(registry.get(&1).unwrap().name(), "test[1]");
+
+    // key 2 stays in use, key 1 goes idle
+    advance(Duration::from_secs(59)).await;
+    assert!(svc.clone().oneshot((2, (0, 0))).await.is_ok());
+    advance(Duration::from_secs(1)).await;
+    registry.evict_idle();
+    assert_eq!(registry.state(&1), None);
+    assert_eq!(registry.len(), 1);
+    // automatic sweep on a later call
+    advance(Duration::from_secs(61)).await;
+    assert!(svc.clone().oneshot((3, (0, 0))).await.is_ok());
+    assert_eq!(registry.state(&2), None);
+    assert_eq!(registry.len(), 1);
+    // an evicted key starts afresh
+    assert!(svc.clone().oneshot((1, (0, 0))).await.is_ok());
+    assert_eq!(registry.state(&1), Some(CircuitState::Closed));
+    assert!(builder().key(|r: &u32| *r).idle_ttl(Duration::ZERO).build::<u32>().is_err());
+}
+
 mod model;
