@@ -25,10 +25,12 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
+    #[inline]
     pub(crate) fn new(shared: Arc<Shared>, epoch: u32) -> Self {
         Recording { shared, start: Instant::now(), epoch, done: false }
     }
 
+    #[inline]
     fn finish(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.done, true) {
             return;

@@ -35,6 +35,11 @@
 //! `minimum_calls` larger than the window is clamped to the window size (as in
 //! resilience4j).
 //!
+//! Readiness: `poll_ready` only delegates to the inner service, so a
+//! `Buffer` or `Balance` above is never torn down by an open breaker; a
+//! rejected call simply does not use the readiness it was given (the inner
+//! service stays ready for the next call).
+//!
 //! Differences from resilience4j: a call admitted in one state and finishing
 //! in another is only counted if it was admitted in the current closed period
 //! (calls admitted before opening are not counted by half-open; probes of an

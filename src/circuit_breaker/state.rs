@@ -141,6 +141,7 @@ impl CountWindow {
     pub(crate) fn new(n: usize) -> Self {
         CountWindow { slots: vec![0; n].into_boxed_slice(), next: 0, len: 0, totals: Totals::default() }
     }
+    #[inline]
     fn record(&mut self, failed: bool, slow: bool) {
         if self.len == self.slots.len() {
             let old = self.slots[self.next];
@@ -451,6 +452,7 @@ impl Shared {
     }
 
     /// Record a finished call that was admitted with `epoch` (see [`acquire`]).
+    #[inline]
     pub(crate) fn record(&self, rec: Rec, elapsed: Duration, now: Instant, epoch: u32) {
         self.metrics.duration.record(elapsed.as_secs_f64());
         let slow = rec != Rec::Ignored && elapsed >= self.settings.slow_duration;
@@ -548,18 +550,14 @@ impl Shared {
         metrics::counter!("tower_mesh_circuit_breaker_transitions_total",
             "service" => self.name.to_string(), "from" => c.from.as_str(), "to" => c.to.as_str())
         .increment(1);
-        match c.to {
-            CircuitState::Open | CircuitState::ForcedOpen => tracing::warn!(
-                service = %self.name, from = c.from.as_str(), to = c.to.as_str(),
-                failure_rate = c.failure_rate, slow_call_rate = c.slow_call_rate,
-                "circuit breaker opened"
-            ),
-            _ => tracing::info!(
-                service = %self.name, from = c.from.as_str(), to = c.to.as_str(),
-                failure_rate = c.failure_rate, slow_call_rate = c.slow_call_rate,
-                "circuit breaker state change"
-            ),
-        }
+        tracing::info!(
+            service = %self.name,
+            from = c.from.as_str(),
+            to = c.to.as_str(),
+            failure_rate = c.failure_rate,
+            slow_call_rate = c.slow_call_rate,
+            "circuit breaker state change"
+        );
         for l in &self.listeners {
             l(c);
         }
