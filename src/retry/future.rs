@@ -87,7 +87,7 @@ where
                     let result = ready!(fut.poll(cx));
                     let s = &*this.settings;
                     let retryable = match s.classifier.classify(result.as_ref()) {
-                        Outcome::Failure(kind) => s.retry_if.map_or(true, |f| f(&kind)),
+                        Outcome::Failure(kind) => s.shared.retry_if.map_or(true, |f| f(&kind)),
                         _ => false,
                     };
                     if !retryable {
@@ -107,8 +107,8 @@ where
                     };
                     let delay = match pushback {
                         Pushback::Stop => return Poll::Ready(result),
-                        Pushback::After(d) => d.min(s.backoff.max_delay()),
-                        Pushback::None => s.backoff.delay(*this.retries, *this.previous_delay),
+                        Pushback::After(d) => d.min(s.shared.backoff.max_delay()),
+                        Pushback::None => s.shared.backoff.delay(*this.retries, *this.previous_delay),
                     };
                     // Never sleep past the deadline of an enclosing timeout.
                     if let Some(deadline) = Deadline::current() {

@@ -12,6 +12,9 @@ use crate::config::ConfigError;
 pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) budget: Option<RetryBudget>,
+    // Needed only once a call failed: kept here, out of every response future.
+    pub(crate) backoff: Backoff,
+    pub(crate) retry_if: Option<fn(&FailureKind) -> bool>,
     pub(crate) attempts: Counter,
     pub(crate) retries: Counter,
     pub(crate) budget_exhausted: Counter,
@@ -19,7 +22,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(name: String, budget: Option<RetryBudget>) -> Self {
+    fn new(
+        name: String,
+        budget: Option<RetryBudget>,
+        backoff: Backoff,
+        retry_if: Option<fn(&FailureKind) -> bool>,
+    ) -> Self {
         let label = name.clone();
         Shared {
             attempts: metrics::counter!("tower_mesh_retry_attempts_total", "service" => label.clone()),
@@ -28,16 +36,17 @@ impl Shared {
             exhausted: metrics::counter!("tower_mesh_retry_exhausted_total", "service" => label),
             name,
             budget,
+            backoff,
+            retry_if,
         }
     }
 }
 
-/// Everything a retrying call needs; cheap to clone (one `Arc`).
+/// Everything a retrying call needs; cheap to clone (one `Arc`), and small, as
+/// every response future holds a copy.
 #[derive(Clone)]
 pub(crate) struct Settings<C, P> {
     pub(crate) max_retries: u32,
-    pub(crate) backoff: Backoff,
-    pub(crate) retry_if: Option<fn(&FailureKind) -> bool>,
     pub(crate) classifier: C,
     pub(crate) requests: P,
     pub(crate) shared: Arc<Shared>,
@@ -93,7 +102,7 @@ impl<C, P> fmt::Debug for RetryLayer<C, P> {
         f.debug_struct("RetryLayer")
             .field("name", &self.settings.shared.name)
             .field("max_retries", &self.settings.max_retries)
-            .field("backoff", &self.settings.backoff)
+            .field("backoff", &self.settings.shared.backoff)
             .field("budget", &self.settings.shared.budget)
             .finish_non_exhaustive()
     }
@@ -122,14 +131,7 @@ impl<C, P> RetryLayer<C, P> {
     pub fn with_classifier<C2>(self, classifier: C2) -> RetryLayer<C2, P> {
         let s = self.settings;
         RetryLayer {
-            settings: Settings {
-                max_retries: s.max_retries,
-                backoff: s.backoff,
-                retry_if: s.retry_if,
-                classifier,
-                requests: s.requests,
-                shared: s.shared,
-            },
+            settings: Settings { max_retries: s.max_retries, classifier, requests: s.requests, shared: s.shared },
         }
     }
 
@@ -138,14 +140,7 @@ impl<C, P> RetryLayer<C, P> {
     pub fn with_requests<P2>(self, requests: P2) -> RetryLayer<C, P2> {
         let s = self.settings;
         RetryLayer {
-            settings: Settings {
-                max_retries: s.max_retries,
-                backoff: s.backoff,
-                retry_if: s.retry_if,
-                classifier: s.classifier,
-                requests,
-                shared: s.shared,
-            },
+            settings: Settings { max_retries: s.max_retries, classifier: s.classifier, requests, shared: s.shared },
         }
     }
 
@@ -245,14 +240,13 @@ impl<C, P> RetryBuilder<C, P> {
     pub fn build(self) -> Result<RetryLayer<C, P>, ConfigError> {
         self.config.validate()?;
         let budget = self.budget.or_else(|| self.config.budget());
+        let backoff = self.config.backoff();
         Ok(RetryLayer {
             settings: Settings {
                 max_retries: self.config.max_retries,
-                backoff: self.config.backoff(),
-                retry_if: self.retry_if,
                 classifier: self.classifier,
                 requests: self.requests,
-                shared: Arc::new(Shared::new(self.config.name, budget)),
+                shared: Arc::new(Shared::new(self.config.name, budget, backoff, self.retry_if)),
             },
         })
     }
