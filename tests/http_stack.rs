@@ -120,7 +120,9 @@ async fn retry_honours_retry_after() {
         .layer(
             RetryLayer::builder()
                 .max_retries(2)
-                .backoff(Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(5)).jitter(Jitter::None))
+                .backoff(
+                    Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(5)).jitter(Jitter::None),
+                )
                 .classifier(HttpClassifier::new())
                 .http()
                 .build()
@@ -161,7 +163,12 @@ async fn retry_does_not_repeat_non_idempotent_requests() {
 async fn bulkhead_of_10_never_exceeds_10_in_flight() {
     let up = Upstream::start().await;
     up.control.set_delay(Duration::from_millis(2));
-    let layer = BulkheadLayer::builder().name("inventory").max_concurrent_calls(10).max_wait(Duration::from_secs(60)).build().unwrap();
+    let layer = BulkheadLayer::builder()
+        .name("inventory")
+        .max_concurrent_calls(10)
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new().layer(layer).service(client());
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -244,12 +251,11 @@ async fn server_maps_open_breaker_to_503_with_retry_after() {
         .build()
         .unwrap();
     let handle = breaker.handle();
-    let svc = ServiceBuilder::new()
-        .layer(ServerErrorLayer::new())
-        .layer(breaker)
-        .service_fn(|_req: Request<Incoming>| async {
+    let svc = ServiceBuilder::new().layer(ServerErrorLayer::new()).layer(breaker).service_fn(
+        |_req: Request<Incoming>| async {
             Ok::<_, BoxError>(Response::builder().status(500).body(Full::new(Bytes::new())).unwrap())
-        });
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -257,8 +263,7 @@ async fn server_maps_open_breaker_to_503_with_retry_after() {
             let (stream, _) = listener.accept().await.unwrap();
             let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
             tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
             );
         }
     });
