@@ -425,7 +425,12 @@ fn config_validation_and_serde() {
 #[test]
 fn response_future_is_small() {
     type F = ResponseFuture<std::future::Ready<Result<u8, &'static str>>, crate::classify::ResultClassifier>;
-    assert!(std::mem::size_of::<F>() <= 72, "{}", std::mem::size_of::<F>());
+    let (fut, inner) = (std::mem::size_of::<F>(), std::mem::size_of::<std::future::Ready<Result<u8, &'static str>>>());
+    println!(
+        "ResponseFuture {fut} bytes, inner future {inner} bytes, Recording {}",
+        std::mem::size_of::<future::Recording>()
+    );
+    assert!(fut <= inner + 48, "{fut}");
 }
 
 #[tokio::test(start_paused = true)]
