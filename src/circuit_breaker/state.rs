@@ -297,7 +297,13 @@ impl Settings {
         }
     }
 
+    #[inline]
     fn exceeded(&self, t: Totals) -> bool {
+        // A healthy window (nothing failed, nothing slow) has both rates at
+        // exactly 0: decide without the two divisions, with the same result.
+        if t.failures == 0 && t.slow == 0 {
+            return self.failure_rate <= 0.0 || self.slow_rate <= 0.0;
+        }
         let (fr, sr) = t.rates();
         fr >= self.failure_rate || sr >= self.slow_rate
     }
