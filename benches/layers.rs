@@ -483,7 +483,12 @@ fn summary(medians: &BTreeMap<String, f64>) {
             Some(false) => "MISSED",
             None => "",
         };
-        println!("  {label}: {so:.2} ns / {ro:.2} ns = {ratio:.3}x ({goal}) {verdict}");
+        match target {
+            Target::PlusNs(_) => {
+                println!("  {label}: {so:.2} ns vs {ro:.2} ns, diff {:.2} ns ({goal}) {verdict}", so - ro)
+            }
+            _ => println!("  {label}: {so:.2} ns / {ro:.2} ns = {ratio:.3}x ({goal}) {verdict}"),
+        }
     }
 }
 
