@@ -13,7 +13,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::future::{Recording, ResponseFuture};
-use super::state::{CircuitMetrics, CircuitState, Listener, Settings, Shared};
+use super::state::{metric_labels, CircuitMetrics, CircuitState, Listener, Settings, Shared};
 use super::{CircuitBreakerConfig, CircuitBreakerHandle};
 use crate::classify::Classify;
 use crate::config::{check_nonzero, ConfigError};
@@ -65,7 +65,8 @@ where
             return e.shared.clone();
         }
         let name = format!("{}[{:?}]", self.name, key);
-        let shared = Arc::new(Shared::new(name.into(), self.settings.clone(), self.listeners.clone()));
+        let labels = metric_labels(&self.name, Some(format!("{key:?}")));
+        let shared = Arc::new(Shared::new(name.into(), labels, self.settings.clone(), self.listeners.clone()));
         map.entries.insert(key, Entry { shared: shared.clone(), last_used: now });
         shared
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::config::{CircuitBreakerConfig, SlidingWindow};
-use super::state::{CircuitMetrics, CircuitState, Listener, Settings, Shared, StateChange};
+use super::state::{metric_labels, CircuitMetrics, CircuitState, Listener, Settings, Shared, StateChange};
 use super::CircuitBreaker;
 use crate::classify::{CancelPolicy, ResultClassifier};
 use crate::config::ConfigError;
@@ -184,7 +184,8 @@ impl<C> CircuitBreakerBuilder<C> {
     }
     /// One breaker per key of the request (e.g. the URI authority) instead of
     /// one for all calls; see [`KeyedCircuitBreakerLayer`](super::KeyedCircuitBreakerLayer).
-    /// Each key's breaker is named `name[key]`.
+    /// Each key's breaker is named `name[key]` in logs and errors; its metrics
+    /// carry the labels `service="name"` and `key="key"`.
     pub fn key<F>(self, key_fn: F) -> super::KeyedCircuitBreakerBuilder<C, F> {
         super::KeyedCircuitBreakerBuilder {
             config: self.config,
@@ -197,7 +198,9 @@ impl<C> CircuitBreakerBuilder<C> {
     /// Validate and build.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         self.config.validate()?;
-        let shared = Shared::new(self.config.name.as_str().into(), Settings::from_config(&self.config), self.listeners);
+        let labels = metric_labels(&self.config.name, None);
+        let shared =
+            Shared::new(self.config.name.as_str().into(), labels, Settings::from_config(&self.config), self.listeners);
         Ok(CircuitBreakerLayer { shared: Arc::new(shared), classifier: self.classifier })
     }
 }

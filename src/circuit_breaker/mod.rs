@@ -63,7 +63,8 @@
 //! `tower_mesh_circuit_breaker_state{service}` (0 closed, 1 open, 2 half-open,
 //! 3 disabled, 4 forced-open, 5 metrics-only),
 //! `tower_mesh_circuit_breaker_transitions_total{service,from,to}`,
-//! `tower_mesh_circuit_breaker_call_duration_seconds`. Transitions are logged
+//! `tower_mesh_circuit_breaker_call_duration_seconds`. The breakers of a keyed
+//! layer add a `key` label. Transitions are logged
 //! with `tracing` and passed to `on_state_change` callbacks.
 //!
 //! Per-key breakers ([`CircuitBreakerBuilder::key`]) keep one breaker per key

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge, Histogram, Label};
 use tokio::time::Instant;
 
 use super::config::{CircuitBreakerConfig, SlidingWindow};
@@ -337,17 +337,35 @@ pub(crate) struct Metrics {
     pub(crate) duration: Histogram,
 }
 
+/// The labels of one breaker's metrics: `service`, and `key` for the breakers
+/// of a keyed layer.
+pub(crate) fn metric_labels(service: &str, key: Option<String>) -> Vec<Label> {
+    let mut labels = vec![Label::new("service", service.to_owned())];
+    if let Some(key) = key {
+        labels.push(Label::new("key", key));
+    }
+    labels
+}
+
+fn with_label(labels: &[Label], key: &'static str, value: &'static str) -> Vec<Label> {
+    let mut v = labels.to_vec();
+    v.push(Label::from_static_parts(key, value));
+    v
+}
+
 impl Metrics {
-    fn new(name: &str) -> Self {
-        let calls = |outcome: &'static str| metrics::counter!("tower_mesh_circuit_breaker_calls_total", "service" => name.to_owned(), "outcome" => outcome);
+    fn new(labels: &[Label]) -> Self {
+        let calls = |outcome| {
+            metrics::counter!("tower_mesh_circuit_breaker_calls_total", with_label(labels, "outcome", outcome))
+        };
         Metrics {
             success: calls("success"),
             failure: calls("failure"),
             ignored: calls("ignored"),
             rejected: calls("rejected"),
-            slow: metrics::counter!("tower_mesh_circuit_breaker_slow_calls_total", "service" => name.to_owned()),
-            state: metrics::gauge!("tower_mesh_circuit_breaker_state", "service" => name.to_owned()),
-            duration: metrics::histogram!("tower_mesh_circuit_breaker_call_duration_seconds", "service" => name.to_owned()),
+            slow: metrics::counter!("tower_mesh_circuit_breaker_slow_calls_total", labels.to_vec()),
+            state: metrics::gauge!("tower_mesh_circuit_breaker_state", labels.to_vec()),
+            duration: metrics::histogram!("tower_mesh_circuit_breaker_call_duration_seconds", labels.to_vec()),
         }
     }
 }
@@ -360,6 +378,7 @@ pub(crate) struct Shared {
     not_permitted: AtomicU64,
     inner: Mutex<Inner>,
     pub(crate) metrics: Metrics,
+    labels: Vec<Label>,
     listeners: Vec<Listener>,
 }
 
@@ -375,9 +394,10 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(name: Arc<str>, settings: Settings, listeners: Vec<Listener>) -> Self {
+    /// `name` names the breaker in logs and errors; `labels` label its metrics.
+    pub(crate) fn new(name: Arc<str>, labels: Vec<Label>, settings: Settings, listeners: Vec<Listener>) -> Self {
         let now = Instant::now();
-        let metrics = Metrics::new(&name);
+        let metrics = Metrics::new(&labels);
         metrics.state.set(0.0);
         Shared {
             inner: Mutex::new(Inner {
@@ -393,6 +413,7 @@ impl Shared {
             state: AtomicU8::new(CircuitState::Closed as u8),
             not_permitted: AtomicU64::new(0),
             metrics,
+            labels,
             listeners,
         }
     }
@@ -553,9 +574,9 @@ impl Shared {
     }
 
     fn notify(&self, c: &StateChange) {
-        metrics::counter!("tower_mesh_circuit_breaker_transitions_total",
-            "service" => self.name.to_string(), "from" => c.from.as_str(), "to" => c.to.as_str())
-        .increment(1);
+        let mut labels = with_label(&self.labels, "from", c.from.as_str());
+        labels.push(Label::from_static_parts("to", c.to.as_str()));
+        metrics::counter!("tower_mesh_circuit_breaker_transitions_total", labels).increment(1);
         tracing::info!(
             service = %self.name,
             from = c.from.as_str(),

@@ -473,3 +473,46 @@ async fn keyed_breakers_are_independent_listed_and_evicted() {
 }
 
 mod model;
+
+/// Keyed breakers label their metrics with the layer's `service` and a
+/// separate `key`, so series aggregate by service.
+#[tokio::test]
+async fn keyed_breaker_metrics_have_service_and_key_labels() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer =
+        CircuitBreakerLayer::builder().name("api").key(|r: &u32| *r % 2).build::<u32>().expect("valid configuration");
+    let mut svc = layer.layer(tower::service_fn(|r: u32| async move { Ok::<_, BoxError>(r) }));
+    for r in [1u32, 2, 4] {
+        svc.ready().await.unwrap();
+        // The key's breaker (and its metric handles) is made on first use, in `call`.
+        let fut = metrics::with_local_recorder(&recorder, || svc.call(r));
+        fut.await.unwrap();
+    }
+    let mut successes: Vec<(Vec<(String, String)>, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == "tower_mesh_circuit_breaker_calls_total")
+        .filter_map(|(k, _, _, v)| {
+            let labels: Vec<_> = k.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+            match v {
+                DebugValue::Counter(n) if labels.iter().any(|l| l == &("outcome".into(), "success".into())) => {
+                    Some((labels, n))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    successes.sort();
+    let expect = |key: &str, n: u64| {
+        let labels = vec![
+            ("service".to_owned(), "api".to_owned()),
+            ("key".to_owned(), key.to_owned()),
+            ("outcome".to_owned(), "success".to_owned()),
+        ];
+        (labels, n)
+    };
+    assert_eq!(successes, vec![expect("0", 2), expect("1", 1)]);
+}
