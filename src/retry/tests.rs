@@ -261,17 +261,20 @@ async fn metrics_count_attempts_and_retries() {
     assert_eq!(counts["tower_mesh_retry_exhausted_total"], 1);
 }
 
+/// A request that counts how often it is cloned.
+#[derive(Debug)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Counted(self.0.clone())
+    }
+}
+
 #[test]
 fn calls_counted_by_an_atomic_are_not_cloned_needlessly() {
     // max_retries 0: the request is not copied at all.
-    #[derive(Debug)]
-    struct Counted(Arc<AtomicUsize>);
-    impl Clone for Counted {
-        fn clone(&self) -> Self {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Counted(self.0.clone())
-        }
-    }
     let clones = Arc::new(AtomicUsize::new(0));
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     rt.block_on(async {
@@ -286,14 +289,6 @@ fn calls_counted_by_an_atomic_are_not_cloned_needlessly() {
 async fn the_request_is_copied_once_per_possible_retry() {
     // max_retries 2 against a service that always fails: one copy for each
     // retry, none kept after the last one (3 attempts, 2 clones).
-    #[derive(Debug)]
-    struct Counted(Arc<AtomicUsize>);
-    impl Clone for Counted {
-        fn clone(&self) -> Self {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Counted(self.0.clone())
-        }
-    }
     let clones = Arc::new(AtomicUsize::new(0));
     let attempts = Arc::new(AtomicUsize::new(0));
     let a = attempts.clone();
