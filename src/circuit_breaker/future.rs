@@ -9,7 +9,6 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::state::{Rec, Shared};
-use super::CircuitOpen;
 use crate::classify::{Classify, Outcome, OutcomeRecorder};
 use crate::BoxError;
 
@@ -63,7 +62,7 @@ pin_project! {
 pin_project! {
     /// Response future of [`CircuitBreaker`](super::CircuitBreaker): either
     /// the inner call, recorded when it completes (or as cancelled if dropped),
-    /// or a [`CircuitOpen`] rejection.
+    /// or a [`CircuitOpen`](super::CircuitOpen) rejection.
     #[derive(Debug)]
     pub struct ResponseFuture<F, C> {
         #[pin]
@@ -74,12 +73,20 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn called(fut: F, recording: Recording, classifier: C) -> Self {
-        ResponseFuture { kind: Kind::Called { fut }, recording: Some(recording), classifier }
-    }
-
-    pub(crate) fn rejected(err: CircuitOpen, classifier: C) -> Self {
-        ResponseFuture { kind: Kind::Rejected { err: Some(Box::new(err)) }, recording: None, classifier }
+    /// Ask the breaker behind `shared` to admit a call: if it does, make the
+    /// call with `call` and record its outcome; if not, the future yields the
+    /// [`CircuitOpen`](super::CircuitOpen) rejection and `call` is never made.
+    #[inline]
+    pub(crate) fn admit(shared: &Arc<Shared>, call: impl FnOnce() -> F, classifier: C) -> Self {
+        match shared.acquire() {
+            Ok(epoch) => {
+                let recording = Recording::new(shared.clone(), epoch);
+                ResponseFuture { kind: Kind::Called { fut: call() }, recording: Some(recording), classifier }
+            }
+            Err(err) => {
+                ResponseFuture { kind: Kind::Rejected { err: Some(Box::new(err)) }, recording: None, classifier }
+            }
+        }
     }
 }
 

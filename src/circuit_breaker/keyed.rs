@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::{Recording, ResponseFuture};
+use super::future::ResponseFuture;
 use super::state::{metric_labels, CircuitMetrics, CircuitState, Listener, Settings, Shared};
 use super::{CircuitBreakerConfig, CircuitBreakerHandle};
 use crate::classify::Classify;
@@ -285,12 +285,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = self.registry.get_or_create((self.key_fn)(&req));
-        match shared.acquire() {
-            Ok(epoch) => {
-                let rec = Recording::new(shared, epoch);
-                ResponseFuture::called(self.inner.call(req), rec, self.classifier.clone())
-            }
-            Err(e) => ResponseFuture::rejected(e, self.classifier.clone()),
-        }
+        let inner = &mut self.inner;
+        ResponseFuture::admit(&shared, || inner.call(req), self.classifier.clone())
     }
 }

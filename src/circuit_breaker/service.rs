@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::future::{Recording, ResponseFuture};
+use super::future::ResponseFuture;
 use super::state::Shared;
 use super::CircuitBreakerHandle;
 use crate::classify::{Classify, ResultClassifier};
@@ -72,12 +72,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.shared.acquire() {
-            Ok(epoch) => {
-                let rec = Recording::new(self.shared.clone(), epoch);
-                ResponseFuture::called(self.inner.call(req), rec, self.classifier.clone())
-            }
-            Err(e) => ResponseFuture::rejected(e, self.classifier.clone()),
-        }
+        let inner = &mut self.inner;
+        ResponseFuture::admit(&self.shared, || inner.call(req), self.classifier.clone())
     }
 }
