@@ -25,4 +25,17 @@ pub mod retry;
 #[cfg(feature = "timeout")]
 pub mod timeout;
 
+#[cfg(feature = "correlation-id")]
+pub mod correlation;
+#[cfg(feature = "jwt")]
+pub mod jwt;
+#[cfg(feature = "soap")]
+pub mod soap;
+
+#[cfg(feature = "discovery")]
+pub mod discovery;
+
+#[cfg(feature = "publish")]
+pub mod publish;
+
 pub use error::BoxError;
