@@ -1,0 +1,647 @@
+//! Broker-neutral publisher: bounded in-flight unconfirmed messages, a
+//! connection kept up with backoff, and re-sending of unconfirmed messages
+//! after a reconnect.
+//!
+//! A broker plugs in by implementing [`Transport`]; [`Publisher<T>`] is then
+//! its `tower::Service<Event>`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::PollSemaphore;
+use tower_service::Service;
+
+use super::config::PublisherConfig;
+use super::error::PublishError;
+use super::event::{ContentMode, Event};
+use crate::error::BoxError;
+
+/// One broker's client, driven by a [`Publisher`].
+///
+/// The publisher owns the transport on a background task: it calls
+/// [`connect`](Transport::connect) (again after a connection is lost, with
+/// backoff), then [`publish`](Transport::publish) for every message in order,
+/// and waits for the returned confirmations.
+///
+/// Errors tell the publisher what to do: a [`PublishError::ConnectionLost`]
+/// or [`PublishError::ConfirmTimeout`] from `publish` or from a confirmation
+/// means the connection is broken — the publisher reconnects and sends every
+/// unconfirmed message again, in order. Any other error fails that message
+/// alone.
+pub trait Transport: Send + 'static {
+    /// Broker name for errors, metrics (`broker` label) and logs.
+    const BROKER: &'static str;
+    /// An open connection (and channel / session).
+    type Connection: Send + 'static;
+    /// Resolves when the broker confirms (or refuses) one message.
+    type Confirm: Future<Output = Result<Confirmation, PublishError>> + Send + 'static;
+
+    /// Open a connection. Call [`LostSignal::fire`] (from the client's
+    /// error / disconnect callback) when it breaks while idle.
+    fn connect(&mut self, lost: LostSignal) -> impl Future<Output = Result<Self::Connection, BoxError>> + Send;
+
+    /// Hand one message to the connection; the returned future resolves on
+    /// the broker's confirmation.
+    fn publish<'a>(
+        &'a mut self,
+        conn: &'a mut Self::Connection,
+        msg: &'a Outgoing,
+    ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a;
+}
+
+/// What a broker says about a confirmed message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Confirmation {
+    /// Stream sequence, delivery tag or offset, when the broker gives one.
+    pub sequence: Option<u64>,
+    /// Partition, when the broker has them.
+    pub partition: Option<i32>,
+    /// The broker recognised the message as a duplicate (same event id) and
+    /// did not store it again.
+    pub duplicate: bool,
+}
+
+/// A message on its way to a broker: the event and its encoded body.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The event.
+    pub event: Event,
+    /// The message body for [`mode`](Outgoing::mode).
+    pub body: Bytes,
+    /// Structured or binary.
+    pub mode: ContentMode,
+    /// How many times this message has been handed to a connection before
+    /// (0 on the first send); a re-send after a reconnect has `attempt > 0`.
+    pub attempt: u32,
+}
+
+impl Outgoing {
+    /// Encode `event` for `mode`.
+    pub fn new(event: Event, mode: ContentMode) -> Self {
+        let (body, _) = event.body(mode);
+        Outgoing { event, body, mode, attempt: 0 }
+    }
+
+    /// The message content type (see [`Event::body`]).
+    pub fn content_type(&self) -> Option<&str> {
+        match self.mode {
+            ContentMode::Structured => Some(super::event::STRUCTURED_CONTENT_TYPE),
+            ContentMode::Binary => match (self.event.datacontenttype(), self.event.data()) {
+                (Some(ct), _) => Some(ct),
+                (None, Some(_)) => Some("application/json"),
+                (None, None) => None,
+            },
+        }
+    }
+}
+
+/// A confirmed publish: the response of every publisher.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    /// The event that was confirmed.
+    pub event: Event,
+    /// The broker that confirmed it.
+    pub broker: &'static str,
+    /// What the broker said.
+    pub confirmation: Confirmation,
+    /// How many times the message was sent (more than 1 after a reconnect).
+    pub sends: u32,
+}
+
+/// Tells a [`Publisher`] that its connection broke while idle. Cheap to
+/// clone; each connection gets its own, so a late callback of an old
+/// connection does nothing.
+#[derive(Clone, Debug, Default)]
+pub struct LostSignal {
+    inner: Arc<LostInner>,
+}
+
+#[derive(Debug, Default)]
+struct LostInner {
+    fired: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl LostSignal {
+    /// Report the connection as broken.
+    pub fn fire(&self) {
+        self.inner.fired.store(true, Ordering::Release);
+        self.inner.waker.wake();
+    }
+
+    /// `true` once [`fire`](LostSignal::fire) was called.
+    pub fn is_fired(&self) -> bool {
+        self.inner.fired.load(Ordering::Acquire)
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_fired() {
+            return Poll::Ready(());
+        }
+        self.inner.waker.register(cx.waker());
+        if self.is_fired() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The connection state a [`Publisher`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Connecting (first time or after a loss); no attempt has failed yet.
+    /// `poll_ready` waits.
+    Connecting,
+    /// Connected: `poll_ready` waits only for in-flight capacity.
+    Connected,
+    /// The last connection attempt failed; reconnecting in the background.
+    /// `poll_ready` is ready and calls fail at once with
+    /// [`PublishError::Unavailable`], so a circuit breaker above sees them.
+    Down,
+}
+
+impl ConnectionState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ConnectionState::Connected,
+            2 => ConnectionState::Down,
+            _ => ConnectionState::Connecting,
+        }
+    }
+    fn as_u8(self) -> u8 {
+        match self {
+            ConnectionState::Connecting => 0,
+            ConnectionState::Connected => 1,
+            ConnectionState::Down => 2,
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Down => "down",
+        }
+    }
+}
+
+struct Shared {
+    broker: &'static str,
+    name: Arc<str>,
+    state: AtomicU8,
+    changed: Arc<Notify>,
+    last_error: Mutex<Option<Arc<dyn std::error::Error + Send + Sync>>>,
+}
+
+impl Shared {
+    fn state(&self) -> ConnectionState {
+        ConnectionState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, state: ConnectionState) {
+        let old = ConnectionState::from_u8(self.state.swap(state.as_u8(), Ordering::AcqRel));
+        if old != state {
+            tracing::info!(service = %self.name, broker = self.broker, from = old.as_str(), to = state.as_str(), "publisher connection state changed");
+            metrics::gauge!("tower_mesh_publish_connected", "service" => self.name.to_string(), "broker" => self.broker)
+                .set(if state == ConnectionState::Connected { 1.0 } else { 0.0 });
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn unavailable(&self) -> PublishError {
+        let source = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| Arc::new(std::io::Error::other("not connected")));
+        PublishError::Unavailable { broker: self.broker, source }
+    }
+}
+
+struct Job {
+    out: Outgoing,
+    reply: oneshot::Sender<Result<Receipt, PublishError>>,
+    sent_at: Instant,
+    sends: u32,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A broker publisher as a `tower::Service<Event>`: the future resolves with
+/// a [`Receipt`] once the broker confirmed the message.
+///
+/// - **Backpressure**: at most [`max_in_flight`](PublisherConfig::max_in_flight)
+///   messages are unconfirmed at once; `poll_ready` waits for capacity.
+/// - **Connection state**: `poll_ready` waits while connecting; once a
+///   connection attempt has failed it is ready and calls fail at once with
+///   [`PublishError::Unavailable`] (see [`ConnectionState`]).
+/// - **At least once**: a broken connection is re-established in the
+///   background with [backoff](PublisherConfig::reconnect), and every
+///   unconfirmed message is sent again, in order, with the same event id
+///   (brokers that de-duplicate by id drop the copy). A message is failed with
+///   [`PublishError::ConnectionLost`] only after
+///   [`max_resends`](PublisherConfig::max_resends) re-sends — never dropped
+///   silently.
+/// - **Cancellation**: dropping the response future does not un-send the
+///   message (it is already on its way); its capacity is released when the
+///   broker confirms it.
+///
+/// Clones share the connection and the in-flight bound. The connection task
+/// ends when every clone is dropped and every accepted message is settled.
+pub struct Publisher<T: Transport> {
+    tx: mpsc::Sender<Job>,
+    semaphore: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
+    waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+    shared: Arc<Shared>,
+    mode: ContentMode,
+    _transport: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Transport> Clone for Publisher<T> {
+    fn clone(&self) -> Self {
+        Publisher {
+            tx: self.tx.clone(),
+            semaphore: self.semaphore.clone(),
+            permit: None,
+            waiting: None,
+            shared: self.shared.clone(),
+            mode: self.mode,
+            _transport: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Transport> fmt::Debug for Publisher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("broker", &self.shared.broker)
+            .field("name", &self.shared.name)
+            .field("state", &self.shared.state())
+            .field("available", &self.semaphore.available_permits())
+            .finish()
+    }
+}
+
+impl<T: Transport> Publisher<T> {
+    /// Start a publisher for `transport` on the current Tokio runtime. It
+    /// connects in the background; `poll_ready` (or
+    /// [`wait_connected`](Publisher::wait_connected)) waits for the first
+    /// attempt.
+    pub fn new(transport: T, config: PublisherConfig) -> Result<Self, PublishError> {
+        config.validate().map_err(PublishError::Config)?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| PublishError::NoRuntime)?;
+        let cap = config.max_in_flight;
+        let (tx, rx) = mpsc::channel(cap);
+        let semaphore = Arc::new(Semaphore::new(cap));
+        let name: Arc<str> =
+            if config.name.is_empty() { Arc::from(T::BROKER) } else { Arc::from(config.name.as_str()) };
+        let shared = Arc::new(Shared {
+            broker: T::BROKER,
+            name,
+            state: AtomicU8::new(ConnectionState::Connecting.as_u8()),
+            changed: Arc::new(Notify::new()),
+            last_error: Mutex::new(None),
+        });
+        let driver = Driver { transport, rx, shared: shared.clone(), config: config.clone(), pending: BTreeMap::new() };
+        handle.spawn(driver.run());
+        Ok(Publisher {
+            tx,
+            semaphore: PollSemaphore::new(semaphore),
+            permit: None,
+            waiting: None,
+            shared,
+            mode: config.mode,
+            _transport: std::marker::PhantomData,
+        })
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        self.shared.state()
+    }
+
+    /// Wait until connected (`Ok`) or until a connection attempt fails
+    /// ([`PublishError::Unavailable`]).
+    pub async fn wait_connected(&self) -> Result<(), PublishError> {
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.shared.state() {
+                ConnectionState::Connected => return Ok(()),
+                ConnectionState::Down => return Err(self.shared.unavailable()),
+                ConnectionState::Connecting => notified.await,
+            }
+        }
+    }
+
+    /// Messages accepted and not yet settled.
+    pub fn in_flight(&self) -> usize {
+        self.tx.max_capacity() - self.semaphore.available_permits()
+    }
+
+    /// Wait while connecting. `Ready(true)` when connected, `Ready(false)` when down.
+    fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            if let Some(waiting) = &mut self.waiting {
+                waiting.as_mut().enable();
+            }
+            match self.shared.state() {
+                ConnectionState::Connected => {
+                    self.waiting = None;
+                    return Poll::Ready(true);
+                }
+                ConnectionState::Down => {
+                    self.waiting = None;
+                    return Poll::Ready(false);
+                }
+                ConnectionState::Connecting => match &mut self.waiting {
+                    None => self.waiting = Some(Box::pin(self.shared.changed.clone().notified_owned())),
+                    Some(waiting) => {
+                        ready!(waiting.as_mut().poll(cx));
+                        self.waiting = None;
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl<T: Transport> Service<Event> for Publisher<T> {
+    type Response = Receipt;
+    type Error = PublishError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !ready!(self.poll_connected(cx)) {
+            // Down: ready, `call` fails fast.
+            return Poll::Ready(Ok(()));
+        }
+        if self.permit.is_none() {
+            match ready!(self.semaphore.poll_acquire(cx)) {
+                Some(permit) => self.permit = Some(permit),
+                None => return Poll::Ready(Err(PublishError::Closed)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, event: Event) -> Self::Future {
+        let permit = match self.permit.take() {
+            Some(p) => p,
+            None => {
+                if self.shared.state() != ConnectionState::Connected {
+                    return ResponseFuture::failed(self.shared.unavailable());
+                }
+                match self.semaphore.clone_inner().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => return ResponseFuture::failed(PublishError::Overloaded { broker: self.shared.broker }),
+                }
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        let job =
+            Job { out: Outgoing::new(event, self.mode), reply, sent_at: Instant::now(), sends: 0, _permit: permit };
+        match self.tx.try_send(job) {
+            Ok(()) => ResponseFuture { rx: Some(rx), err: None },
+            // Capacity equals the permits, so the channel is never full.
+            Err(_) => ResponseFuture::failed(PublishError::Closed),
+        }
+    }
+}
+
+/// Response future of [`Publisher`]: resolves on the broker's confirmation.
+#[derive(Debug)]
+pub struct ResponseFuture {
+    rx: Option<oneshot::Receiver<Result<Receipt, PublishError>>>,
+    err: Option<PublishError>,
+}
+
+impl ResponseFuture {
+    /// A future that fails at once.
+    pub fn failed(err: PublishError) -> Self {
+        ResponseFuture { rx: None, err: Some(err) }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Receipt, PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.rx {
+            Some(rx) => Poll::Ready(ready!(Pin::new(rx).poll(cx)).unwrap_or(Err(PublishError::Closed))),
+            None => Poll::Ready(Err(self.err.take().unwrap_or(PublishError::Closed))),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Tagged<F> {
+        seq: u64,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Tagged<F> {
+    type Output = (u64, F::Output);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.fut.poll(cx));
+        Poll::Ready((*this.seq, out))
+    }
+}
+
+enum Step {
+    Job(Job),
+    RxClosed,
+    Confirmed(u64, Result<Confirmation, PublishError>),
+    Lost,
+    Timeout,
+}
+
+struct Driver<T: Transport> {
+    transport: T,
+    rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    config: PublisherConfig,
+    /// Unconfirmed messages by local sequence number (send order).
+    pending: BTreeMap<u64, Job>,
+}
+
+fn is_connection_error(e: &PublishError) -> bool {
+    matches!(e, PublishError::ConnectionLost { .. } | PublishError::ConfirmTimeout { .. })
+}
+
+impl<T: Transport> Driver<T> {
+    async fn run(mut self) {
+        let mut next_seq: u64 = 0;
+        let mut rx_closed = false;
+        let labels = [("service", self.shared.name.to_string()), ("broker", self.shared.broker.to_string())];
+        loop {
+            // Connect, with backoff.
+            let mut failures = 0u32;
+            let (mut conn, lost) = loop {
+                if rx_closed && self.pending.is_empty() {
+                    return;
+                }
+                let lost = LostSignal::default();
+                let attempt = tokio::time::timeout(self.config.connect_timeout, self.transport.connect(lost.clone()));
+                let err: BoxError = match attempt.await {
+                    Ok(Ok(conn)) => break (conn, lost),
+                    Ok(Err(e)) => e,
+                    Err(_) => "connection attempt timed out".into(),
+                };
+                tracing::warn!(service = %self.shared.name, broker = self.shared.broker, error = %err, "publisher could not connect");
+                metrics::counter!("tower_mesh_publish_connect_failures_total", &labels).increment(1);
+                *self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(err));
+                self.shared.set_state(ConnectionState::Down);
+                // Callers that gave up no longer need their messages.
+                self.pending.retain(|_, job| !job.reply.is_closed());
+                let delay = self.config.reconnect.delay(failures);
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(delay).await;
+                rx_closed = rx_closed || (self.rx.is_closed() && self.rx.is_empty());
+            };
+            self.shared.set_state(ConnectionState::Connected);
+
+            // Send again what the last connection left unconfirmed, in order.
+            let mut confirms = FuturesUnordered::new();
+            let mut broken = false;
+            let seqs: Vec<u64> = self.pending.keys().copied().collect();
+            for seq in seqs {
+                let Some(job) = self.pending.get_mut(&seq) else { continue };
+                if job.sends > self.config.max_resends {
+                    let job = self.pending.remove(&seq).expect("present");
+                    let err = PublishError::ConnectionLost { broker: self.shared.broker, attempts: job.sends };
+                    settle(&self.shared, job, Err(err));
+                    continue;
+                }
+                metrics::counter!("tower_mesh_publish_resent_total", &labels).increment(1);
+                match send(&mut self.transport, &mut conn, job).await {
+                    Ok(fut) => confirms.push(Tagged { seq, fut }),
+                    Err(e) if is_connection_error(&e) => {
+                        broken = true;
+                        break;
+                    }
+                    Err(e) => {
+                        let job = self.pending.remove(&seq).expect("present");
+                        settle(&self.shared, job, Err(e));
+                    }
+                }
+            }
+
+            let mut timer = Box::pin(tokio::time::sleep(self.config.confirm_timeout));
+            while !broken {
+                let step = poll_fn(|cx| {
+                    if lost.poll(cx).is_ready() {
+                        return Poll::Ready(Step::Lost);
+                    }
+                    if let Poll::Ready(Some((seq, res))) = confirms.poll_next_unpin(cx) {
+                        return Poll::Ready(Step::Confirmed(seq, res));
+                    }
+                    if !rx_closed {
+                        match self.rx.poll_recv(cx) {
+                            Poll::Ready(Some(job)) => return Poll::Ready(Step::Job(job)),
+                            Poll::Ready(None) => return Poll::Ready(Step::RxClosed),
+                            Poll::Pending => {}
+                        }
+                    }
+                    if let Some((_, oldest)) = self.pending.first_key_value() {
+                        let deadline = oldest.sent_at + self.config.confirm_timeout;
+                        if timer.deadline() != deadline {
+                            timer.as_mut().reset(deadline);
+                        }
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Step::Timeout);
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match step {
+                    Step::Job(mut job) => {
+                        let seq = next_seq;
+                        next_seq += 1;
+                        match send(&mut self.transport, &mut conn, &mut job).await {
+                            Ok(fut) => {
+                                confirms.push(Tagged { seq, fut });
+                                self.pending.insert(seq, job);
+                            }
+                            Err(e) if is_connection_error(&e) => {
+                                self.pending.insert(seq, job);
+                                broken = true;
+                            }
+                            Err(e) => settle(&self.shared, job, Err(e)),
+                        }
+                    }
+                    Step::RxClosed => {
+                        rx_closed = true;
+                        if self.pending.is_empty() {
+                            return;
+                        }
+                    }
+                    Step::Confirmed(seq, res) => {
+                        if matches!(&res, Err(e) if is_connection_error(e)) {
+                            broken = true;
+                        } else if let Some(job) = self.pending.remove(&seq) {
+                            settle(&self.shared, job, res);
+                            if rx_closed && self.pending.is_empty() {
+                                return;
+                            }
+                        }
+                    }
+                    Step::Lost => broken = true,
+                    Step::Timeout => {
+                        tracing::warn!(service = %self.shared.name, broker = self.shared.broker, "no confirmation in time; reconnecting");
+                        broken = true;
+                    }
+                }
+            }
+            tracing::warn!(service = %self.shared.name, broker = self.shared.broker, unconfirmed = self.pending.len(), "publisher connection lost; reconnecting");
+            metrics::counter!("tower_mesh_publish_reconnects_total", &labels).increment(1);
+            drop(confirms);
+            drop(conn);
+            self.shared.set_state(ConnectionState::Connecting);
+        }
+    }
+}
+
+async fn send<T: Transport>(
+    transport: &mut T,
+    conn: &mut T::Connection,
+    job: &mut Job,
+) -> Result<T::Confirm, PublishError> {
+    job.out.attempt = job.sends;
+    job.sends += 1;
+    job.sent_at = Instant::now();
+    transport.publish(conn, &job.out).await
+}
+
+fn settle(shared: &Shared, job: Job, res: Result<Confirmation, PublishError>) {
+    let outcome = match &res {
+        Ok(_) => "success",
+        Err(e) => e.kind(),
+    };
+    metrics::counter!("tower_mesh_publish_total", "service" => shared.name.to_string(), "broker" => shared.broker, "outcome" => outcome)
+        .increment(1);
+    if res.is_ok() {
+        metrics::histogram!("tower_mesh_publish_confirm_seconds", "service" => shared.name.to_string(), "broker" => shared.broker)
+            .record(job.sent_at.elapsed().as_secs_f64());
+    }
+    let Job { out, reply, sends, .. } = job;
+    let res = res.map(|confirmation| Receipt { event: out.event, broker: shared.broker, confirmation, sends });
+    // The caller may have dropped its future: nothing to tell then.
+    let _ = reply.send(res);
+}

@@ -1,0 +1,1 @@
+//! NATS JetStream publisher (in progress).

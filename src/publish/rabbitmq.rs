@@ -1,0 +1,1 @@
+//! RabbitMQ publisher (in progress).
