@@ -645,3 +645,236 @@ fn settle(shared: &Shared, job: Job, res: Result<Confirmation, PublishError>) {
     // The caller may have dropped its future: nothing to tell then.
     let _ = reply.send(res);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::config::ReconnectBackoff;
+    use std::time::Duration;
+    use tokio_test::{assert_pending, assert_ready_ok, task};
+
+    type Reply = oneshot::Sender<Result<Confirmation, PublishError>>;
+
+    #[derive(Default)]
+    struct State {
+        up: bool,
+        connects: u32,
+        hold: bool,
+        sent: Vec<(String, u32)>,
+        held: Vec<Reply>,
+        lost: Option<LostSignal>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<State>>);
+
+    impl Fake {
+        fn st(&self) -> std::sync::MutexGuard<'_, State> {
+            self.0.lock().unwrap()
+        }
+        fn release(&self, res: impl Fn() -> Result<Confirmation, PublishError>) {
+            for r in self.st().held.drain(..) {
+                let _ = r.send(res());
+            }
+        }
+    }
+
+    impl Transport for Fake {
+        const BROKER: &'static str = "fake";
+        type Connection = ();
+        type Confirm = Pin<Box<dyn Future<Output = Result<Confirmation, PublishError>> + Send>>;
+
+        fn connect(&mut self, lost: LostSignal) -> impl Future<Output = Result<(), BoxError>> + Send {
+            let mut st = self.st();
+            st.connects += 1;
+            let res = if st.up {
+                st.lost = Some(lost);
+                Ok(())
+            } else {
+                Err("connection refused".into())
+            };
+            std::future::ready(res)
+        }
+
+        fn publish<'a>(
+            &'a mut self,
+            _conn: &'a mut (),
+            msg: &'a Outgoing,
+        ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a {
+            let mut st = self.st();
+            st.sent.push((msg.event.id().to_owned(), msg.attempt));
+            let confirm: Self::Confirm = if st.hold {
+                let (tx, rx) = oneshot::channel();
+                st.held.push(tx);
+                Box::pin(async move {
+                    rx.await.unwrap_or(Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }))
+                })
+            } else {
+                let seq = st.sent.len() as u64;
+                Box::pin(std::future::ready(Ok(Confirmation { sequence: Some(seq), ..Default::default() })))
+            };
+            std::future::ready(Ok(confirm))
+        }
+    }
+
+    fn config(max_in_flight: usize) -> PublisherConfig {
+        PublisherConfig {
+            max_in_flight,
+            max_resends: 2,
+            reconnect: ReconnectBackoff {
+                initial: Duration::from_millis(10),
+                multiplier: 2.0,
+                max: Duration::from_millis(40),
+            },
+            ..Default::default()
+        }
+    }
+
+    fn ev(n: u32) -> Event {
+        Event::builder("/t", "t").id(format!("e{n}")).build().unwrap()
+    }
+
+    async fn ready(p: &mut Publisher<Fake>) {
+        std::future::poll_fn(|cx| p.poll_ready(cx)).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn confirms_and_bounds_in_flight() {
+        let fake = Fake::default();
+        fake.st().up = true;
+        fake.st().hold = true;
+        let mut p = Publisher::new(fake.clone(), config(2)).unwrap();
+        p.wait_connected().await.unwrap();
+        ready(&mut p).await;
+        let f1 = p.call(ev(1));
+        ready(&mut p).await;
+        let f2 = p.call(ev(2));
+        // Two unconfirmed: not ready.
+        let mut r = task::spawn(std::future::poll_fn(|cx| p.poll_ready(cx)));
+        assert_pending!(r.poll());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(fake.st().held.len(), 2);
+        fake.release(|| Ok(Confirmation::default()));
+        let (a, b) = (f1.await.unwrap(), f2.await.unwrap());
+        assert_eq!((a.event.id(), b.event.id(), a.sends), ("e1", "e2", 1));
+        assert!(r.is_woken());
+        assert_ready_ok!(r.poll());
+        drop(r);
+        assert_eq!(p.in_flight(), 1, "the permit taken by poll_ready");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn down_at_start_fails_fast_then_recovers() {
+        let fake = Fake::default();
+        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
+        assert!(matches!(p.wait_connected().await, Err(PublishError::Unavailable { broker: "fake", .. })));
+        assert_eq!(p.state(), ConnectionState::Down);
+        ready(&mut p).await;
+        let err = p.call(ev(1)).await.unwrap_err();
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("connection refused"), "{err}");
+        assert!(fake.st().sent.is_empty());
+        fake.st().up = true;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(p.state(), ConnectionState::Connected);
+        ready(&mut p).await;
+        assert_eq!(p.call(ev(2)).await.unwrap().event.id(), "e2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_connection_resends_unconfirmed_in_order() {
+        let fake = Fake::default();
+        fake.st().up = true;
+        fake.st().hold = true;
+        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
+        let mut futs = Vec::new();
+        for n in 0..3 {
+            ready(&mut p).await;
+            futs.push(p.call(ev(n)));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The connection breaks: every held confirmation fails.
+        fake.st().hold = false;
+        fake.release(|| Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }));
+        for (n, f) in futs.into_iter().enumerate() {
+            let r = f.await.unwrap();
+            assert_eq!(r.event.id(), format!("e{n}"));
+            assert_eq!(r.sends, 2);
+        }
+        let st = fake.st();
+        assert_eq!(st.connects, 2);
+        let resent: Vec<_> = st.sent[3..].iter().map(|(id, a)| (id.as_str(), *a)).collect();
+        assert_eq!(resent, [("e0", 1), ("e1", 1), ("e2", 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_loss_and_confirm_timeout_reconnect() {
+        let fake = Fake::default();
+        fake.st().up = true;
+        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
+        p.wait_connected().await.unwrap();
+        let lost = fake.st().lost.clone().unwrap();
+        lost.fire();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(fake.st().connects, 2);
+        // A confirmation that never comes: reconnect and re-send after confirm_timeout.
+        fake.st().hold = true;
+        ready(&mut p).await;
+        let f = p.call(ev(9));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(fake.st().connects, 3);
+        assert_eq!(fake.st().sent.last().map(|(id, a)| (id.clone(), *a)), Some(("e9".into(), 1)));
+        fake.release(|| Ok(Confirmation::default()));
+        assert_eq!(f.await.unwrap().sends, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_resends_and_fails_per_message_errors() {
+        let fake = Fake::default();
+        fake.st().up = true;
+        fake.st().hold = true;
+        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
+        ready(&mut p).await;
+        let f = p.call(ev(1));
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            fake.release(|| Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(matches!(f.await, Err(PublishError::ConnectionLost { attempts: 3, .. })));
+        // A refused message fails alone, without a reconnect.
+        let connects = fake.st().connects;
+        ready(&mut p).await;
+        let f = p.call(ev(2));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        fake.release(|| Err(PublishError::Nacked { broker: "fake", reason: None }));
+        assert!(matches!(f.await, Err(PublishError::Nacked { .. })));
+        assert_eq!(fake.st().connects, connects);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_future_releases_capacity_on_confirm() {
+        let fake = Fake::default();
+        fake.st().up = true;
+        fake.st().hold = true;
+        let mut p = Publisher::new(fake.clone(), config(1)).unwrap();
+        ready(&mut p).await;
+        drop(p.call(ev(1)));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(fake.st().sent.len(), 1, "still sent: at least once");
+        let mut r = task::spawn(std::future::poll_fn(|cx| p.poll_ready(cx)));
+        assert_pending!(r.poll());
+        fake.release(|| Ok(Confirmation::default()));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_ready_ok!(r.poll());
+    }
+
+    #[test]
+    fn outside_a_runtime_is_an_error() {
+        assert!(matches!(Publisher::new(Fake::default(), config(1)), Err(PublishError::NoRuntime)));
+        let bad = PublisherConfig { max_in_flight: 0, ..Default::default() };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _g = rt.enter();
+        assert!(matches!(Publisher::new(Fake::default(), bad), Err(PublishError::Config(_))));
+    }
+}

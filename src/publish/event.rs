@@ -564,9 +564,23 @@ impl EventBuilder {
         Ok(Event { inner: Arc::new(self.inner) })
     }
 
-    /// Copy the correlation id and trace context of the request in scope.
+    /// Copy the correlation id and trace context of the request in scope
+    /// (each only when not set explicitly). The `traceparent` is the
+    /// outbound one: same trace, a new parent id for this publish.
     fn copy_context(&mut self) {
-        // Filled from `crate::correlation::RequestContext::current()`.
+        let Some(ctx) = crate::correlation::RequestContext::current() else { return };
+        let i = &mut self.inner;
+        if i.correlation_id.is_none() {
+            i.correlation_id = Some(ctx.correlation_id.as_str().to_owned());
+        }
+        if i.traceparent.is_none() {
+            if let Some(tp) = ctx.traceparent.as_ref().map(crate::correlation::TraceParent::child) {
+                i.traceparent = Some(tp.to_string());
+                if i.tracestate.is_none() {
+                    i.tracestate = ctx.tracestate.as_ref().map(|t| t.as_str().to_owned()).filter(|t| !t.is_empty());
+                }
+            }
+        }
     }
 }
 
@@ -700,6 +714,25 @@ mod tests {
         assert!(!is_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
         assert!(!is_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
         assert!(is_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"));
+    }
+
+    #[test]
+    fn request_context_is_copied_in() {
+        use crate::correlation::{CorrelationId, RequestContext, TraceParent};
+        let tp = TraceParent::parse(TP).unwrap();
+        let ctx = RequestContext::new(CorrelationId::parse("order-42").unwrap()).with_traceparent(tp);
+        let e = ctx.clone().sync_scope(|| Event::builder("/s", "t").build().unwrap());
+        assert_eq!(e.correlation_id(), Some("order-42"));
+        let got = e.traceparent().unwrap();
+        // Same trace, a new parent id for the publish.
+        assert_eq!(&got[..35], &TP[..35]);
+        assert_ne!(got, TP);
+        // Explicit values win; `without_context` copies nothing.
+        let e = ctx.clone().sync_scope(|| Event::builder("/s", "t").correlation_id("mine").build().unwrap());
+        assert_eq!(e.correlation_id(), Some("mine"));
+        let e = ctx.sync_scope(|| Event::builder("/s", "t").without_context().build().unwrap());
+        assert_eq!(e.correlation_id(), None);
+        assert_eq!(Event::builder("/s", "t").build().unwrap().traceparent(), None);
     }
 
     proptest::proptest! {
