@@ -46,9 +46,18 @@ pub struct CircuitBreakerConfig {
     pub failure_rate_threshold: f64,
     /// Slow-call rate, in percent, at or above which the breaker opens (default 100).
     pub slow_call_rate_threshold: f64,
-    /// Calls at least this long are slow (default 60 s).
+    /// Calls at least this long are slow (default: none, slow-call detection
+    /// off — as in tower-resilience; resilience4j's default of 60 s at a 100 %
+    /// rate only trips when every call in the window takes a minute).
+    ///
+    /// Measuring durations costs two clock reads per call, so the breaker only
+    /// measures them when this is set or [`measure_call_durations`](Self::measure_call_durations) is on.
     #[serde(with = "humantime_serde")]
-    pub slow_call_duration: Duration,
+    pub slow_call_duration: Option<Duration>,
+    /// Record every call's duration into the
+    /// `tower_mesh_circuit_breaker_call_duration_seconds` histogram (default
+    /// false; always on when `slow_call_duration` is set).
+    pub measure_call_durations: bool,
     /// The sliding window (default: the last 100 calls).
     pub sliding_window: SlidingWindow,
     /// Calls the window must hold before rates are evaluated (default 100).
@@ -80,7 +89,8 @@ impl Default for CircuitBreakerConfig {
             name: "circuit_breaker".to_owned(),
             failure_rate_threshold: 50.0,
             slow_call_rate_threshold: 100.0,
-            slow_call_duration: Duration::from_secs(60),
+            slow_call_duration: None,
+            measure_call_durations: false,
             sliding_window: SlidingWindow::default(),
             minimum_calls: 100,
             wait_in_open: Duration::from_secs(60),

@@ -18,7 +18,8 @@ use crate::BoxError;
 #[derive(Debug)]
 pub(crate) struct Recording {
     shared: Arc<Shared>,
-    start: Instant,
+    /// When the call started, if calls are timed.
+    start: Option<Instant>,
     epoch: u32,
     done: bool,
 }
@@ -26,7 +27,8 @@ pub(crate) struct Recording {
 impl Recording {
     #[inline]
     pub(crate) fn new(shared: Arc<Shared>, epoch: u32) -> Self {
-        Recording { shared, start: Instant::now(), epoch, done: false }
+        let start = if shared.settings.measure { Some(Instant::now()) } else { None };
+        Recording { shared, start, epoch, done: false }
     }
 
     #[inline]
@@ -39,8 +41,12 @@ impl Recording {
             Outcome::Failure(_) => Rec::Failure,
             Outcome::Ignored | Outcome::Cancelled | Outcome::Deferred => Rec::Ignored,
         };
-        let now = Instant::now();
-        self.shared.record(rec, now.saturating_duration_since(self.start), now, self.epoch);
+        let now = if self.shared.settings.needs_now { Some(Instant::now()) } else { None };
+        let elapsed = match (self.start, now) {
+            (Some(start), Some(now)) => Some(now.saturating_duration_since(start)),
+            _ => None,
+        };
+        self.shared.record(rec, elapsed, now, self.epoch);
     }
 }
 
@@ -104,10 +110,14 @@ where
             KindProj::Rejected { err } => Poll::Ready(Err(err.take().expect("ResponseFuture polled after completion"))),
             KindProj::Called { fut } => {
                 let mut result = ready!(fut.poll(cx));
-                if let Some(mut rec) = this.recording.take() {
+                // Finish the recording in place (moving it out costs more than
+                // the record itself on the fast path); only a deferred outcome
+                // takes it, into the body's recorder.
+                if let Some(rec) = this.recording.as_mut() {
                     match this.classifier.classify(result.as_ref()) {
                         Outcome::Deferred => match result.as_mut() {
                             Ok(res) => {
+                                let mut rec = this.recording.take().expect("recording present");
                                 let recorder = OutcomeRecorder::new(move |o| rec.finish(o));
                                 if let Err(recorder) = this.classifier.defer(res, recorder) {
                                     recorder.record(Outcome::Success);

@@ -127,9 +127,17 @@ impl<C> CircuitBreakerBuilder<C> {
         self.config.slow_call_rate_threshold = percent;
         self
     }
-    /// Calls at least this long are slow.
+    /// Calls at least this long are slow (turns slow-call detection on; it is
+    /// off by default).
     pub fn slow_call_duration(mut self, d: Duration) -> Self {
-        self.config.slow_call_duration = d;
+        self.config.slow_call_duration = Some(d);
+        self
+    }
+    /// Record every call's duration into the
+    /// `tower_mesh_circuit_breaker_call_duration_seconds` histogram, at the
+    /// cost of two clock reads per call (on anyway with slow-call detection).
+    pub fn measure_call_durations(mut self, on: bool) -> Self {
+        self.config.measure_call_durations = on;
         self
     }
     /// Count-based window over the last `n` calls.

@@ -1,7 +1,7 @@
 //! The shared state machine and the sliding windows.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -173,6 +173,8 @@ pub(crate) struct TimeWindow {
     buckets: Box<[Bucket]>,
     base: Instant,
     head: u64,
+    /// End of the `head` second: a record before it needs no bucket arithmetic.
+    head_end: Instant,
     totals: Totals,
 }
 
@@ -182,10 +184,19 @@ impl TimeWindow {
             buckets: vec![Bucket::default(); secs].into_boxed_slice(),
             base: now,
             head: 0,
+            head_end: now + Duration::from_secs(1),
             totals: Totals::default(),
         }
     }
+    #[inline]
     fn advance(&mut self, now: Instant) {
+        if now < self.head_end {
+            return;
+        }
+        self.advance_slow(now);
+    }
+    #[cold]
+    fn advance_slow(&mut self, now: Instant) {
         let sec = now.saturating_duration_since(self.base).as_secs();
         if sec <= self.head {
             return;
@@ -200,6 +211,7 @@ impl TimeWindow {
             *b = Bucket { sec: s, totals: Totals::default() };
         }
         self.head = sec;
+        self.head_end = self.base + Duration::from_secs(sec + 1);
     }
     /// Empty the window, keeping the bucket alignment (whole seconds since
     /// the breaker was built, like resilience4j's epoch-second buckets).
@@ -207,6 +219,7 @@ impl TimeWindow {
         self.buckets.fill(Bucket::default());
         self.totals = Totals::default();
         self.head = now.saturating_duration_since(self.base).as_secs();
+        self.head_end = self.base + Duration::from_secs(self.head + 1);
         let n = self.buckets.len() as u64;
         self.buckets[(self.head % n) as usize].sec = self.head;
     }
@@ -242,17 +255,25 @@ impl Window {
             Window::Time(w) => w.clear(now),
         }
     }
-    fn record(&mut self, now: Instant, failed: bool, slow: bool) {
+    /// `now` is always given for a time window ([`Settings::needs_now`]).
+    fn record(&mut self, now: Option<Instant>, failed: bool, slow: bool) {
         match self {
             Window::Count(w) => w.record(failed, slow),
-            Window::Time(w) => w.record(now, failed, slow),
+            Window::Time(w) => w.record(now.unwrap_or_else(Instant::now), failed, slow),
         }
     }
-    fn totals(&mut self, now: Instant) -> Totals {
+    /// A full count window without failures or slow calls (see [`Shared::clean`]).
+    fn is_clean(&self) -> bool {
+        match self {
+            Window::Count(w) => w.len == w.slots.len() && w.totals.failures == 0 && w.totals.slow == 0,
+            Window::Time(_) => false,
+        }
+    }
+    fn totals(&mut self, now: Option<Instant>) -> Totals {
         match self {
             Window::Count(w) => w.totals,
             Window::Time(w) => {
-                w.advance(now);
+                w.advance(now.unwrap_or_else(Instant::now));
                 w.totals
             }
         }
@@ -265,7 +286,12 @@ pub(crate) type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
 pub(crate) struct Settings {
     pub(crate) failure_rate: f64,
     pub(crate) slow_rate: f64,
-    pub(crate) slow_duration: Duration,
+    /// `None`: slow-call detection off.
+    pub(crate) slow_duration: Option<Duration>,
+    /// Whether calls are timed (slow-call detection or the duration histogram).
+    pub(crate) measure: bool,
+    /// Whether a record needs the current time (timed calls or a time window).
+    pub(crate) needs_now: bool,
     pub(crate) window: SlidingWindow,
     pub(crate) minimum_calls: u32,
     pub(crate) wait_in_open: Duration,
@@ -286,6 +312,10 @@ impl Settings {
             failure_rate: c.failure_rate_threshold,
             slow_rate: c.slow_call_rate_threshold,
             slow_duration: c.slow_call_duration,
+            measure: c.slow_call_duration.is_some() || c.measure_call_durations,
+            needs_now: c.slow_call_duration.is_some()
+                || c.measure_call_durations
+                || matches!(c.sliding_window, SlidingWindow::Time(_)),
             window: c.sliding_window,
             minimum_calls: minimum_calls.min(u32::MAX as usize) as u32,
             wait_in_open: c.wait_in_open,
@@ -324,6 +354,8 @@ struct Inner {
     open_until: Instant,
     trips: u32,
     half_open: HalfOpen,
+    /// Mirror of [`Shared::clean`], to write the atomic only when it changes.
+    clean: bool,
 }
 
 #[derive(Debug)]
@@ -375,6 +407,12 @@ pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) settings: Settings,
     state: AtomicU8,
+    /// True while the breaker is closed (or metrics-only) with a full count
+    /// window holding no failure and no slow call: recording a fast success
+    /// then changes nothing (the ring stays all successes), so it is skipped
+    /// without taking the lock. A success skipped concurrently with a failure
+    /// being recorded is ordered before that failure.
+    clean: AtomicBool,
     not_permitted: AtomicU64,
     inner: Mutex<Inner>,
     pub(crate) metrics: Metrics,
@@ -407,7 +445,9 @@ impl Shared {
                 open_until: now,
                 trips: 0,
                 half_open: HalfOpen { free: 0, totals: Totals::default(), since: now },
+                clean: false,
             }),
+            clean: AtomicBool::new(false),
             name,
             settings,
             state: AtomicU8::new(CircuitState::Closed as u8),
@@ -479,23 +519,40 @@ impl Shared {
     }
 
     /// Record a finished call that was admitted with `epoch` (see [`acquire`]).
+    /// `elapsed` is the call's duration when calls are timed
+    /// ([`Settings::measure`]); `now` is the current time when
+    /// [`Settings::needs_now`].
     #[inline]
-    pub(crate) fn record(&self, rec: Rec, elapsed: Duration, now: Instant, epoch: u32) {
-        self.metrics.duration.record(elapsed.as_secs_f64());
-        let slow = rec != Rec::Ignored && elapsed >= self.settings.slow_duration;
+    pub(crate) fn record(&self, rec: Rec, elapsed: Option<Duration>, now: Option<Instant>, epoch: u32) {
+        let mut slow = false;
+        if let Some(elapsed) = elapsed {
+            self.metrics.duration.record(elapsed.as_secs_f64());
+            slow = rec != Rec::Ignored && self.settings.slow_duration.is_some_and(|d| elapsed >= d);
+            if slow {
+                self.metrics.slow.increment(1);
+            }
+        }
         match rec {
             Rec::Success => self.metrics.success.increment(1),
             Rec::Failure => self.metrics.failure.increment(1),
             Rec::Ignored => self.metrics.ignored.increment(1),
         }
-        if slow {
-            self.metrics.slow.increment(1);
+        if epoch == 0 {
+            if rec == Rec::Ignored
+                || (rec == Rec::Success && !slow && self.clean.load(Ordering::Acquire))
+                || self.state() == CircuitState::Disabled
+            {
+                return;
+            }
         }
-        if epoch == 0 && (rec == Rec::Ignored || self.state() == CircuitState::Disabled) {
-            return;
-        }
+        self.record_locked(rec, slow, now, epoch);
+    }
+
+    fn record_locked(&self, rec: Rec, slow: bool, now: Option<Instant>, epoch: u32) {
         let failed = rec == Rec::Failure;
         let mut g = self.lock();
+        // Untimed count-window calls read no clock; a transition (rare) does.
+        let stamp = || now.unwrap_or_else(Instant::now);
         let mut change = None;
         if epoch != 0 {
             // A probe: only counts for the half-open period it was admitted in.
@@ -507,22 +564,30 @@ impl Shared {
                     let t = g.half_open.totals;
                     if t.calls >= self.settings.permitted_in_half_open {
                         let to = if self.settings.exceeded(t) { CircuitState::Open } else { CircuitState::Closed };
-                        change = Some(self.transition(&mut g, to, now, Some(t.rates())));
+                        change = Some(self.transition(&mut g, to, stamp(), Some(t.rates())));
                     }
                 }
             }
         } else if rec != Rec::Ignored && matches!(g.state, CircuitState::Closed | CircuitState::MetricsOnly) {
             g.window.record(now, failed, slow);
-            if g.state == CircuitState::Closed {
-                let t = g.window.totals(now);
-                if t.calls >= self.settings.minimum_calls && self.settings.exceeded(t) {
-                    change = Some(self.transition(&mut g, CircuitState::Open, now, Some(t.rates())));
-                }
+            let t = g.window.totals(now);
+            if g.state == CircuitState::Closed && t.calls >= self.settings.minimum_calls && self.settings.exceeded(t) {
+                change = Some(self.transition(&mut g, CircuitState::Open, stamp(), Some(t.rates())));
+            } else {
+                let clean = g.window.is_clean();
+                self.set_clean(&mut g, clean);
             }
         }
         drop(g);
         if let Some(c) = change {
             self.notify(&c);
+        }
+    }
+
+    fn set_clean(&self, g: &mut Inner, clean: bool) {
+        if g.clean != clean {
+            g.clean = clean;
+            self.clean.store(clean, Ordering::Release);
         }
     }
 
@@ -544,6 +609,7 @@ impl Shared {
     fn transition(&self, g: &mut Inner, to: CircuitState, now: Instant, rates: Option<(f64, f64)>) -> StateChange {
         let from = g.state;
         g.state = to;
+        self.set_clean(g, false);
         // 0 marks "not a probe"; epochs only need to differ between periods.
         g.epoch = g.epoch.checked_add(1).unwrap_or(1);
         match to {
@@ -611,7 +677,7 @@ impl Shared {
         let mut g = self.lock();
         let (t, min) = match g.state {
             CircuitState::HalfOpen => (g.half_open.totals, self.settings.permitted_in_half_open),
-            _ => (g.window.totals(now), self.settings.minimum_calls),
+            _ => (g.window.totals(Some(now)), self.settings.minimum_calls),
         };
         let rates = (t.calls >= min && t.calls > 0).then(|| t.rates());
         CircuitMetrics {

@@ -516,3 +516,57 @@ async fn keyed_breaker_metrics_have_service_and_key_labels() {
     };
     assert_eq!(successes, vec![expect("0", 2), expect("1", 1)]);
 }
+
+/// Successes on a full, failure-free count window skip the lock (see
+/// `Shared::clean`); the window must still evict in order and the rates stay exact.
+#[tokio::test(start_paused = true)]
+async fn clean_window_fast_path_keeps_window_exact() {
+    let layer = builder().count_window(4).minimum_calls(4).build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    for _ in 0..10 {
+        call(&mut svc, 0, 0).await.unwrap();
+    }
+    let m = h.metrics();
+    assert_eq!((m.calls, m.failures, m.failure_rate), (4, 0, Some(0.0)));
+    // one failure: 1/4 = 25 %, stays closed and the window is no longer clean
+    assert!(call(&mut svc, 1, 0).await.is_err());
+    assert_eq!((h.metrics().failures, h.metrics().failure_rate), (1, Some(25.0)));
+    // three more successes push... the failure stays in the last four calls
+    for _ in 0..3 {
+        call(&mut svc, 0, 0).await.unwrap();
+    }
+    assert_eq!(h.metrics().failures, 1);
+    // the fourth evicts it: clean again
+    call(&mut svc, 0, 0).await.unwrap();
+    assert_eq!((h.metrics().failures, h.metrics().failure_rate), (0, Some(0.0)));
+    // two failures out of four: 50 % opens
+    assert!(call(&mut svc, 1, 0).await.is_err());
+    assert_eq!(h.state(), CircuitState::Closed);
+    assert!(call(&mut svc, 1, 0).await.is_err());
+    assert_eq!(h.state(), CircuitState::Open);
+    // after a manual reset the window refills before the fast path applies again
+    h.reset();
+    call(&mut svc, 1, 0).await.unwrap_err();
+    for _ in 0..3 {
+        call(&mut svc, 0, 0).await.unwrap();
+    }
+    assert_eq!((h.metrics().calls, h.metrics().failures), (4, 1));
+}
+
+/// Without slow-call detection calls are not timed: a very slow success is no
+/// slow call; with it, it is.
+#[tokio::test(start_paused = true)]
+async fn slow_call_detection_is_opt_in() {
+    let layer = builder().build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    call(&mut svc, 0, 120_000).await.unwrap();
+    assert_eq!(h.metrics().slow_calls, 0);
+
+    let layer = builder().slow_call_duration(Duration::from_secs(60)).build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    call(&mut svc, 0, 120_000).await.unwrap();
+    assert_eq!(h.metrics().slow_calls, 1);
+}
