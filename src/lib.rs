@@ -38,4 +38,11 @@ pub mod discovery;
 #[cfg(feature = "publish")]
 pub mod publish;
 
+#[cfg(feature = "stack")]
+pub mod health;
+#[cfg(feature = "stack")]
+pub mod service_error;
+#[cfg(feature = "stack")]
+pub mod stack;
+
 pub use error::BoxError;

@@ -1,0 +1,1 @@
+//! (in progress) the `stack` feature: one stack from config.
