@@ -16,9 +16,8 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
-use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::config::PublisherConfig;
@@ -260,8 +259,10 @@ struct Job {
 /// ends when every clone is dropped and every accepted message is settled.
 pub struct Publisher<T: Transport> {
     tx: mpsc::Sender<Job>,
-    semaphore: PollSemaphore,
+    semaphore: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
+    /// Waiting for capacity (slow path only: the fast path takes a permit without allocating).
+    acquiring: Option<Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>>,
     waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     shared: Arc<Shared>,
     mode: ContentMode,
@@ -274,6 +275,7 @@ impl<T: Transport> Clone for Publisher<T> {
             tx: self.tx.clone(),
             semaphore: self.semaphore.clone(),
             permit: None,
+            acquiring: None,
             waiting: None,
             shared: self.shared.clone(),
             mode: self.mode,
@@ -317,8 +319,9 @@ impl<T: Transport> Publisher<T> {
         handle.spawn(driver.run());
         Ok(Publisher {
             tx,
-            semaphore: PollSemaphore::new(semaphore),
+            semaphore,
             permit: None,
+            acquiring: None,
             waiting: None,
             shared,
             mode: config.mode,
@@ -389,9 +392,25 @@ impl<T: Transport> Service<Event> for Publisher<T> {
             return Poll::Ready(Ok(()));
         }
         if self.permit.is_none() {
-            match ready!(self.semaphore.poll_acquire(cx)) {
-                Some(permit) => self.permit = Some(permit),
-                None => return Poll::Ready(Err(PublishError::Closed)),
+            if self.acquiring.is_none() {
+                match self.semaphore.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        self.permit = Some(permit);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(TryAcquireError::Closed) => return Poll::Ready(Err(PublishError::Closed)),
+                    Err(TryAcquireError::NoPermits) => {
+                        self.acquiring = Some(Box::pin(self.semaphore.clone().acquire_owned()));
+                    }
+                }
+            }
+            if let Some(acquiring) = &mut self.acquiring {
+                let res = ready!(acquiring.as_mut().poll(cx));
+                self.acquiring = None;
+                match res {
+                    Ok(permit) => self.permit = Some(permit),
+                    Err(_) => return Poll::Ready(Err(PublishError::Closed)),
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -404,7 +423,7 @@ impl<T: Transport> Service<Event> for Publisher<T> {
                 if self.shared.state() != ConnectionState::Connected {
                     return ResponseFuture::failed(self.shared.unavailable());
                 }
-                match self.semaphore.clone_inner().try_acquire_owned() {
+                match self.semaphore.clone().try_acquire_owned() {
                     Ok(p) => p,
                     Err(_) => return ResponseFuture::failed(PublishError::Overloaded { broker: self.shared.broker }),
                 }
