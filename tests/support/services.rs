@@ -71,3 +71,299 @@ mod tests {
         assert_eq!(host_port("redis://:secret@localhost:6379/0?x=1"), "localhost:6379");
     }
 }
+
+/// A TCP proxy between a client and a service, to simulate faults without
+/// touching the shared service: [`cut`](proxy::Proxy::cut) closes every open
+/// connection, [`set_refusing`](proxy::Proxy::set_refusing) closes new ones at once.
+pub mod proxy {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
+
+    /// A running proxy; stops accepting when dropped.
+    pub struct Proxy {
+        addr: SocketAddr,
+        refusing: Arc<AtomicBool>,
+        generation: watch::Sender<u64>,
+        accepted: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Proxy {
+        /// Listen on 127.0.0.1 (a free port) and forward to `upstream` (`host:port`).
+        pub async fn start(upstream: &str) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let refusing = Arc::new(AtomicBool::new(false));
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let (generation, _) = watch::channel(0u64);
+            let upstream = upstream.to_owned();
+            let task = tokio::spawn({
+                let refusing = refusing.clone();
+                let accepted = accepted.clone();
+                let generation = generation.clone();
+                async move {
+                    loop {
+                        let Ok((mut client, _)) = listener.accept().await else { return };
+                        if refusing.load(Ordering::SeqCst) {
+                            drop(client);
+                            continue;
+                        }
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                        let mut cut = generation.subscribe();
+                        let upstream = upstream.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+                            cut.mark_unchanged();
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = cut.changed() => {}
+                            }
+                            // Dropping both sockets cuts the connection.
+                        });
+                    }
+                }
+            });
+            Proxy { addr, refusing, generation, accepted, task }
+        }
+
+        /// The address clients connect to.
+        pub fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+
+        /// Close every connection open now.
+        pub fn cut(&self) {
+            self.generation.send_modify(|g| *g += 1);
+        }
+
+        /// While `true`, new connections are closed at once (the service looks down).
+        pub fn set_refusing(&self, refusing: bool) {
+            self.refusing.store(refusing, Ordering::SeqCst);
+            if refusing {
+                self.cut();
+            }
+        }
+
+        /// Connections forwarded so far.
+        pub fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.task.abort();
+            self.cut();
+        }
+    }
+}
+
+/// The publisher tests' resilience stack and checks, shared by the brokers.
+#[cfg(all(
+    feature = "publish",
+    feature = "timeout",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "bulkhead"
+))]
+pub mod stack {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    use tower_mesh::bulkhead::BulkheadLayer;
+    use tower_mesh::circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
+    use tower_mesh::correlation::{CorrelationId, RequestContext, TraceParent, TraceState};
+    use tower_mesh::publish::{Event, PublishClassifier, PublishError, Receipt};
+    use tower_mesh::retry::{Backoff, Jitter, RetryLayer};
+    use tower_mesh::timeout::TimeoutLayer;
+
+    /// Events in the full-stack test.
+    pub const N: usize = 10_000;
+    /// Events in the fault test.
+    pub const FAULT_N: usize = 3_000;
+    /// Partition keys.
+    pub const KEYS: usize = 16;
+    /// The traceparent of the request in scope while publishing.
+    pub const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Timeout (total) → retry (3 attempts, exponential from `retry_initial`
+    /// × 2.0, 10 s max, jitter) → circuit breaker → bulkhead → timeout (per
+    /// attempt) → `publisher`, with [`PublishClassifier`].
+    pub fn full_stack<S>(
+        publisher: S,
+        retry_initial: Duration,
+        breaker: CircuitBreakerLayer<PublishClassifier>,
+    ) -> impl Service<Event, Response = Receipt, Error = BoxError, Future: Send> + Clone + Send
+    where
+        S: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::new(Duration::from_secs(60)))
+            .layer(
+                RetryLayer::builder()
+                    .max_retries(2)
+                    .backoff(Backoff::exponential(retry_initial, 2.0, Duration::from_secs(10)).jitter(Jitter::Equal))
+                    .classifier(PublishClassifier)
+                    .build()
+                    .unwrap(),
+            )
+            .layer(breaker)
+            .layer(BulkheadLayer::new(4096))
+            .layer(TimeoutLayer::per_attempt(Duration::from_secs(20)))
+            .service(publisher)
+    }
+
+    /// A breaker that opens after 5 calls with half failing, for 300 ms.
+    pub fn breaker(name: &str) -> CircuitBreakerLayer<PublishClassifier> {
+        CircuitBreakerLayer::builder()
+            .name(name)
+            .minimum_calls(5)
+            .failure_rate_threshold(50.0)
+            .wait_in_open(Duration::from_millis(300))
+            .classifier(PublishClassifier)
+            .build()
+            .unwrap()
+    }
+
+    /// One consumed event.
+    #[derive(Clone, Debug)]
+    pub struct Seen {
+        /// Event id.
+        pub id: String,
+        /// Partition key.
+        pub key: String,
+        /// Position in its key's sequence.
+        pub seq: u64,
+    }
+
+    impl Seen {
+        /// From a consumed event made by [`publish_all`].
+        pub fn of(e: &Event) -> Seen {
+            Seen {
+                id: e.id().to_owned(),
+                key: e.partition_key().expect("partition key").to_owned(),
+                seq: e.extension("seq").expect("seq extension").parse().unwrap(),
+            }
+        }
+    }
+
+    /// The request context the events are published in.
+    pub fn context() -> RequestContext {
+        RequestContext::new(CorrelationId::parse("req-7f3a").unwrap())
+            .with_traceparent(TraceParent::parse(TP).unwrap())
+            .with_tracestate(TraceState::parse("vendor=1").unwrap())
+    }
+
+    /// Event `i` of a run: key `k{i % KEYS}`, `seq` = its position in the key.
+    pub fn event(i: usize, source: &str) -> Event {
+        Event::builder(format!("/tower-mesh/tests/{source}"), "tower_mesh.test.created")
+            .partition_key(format!("k{}", i % KEYS))
+            .extension("seq", (i / KEYS).to_string())
+            .json(&serde_json::json!({ "n": i }))
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    /// Publish `n` events through `svc` inside a request context, at most
+    /// 512 unanswered; `between(i)` runs before event `i` (fault injection).
+    /// Every call must succeed; returns how many did.
+    pub async fn publish_all<S>(svc: S, n: usize, source: &str, mut between: impl FnMut(usize)) -> usize
+    where
+        S: Service<Event, Response = Receipt, Error = BoxError> + Clone,
+    {
+        let mut svc = svc;
+        let ctx = context();
+        let mut pending = FuturesUnordered::new();
+        let mut ok = 0;
+        for i in 0..n {
+            between(i);
+            let event = ctx.clone().sync_scope(|| event(i, source));
+            assert_eq!(event.correlation_id(), Some("req-7f3a"));
+            let call = svc.ready().await.unwrap().call(event);
+            pending.push(call);
+            while pending.len() >= 512 {
+                let r: Receipt = pending.next().await.unwrap().unwrap_or_else(|e| panic!("publish failed: {e}"));
+                assert!(r.sends >= 1);
+                ok += 1;
+            }
+        }
+        while let Some(r) = pending.next().await {
+            r.unwrap_or_else(|e| panic!("publish failed: {e}"));
+            ok += 1;
+        }
+        ok
+    }
+
+    /// All `n` events present, each key's events in order.
+    pub fn check_all_present_in_order(seen: &[Seen], n: usize) {
+        assert_eq!(seen.len(), n, "all {n} events consumed");
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for s in seen {
+            if let Some(prev) = last.insert(&s.key, s.seq) {
+                assert!(s.seq > prev, "key {} out of order: {} after {}", s.key, s.seq, prev);
+            }
+        }
+        assert_eq!(last.len(), KEYS);
+    }
+
+    /// The first error of type `T` in `err`'s source chain.
+    pub fn find<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(t) = e.downcast_ref::<T>() {
+                return Some(t);
+            }
+            cur = e.source();
+        }
+        None
+    }
+
+    /// With the broker unreachable (`proxy` refusing): calls fail with a typed
+    /// [`PublishError::Unavailable`], the breaker opens; once the proxy
+    /// forwards again the breaker lets a call through and it succeeds.
+    pub async fn down_then_recover<S>(publisher: S, proxy: &super::proxy::Proxy, name: &str)
+    where
+        S: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut svc = full_stack(publisher, Duration::from_millis(20), breaker(name));
+        let mut unavailable = 0;
+        let mut opened = false;
+        for i in 0..200 {
+            let err = svc.ready().await.unwrap().call(event(i, name)).await.expect_err("the broker is down");
+            if let Some(p) = find::<PublishError>(&*err) {
+                assert!(matches!(p, PublishError::Unavailable { .. }), "{p}");
+                unavailable += 1;
+            } else if find::<CircuitOpen>(&*err).is_some() {
+                opened = true;
+                break;
+            } else {
+                panic!("unexpected error: {err}");
+            }
+        }
+        assert!(unavailable >= 1, "typed Unavailable errors before the breaker opened");
+        assert!(opened, "the breaker opened");
+        proxy.set_refusing(false);
+        let mut recovered = false;
+        for i in 0..300 {
+            match svc.ready().await.unwrap().call(event(1000 + i, name)).await {
+                Ok(r) => {
+                    assert_eq!(r.confirmation.duplicate, false);
+                    recovered = true;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        assert!(recovered, "publishing works again once the broker is reachable");
+        assert!(proxy.accepted() >= 1);
+    }
+}
