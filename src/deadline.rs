@@ -27,7 +27,7 @@ thread_local! {
 }
 
 /// Restores the previous current deadline when dropped (also on unwind).
-struct Restore(Option<Deadline>);
+pub(crate) struct Restore(Option<Deadline>);
 
 impl Drop for Restore {
     #[inline]
@@ -37,7 +37,7 @@ impl Drop for Restore {
 }
 
 #[inline]
-fn enter(deadline: Deadline) -> Restore {
+pub(crate) fn enter(deadline: Deadline) -> Restore {
     Restore(CURRENT.with(|c| c.replace(Some(deadline))))
 }
 

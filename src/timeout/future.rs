@@ -11,15 +11,16 @@ use tokio::time::Sleep;
 
 use super::error::TimeoutKind;
 use super::layer::Reporter;
-use crate::deadline::{Deadline, DeadlineScope};
+use crate::deadline::Deadline;
 use crate::error::BoxError;
 
 pin_project! {
     /// Response future of [`Timeout`](super::Timeout): the inner future,
     /// polled with the call's [`Deadline`] current, raced against a timer.
     pub struct ResponseFuture<F> {
+        // Polled with the call's deadline (the timer's) current.
         #[pin]
-        response: DeadlineScope<F>,
+        response: F,
         #[pin]
         sleep: Sleep,
         kind: TimeoutKind,
@@ -32,7 +33,7 @@ impl<F: Future> ResponseFuture<F> {
     #[inline]
     pub(crate) fn new(deadline: Deadline, response: F, kind: TimeoutKind, after: Duration, reporter: Reporter) -> Self {
         ResponseFuture {
-            response: deadline.scope_exact(response),
+            response,
             sleep: tokio::time::sleep_until(deadline.instant()),
             kind,
             after,
@@ -62,7 +63,10 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(res) = this.response.poll(cx) {
+        let restore = crate::deadline::enter(Deadline::at(this.sleep.deadline()));
+        let polled = this.response.poll(cx);
+        drop(restore);
+        if let Poll::Ready(res) = polled {
             return Poll::Ready(res.map_err(Into::into));
         }
         match this.sleep.poll(cx) {
