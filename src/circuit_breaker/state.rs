@@ -537,13 +537,12 @@ impl Shared {
             Rec::Failure => self.metrics.failure.increment(1),
             Rec::Ignored => self.metrics.ignored.increment(1),
         }
-        if epoch == 0 {
-            if rec == Rec::Ignored
+        if epoch == 0
+            && (rec == Rec::Ignored
                 || (rec == Rec::Success && !slow && self.clean.load(Ordering::Acquire))
-                || self.state() == CircuitState::Disabled
-            {
-                return;
-            }
+                || self.state() == CircuitState::Disabled)
+        {
+            return;
         }
         self.record_locked(rec, slow, now, epoch);
     }
