@@ -87,7 +87,7 @@ where
                     let result = ready!(fut.poll(cx));
                     let s = &*this.settings;
                     let retryable = match s.classifier.classify(result.as_ref()) {
-                        Outcome::Failure(kind) => s.shared.retry_if.map_or(true, |f| f(&kind)),
+                        Outcome::Failure(kind) => s.shared.retry_if.is_none_or(|f| f(&kind)),
                         _ => false,
                     };
                     if !retryable {
