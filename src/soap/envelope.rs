@@ -1,0 +1,594 @@
+//! Parsing envelopes safely: no DTD, no entity expansion, bounded size and depth.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::name::{QName, ResolveResult};
+use quick_xml::NsReader;
+
+use super::error::SoapError;
+use super::fault::{FaultCode, QualifiedName, SoapFault};
+use super::version::SoapVersion;
+
+/// Default maximum size of a SOAP message: 4 MiB.
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+/// Default maximum element nesting depth.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// Limits applied to every message read (requests on the server side,
+/// responses on the client side, WSDL documents).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoapLimits {
+    max_body: usize,
+    max_depth: usize,
+}
+
+impl Default for SoapLimits {
+    fn default() -> Self {
+        SoapLimits { max_body: DEFAULT_MAX_BODY, max_depth: DEFAULT_MAX_DEPTH }
+    }
+}
+
+impl SoapLimits {
+    /// The defaults: 4 MiB, depth 64.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maximum message size in bytes; larger messages fail with
+    /// [`SoapError::TooLarge`] before they are read to the end.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Maximum element nesting depth (the `Envelope` is depth 1); deeper
+    /// messages fail with [`SoapError::TooDeep`].
+    pub fn max_depth(mut self, depth: usize) -> Self {
+        self.max_depth = depth;
+        self
+    }
+
+    /// The size limit.
+    pub fn body_limit(&self) -> usize {
+        self.max_body
+    }
+
+    /// The depth limit.
+    pub fn depth_limit(&self) -> usize {
+        self.max_depth
+    }
+}
+
+/// One header block of a received envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderBlock {
+    name: QualifiedName,
+    must_understand: bool,
+    role: Option<String>,
+    raw: Bytes,
+}
+
+impl HeaderBlock {
+    /// The block's element name.
+    pub fn name(&self) -> &QualifiedName {
+        &self.name
+    }
+
+    /// Whether it is marked `mustUnderstand="1"` / `"true"`.
+    pub fn must_understand(&self) -> bool {
+        self.must_understand
+    }
+
+    /// Its `actor` (1.1) or `role` (1.2) attribute.
+    pub fn role(&self) -> Option<&str> {
+        self.role.as_deref()
+    }
+
+    /// The whole element, a slice of the message.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Whether the block is meant for the ultimate receiver: no role, or the
+    /// `next` / `ultimateReceiver` roles.
+    pub fn targets_ultimate_receiver(&self) -> bool {
+        match self.role.as_deref() {
+            None | Some("") => true,
+            Some(r) => {
+                r == "http://schemas.xmlsoap.org/soap/actor/next"
+                    || r == "http://www.w3.org/2003/05/soap-envelope/role/next"
+                    || r == "http://www.w3.org/2003/05/soap-envelope/role/ultimateReceiver"
+            }
+        }
+    }
+}
+
+/// A parsed SOAP envelope. It keeps the message bytes; the Body content and
+/// the header blocks are slices of them (no copy).
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_mesh::soap::{Envelope, SoapLimits, SoapVersion};
+///
+/// let msg = Bytes::from_static(br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope">
+///   <s:Body><m:GetPriceResponse xmlns:m="urn:shop"><m:Price>1.90</m:Price></m:GetPriceResponse></s:Body>
+/// </s:Envelope>"#);
+/// let env = Envelope::parse(msg, &SoapLimits::default()).unwrap();
+/// assert_eq!(env.version(), SoapVersion::V12);
+/// assert_eq!(env.body_element().unwrap().local, "GetPriceResponse");
+/// assert!(env.body().starts_with(b"<m:GetPriceResponse"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    message: Bytes,
+    version: SoapVersion,
+    headers: Vec<HeaderBlock>,
+    body: Range<usize>,
+    first: Option<QualifiedName>,
+    fault: Option<Box<SoapFault>>,
+}
+
+impl Envelope {
+    /// Parse and check `message`.
+    ///
+    /// Refuses DOCTYPEs, entity references other than XML's five predefined
+    /// ones and character references, non-UTF-8 input, messages over the size
+    /// limit and nesting over the depth limit; checks that the root is a SOAP
+    /// 1.1 or 1.2 `Envelope` with a `Body` (after an optional `Header`). A
+    /// Fault in the Body is parsed (see [`fault`](Self::fault)) but is not an
+    /// error here.
+    pub fn parse(message: Bytes, limits: &SoapLimits) -> Result<Envelope, SoapError> {
+        if message.len() > limits.max_body {
+            return Err(SoapError::TooLarge { limit: limits.max_body });
+        }
+        let text = std::str::from_utf8(&message).map_err(|_| SoapError::NotUtf8)?;
+        let parsed = Parser { reader: NsReader::from_str(text), limits, depth: 0 }.envelope(&message)?;
+        Ok(parsed)
+    }
+
+    /// The SOAP version (from the envelope namespace).
+    pub fn version(&self) -> SoapVersion {
+        self.version
+    }
+
+    /// The header blocks, in order.
+    pub fn headers(&self) -> &[HeaderBlock] {
+        &self.headers
+    }
+
+    /// The Body content: everything between `<Body>` and `</Body>`, a slice of
+    /// the message (no copy). Namespace prefixes declared on the `Envelope` or
+    /// `Body` are not repeated inside it.
+    pub fn body(&self) -> Bytes {
+        self.message.slice(self.body.clone())
+    }
+
+    /// The Body content as text.
+    pub fn body_str(&self) -> &str {
+        // The whole message was checked to be UTF-8 and the range lies on tag boundaries.
+        std::str::from_utf8(&self.message[self.body.clone()]).unwrap_or_default()
+    }
+
+    /// The name of the first element in the Body (the operation or its response).
+    pub fn body_element(&self) -> Option<&QualifiedName> {
+        self.first.as_ref()
+    }
+
+    /// The Fault in the Body, if there is one.
+    pub fn fault(&self) -> Option<&SoapFault> {
+        self.fault.as_deref()
+    }
+
+    /// The Fault as an error, or the envelope.
+    pub fn into_result(self) -> Result<Envelope, SoapError> {
+        match self.fault {
+            Some(f) => Err(SoapError::Fault(f)),
+            None => Ok(self),
+        }
+    }
+
+    /// The whole message.
+    pub fn message(&self) -> &Bytes {
+        &self.message
+    }
+
+    /// Deserialize the first Body element into `T` with quick-xml's serde
+    /// support (element and attribute names are matched without their
+    /// namespace prefixes; a field named `$value` or `$text` gets content).
+    pub fn deserialize<'de, T: serde::Deserialize<'de>>(&'de self) -> Result<T, SoapError> {
+        let body = self.body_str().trim();
+        quick_xml::de::from_str(body).map_err(|e| SoapError::Deserialize(e.to_string()))
+    }
+}
+
+struct Parser<'a, 'l> {
+    reader: NsReader<&'a [u8]>,
+    limits: &'l SoapLimits,
+    depth: usize,
+}
+
+/// The character a predefined entity or character reference stands for.
+pub(crate) fn resolve_ref(r: &BytesRef<'_>) -> Result<char, SoapError> {
+    if r.is_char_ref() {
+        return match r.resolve_char_ref() {
+            Ok(Some(c)) => Ok(c),
+            _ => Err(SoapError::UndefinedEntity(truncate(r))),
+        };
+    }
+    match &**r {
+        "lt" => Ok('<'),
+        "gt" => Ok('>'),
+        "amp" => Ok('&'),
+        "apos" => Ok('\''),
+        "quot" => Ok('"'),
+        _ => Err(SoapError::UndefinedEntity(truncate(r))),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn ns_of<'r>(r: &'r ResolveResult<'r>) -> Option<&'r str> {
+    match r {
+        ResolveResult::Bound(ns) => Some(ns.0),
+        _ => None,
+    }
+}
+
+impl<'a> Parser<'a, '_> {
+    fn next(&mut self) -> Result<Event<'a>, SoapError> {
+        match self.reader.read_event() {
+            Ok(Event::DocType(_)) => Err(SoapError::DocType),
+            Ok(e) => Ok(e),
+            Err(e) => Err(SoapError::xml(self.reader.error_position(), e)),
+        }
+    }
+
+    fn pos(&self) -> usize {
+        self.reader.buffer_position() as usize
+    }
+
+    fn enter(&mut self) -> Result<(), SoapError> {
+        self.depth += 1;
+        if self.depth > self.limits.max_depth {
+            return Err(SoapError::TooDeep { limit: self.limits.max_depth });
+        }
+        Ok(())
+    }
+
+    fn name(&self, e: &BytesStart<'_>) -> (Option<String>, String) {
+        let (ns, local) = self.reader.resolver().resolve_element(e.name());
+        (ns_of(&ns).map(str::to_owned), local.into_inner().to_owned())
+    }
+
+    fn is(&self, e: &BytesStart<'_>, ns: &str, local: &str) -> bool {
+        let (rns, rlocal) = self.reader.resolver().resolve_element(e.name());
+        rlocal.into_inner() == local && ns_of(&rns) == Some(ns)
+    }
+
+    /// Resolve a QName written as text (fault codes) in the current scope.
+    fn resolve_text_qname(&self, text: &str) -> QualifiedName {
+        let text = text.trim();
+        let q = QName(text);
+        let (local, prefix) = q.decompose();
+        let ns = self.reader.resolver().resolve_prefix(prefix, true);
+        QualifiedName { namespace: ns_of(&ns).map(str::to_owned), local: local.into_inner().to_owned() }
+    }
+
+    fn envelope(mut self, message: &Bytes) -> Result<Envelope, SoapError> {
+        // Prolog: declaration, comments, processing instructions, whitespace.
+        let (root, root_empty) = loop {
+            match self.next()? {
+                Event::Start(e) => break (e, false),
+                Event::Empty(e) => break (e, true),
+                Event::Text(t) if t.xml10_content().trim().is_empty() => {}
+                Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
+                Event::Eof => return Err(SoapError::NotAnEnvelope),
+                Event::GeneralRef(_) | Event::Text(_) | Event::CData(_) | Event::End(_) | Event::DocType(_) => {
+                    return Err(SoapError::NotAnEnvelope)
+                }
+            }
+        };
+        self.enter()?;
+        let (ns, local) = self.reader.resolver().resolve_element(root.name());
+        if local.into_inner() != "Envelope" {
+            return Err(SoapError::NotAnEnvelope);
+        }
+        let version = match ns_of(&ns).and_then(SoapVersion::from_namespace) {
+            Some(v) => v,
+            None => return Err(SoapError::VersionMismatch { namespace: ns_of(&ns).unwrap_or_default().to_owned() }),
+        };
+        if root_empty {
+            return Err(SoapError::Structure("no Body"));
+        }
+        let env_ns = version.namespace();
+
+        let mut headers = Vec::new();
+        let mut body: Option<Range<usize>> = None;
+        let mut first = None;
+        let mut fault = None;
+        let mut seen_header = false;
+
+        // Children of the Envelope.
+        loop {
+            match self.next()? {
+                Event::Start(e) | Event::Empty(e) if body.is_some() && version == SoapVersion::V12 => {
+                    let _ = e;
+                    return Err(SoapError::Structure("element after Body"));
+                }
+                Event::Start(e) => {
+                    self.enter()?;
+                    if self.is(&e, env_ns, "Header") && !seen_header && body.is_none() {
+                        seen_header = true;
+                        self.header_blocks(version, message, &mut headers)?;
+                    } else if self.is(&e, env_ns, "Body") && body.is_none() {
+                        let start = self.pos();
+                        let end = self.body_entries(version, message, &mut first, &mut fault)?;
+                        body = Some(start..end);
+                    } else if body.is_some() && version == SoapVersion::V11 {
+                        // SOAP 1.1 allows trailing elements after the Body; skip them.
+                        self.skip()?;
+                    } else {
+                        return Err(SoapError::Structure("unexpected element in Envelope"));
+                    }
+                }
+                Event::Empty(e) => {
+                    if self.is(&e, env_ns, "Header") && !seen_header && body.is_none() {
+                        seen_header = true;
+                    } else if self.is(&e, env_ns, "Body") && body.is_none() {
+                        let at = self.pos();
+                        body = Some(at..at);
+                    } else if body.is_none() || version == SoapVersion::V12 {
+                        return Err(SoapError::Structure("unexpected element in Envelope"));
+                    }
+                }
+                Event::End(_) => {
+                    self.depth -= 1;
+                    break;
+                }
+                Event::Text(t) if t.xml10_content().trim().is_empty() => {}
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::Eof => return Err(SoapError::Structure("unclosed Envelope")),
+                _ => return Err(SoapError::Structure("character data in Envelope")),
+            }
+        }
+        let body = body.ok_or(SoapError::Structure("no Body"))?;
+
+        // Epilog.
+        loop {
+            match self.next()? {
+                Event::Eof => break,
+                Event::Text(t) if t.xml10_content().trim().is_empty() => {}
+                Event::Comment(_) | Event::PI(_) => {}
+                _ => return Err(SoapError::Structure("content after the Envelope")),
+            }
+        }
+        if let Some(f) = fault.as_deref_mut() {
+            let f: &mut SoapFault = f;
+            f.version = version;
+        }
+        Ok(Envelope { message: message.clone(), version, headers, body, first, fault })
+    }
+
+    /// Read the Header's children up to and including `</Header>`.
+    fn header_blocks(
+        &mut self,
+        version: SoapVersion,
+        message: &Bytes,
+        out: &mut Vec<HeaderBlock>,
+    ) -> Result<(), SoapError> {
+        let env_ns = version.namespace();
+        loop {
+            let before = self.pos();
+            let (e, is_start) = match self.next()? {
+                Event::Start(e) => (e, true),
+                Event::Empty(e) => (e, false),
+                Event::End(_) => {
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                Event::Text(t) if t.xml10_content().trim().is_empty() => continue,
+                Event::Comment(_) | Event::PI(_) => continue,
+                Event::Eof => return Err(SoapError::Structure("unclosed Header")),
+                _ => return Err(SoapError::Structure("character data in Header")),
+            };
+            {
+                {
+                    let start = before + message[before..].iter().position(|b| *b == b'<').unwrap_or(0);
+                    let (ns, local) = self.name(&e);
+                    let mut must_understand = false;
+                    let mut role = None;
+                    for attr in e.attributes() {
+                        let attr = attr.map_err(|err| SoapError::xml(before as u64, err.into()))?;
+                        let (ans, alocal) = self.reader.resolver().resolve_attribute(attr.key);
+                        if ns_of(&ans) != Some(env_ns) {
+                            continue;
+                        }
+                        let value = attr
+                            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                            .map_err(|err| SoapError::xml(before as u64, err))?;
+                        match alocal.into_inner() {
+                            "mustUnderstand" => {
+                                must_understand = match value.trim() {
+                                    "1" | "true" => true,
+                                    "0" | "false" => false,
+                                    _ => return Err(SoapError::Structure("invalid mustUnderstand value")),
+                                }
+                            }
+                            "actor" if version == SoapVersion::V11 => role = Some(value.into_owned()),
+                            "role" if version == SoapVersion::V12 => role = Some(value.into_owned()),
+                            _ => {}
+                        }
+                    }
+                    if is_start {
+                        self.enter()?;
+                        self.skip()?;
+                    }
+                    let end = self.pos();
+                    out.push(HeaderBlock {
+                        name: QualifiedName { namespace: ns, local },
+                        must_understand,
+                        role,
+                        raw: message.slice(start..end),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Read the Body's content up to and including `</Body>`; returns the
+    /// offset where `</Body>` starts.
+    fn body_entries(
+        &mut self,
+        version: SoapVersion,
+        message: &Bytes,
+        first: &mut Option<QualifiedName>,
+        fault: &mut Option<Box<SoapFault>>,
+    ) -> Result<usize, SoapError> {
+        loop {
+            let before = self.pos();
+            match self.next()? {
+                Event::Start(e) => {
+                    self.enter()?;
+                    let is_fault = first.is_none() && self.is(&e, version.namespace(), "Fault");
+                    if first.is_none() {
+                        let (ns, local) = self.name(&e);
+                        *first = Some(QualifiedName { namespace: ns, local });
+                    }
+                    if is_fault {
+                        *fault = Some(Box::new(self.fault(version, message)?));
+                    } else {
+                        self.skip()?;
+                    }
+                }
+                Event::Empty(e) => {
+                    if first.is_none() {
+                        if self.is(&e, version.namespace(), "Fault") {
+                            return Err(SoapError::Structure("empty Fault"));
+                        }
+                        let (ns, local) = self.name(&e);
+                        *first = Some(QualifiedName { namespace: ns, local });
+                    }
+                }
+                Event::End(_) => {
+                    self.depth -= 1;
+                    return Ok(before);
+                }
+                Event::GeneralRef(r) => {
+                    resolve_ref(&r)?;
+                }
+                Event::Eof => return Err(SoapError::Structure("unclosed Body")),
+                _ => {}
+            }
+        }
+    }
+
+    /// Skip the content of the element just entered, up to and including its
+    /// end tag, checking depth and references.
+    fn skip(&mut self) -> Result<(), SoapError> {
+        let target = self.depth - 1;
+        while self.depth > target {
+            match self.next()? {
+                Event::Start(_) => self.enter()?,
+                Event::End(_) => self.depth -= 1,
+                Event::GeneralRef(r) => {
+                    resolve_ref(&r)?;
+                }
+                Event::Eof => return Err(SoapError::Structure("unclosed element")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse a Fault whose start tag was just read.
+    fn fault(&mut self, version: SoapVersion, message: &Bytes) -> Result<SoapFault, SoapError> {
+        let base = self.depth;
+        let mut path: Vec<String> = Vec::with_capacity(4);
+        let mut text = String::new();
+        let mut detail_start = 0;
+        let mut code: Option<QualifiedName> = None;
+        let mut subcodes = Vec::new();
+        let mut reason: Option<String> = None;
+        let mut actor = None;
+        let mut node = None;
+        let mut detail = None;
+        loop {
+            let before = self.pos();
+            match self.next()? {
+                Event::Start(e) => {
+                    self.enter()?;
+                    let local = e.local_name().into_inner().to_owned();
+                    path.push(local);
+                    text.clear();
+                    if self.depth == base + 1 && matches!(path[0].as_str(), "detail" | "Detail") {
+                        detail_start = self.pos();
+                    }
+                }
+                Event::Empty(e) => {
+                    if self.depth == base && matches!(e.local_name().into_inner(), "detail" | "Detail") {
+                        detail = Some(Bytes::new());
+                    }
+                }
+                Event::Text(t) => text.push_str(&t.xml10_content()),
+                Event::CData(t) => text.push_str(&t.xml10_content()),
+                Event::GeneralRef(r) => text.push(resolve_ref(&r)?),
+                Event::End(_) => {
+                    if self.depth == base {
+                        self.depth -= 1;
+                        break;
+                    }
+                    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                    match (version, p.as_slice()) {
+                        (SoapVersion::V11, ["faultcode"]) => code = Some(self.resolve_text_qname(&text)),
+                        (SoapVersion::V11, ["faultstring"]) => reason = Some(text.trim().to_owned()),
+                        (SoapVersion::V11, ["faultactor"]) => actor = Some(text.trim().to_owned()),
+                        (SoapVersion::V12, ["Code", "Value"]) => code = Some(self.resolve_text_qname(&text)),
+                        (SoapVersion::V12, ["Code", rest @ .., "Value"])
+                            if !rest.is_empty() && rest.iter().all(|s| *s == "Subcode") =>
+                        {
+                            subcodes.push(self.resolve_text_qname(&text))
+                        }
+                        (SoapVersion::V12, ["Reason", "Text"]) if reason.is_none() => {
+                            reason = Some(text.trim().to_owned())
+                        }
+                        (SoapVersion::V12, ["Node"]) => node = Some(text.trim().to_owned()),
+                        (SoapVersion::V12, ["Role"]) => actor = Some(text.trim().to_owned()),
+                        (_, ["detail" | "Detail"]) => detail = Some(message.slice(detail_start..before)),
+                        _ => {}
+                    }
+                    path.pop();
+                    text.clear();
+                    self.depth -= 1;
+                }
+                Event::Eof => return Err(SoapError::Structure("unclosed Fault")),
+                _ => {}
+            }
+        }
+        let code_name = code.ok_or(SoapError::Structure("Fault without a code"))?;
+        let env_ns = version.namespace();
+        let mut local_parts = code_name.local.split('.');
+        let head = local_parts.next().unwrap_or_default();
+        let standard = code_name.namespace.as_deref() == Some(env_ns) || code_name.namespace.is_none();
+        let class = if standard { FaultCode::from_local(head) } else { FaultCode::Other };
+        if version == SoapVersion::V11 {
+            for part in local_parts {
+                subcodes.push(QualifiedName { namespace: code_name.namespace.clone(), local: part.to_owned() });
+            }
+        }
+        Ok(SoapFault {
+            version,
+            code: class,
+            code_name,
+            subcodes,
+            reason: reason.unwrap_or_default(),
+            actor,
+            node,
+            detail,
+            http_status: None,
+        })
+    }
+}

@@ -1,0 +1,350 @@
+//! Typed SOAP faults.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use super::version::SoapVersion;
+use super::write::{escape_into, push_str};
+
+/// An XML name with its namespace, e.g. `{http://example.com/stock}GetLastTradePrice`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QualifiedName {
+    /// The namespace, if the name is in one.
+    pub namespace: Option<String>,
+    /// The local part.
+    pub local: String,
+}
+
+impl QualifiedName {
+    /// A name in `namespace`.
+    pub fn new(namespace: impl Into<String>, local: impl Into<String>) -> Self {
+        QualifiedName { namespace: Some(namespace.into()), local: local.into() }
+    }
+
+    /// A name in no namespace.
+    pub fn local(local: impl Into<String>) -> Self {
+        QualifiedName { namespace: None, local: local.into() }
+    }
+
+    /// Whether this is `local` in `namespace`.
+    pub fn is(&self, namespace: &str, local: &str) -> bool {
+        self.local == local && self.namespace.as_deref() == Some(namespace)
+    }
+}
+
+impl fmt::Display for QualifiedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{{{ns}}}{}", self.local),
+            None => f.write_str(&self.local),
+        }
+    }
+}
+
+/// The class of a fault: the standard fault codes of SOAP 1.1 and 1.2.
+///
+/// SOAP 1.1 `Client` and SOAP 1.2 `Sender` are both [`FaultCode::Client`];
+/// `Server` and `Receiver` are both [`FaultCode::Server`]. SOAP 1.1 dotted
+/// codes such as `Client.Authentication` are classed by their first part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultCode {
+    /// The envelope was of a version the receiver does not speak.
+    VersionMismatch,
+    /// A `mustUnderstand` header block was not understood.
+    MustUnderstand,
+    /// The encoding of a header or body was not understood (SOAP 1.2).
+    DataEncodingUnknown,
+    /// The request was wrong: sending it again will not help (1.1 `Client`, 1.2 `Sender`).
+    Client,
+    /// The receiver failed: the same request may succeed later (1.1 `Server`, 1.2 `Receiver`).
+    Server,
+    /// A code outside the SOAP envelope namespace.
+    Other,
+}
+
+impl FaultCode {
+    /// The local name of this code in `version` (`Other` has none and gives `Server`/`Receiver`).
+    pub const fn local_name(self, version: SoapVersion) -> &'static str {
+        match (self, version) {
+            (FaultCode::VersionMismatch, _) => "VersionMismatch",
+            (FaultCode::MustUnderstand, _) => "MustUnderstand",
+            (FaultCode::DataEncodingUnknown, _) => "DataEncodingUnknown",
+            (FaultCode::Client, SoapVersion::V11) => "Client",
+            (FaultCode::Client, SoapVersion::V12) => "Sender",
+            (FaultCode::Server | FaultCode::Other, SoapVersion::V11) => "Server",
+            (FaultCode::Server | FaultCode::Other, SoapVersion::V12) => "Receiver",
+        }
+    }
+
+    /// The code with this local name in the envelope namespace (either version's spelling).
+    pub(crate) fn from_local(local: &str) -> Self {
+        match local {
+            "VersionMismatch" => FaultCode::VersionMismatch,
+            "MustUnderstand" => FaultCode::MustUnderstand,
+            "DataEncodingUnknown" => FaultCode::DataEncodingUnknown,
+            "Client" | "Sender" => FaultCode::Client,
+            "Server" | "Receiver" => FaultCode::Server,
+            _ => FaultCode::Other,
+        }
+    }
+}
+
+/// A SOAP Fault: the error a SOAP service answers with, SOAP 1.1
+/// (`faultcode`, `faultstring`, `faultactor`, `detail`) or 1.2 (`Code/Value`,
+/// `Subcode`, `Reason/Text`, `Node`, `Role`, `Detail`).
+///
+/// The client layer returns it as [`SoapError::Fault`](super::SoapError::Fault);
+/// a server handler returns it (as its error) to answer with this fault.
+///
+/// ```
+/// use tower_mesh::soap::{SoapFault, FaultCode};
+///
+/// let fault = SoapFault::client("account number is not valid").with_actor("urn:billing");
+/// assert!(fault.is_client() && !fault.is_server());
+/// assert_eq!(fault.code(), FaultCode::Client);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SoapFault {
+    pub(crate) version: SoapVersion,
+    pub(crate) code: FaultCode,
+    pub(crate) code_name: QualifiedName,
+    pub(crate) subcodes: Vec<QualifiedName>,
+    pub(crate) reason: String,
+    pub(crate) actor: Option<String>,
+    pub(crate) node: Option<String>,
+    pub(crate) detail: Option<Bytes>,
+    pub(crate) http_status: Option<StatusCode>,
+}
+
+impl SoapFault {
+    /// A fault with a standard `code` and a human-readable `reason`.
+    pub fn new(code: FaultCode, reason: impl Into<String>) -> Self {
+        SoapFault {
+            version: SoapVersion::V11,
+            code,
+            code_name: QualifiedName::new(SoapVersion::V11.namespace(), code.local_name(SoapVersion::V11)),
+            subcodes: Vec::new(),
+            reason: reason.into(),
+            actor: None,
+            node: None,
+            detail: None,
+            http_status: None,
+        }
+    }
+
+    /// A `Client` (1.2: `Sender`) fault: the request was wrong.
+    pub fn client(reason: impl Into<String>) -> Self {
+        Self::new(FaultCode::Client, reason)
+    }
+
+    /// A `Server` (1.2: `Receiver`) fault: the service failed.
+    pub fn server(reason: impl Into<String>) -> Self {
+        Self::new(FaultCode::Server, reason)
+    }
+
+    /// Add an application subcode (1.2 `Subcode/Value`; in 1.1 appended to
+    /// `faultcode` with a dot, e.g. `Client.Authentication`).
+    pub fn with_subcode(mut self, code: QualifiedName) -> Self {
+        self.subcodes.push(code);
+        self
+    }
+
+    /// Set the actor (1.1 `faultactor`, 1.2 `Role`).
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Set the detail: a raw XML fragment, written as is inside `detail`/`Detail`.
+    /// It must be well-formed XML with its namespaces declared.
+    pub fn with_detail(mut self, xml: impl Into<Bytes>) -> Self {
+        self.detail = Some(xml.into());
+        self
+    }
+
+    /// The class of the fault.
+    pub fn code(&self) -> FaultCode {
+        self.code
+    }
+
+    /// The code exactly as sent, resolved to its namespace (e.g. `Client.Authentication`
+    /// in the SOAP 1.1 namespace, or a custom code).
+    pub fn code_name(&self) -> &QualifiedName {
+        &self.code_name
+    }
+
+    /// SOAP 1.2 subcodes, outermost first (for SOAP 1.1, the dotted parts of `faultcode`).
+    pub fn subcodes(&self) -> &[QualifiedName] {
+        &self.subcodes
+    }
+
+    /// `faultstring` / the first `Reason/Text`.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// `faultactor` / `Role`.
+    pub fn actor(&self) -> Option<&str> {
+        self.actor.as_deref()
+    }
+
+    /// `Node` (SOAP 1.2 only).
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// The inner XML of `detail`/`Detail`, a slice of the response bytes.
+    pub fn detail(&self) -> Option<&Bytes> {
+        self.detail.as_ref()
+    }
+
+    /// The SOAP version of the message the fault came in.
+    pub fn version(&self) -> SoapVersion {
+        self.version
+    }
+
+    /// The HTTP status of the response that carried the fault (usually `500`).
+    pub fn http_status(&self) -> Option<StatusCode> {
+        self.http_status
+    }
+
+    /// A `Client` / `Sender` fault: the caller's request was at fault.
+    pub fn is_client(&self) -> bool {
+        self.code == FaultCode::Client
+    }
+
+    /// A `Server` / `Receiver` fault: the service failed to process a valid request.
+    pub fn is_server(&self) -> bool {
+        self.code == FaultCode::Server
+    }
+
+    /// A `VersionMismatch` fault.
+    pub fn is_version_mismatch(&self) -> bool {
+        self.code == FaultCode::VersionMismatch
+    }
+
+    /// A `MustUnderstand` fault.
+    pub fn is_must_understand(&self) -> bool {
+        self.code == FaultCode::MustUnderstand
+    }
+
+    /// The HTTP status a server answers this fault with in `version`: SOAP 1.2
+    /// sends `400` for `Sender` faults, everything else is `500`.
+    pub fn status_for(&self, version: SoapVersion) -> StatusCode {
+        match (version, self.code) {
+            (SoapVersion::V12, FaultCode::Client) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Write the `Fault` element for `version`, with `prefix` bound to the
+    /// envelope namespace by an enclosing element.
+    pub(crate) fn write(&self, version: SoapVersion, prefix: &str, out: &mut Vec<u8>) {
+        let code = self.code.local_name(version);
+        let open = |out: &mut Vec<u8>, name: &str| {
+            push_str(out, "<");
+            push_str(out, prefix);
+            push_str(out, ":");
+            push_str(out, name);
+            push_str(out, ">");
+        };
+        let close = |out: &mut Vec<u8>, name: &str| {
+            push_str(out, "</");
+            push_str(out, prefix);
+            push_str(out, ":");
+            push_str(out, name);
+            push_str(out, ">");
+        };
+        open(out, "Fault");
+        match version {
+            SoapVersion::V11 => {
+                push_str(out, "<faultcode>");
+                push_str(out, prefix);
+                push_str(out, ":");
+                push_str(out, code);
+                for sub in &self.subcodes {
+                    push_str(out, ".");
+                    escape_into(&sub.local, out);
+                }
+                push_str(out, "</faultcode><faultstring>");
+                escape_into(&self.reason, out);
+                push_str(out, "</faultstring>");
+                if let Some(actor) = &self.actor {
+                    push_str(out, "<faultactor>");
+                    escape_into(actor, out);
+                    push_str(out, "</faultactor>");
+                }
+                if let Some(detail) = &self.detail {
+                    push_str(out, "<detail>");
+                    out.extend_from_slice(detail);
+                    push_str(out, "</detail>");
+                }
+            }
+            SoapVersion::V12 => {
+                open(out, "Code");
+                open(out, "Value");
+                push_str(out, prefix);
+                push_str(out, ":");
+                push_str(out, code);
+                close(out, "Value");
+                for sub in &self.subcodes {
+                    open(out, "Subcode");
+                    push_str(out, "<");
+                    push_str(out, prefix);
+                    push_str(out, ":Value");
+                    match &sub.namespace {
+                        Some(ns) => {
+                            push_str(out, " xmlns:sc=\"");
+                            escape_into(ns, out);
+                            push_str(out, "\">sc:");
+                        }
+                        None => push_str(out, ">"),
+                    }
+                    escape_into(&sub.local, out);
+                    close(out, "Value");
+                }
+                for _ in &self.subcodes {
+                    close(out, "Subcode");
+                }
+                close(out, "Code");
+                open(out, "Reason");
+                push_str(out, "<");
+                push_str(out, prefix);
+                push_str(out, ":Text xml:lang=\"en\">");
+                escape_into(&self.reason, out);
+                close(out, "Text");
+                close(out, "Reason");
+                if let Some(node) = &self.node {
+                    open(out, "Node");
+                    escape_into(node, out);
+                    close(out, "Node");
+                }
+                if let Some(actor) = &self.actor {
+                    open(out, "Role");
+                    escape_into(actor, out);
+                    close(out, "Role");
+                }
+                if let Some(detail) = &self.detail {
+                    open(out, "Detail");
+                    out.extend_from_slice(detail);
+                    close(out, "Detail");
+                }
+            }
+        }
+        close(out, "Fault");
+    }
+}
+
+impl fmt::Display for SoapFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SOAP fault {}", self.code.local_name(self.version))?;
+        for sub in &self.subcodes {
+            write!(f, ".{}", sub.local)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for SoapFault {}

@@ -1,0 +1,482 @@
+//! The server side: [`SoapServerLayer`].
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Full, Limited};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::client::{body_error, SOAP_ACTION};
+use super::envelope::{Envelope, SoapLimits};
+use super::error::SoapError;
+use super::fault::{FaultCode, QualifiedName, SoapFault};
+use super::version::SoapVersion;
+use super::write::{escape_into, push_str, EnvelopeBody};
+use crate::BoxError;
+
+/// The operation a SOAP request calls, put in the request's extensions by
+/// [`SoapServerLayer`] for routing (next to the parsed [`Envelope`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SoapOperation {
+    version: SoapVersion,
+    action: Option<String>,
+    element: Option<QualifiedName>,
+}
+
+impl SoapOperation {
+    /// The SOAP version of the request.
+    pub fn version(&self) -> SoapVersion {
+        self.version
+    }
+
+    /// The action: the 1.1 `SOAPAction` header or the 1.2 `action` media type
+    /// parameter, without quotes (`None` when absent or empty).
+    pub fn action(&self) -> Option<&str> {
+        self.action.as_deref()
+    }
+
+    /// The first element of the Body.
+    pub fn element(&self) -> Option<&QualifiedName> {
+        self.element.as_ref()
+    }
+
+    /// The name to route on: the first Body element's local name, or the
+    /// action when the Body is empty.
+    pub fn name(&self) -> Option<&str> {
+        self.element.as_ref().map(|e| e.local.as_str()).or(self.action.as_deref())
+    }
+}
+
+/// Printable ASCII without quotes, at most 1024 bytes: what an action may be
+/// before it reaches a handler or a log.
+fn clean_action(raw: &[u8]) -> Option<String> {
+    let raw = raw.trim_ascii();
+    let raw = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")).unwrap_or(raw);
+    if raw.is_empty() || raw.len() > 1024 || !raw.iter().all(|b| (0x21..0x7f).contains(b) && *b != b'"') {
+        return None;
+    }
+    std::str::from_utf8(raw).ok().map(str::to_owned)
+}
+
+fn action_of(parts: &Parts, version: SoapVersion) -> Option<String> {
+    match version {
+        SoapVersion::V11 => parts.headers.get(SOAP_ACTION).and_then(|v| clean_action(v.as_bytes())),
+        SoapVersion::V12 => {
+            let ct = parts.headers.get(CONTENT_TYPE)?.as_bytes();
+            ct.split(|b| *b == b';').skip(1).find_map(|param| {
+                let param = param.trim_ascii();
+                let (k, v) = param.split_at(param.iter().position(|b| *b == b'=')?);
+                k.trim_ascii().eq_ignore_ascii_case(b"action").then(|| clean_action(&v[1..])).flatten()
+            })
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    limits: SoapLimits,
+    understood: Vec<QualifiedName>,
+    name: Arc<str>,
+}
+
+/// Server layer: parses SOAP 1.1 / 1.2 request envelopes for an axum or
+/// hyper handler, and wraps its answers in envelopes of the same version.
+///
+/// For each request it
+/// 1. reads the body (at most the [limit](SoapLimits::max_body)) and parses
+///    the envelope safely — a bad one is answered with a `Client`/`Sender`
+///    fault, an unknown envelope namespace with a `VersionMismatch` fault;
+/// 2. answers a `MustUnderstand` fault (SOAP 1.2: with `NotUnderstood` header
+///    blocks) when a header block for this node has `mustUnderstand` set and is
+///    not one declared with [`understands`](Self::understands);
+/// 3. calls the handler with the Body content as an `http::Request<Full<Bytes>>`
+///    (a slice of the request bytes, no copy) and the [`SoapOperation`] and
+///    [`Envelope`] in its extensions;
+/// 4. wraps the handler's response body as the Body of the response envelope,
+///    or turns its error into a Fault: a [`SoapFault`] (or
+///    [`SoapError::Fault`]) as is, anything else as a `Server`/`Receiver` fault
+///    that does not reveal the error (which is logged).
+///
+/// The service never fails, as axum's `Router::layer` / `route_service` require.
+#[derive(Clone, Debug)]
+pub struct SoapServerLayer {
+    config: Arc<Config>,
+}
+
+impl Default for SoapServerLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SoapServerLayer {
+    /// A server layer with the default limits that understands no header blocks.
+    pub fn new() -> Self {
+        SoapServerLayer {
+            config: Arc::new(Config { limits: SoapLimits::default(), understood: Vec::new(), name: "soap".into() }),
+        }
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Declare a header block the handler processes, so `mustUnderstand`
+    /// blocks of that name are accepted.
+    pub fn understands(mut self, header: QualifiedName) -> Self {
+        self.config().understood.push(header);
+        self
+    }
+
+    /// Size and depth limits for requests (default 4 MiB, 64).
+    pub fn limits(mut self, limits: SoapLimits) -> Self {
+        self.config().limits = limits;
+        self
+    }
+
+    /// The name used in logs and as the `service` label of the metrics.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        let name: String = name.into();
+        self.config().name = name.into();
+        self
+    }
+}
+
+impl<S> Layer<S> for SoapServerLayer {
+    type Service = SoapServer<S>;
+    fn layer(&self, inner: S) -> SoapServer<S> {
+        SoapServer { inner, config: self.config.clone(), ready_error: None }
+    }
+}
+
+/// The service made by [`SoapServerLayer`].
+pub struct SoapServer<S> {
+    inner: S,
+    config: Arc<Config>,
+    ready_error: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for SoapServer<S> {
+    fn clone(&self) -> Self {
+        SoapServer { inner: self.inner.clone(), config: self.config.clone(), ready_error: None }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SoapServer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SoapServer").field("inner", &self.inner).field("config", &self.config).finish()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for SoapServer<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqB: Body,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<EnvelopeBody>;
+    type Error = Infallible;
+    type Future = ServerFuture<S, ReqB, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.ready_error.is_none() {
+            if let Err(e) = ready!(self.inner.poll_ready(cx)) {
+                // Answered with a Receiver fault by the next call.
+                self.ready_error = Some(e.into());
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let version =
+            req.headers().get(CONTENT_TYPE).map_or(SoapVersion::V11, |v| SoapVersion::from_content_type(v.as_bytes()));
+        let config = self.config.clone();
+        if let Some(e) = self.ready_error.take() {
+            tracing::warn!(service = &*config.name, error = %e, "SOAP handler not ready");
+            let fault = SoapFault::server("service unavailable");
+            return ServerFuture { state: State::Done { res: Some(fault_response(&config, version, &fault, &[])) } };
+        }
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let (parts, body) = req.into_parts();
+        let limit = config.limits.body_limit();
+        if body.size_hint().lower() > limit as u64 {
+            let fault = SoapFault::client(SoapError::TooLarge { limit }.to_string());
+            let mut res = fault_response(&config, version, &fault, &[]);
+            *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return ServerFuture { state: State::Done { res: Some(res) } };
+        }
+        ServerFuture {
+            state: State::Reading {
+                body: Limited::new(body, limit).collect(),
+                parts: Some(parts),
+                inner: Some(inner),
+                config,
+                version,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`SoapServer`].
+    pub struct ServerFuture<S, ReqB, ResB>
+    where
+        S: Service<Request<Full<Bytes>>>,
+        ReqB: Body,
+        ReqB::Error: Into<BoxError>,
+        ResB: Body,
+        ResB::Error: Into<BoxError>,
+        ResB::Error: Into<BoxError>,
+    {
+        #[pin]
+        state: State<S, ReqB, ResB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqB, ResB>
+    where
+        S: Service<Request<Full<Bytes>>>,
+        ReqB: Body,
+        ReqB::Error: Into<BoxError>,
+        ResB: Body,
+        ResB::Error: Into<BoxError>,
+        ResB::Error: Into<BoxError>,
+    {
+        Reading { #[pin] body: Collect<Limited<ReqB>>, parts: Option<Parts>, inner: Option<S>, config: Arc<Config>, version: SoapVersion },
+        Calling { #[pin] fut: S::Future, config: Arc<Config>, version: SoapVersion },
+        Writing { #[pin] body: Collect<Limited<ResB>>, parts: Option<http::response::Parts>, config: Arc<Config>, version: SoapVersion },
+        Done { res: Option<Response<EnvelopeBody>> },
+    }
+}
+
+impl<S, ReqB, ResB> fmt::Debug for ServerFuture<S, ReqB, ResB>
+where
+    S: Service<Request<Full<Bytes>>>,
+    ReqB: Body,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body,
+    ResB::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerFuture").finish_non_exhaustive()
+    }
+}
+
+fn count_fault(config: &Config, version: SoapVersion, fault: &SoapFault) {
+    let code = fault.code().local_name(version);
+    metrics::counter!("tower_mesh_soap_faults_total", "service" => config.name.to_string(), "side" => "server", "code" => code)
+        .increment(1);
+}
+
+fn fault_response(
+    config: &Config,
+    version: SoapVersion,
+    fault: &SoapFault,
+    headers: &[Bytes],
+) -> Response<EnvelopeBody> {
+    count_fault(config, version, fault);
+    tracing::debug!(
+        service = &*config.name,
+        code = fault.code().local_name(version),
+        reason = fault.reason(),
+        "answering with a SOAP fault"
+    );
+    let mut res = Response::new(EnvelopeBody::fault_with_headers(version, headers, fault));
+    *res.status_mut() = fault.status_for(version);
+    res.headers_mut().insert(CONTENT_TYPE, content_type(version));
+    res
+}
+
+fn content_type(version: SoapVersion) -> HeaderValue {
+    match version {
+        SoapVersion::V11 => HeaderValue::from_static("text/xml; charset=utf-8"),
+        SoapVersion::V12 => HeaderValue::from_static("application/soap+xml; charset=utf-8"),
+    }
+}
+
+/// The fault answering a request that could not be parsed.
+fn parse_fault(err: &SoapError) -> (SoapVersion, SoapFault) {
+    match err {
+        SoapError::VersionMismatch { .. } => (
+            SoapVersion::V11,
+            SoapFault::new(FaultCode::VersionMismatch, "the envelope namespace is not SOAP 1.1 or 1.2"),
+        ),
+        other => (SoapVersion::V11, SoapFault::client(other.to_string())),
+    }
+}
+
+/// `NotUnderstood` header blocks (SOAP 1.2) for `names`.
+fn not_understood(names: &[&QualifiedName]) -> Vec<Bytes> {
+    names
+        .iter()
+        .map(|n| {
+            let mut out = Vec::with_capacity(128);
+            push_str(&mut out, "<soap:NotUnderstood qname=\"");
+            match &n.namespace {
+                Some(ns) => {
+                    push_str(&mut out, "nu:");
+                    escape_into(&n.local, &mut out);
+                    push_str(&mut out, "\" xmlns:nu=\"");
+                    escape_into(ns, &mut out);
+                }
+                None => escape_into(&n.local, &mut out),
+            }
+            push_str(&mut out, "\"/>");
+            Bytes::from(out)
+        })
+        .collect()
+}
+
+impl<S, ReqB, ResB> Future for ServerFuture<S, ReqB, ResB>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ReqB: Body,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body,
+    ResB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<EnvelopeBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Reading { body, parts, inner, config, version } => {
+                    let config = config.clone();
+                    let hint = *version;
+                    let limit = config.limits.body_limit();
+                    let read = ready!(body.poll(cx));
+                    let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
+                        return Poll::Ready(Ok(fault_response(
+                            &config,
+                            hint,
+                            &SoapFault::server("internal error"),
+                            &[],
+                        )));
+                    };
+                    let envelope = match read.map_err(|e| body_error(e, limit)) {
+                        Ok(collected) => Envelope::parse(collected.to_bytes(), &config.limits),
+                        Err(e) => Err(e),
+                    };
+                    let envelope = match envelope {
+                        Ok(env) => env,
+                        Err(e) => {
+                            let (v, mut fault) = parse_fault(&e);
+                            let v = if fault.is_version_mismatch() { v } else { hint };
+                            fault.version = v;
+                            let mut res = fault_response(&config, v, &fault, &[]);
+                            if matches!(e, SoapError::TooLarge { .. }) {
+                                *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                            }
+                            return Poll::Ready(Ok(res));
+                        }
+                    };
+                    let version = envelope.version();
+                    let missing: Vec<&QualifiedName> = envelope
+                        .headers()
+                        .iter()
+                        .filter(|h| h.must_understand() && h.targets_ultimate_receiver())
+                        .map(|h| h.name())
+                        .filter(|n| !config.understood.contains(n))
+                        .collect();
+                    if !missing.is_empty() {
+                        let reason = format!("header block {} not understood", missing[0]);
+                        let fault = SoapFault::new(FaultCode::MustUnderstand, reason);
+                        let blocks = if version == SoapVersion::V12 { not_understood(&missing) } else { Vec::new() };
+                        return Poll::Ready(Ok(fault_response(&config, version, &fault, &blocks)));
+                    }
+                    let op = SoapOperation {
+                        version,
+                        action: action_of(&parts, version),
+                        element: envelope.body_element().cloned(),
+                    };
+                    let body = Full::new(envelope.body());
+                    parts.extensions.insert(op);
+                    parts.extensions.insert(envelope);
+                    let fut = inner.call(Request::from_parts(parts, body));
+                    this.state.set(State::Calling { fut, config, version });
+                }
+                StateProj::Calling { fut, config, version } => {
+                    let config = config.clone();
+                    let version = *version;
+                    match ready!(fut.poll(cx)) {
+                        Ok(res) => {
+                            let (parts, body) = res.into_parts();
+                            let body = Limited::new(body, config.limits.body_limit()).collect();
+                            this.state.set(State::Writing { body, parts: Some(parts), config, version });
+                        }
+                        Err(e) => {
+                            let e: BoxError = e.into();
+                            let fault = match e.downcast::<SoapFault>() {
+                                Ok(f) => *f,
+                                Err(e) => match e.downcast::<SoapError>() {
+                                    Ok(se) => match *se {
+                                        SoapError::Fault(f) => *f,
+                                        other => {
+                                            tracing::warn!(service = &*config.name, error = %other, "SOAP handler failed");
+                                            SoapFault::server("internal server error")
+                                        }
+                                    },
+                                    Err(e) => {
+                                        tracing::warn!(service = &*config.name, error = %e, "SOAP handler failed");
+                                        SoapFault::server("internal server error")
+                                    }
+                                },
+                            };
+                            return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
+                        }
+                    }
+                }
+                StateProj::Writing { body, parts, config, version } => {
+                    let read = ready!(body.poll(cx));
+                    let parts = parts.take();
+                    let (config, version) = (config.clone(), *version);
+                    let (bytes, mut parts) = match (read, parts) {
+                        (Ok(c), Some(p)) => (c.to_bytes(), p),
+                        (Err(e), _) => {
+                            let e = body_error(e, config.limits.body_limit());
+                            tracing::warn!(service = &*config.name, error = %e, "reading the SOAP handler's response failed");
+                            let fault = SoapFault::server("internal server error");
+                            return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
+                        }
+                        (Ok(_), None) => {
+                            let fault = SoapFault::server("internal server error");
+                            return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
+                        }
+                    };
+                    parts.headers.insert(CONTENT_TYPE, content_type(version));
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                    let body = EnvelopeBody::new(version, &[], bytes);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Done { res } => {
+                    let fault = SoapFault::server("internal error");
+                    let config = Config { limits: SoapLimits::default(), understood: Vec::new(), name: "soap".into() };
+                    return Poll::Ready(Ok(res
+                        .take()
+                        .unwrap_or_else(|| fault_response(&config, SoapVersion::V11, &fault, &[]))));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! WSDL 1.1: services, ports, endpoint addresses and operations.
+
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty, Limited};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
+use tower_service::Service;
+
+use super::envelope::{resolve_ref, SoapLimits};
+use super::error::SoapError;
+use super::version::SoapVersion;
+use crate::BoxError;
+
+/// Namespace of WSDL 1.1.
+pub const WSDL_NS: &str = "http://schemas.xmlsoap.org/wsdl/";
+/// Namespace of the WSDL 1.1 SOAP 1.1 binding.
+pub const WSDL_SOAP11_NS: &str = "http://schemas.xmlsoap.org/wsdl/soap/";
+/// Namespace of the WSDL 1.1 SOAP 1.2 binding.
+pub const WSDL_SOAP12_NS: &str = "http://schemas.xmlsoap.org/wsdl/soap12/";
+
+/// A parsed WSDL 1.1 document (with SOAP 1.1 and SOAP 1.2 bindings).
+///
+/// ```
+/// use tower_mesh::soap::{SoapLimits, SoapVersion, Wsdl};
+///
+/// let wsdl = Wsdl::parse(br#"<definitions xmlns="http://schemas.xmlsoap.org/wsdl/"
+///     xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/" xmlns:tns="urn:calc" targetNamespace="urn:calc">
+///   <message name="AddIn"/><message name="AddOut"/>
+///   <portType name="Calc"><operation name="Add"><input message="tns:AddIn"/><output message="tns:AddOut"/></operation></portType>
+///   <binding name="CalcSoap" type="tns:Calc">
+///     <soap:binding transport="http://schemas.xmlsoap.org/soap/http" style="document"/>
+///     <operation name="Add"><soap:operation soapAction="urn:calc#Add"/></operation>
+///   </binding>
+///   <service name="Calculator"><port name="CalcSoap" binding="tns:CalcSoap">
+///     <soap:address location="http://127.0.0.1:8080/calc"/></port></service>
+/// </definitions>"#, &SoapLimits::default()).unwrap();
+///
+/// let op = wsdl.operation("Add").unwrap();
+/// assert_eq!(op.soap_action.as_deref(), Some("urn:calc#Add"));
+/// assert_eq!(op.address.as_deref(), Some("http://127.0.0.1:8080/calc"));
+/// assert_eq!(op.version, Some(SoapVersion::V11));
+/// assert_eq!(op.input.as_deref(), Some("AddIn"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wsdl {
+    /// `targetNamespace` of the definitions.
+    pub target_namespace: Option<String>,
+    /// The `message` names.
+    pub messages: Vec<String>,
+    /// The port types (abstract operations).
+    pub port_types: Vec<WsdlPortType>,
+    /// The bindings.
+    pub bindings: Vec<WsdlBinding>,
+    /// The services.
+    pub services: Vec<WsdlService>,
+}
+
+/// A `portType`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsdlPortType {
+    /// Its name.
+    pub name: String,
+    /// Its operations.
+    pub operations: Vec<WsdlAbstractOperation>,
+}
+
+/// An operation of a `portType`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsdlAbstractOperation {
+    /// Its name.
+    pub name: String,
+    /// The input message (local name).
+    pub input: Option<String>,
+    /// The output message (local name).
+    pub output: Option<String>,
+    /// The fault messages (local names).
+    pub faults: Vec<String>,
+}
+
+/// A `binding`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsdlBinding {
+    /// Its name.
+    pub name: String,
+    /// The port type it binds (local name).
+    pub port_type: String,
+    /// The SOAP version of a `soap:binding` / `soap12:binding`; `None` for other bindings (HTTP GET/POST).
+    pub version: Option<SoapVersion>,
+    /// `style` of the SOAP binding (`document` or `rpc`).
+    pub style: Option<String>,
+    /// `transport` of the SOAP binding.
+    pub transport: Option<String>,
+    /// The bound operations.
+    pub operations: Vec<WsdlBindingOperation>,
+}
+
+/// An operation of a `binding`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsdlBindingOperation {
+    /// Its name.
+    pub name: String,
+    /// `soapAction` of its `soap:operation`.
+    pub soap_action: Option<String>,
+    /// `style` of its `soap:operation`, if set.
+    pub style: Option<String>,
+}
+
+/// A `service`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsdlService {
+    /// Its name.
+    pub name: String,
+    /// Its ports.
+    pub ports: Vec<WsdlPort>,
+}
+
+/// A `port` of a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsdlPort {
+    /// Its name.
+    pub name: String,
+    /// The binding (local name).
+    pub binding: String,
+    /// The endpoint address (`soap:address`, `soap12:address` or `http:address` location).
+    pub address: Option<String>,
+    /// The SOAP version of the address element; `None` for non-SOAP ports.
+    pub version: Option<SoapVersion>,
+}
+
+/// An operation as a client calls it: where, with which action and messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsdlOperation {
+    /// The service name.
+    pub service: String,
+    /// The port name.
+    pub port: String,
+    /// The endpoint address.
+    pub address: Option<String>,
+    /// The SOAP version of the binding.
+    pub version: Option<SoapVersion>,
+    /// The operation name.
+    pub name: String,
+    /// Its `soapAction`.
+    pub soap_action: Option<String>,
+    /// The binding style (operation's, else binding's).
+    pub style: Option<String>,
+    /// The input message (local name).
+    pub input: Option<String>,
+    /// The output message (local name).
+    pub output: Option<String>,
+}
+
+fn local_of(qname: &str) -> String {
+    qname.rsplit(':').next().unwrap_or(qname).to_owned()
+}
+
+fn ns_of<'r>(r: &'r ResolveResult<'r>) -> Option<&'r str> {
+    match r {
+        ResolveResult::Bound(ns) => Some(ns.0),
+        _ => None,
+    }
+}
+
+fn attr(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, SoapError> {
+    for a in e.attributes() {
+        let a = a.map_err(|err| SoapError::xml(0, err.into()))?;
+        if a.key.0 == name {
+            let v = a.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|err| SoapError::xml(0, err))?;
+            return Ok(Some(v.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ns {
+    Wsdl,
+    Soap11,
+    Soap12,
+    Http,
+    Other,
+}
+
+impl Wsdl {
+    /// Parse a WSDL 1.1 document (refusing DOCTYPEs and undefined entities,
+    /// within `limits`).
+    pub fn parse(document: &[u8], limits: &SoapLimits) -> Result<Wsdl, SoapError> {
+        if document.len() > limits.body_limit() {
+            return Err(SoapError::TooLarge { limit: limits.body_limit() });
+        }
+        let text = std::str::from_utf8(document).map_err(|_| SoapError::NotUtf8)?;
+        let mut reader = NsReader::from_str(text);
+        let mut wsdl = Wsdl::default();
+        // Local names (in the WSDL namespace, else "") of the open elements.
+        let mut path: Vec<(Ns, String)> = Vec::new();
+        let mut saw_root = false;
+        loop {
+            let event = reader.read_event().map_err(|e| SoapError::xml(reader.error_position(), e))?;
+            let (e, empty) = match event {
+                Event::DocType(_) => return Err(SoapError::DocType),
+                Event::GeneralRef(r) => {
+                    resolve_ref(&r)?;
+                    continue;
+                }
+                Event::Start(e) => (e, false),
+                Event::Empty(e) => (e, true),
+                Event::End(_) => {
+                    path.pop();
+                    continue;
+                }
+                Event::Eof => break,
+                _ => continue,
+            };
+            if path.len() + 1 > limits.depth_limit() {
+                return Err(SoapError::TooDeep { limit: limits.depth_limit() });
+            }
+            let (rns, local) = reader.resolver().resolve_element(e.name());
+            let ns = match ns_of(&rns) {
+                Some(WSDL_NS) => Ns::Wsdl,
+                Some(WSDL_SOAP11_NS) => Ns::Soap11,
+                Some(WSDL_SOAP12_NS) => Ns::Soap12,
+                Some("http://schemas.xmlsoap.org/wsdl/http/") => Ns::Http,
+                _ => Ns::Other,
+            };
+            let local = local.into_inner();
+            if !saw_root {
+                saw_root = true;
+                if ns != Ns::Wsdl || local != "definitions" {
+                    return Err(SoapError::NotWsdl);
+                }
+                wsdl.target_namespace = attr(&e, "targetNamespace")?;
+            }
+            let parent: Vec<(Ns, &str)> = path.iter().map(|(n, s)| (*n, s.as_str())).collect();
+            let name = || attr(&e, "name").map(Option::unwrap_or_default);
+            let version = match ns {
+                Ns::Soap11 => Some(SoapVersion::V11),
+                Ns::Soap12 => Some(SoapVersion::V12),
+                _ => None,
+            };
+            match (parent.as_slice(), ns, local) {
+                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "message") => wsdl.messages.push(name()?),
+                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "portType") => {
+                    wsdl.port_types.push(WsdlPortType { name: name()?, operations: Vec::new() })
+                }
+                ([_, (Ns::Wsdl, "portType")], Ns::Wsdl, "operation") => {
+                    if let Some(pt) = wsdl.port_types.last_mut() {
+                        pt.operations.push(WsdlAbstractOperation { name: name()?, ..Default::default() });
+                    }
+                }
+                (
+                    [_, (Ns::Wsdl, "portType"), (Ns::Wsdl, "operation")],
+                    Ns::Wsdl,
+                    kind @ ("input" | "output" | "fault"),
+                ) => {
+                    let message = attr(&e, "message")?.map(|m| local_of(&m));
+                    if let Some(op) = wsdl.port_types.last_mut().and_then(|pt| pt.operations.last_mut()) {
+                        match kind {
+                            "input" => op.input = message,
+                            "output" => op.output = message,
+                            _ => op.faults.extend(message),
+                        }
+                    }
+                }
+                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "binding") => wsdl.bindings.push(WsdlBinding {
+                    name: name()?,
+                    port_type: attr(&e, "type")?.map(|t| local_of(&t)).unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ([_, (Ns::Wsdl, "binding")], Ns::Soap11 | Ns::Soap12, "binding") => {
+                    if let Some(b) = wsdl.bindings.last_mut() {
+                        b.version = version;
+                        b.style = attr(&e, "style")?;
+                        b.transport = attr(&e, "transport")?;
+                    }
+                }
+                ([_, (Ns::Wsdl, "binding")], Ns::Wsdl, "operation") => {
+                    if let Some(b) = wsdl.bindings.last_mut() {
+                        b.operations.push(WsdlBindingOperation { name: name()?, ..Default::default() });
+                    }
+                }
+                ([_, (Ns::Wsdl, "binding"), (Ns::Wsdl, "operation")], Ns::Soap11 | Ns::Soap12, "operation") => {
+                    let action = attr(&e, "soapAction")?;
+                    let style = attr(&e, "style")?;
+                    if let Some(op) = wsdl.bindings.last_mut().and_then(|b| b.operations.last_mut()) {
+                        op.soap_action = action;
+                        op.style = style;
+                    }
+                }
+                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "service") => {
+                    wsdl.services.push(WsdlService { name: name()?, ports: Vec::new() })
+                }
+                ([_, (Ns::Wsdl, "service")], Ns::Wsdl, "port") => {
+                    let binding = attr(&e, "binding")?.map(|b| local_of(&b)).unwrap_or_default();
+                    if let Some(s) = wsdl.services.last_mut() {
+                        s.ports.push(WsdlPort { name: name()?, binding, ..Default::default() });
+                    }
+                }
+                ([_, (Ns::Wsdl, "service"), (Ns::Wsdl, "port")], Ns::Soap11 | Ns::Soap12 | Ns::Http, "address") => {
+                    let location = attr(&e, "location")?;
+                    if let Some(p) = wsdl.services.last_mut().and_then(|s| s.ports.last_mut()) {
+                        p.address = location;
+                        p.version = version;
+                    }
+                }
+                _ => {}
+            }
+            if !empty {
+                path.push((ns, local.to_owned()));
+            }
+        }
+        if !saw_root {
+            return Err(SoapError::NotWsdl);
+        }
+        if !path.is_empty() {
+            return Err(SoapError::Structure("unclosed element in WSDL"));
+        }
+        Ok(wsdl)
+    }
+
+    /// Every SOAP operation of every port: service, port, address, version,
+    /// soapAction and messages. Ports with non-SOAP bindings are left out.
+    pub fn operations(&self) -> Vec<WsdlOperation> {
+        let mut out = Vec::new();
+        for service in &self.services {
+            for port in &service.ports {
+                let Some(binding) = self.bindings.iter().find(|b| b.name == port.binding) else { continue };
+                let Some(version) = binding.version.or(port.version) else { continue };
+                let port_type = self.port_types.iter().find(|pt| pt.name == binding.port_type);
+                for op in &binding.operations {
+                    let abstract_op = port_type.and_then(|pt| pt.operations.iter().find(|o| o.name == op.name));
+                    out.push(WsdlOperation {
+                        service: service.name.clone(),
+                        port: port.name.clone(),
+                        address: port.address.clone(),
+                        version: Some(version),
+                        name: op.name.clone(),
+                        soap_action: op.soap_action.clone(),
+                        style: op.style.clone().or_else(|| binding.style.clone()),
+                        input: abstract_op.and_then(|o| o.input.clone()),
+                        output: abstract_op.and_then(|o| o.output.clone()),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The first SOAP operation named `name` (SOAP 1.1 ports first, then 1.2).
+    pub fn operation(&self, name: &str) -> Option<WsdlOperation> {
+        let ops = self.operations();
+        let pick = |v| ops.iter().find(|o| o.name == name && o.version == Some(v)).cloned();
+        pick(SoapVersion::V11).or_else(|| pick(SoapVersion::V12))
+    }
+
+    /// Fetch and parse the WSDL at `url` with `client` (basic auth when the URL
+    /// carries credentials), within `limits`.
+    pub async fn fetch<S, B>(client: S, url: &WsdlUrl, limits: &SoapLimits) -> Result<Wsdl, SoapError>
+    where
+        S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
+        S::Error: Into<BoxError>,
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let mut client = client;
+        tracing::debug!(url = %url, "fetching WSDL");
+        std::future::poll_fn(|cx| client.poll_ready(cx)).await.map_err(|e| SoapError::Transport(e.into()))?;
+        let res = client.call(url.request()).await.map_err(|e| SoapError::Transport(e.into()))?;
+        let (parts, body) = res.into_parts();
+        if !parts.status.is_success() {
+            return Err(SoapError::Status(parts.status));
+        }
+        let limit = limits.body_limit();
+        let bytes =
+            Limited::new(body, limit).collect().await.map_err(|e| super::client::body_error(e, limit))?.to_bytes();
+        Wsdl::parse(&bytes, limits)
+    }
+}
+
+/// `Basic base64(user:password)`.
+pub(crate) fn basic_auth_value(user: &str, password: &str) -> HeaderValue {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut v = HeaderValue::try_from(format!("Basic {token}")).unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    v.set_sensitive(true);
+    v
+}
+
+/// A WSDL location, with the credentials it carried taken out: from the
+/// user-info (`https://user:pass@host/…`) or from `user` / `password` query
+/// parameters (`…?WSDL&user=u&password=p`). They are sent as HTTP basic
+/// authentication and never shown: `Display` and `Debug` print
+/// `https://user:***@host/…`.
+///
+/// ```
+/// use tower_mesh::soap::WsdlUrl;
+///
+/// let url = WsdlUrl::parse("https://alice:p%40ss@example.com/svc?wsdl").unwrap();
+/// assert_eq!(url.uri(), "https://example.com/svc?wsdl");
+/// assert_eq!(url.username(), Some("alice"));
+/// assert_eq!(url.to_string(), "https://alice:***@example.com/svc?wsdl");
+/// assert!(!format!("{url:?}").contains("p@ss"));
+/// ```
+#[derive(Clone)]
+pub struct WsdlUrl {
+    uri: Uri,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+fn percent_decode(s: &str) -> Result<String, SoapError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or(SoapError::InvalidUrl("bad percent-encoding"))?;
+            let hex = std::str::from_utf8(hex).map_err(|_| SoapError::InvalidUrl("bad percent-encoding"))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| SoapError::InvalidUrl("bad percent-encoding"))?);
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| SoapError::InvalidUrl("credentials are not UTF-8"))
+}
+
+impl WsdlUrl {
+    /// Parse `url`, taking its credentials out.
+    pub fn parse(url: &str) -> Result<WsdlUrl, SoapError> {
+        let (scheme, rest) = url.split_once("://").ok_or(SoapError::InvalidUrl("no scheme"))?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(SoapError::InvalidUrl("scheme is not http or https"));
+        }
+        let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(auth_end);
+        let (mut username, mut password, host) = match authority.rsplit_once('@') {
+            Some((info, host)) => {
+                let (u, p) = match info.split_once(':') {
+                    Some((u, p)) => (percent_decode(u)?, Some(percent_decode(p)?)),
+                    None => (percent_decode(info)?, None),
+                };
+                (Some(u), p, host)
+            }
+            None => (None, None, authority),
+        };
+        let tail = tail.split('#').next().unwrap_or_default();
+        let (path, query) = match tail.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (tail, None),
+        };
+        let mut kept = Vec::new();
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "user" | "username" if username.is_none() => username = Some(percent_decode(v)?),
+                "password" if password.is_none() => password = Some(percent_decode(v)?),
+                _ => kept.push(pair),
+            }
+        }
+        let mut clean = format!("{scheme}://{host}{path}");
+        if !kept.is_empty() {
+            clean.push('?');
+            clean.push_str(&kept.join("&"));
+        }
+        let uri: Uri = clean.parse().map_err(|_| SoapError::InvalidUrl("not a valid URI"))?;
+        if uri.host().is_none() {
+            return Err(SoapError::InvalidUrl("no host"));
+        }
+        Ok(WsdlUrl { uri, username, password })
+    }
+
+    /// The URI without credentials.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The user name, if the URL had credentials.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// Whether a password came with the URL.
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// The `Authorization: Basic …` value for the URL's credentials (marked sensitive).
+    pub fn authorization(&self) -> Option<HeaderValue> {
+        let user = self.username.as_deref()?;
+        Some(basic_auth_value(user, self.password.as_deref().unwrap_or_default()))
+    }
+
+    /// The GET request that fetches the WSDL.
+    pub fn request(&self) -> Request<Empty<Bytes>> {
+        let mut req = Request::new(Empty::new());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = self.uri.clone();
+        if let Some(auth) = self.authorization() {
+            req.headers_mut().insert(AUTHORIZATION, auth);
+        }
+        req
+    }
+
+    /// A client layer for `address` (e.g. a port's address from this WSDL)
+    /// using these credentials as basic auth.
+    pub fn client_layer(&self, address: Uri) -> super::SoapEnvelopeLayer {
+        let layer = super::SoapEnvelopeLayer::new(address);
+        match &self.username {
+            Some(u) => layer.basic_auth(u, self.password.as_deref().unwrap_or_default()),
+            None => layer,
+        }
+    }
+}
+
+impl fmt::Display for WsdlUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.uri.scheme_str().unwrap_or("http");
+        let authority = self.uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        write!(f, "{scheme}://")?;
+        if let Some(u) = &self.username {
+            write!(f, "{u}")?;
+            if self.password.is_some() {
+                f.write_str(":***")?;
+            }
+            f.write_str("@")?;
+        }
+        write!(f, "{authority}{path}")
+    }
+}
+
+impl fmt::Debug for WsdlUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("WsdlUrl").field(&format_args!("{self}")).finish()
+    }
+}
