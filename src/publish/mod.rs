@@ -38,6 +38,7 @@
 
 mod config;
 mod confirm;
+mod dead_letter;
 mod error;
 mod event;
 
@@ -45,6 +46,7 @@ pub use self::config::{PublisherConfig, ReconnectBackoff};
 pub use self::confirm::{
     Confirmation, ConnectionState, LostSignal, Outgoing, Publisher, Receipt, ResponseFuture, Transport,
 };
+pub use self::dead_letter::{DeadLetter, DeadLetterLayer, DeadLettered, REASON_ATTRIBUTE, SERVICE_ATTRIBUTE};
 pub use self::error::{InvalidEvent, PublishClassifier, PublishError};
 pub use self::event::{ContentMode, Event, EventBuilder, MAX_ATTRIBUTE_LEN, SPEC_VERSION, STRUCTURED_CONTENT_TYPE};
 
