@@ -490,3 +490,8 @@ fn finish(config: &Config, status: StatusCode, headers: HeaderMap, bytes: Bytes)
         Ok(envelope) => Ok(SoapResponse { status, headers, envelope }),
     }
 }
+
+#[cfg(test)]
+pub(crate) fn action_value_for_test(version: SoapVersion, action: Option<&str>) -> Result<HeaderValue, SoapError> {
+    action_value(version, action)
+}

@@ -24,3 +24,6 @@ pub use wsdl::{
     Wsdl, WsdlAbstractOperation, WsdlBinding, WsdlBindingOperation, WsdlOperation, WsdlPort, WsdlPortType, WsdlService,
     WsdlUrl, WSDL_NS, WSDL_SOAP11_NS, WSDL_SOAP12_NS,
 };
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+use bytes::Bytes;
+
+use super::*;
+
+fn parse(s: &str) -> Result<Envelope, SoapError> {
+    Envelope::parse(Bytes::copy_from_slice(s.as_bytes()), &SoapLimits::default())
+}
+
+const ENV11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+
+#[test]
+fn body_and_header_blocks_are_exact_slices() {
+    let msg = format!(
+        "<?xml version=\"1.0\"?>\n<s:Envelope xmlns:s=\"{ENV11}\">\n <s:Header>\n  <a:One xmlns:a=\"urn:a\" s:mustUnderstand=\"1\">x</a:One>\n  <b:Two xmlns:b=\"urn:b\" s:actor=\"urn:other\"/>\n </s:Header>\n <s:Body>  <m:Op xmlns:m=\"urn:m\"><v>1 &lt; 2</v></m:Op>  </s:Body>\n</s:Envelope>\n"
+    );
+    let env = parse(&msg).unwrap();
+    assert_eq!(env.version(), SoapVersion::V11);
+    assert_eq!(env.body_str(), "  <m:Op xmlns:m=\"urn:m\"><v>1 &lt; 2</v></m:Op>  ");
+    assert_eq!(env.body_element(), Some(&QualifiedName::new("urn:m", "Op")));
+    let h = env.headers();
+    assert_eq!(h.len(), 2);
+    assert_eq!(&h[0].raw()[..], &b"<a:One xmlns:a=\"urn:a\" s:mustUnderstand=\"1\">x</a:One>"[..]);
+    assert!(h[0].must_understand() && h[0].targets_ultimate_receiver());
+    assert_eq!(h[0].name(), &QualifiedName::new("urn:a", "One"));
+    assert_eq!(&h[1].raw()[..], &b"<b:Two xmlns:b=\"urn:b\" s:actor=\"urn:other\"/>"[..]);
+    assert!(!h[1].must_understand());
+    assert_eq!(h[1].role(), Some("urn:other"));
+    assert!(!h[1].targets_ultimate_receiver());
+    assert!(env.fault().is_none());
+    // The body is a view into the same allocation.
+    assert_eq!(env.body().as_ptr(), env.message()[msg.find("  <m:Op").unwrap()..].as_ptr());
+}
+
+#[test]
+fn empty_body_and_default_namespace() {
+    let env = parse("<Envelope xmlns=\"http://www.w3.org/2003/05/soap-envelope\"><Body/></Envelope>").unwrap();
+    assert_eq!(env.version(), SoapVersion::V12);
+    assert_eq!(env.body_str(), "");
+    assert!(env.body_element().is_none());
+}
+
+#[test]
+fn refusals_are_typed() {
+    let cases: &[(&str, fn(&SoapError) -> bool)] = &[
+        ("<!DOCTYPE x [<!ENTITY a \"aaaa\">]><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body>&a;</s:Body></s:Envelope>", |e| matches!(e, SoapError::DocType)),
+        ("<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><x>&lol9;</x></s:Body></s:Envelope>", |e| matches!(e, SoapError::UndefinedEntity(n) if n == "lol9")),
+        ("<s:Envelope xmlns:s=\"urn:not-soap\"><s:Body/></s:Envelope>", |e| matches!(e, SoapError::VersionMismatch { namespace } if namespace == "urn:not-soap")),
+        ("<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"></s:Envelope>", |e| matches!(e, SoapError::Structure(_))),
+        ("<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><a></b></s:Body></s:Envelope>", |e| matches!(e, SoapError::Malformed(_))),
+        ("<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><a>", |e| matches!(e, SoapError::Structure(_) | SoapError::Malformed(_))),
+        ("<html><body>502 Bad Gateway</body></html>", |e| matches!(e, SoapError::NotAnEnvelope)),
+        ("", |e| matches!(e, SoapError::NotAnEnvelope)),
+        ("<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body/></s:Envelope><extra/>", |e| matches!(e, SoapError::Structure(_) | SoapError::Malformed(_))),
+    ];
+    for (doc, check) in cases {
+        let err = parse(doc).unwrap_err();
+        assert!(check(&err), "{doc}: {err:?}");
+    }
+    assert!(matches!(
+        Envelope::parse(Bytes::from_static(b"\xff\xfe<"), &SoapLimits::default()),
+        Err(SoapError::NotUtf8)
+    ));
+}
+
+#[test]
+fn size_and_depth_limits() {
+    let deep = format!(
+        "<s:Envelope xmlns:s=\"{ENV11}\"><s:Body>{}{}</s:Body></s:Envelope>",
+        "<a>".repeat(100),
+        "</a>".repeat(100)
+    );
+    assert!(matches!(parse(&deep), Err(SoapError::TooDeep { limit: 64 })));
+    let ok = Envelope::parse(Bytes::from(deep.clone()), &SoapLimits::new().max_depth(200));
+    assert!(ok.is_ok());
+    let small = SoapLimits::new().max_body(10);
+    assert!(matches!(Envelope::parse(Bytes::from(deep), &small), Err(SoapError::TooLarge { limit: 10 })));
+}
+
+#[test]
+fn written_faults_parse_back_in_both_versions() {
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let fault = SoapFault::client("bad <input> & \"more\"")
+            .with_subcode(QualifiedName::new("urn:app", "InvalidAccount"))
+            .with_actor("urn:billing")
+            .with_detail("<e:code xmlns:e=\"urn:app\">42</e:code>");
+        let body = EnvelopeBody::fault(version, &fault).to_bytes();
+        let env = Envelope::parse(body, &SoapLimits::default()).unwrap();
+        let back = env.fault().unwrap();
+        assert_eq!(back.version(), version);
+        assert!(back.is_client());
+        assert_eq!(back.reason(), "bad <input> & \"more\"");
+        assert_eq!(back.actor(), Some("urn:billing"));
+        assert_eq!(back.subcodes()[0].local, "InvalidAccount");
+        if version == SoapVersion::V12 {
+            assert_eq!(back.subcodes()[0].namespace.as_deref(), Some("urn:app"));
+        }
+        assert_eq!(&back.detail().unwrap()[..], &b"<e:code xmlns:e=\"urn:app\">42</e:code>"[..]);
+    }
+}
+
+#[test]
+fn username_token_digest_and_freshness() {
+    let token = UsernameToken::digest("alice", "s3cret").timestamp(None);
+    let mut out = Vec::new();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_704_067_200); // 2024-01-01
+    token.write_with(SoapVersion::V11, t, b"0123456789abcdef", &mut out);
+    let s = String::from_utf8(out).unwrap();
+    assert!(s.contains("<wsse:Username>alice</wsse:Username>"));
+    assert!(s.contains("#PasswordDigest\">OV9P0br1OAsNn9E57LcrmYfobc0=</wsse:Password>"), "{s}");
+    assert!(s.contains(">MDEyMzQ1Njc4OWFiY2RlZg==</wsse:Nonce>"));
+    assert!(s.contains("<wsu:Created>2024-01-01T00:00:00.000Z</wsu:Created>"));
+    assert!(!s.contains("s3cret"));
+
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    token.write(SoapVersion::V11, &mut a).unwrap();
+    token.write(SoapVersion::V11, &mut b).unwrap();
+    let nonce = |v: &[u8]| {
+        let s = std::str::from_utf8(v).unwrap().to_owned();
+        let start = s.find("Base64Binary\">").unwrap() + 14;
+        s[start..start + 24].to_owned()
+    };
+    assert_ne!(nonce(&a), nonce(&b), "a fresh nonce per request");
+
+    let text = UsernameToken::text("bob", "p<w>");
+    let mut out = Vec::new();
+    text.write(SoapVersion::V12, &mut out).unwrap();
+    let s = String::from_utf8(out).unwrap();
+    assert!(s.contains("#PasswordText\">p&lt;w&gt;</wsse:Password>"));
+    assert!(s.contains("soap:mustUnderstand=\"true\""));
+    assert!(s.contains("<wsu:Timestamp><wsu:Created>"));
+}
+
+#[test]
+fn classifier_counts_server_faults_only() {
+    use crate::classify::{Classify, Outcome};
+    let c = SoapClassifier::new();
+    let outcome = |e: SoapError| Classify::<(), SoapError>::classify(&c, Err(&e));
+    assert_eq!(outcome(SoapFault::server("x").into()), Outcome::Failure(SERVER_FAULT));
+    assert_eq!(outcome(SoapFault::client("x").into()), Outcome::Success);
+    assert_eq!(outcome(SoapFault::new(FaultCode::MustUnderstand, "x").into()), Outcome::Success);
+    assert_eq!(outcome(SoapFault::new(FaultCode::VersionMismatch, "x").into()), Outcome::Success);
+    assert!(outcome(SoapError::Status(http::StatusCode::BAD_GATEWAY)).is_failure());
+    assert!(outcome(SoapError::Transport("refused".into())).is_failure());
+    let ignoring = SoapClassifier::new().client_faults(Outcome::Ignored);
+    let e: SoapError = SoapFault::client("x").into();
+    assert_eq!(Classify::<(), SoapError>::classify(&ignoring, Err(&e)), Outcome::Ignored);
+    // Boxed errors too.
+    let boxed: crate::BoxError = Box::new(SoapFault::server("x"));
+    assert!(Classify::<(), crate::BoxError>::classify(&c, Err(&boxed)).is_failure());
+    let boxed: crate::BoxError = Box::new(SoapError::from(SoapFault::client("x")));
+    assert_eq!(Classify::<(), crate::BoxError>::classify(&c, Err(&boxed)), Outcome::Success);
+    assert_eq!(Classify::<u8, SoapError>::classify(&c, Ok(&1)), Outcome::Success);
+}
+
+#[test]
+fn wsdl_url_credentials() {
+    let u = WsdlUrl::parse("https://secure.example.com/service?WSDL&user=username&password=pa%20ss").unwrap();
+    assert_eq!(u.uri(), "https://secure.example.com/service?WSDL");
+    assert_eq!(u.username(), Some("username"));
+    assert!(u.has_password());
+    let auth = u.authorization().unwrap();
+    assert!(auth.is_sensitive());
+    // base64("username:pa ss")
+    assert_eq!(auth, "Basic dXNlcm5hbWU6cGEgc3M=");
+    assert!(!u.to_string().contains("pa ss") && !format!("{u:?}").contains("pa"));
+    let plain = WsdlUrl::parse("http://127.0.0.1:8080/calc?wsdl").unwrap();
+    assert!(plain.authorization().is_none());
+    assert_eq!(plain.to_string(), "http://127.0.0.1:8080/calc?wsdl");
+    assert!(WsdlUrl::parse("ftp://x/y").is_err());
+    assert!(WsdlUrl::parse("no-scheme").is_err());
+    assert!(WsdlUrl::parse("http://u:%zz@h/").is_err());
+}
+
+#[test]
+fn soap_action_values() {
+    assert_eq!(client::action_value_for_test(SoapVersion::V11, Some("urn:a#b")).unwrap(), "\"urn:a#b\"");
+    assert_eq!(client::action_value_for_test(SoapVersion::V11, None).unwrap(), "\"\"");
+    assert_eq!(
+        client::action_value_for_test(SoapVersion::V12, Some("urn:a")).unwrap(),
+        "application/soap+xml; charset=utf-8; action=\"urn:a\""
+    );
+    assert!(client::action_value_for_test(SoapVersion::V11, Some("a\"b")).is_err());
+    assert!(client::action_value_for_test(SoapVersion::V12, Some("a\r\nX: y")).is_err());
+}

@@ -1,0 +1,584 @@
+#![cfg(feature = "soap")]
+//! SOAP layers: published message formats, WSDLs, and our client against our
+//! server over real HTTP on 127.0.0.1, in both SOAP versions.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_mesh::soap::*;
+use tower_mesh::BoxError;
+
+fn fixture(name: &str) -> Bytes {
+    let path = format!("{}/tests/fixtures/soap/{name}", env!("CARGO_MANIFEST_DIR"));
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
+}
+
+fn parse(name: &str) -> Envelope {
+    Envelope::parse(fixture(name), &SoapLimits::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+// ---------------------------------------------------------------- fixtures
+
+#[test]
+fn soap11_spec_request_and_response() {
+    let req = parse("soap11_request.xml");
+    assert_eq!(req.version(), SoapVersion::V11);
+    assert_eq!(req.headers().len(), 1);
+    let tx = &req.headers()[0];
+    assert_eq!(tx.name(), &QualifiedName::new("some-URI", "Transaction"));
+    assert!(tx.must_understand());
+    assert_eq!(req.body_element(), Some(&QualifiedName::new("Some-URI", "GetLastTradePrice")));
+    assert!(req.body_str().trim().starts_with("<m:GetLastTradePrice"));
+
+    let res = parse("soap11_response.xml");
+    assert!(res.fault().is_none());
+    #[derive(serde::Deserialize)]
+    struct Quote {
+        #[serde(rename = "Price")]
+        price: f64,
+    }
+    let quote: Quote = res.deserialize().unwrap();
+    assert_eq!(quote.price, 34.5);
+}
+
+#[test]
+fn soap11_faults() {
+    let env = parse("soap11_fault.xml");
+    let f = env.fault().unwrap();
+    assert!(f.is_server() && !f.is_client());
+    assert_eq!(f.reason(), "Server Error");
+    assert_eq!(f.code_name(), &QualifiedName::new(SOAP11_ENV_NS, "Server"));
+    let detail = std::str::from_utf8(f.detail().unwrap()).unwrap();
+    assert!(detail.trim().starts_with("<e:myfaultdetails"), "{detail}");
+    assert!(detail.contains("1001"));
+    assert!(matches!(env.into_result(), Err(SoapError::Fault(_))));
+
+    let f = parse("soap11_fault_client.xml").fault().cloned().unwrap();
+    assert!(f.is_client());
+    assert_eq!(f.code(), FaultCode::Client);
+    assert_eq!(f.subcodes()[0].local, "Authentication");
+    assert_eq!(f.reason(), "Invalid username & password \u{2014} access denied");
+    assert_eq!(f.actor(), Some("http://gateway.example.org/auth"));
+    assert_eq!(f.detail().map(|d| d.len()), Some(0));
+    assert_eq!(f.to_string(), "SOAP fault Client.Authentication: Invalid username & password \u{2014} access denied");
+
+    let f = parse("soap11_fault_mustunderstand.xml").fault().cloned().unwrap();
+    assert!(f.is_must_understand() && !f.is_client() && !f.is_server());
+}
+
+#[test]
+fn soap12_spec_request_and_faults() {
+    let req = parse("soap12_request.xml");
+    assert_eq!(req.version(), SoapVersion::V12);
+    let names: Vec<_> = req.headers().iter().map(|h| h.name().local.as_str()).collect();
+    assert_eq!(names, ["reservation", "passenger"]);
+    assert!(req.headers().iter().all(|h| h.must_understand() && h.targets_ultimate_receiver()));
+    assert_eq!(
+        req.body_element(),
+        Some(&QualifiedName::new("http://travelcompany.example.org/reservation/travel", "itinerary"))
+    );
+    assert!(String::from_utf8_lossy(req.headers()[1].raw()).contains("Åke Jógvan Øyvind"));
+
+    let f = parse("soap12_fault.xml").fault().cloned().unwrap();
+    assert!(f.is_client());
+    assert_eq!(f.version(), SoapVersion::V12);
+    assert_eq!(f.subcodes(), &[QualifiedName::new("http://www.example.org/timeouts", "MessageTimeout")]);
+    assert_eq!(f.reason(), "Sender Timeout");
+    assert!(std::str::from_utf8(f.detail().unwrap()).unwrap().contains("<m:MaxTime>P5M</m:MaxTime>"));
+
+    let env = parse("soap12_fault_mustunderstand.xml");
+    assert_eq!(env.headers().len(), 2);
+    let f = env.fault().unwrap();
+    assert!(f.is_must_understand());
+    assert!(f.reason().starts_with("One or more mandatory"));
+
+    let f = parse("soap12_fault_receiver.xml").fault().cloned().unwrap();
+    assert!(f.is_server());
+    assert!(f.reason().contains("---> System.DivideByZeroException"));
+}
+
+#[test]
+fn real_world_wsdls() {
+    let wsdl = Wsdl::parse(&fixture("calculator_asmx.wsdl"), &SoapLimits::default()).unwrap();
+    assert_eq!(wsdl.target_namespace.as_deref(), Some("http://tempuri.org/"));
+    assert_eq!(wsdl.services.len(), 1);
+    assert_eq!(wsdl.services[0].ports.len(), 2);
+    assert_eq!(wsdl.bindings[1].version, Some(SoapVersion::V12));
+    let ops = wsdl.operations();
+    assert_eq!(ops.len(), 4);
+    let add12 = ops.iter().find(|o| o.name == "Add" && o.version == Some(SoapVersion::V12)).unwrap();
+    assert_eq!(add12.port, "CalculatorSoap12");
+    assert_eq!(add12.soap_action.as_deref(), Some("http://tempuri.org/Add"));
+    assert_eq!(add12.address.as_deref(), Some("http://www.dneonline.com/calculator.asmx"));
+    assert_eq!(add12.input.as_deref(), Some("AddSoapIn"));
+    assert_eq!(add12.output.as_deref(), Some("AddSoapOut"));
+    assert_eq!(add12.style.as_deref(), Some("document"));
+    let divide = wsdl.operation("Divide").unwrap();
+    assert_eq!(divide.version, Some(SoapVersion::V11));
+    assert_eq!(divide.port, "CalculatorSoap");
+
+    let wsdl = Wsdl::parse(&fixture("stockquote_wsdl11_spec.wsdl"), &SoapLimits::default()).unwrap();
+    let op = wsdl.operation("GetLastTradePrice").unwrap();
+    assert_eq!(op.service, "StockQuoteService");
+    assert_eq!(op.soap_action.as_deref(), Some("http://example.com/GetLastTradePrice"));
+    assert_eq!(op.address.as_deref(), Some("http://example.com/stockquote"));
+    assert_eq!(op.input.as_deref(), Some("GetLastTradePriceInput"));
+    assert_eq!(op.style.as_deref(), Some("document"));
+}
+
+#[test]
+fn hostile_wsdls_are_refused() {
+    let limits = SoapLimits::default();
+    let xxe = br#"<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+        <definitions xmlns="http://schemas.xmlsoap.org/wsdl/">&x;</definitions>"#;
+    assert!(matches!(Wsdl::parse(xxe, &limits), Err(SoapError::DocType)));
+    let undefined = br#"<definitions xmlns="http://schemas.xmlsoap.org/wsdl/"><service name="&x;"/></definitions>"#;
+    assert!(Wsdl::parse(undefined, &limits).is_err());
+    assert!(matches!(Wsdl::parse(b"<html/>", &limits), Err(SoapError::NotWsdl)));
+    let deep = format!(
+        "<definitions xmlns=\"http://schemas.xmlsoap.org/wsdl/\">{}{}</definitions>",
+        "<x>".repeat(80),
+        "</x>".repeat(80)
+    );
+    assert!(matches!(Wsdl::parse(deep.as_bytes(), &limits), Err(SoapError::TooDeep { .. })));
+    assert!(matches!(
+        Wsdl::parse(&fixture("calculator_asmx.wsdl"), &SoapLimits::new().max_body(100)),
+        Err(SoapError::TooLarge { limit: 100 })
+    ));
+}
+
+#[test]
+fn billion_laughs_is_refused_without_expansion() {
+    let doc = r#"<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+]>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><x>&lol2;</x></soap:Body></soap:Envelope>"#;
+    assert!(matches!(
+        Envelope::parse(Bytes::from_static(doc.as_bytes()), &SoapLimits::default()),
+        Err(SoapError::DocType)
+    ));
+    // The same reference without the DTD is an undefined entity, not expanded.
+    let body = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><x>&lol2;</x></soap:Body></soap:Envelope>"#;
+    assert!(matches!(
+        Envelope::parse(Bytes::from_static(body.as_bytes()), &SoapLimits::default()),
+        Err(SoapError::UndefinedEntity(_))
+    ));
+}
+
+// ---------------------------------------------------------------- client ↔ server
+
+#[derive(Debug, serde::Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+/// The calculator handler behind [`SoapServerLayer`]: routes on the operation.
+async fn calculator(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
+    let op = req.extensions().get::<SoapOperation>().cloned().expect("operation");
+    let env = req.extensions().get::<Envelope>().cloned().expect("envelope");
+    let wsse_seen = env.headers().iter().any(|h| h.name().is(WSSE_NS, "Security"));
+    match op.name() {
+        Some("Add") => {
+            let add: Add = env.deserialize()?;
+            // The request body handed over is the Body content.
+            let body = req.into_body().collect().await?.to_bytes();
+            assert_eq!(body, env.body());
+            let xml = format!(
+                "<c:AddResponse xmlns:c=\"urn:calc\"><c:sum>{}</c:sum><c:secured>{wsse_seen}</c:secured><c:action>{}</c:action></c:AddResponse>",
+                add.a + add.b,
+                op.action().unwrap_or("")
+            );
+            Ok(Response::new(Full::new(Bytes::from(xml))))
+        }
+        Some("Divide") => Err(SoapFault::client("division by zero")
+            .with_subcode(QualifiedName::new("urn:calc", "DivideByZero"))
+            .with_detail("<c:hint xmlns:c=\"urn:calc\">b must not be 0</c:hint>")
+            .into()),
+        Some("Crash") => Err(std::io::Error::other("database password is hunter2").into()),
+        _ => Err(SoapFault::client("unknown operation").into()),
+    }
+}
+
+async fn serve<S>(svc: S) -> SocketAddr
+where
+    S: Service<Request<hyper::body::Incoming>, Response = Response<EnvelopeBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = listener.accept().await else { return };
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn calculator_server(layer: SoapServerLayer) -> SocketAddr {
+    serve(ServiceBuilder::new().layer(layer).service_fn(calculator)).await
+}
+
+fn http_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, EnvelopeBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn add(a: i64, b: i64) -> SoapRequest {
+    SoapRequest::new(format!("<c:Add xmlns:c=\"urn:calc\"><c:a>{a}</c:a><c:b>{b}</c:b></c:Add>")).action("urn:calc#Add")
+}
+
+#[tokio::test]
+async fn client_and_server_both_versions() {
+    let server = SoapServerLayer::new()
+        .understands(QualifiedName::new(WSSE_NS, "Security"))
+        .understands(QualifiedName::new(WSA_NS, "Action"));
+    let addr = calculator_server(server).await;
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let uri: http::Uri = format!("http://{addr}/calc").parse().unwrap();
+        let mut client = ServiceBuilder::new()
+            .layer(
+                SoapEnvelopeLayer::new(uri)
+                    .version(version)
+                    .username_token(UsernameToken::digest("alice", "s3cret"))
+                    .addressing(WsAddressing::new()),
+            )
+            .service(http_client());
+
+        let res = client.ready().await.unwrap().call(add(20, 22)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let expected_ct = if version == SoapVersion::V11 { "text/xml" } else { "application/soap+xml" };
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with(expected_ct));
+        assert_eq!(res.envelope().version(), version);
+        #[derive(serde::Deserialize)]
+        struct Sum {
+            sum: i64,
+            secured: bool,
+            action: String,
+        }
+        let sum: Sum = res.deserialize().unwrap();
+        assert_eq!(sum.sum, 42);
+        assert!(sum.secured, "the WS-Security header reached the handler");
+        assert_eq!(sum.action, "urn:calc#Add", "{version}: action routed from the HTTP header");
+
+        // A client fault, typed, in the same version, over HTTP 500 (1.1) / 400 (1.2).
+        let div = SoapRequest::new("<c:Divide xmlns:c=\"urn:calc\"><c:a>1</c:a><c:b>0</c:b></c:Divide>");
+        let err = client.ready().await.unwrap().call(div).await.unwrap_err();
+        let fault = err.fault().expect("a fault");
+        assert!(fault.is_client());
+        assert_eq!(fault.version(), version);
+        let status = if version == SoapVersion::V11 { 500 } else { 400 };
+        assert_eq!(fault.http_status(), Some(StatusCode::from_u16(status).unwrap()));
+        assert_eq!(fault.reason(), "division by zero");
+        assert_eq!(fault.subcodes()[0].local, "DivideByZero");
+        assert!(std::str::from_utf8(fault.detail().unwrap()).unwrap().contains("b must not be 0"));
+
+        // A handler error: a server fault that does not leak the error.
+        let crash = SoapRequest::new("<c:Crash xmlns:c=\"urn:calc\"/>");
+        let err = client.ready().await.unwrap().call(crash).await.unwrap_err();
+        let fault = err.fault().expect("a fault");
+        assert!(fault.is_server());
+        assert_eq!(fault.http_status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(!fault.reason().contains("hunter2"));
+    }
+}
+
+#[tokio::test]
+async fn must_understand_headers_are_enforced() {
+    let addr = calculator_server(SoapServerLayer::new()).await;
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+        let mut client = SoapEnvelopeLayer::new(uri).version(version).layer(http_client());
+        let t = version.as_str();
+        let mu = if version == SoapVersion::V11 { "1" } else { "true" };
+        let req = add(1, 2).header(format!("<x:Tx xmlns:x=\"urn:tx\" soap:mustUnderstand=\"{mu}\">{t}</x:Tx>"));
+        let err = client.ready().await.unwrap().call(req).await.unwrap_err();
+        let fault = err.fault().expect("a fault");
+        assert!(fault.is_must_understand(), "{fault}");
+        assert!(fault.reason().contains("{urn:tx}Tx"));
+        // Not for us: another role. Optional: no mustUnderstand.
+        let req = add(1, 2).header("<x:Tx xmlns:x=\"urn:tx\" soap:mustUnderstand=\"0\"/>");
+        assert!(client.ready().await.unwrap().call(req).await.is_ok());
+        // The UsernameToken is mustUnderstand: refused by a server that did not declare it.
+        let mut secured = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap())
+            .version(version)
+            .username_token(UsernameToken::text("a", "b"))
+            .layer(http_client());
+        let err = secured.ready().await.unwrap().call(add(1, 2)).await.unwrap_err();
+        assert!(err.fault().unwrap().is_must_understand());
+    }
+
+    // SOAP 1.2 answers with NotUnderstood header blocks.
+    let body = r#"<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Header><x:Tx xmlns:x="urn:tx" e:mustUnderstand="true"/></e:Header><e:Body><c:Add xmlns:c="urn:calc"/></e:Body></e:Envelope>"#;
+    let res = raw_post(addr, "application/soap+xml; charset=utf-8", body).await;
+    assert_eq!(res.0, StatusCode::INTERNAL_SERVER_ERROR);
+    let env = Envelope::parse(res.1, &SoapLimits::default()).unwrap();
+    assert_eq!(env.headers()[0].name(), &QualifiedName::new(SOAP12_ENV_NS, "NotUnderstood"));
+    assert!(std::str::from_utf8(env.headers()[0].raw()).unwrap().contains("qname=\"nu:Tx\" xmlns:nu=\"urn:tx\""));
+    assert!(env.fault().unwrap().is_must_understand());
+}
+
+async fn raw_post(addr: SocketAddr, content_type: &str, body: &'static str) -> (StatusCode, Bytes) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("http://{addr}/"))
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    let status = res.status();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn server_answers_bad_requests_with_faults() {
+    let addr = calculator_server(SoapServerLayer::new().limits(SoapLimits::new().max_body(2048))).await;
+    // Not XML at all: a Client fault in SOAP 1.1.
+    let (status, body) = raw_post(addr, "text/xml", "hello").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let f = Envelope::parse(body, &SoapLimits::default()).unwrap().fault().cloned().unwrap();
+    assert!(f.is_client() && f.version() == SoapVersion::V11);
+    // A DOCTYPE, announced as SOAP 1.2: a Sender fault (400) in SOAP 1.2.
+    let (status, body) = raw_post(
+        addr,
+        "application/soap+xml",
+        "<!DOCTYPE x><e:Envelope xmlns:e=\"http://www.w3.org/2003/05/soap-envelope\"><e:Body/></e:Envelope>",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let f = Envelope::parse(body, &SoapLimits::default()).unwrap().fault().cloned().unwrap();
+    assert!(f.is_client() && f.version() == SoapVersion::V12);
+    assert!(f.reason().contains("DOCTYPE"));
+    // An unknown envelope namespace: VersionMismatch.
+    let (_, body) = raw_post(addr, "text/xml", "<e:Envelope xmlns:e=\"urn:soap-2.0\"><e:Body/></e:Envelope>").await;
+    let f = Envelope::parse(body, &SoapLimits::default()).unwrap().fault().cloned().unwrap();
+    assert!(f.is_version_mismatch());
+    // Too large: 413 with a client fault.
+    let big: &'static str = Box::leak(
+        format!("<e:Envelope xmlns:e=\"{SOAP11_ENV_NS}\"><e:Body>{}</e:Body></e:Envelope>", "<x/>".repeat(1000))
+            .into_boxed_str(),
+    );
+    let (status, body) = raw_post(addr, "text/xml", big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(Envelope::parse(body, &SoapLimits::default()).unwrap().fault().unwrap().is_client());
+}
+
+#[tokio::test]
+async fn client_refuses_oversized_and_non_soap_responses() {
+    // A server answering 502 with HTML, and one answering a huge envelope.
+    let html = tower::service_fn(|_req: Request<hyper::body::Incoming>| async {
+        let mut res = Response::new(EnvelopeBody::new(SoapVersion::V11, &[], Bytes::new()));
+        *res.status_mut() = StatusCode::BAD_GATEWAY;
+        *res.body_mut() = EnvelopeBody::default();
+        Ok::<_, Infallible>(res)
+    });
+    let addr = serve(html).await;
+    let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).layer(http_client());
+    let err = client.ready().await.unwrap().call(add(1, 1)).await.unwrap_err();
+    assert!(matches!(err, SoapError::Status(s) if s == StatusCode::BAD_GATEWAY), "{err:?}");
+
+    let huge = tower::service_fn(|_req: Request<hyper::body::Incoming>| async {
+        let payload = Bytes::from(vec![b'x'; 64 * 1024]);
+        Ok::<_, Infallible>(Response::new(EnvelopeBody::new(SoapVersion::V11, &[], payload)))
+    });
+    let addr = serve(huge).await;
+    let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap())
+        .limits(SoapLimits::new().max_body(16 * 1024))
+        .layer(http_client());
+    let err = client.ready().await.unwrap().call(add(1, 1)).await.unwrap_err();
+    assert!(matches!(err, SoapError::TooLarge { limit: 16384 }), "{err:?}");
+}
+
+#[tokio::test]
+async fn retry_and_breaker_follow_the_fault_class() {
+    use std::time::Duration;
+    use tower_mesh::circuit_breaker::CircuitBreakerLayer;
+    use tower_mesh::retry::{Backoff, RetryLayer};
+
+    // Counts the requests that reach the server, then answers with the fault the body asks for.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let handler = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let op = req.extensions().get::<SoapOperation>().and_then(|o| o.name().map(str::to_owned));
+            let err: BoxError = match op.as_deref() {
+                Some("Busy") => SoapFault::server("try later").into(),
+                _ => SoapFault::client("bad request").into(),
+            };
+            Err::<Response<Full<Bytes>>, _>(err)
+        }
+    });
+    let addr = serve(ServiceBuilder::new().layer(SoapServerLayer::new()).service(handler)).await;
+
+    let retry = RetryLayer::builder()
+        .max_retries(2)
+        .backoff(Backoff::constant(Duration::from_millis(1)))
+        .classifier(SoapClassifier::new())
+        .build()
+        .unwrap();
+    let breaker = CircuitBreakerLayer::builder()
+        .classifier(SoapClassifier::new())
+        .minimum_calls(4)
+        .failure_rate_threshold(50.0)
+        .count_window(20)
+        .build()
+        .unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(retry)
+        .layer(breaker)
+        .layer(SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()))
+        .service(http_client());
+
+    // Client faults: not retried, and never open the breaker.
+    for _ in 0..6 {
+        let err = client.ready().await.unwrap().call(SoapRequest::new("<Wrong/>")).await.unwrap_err();
+        assert!(err.downcast_ref::<SoapError>().and_then(SoapError::fault).is_some_and(SoapFault::is_client));
+    }
+    assert_eq!(hits.swap(0, Ordering::SeqCst), 6, "one attempt per client fault");
+
+    // Server faults: retried (3 attempts), then the breaker opens.
+    let err = client.ready().await.unwrap().call(SoapRequest::new("<Busy/>")).await.unwrap_err();
+    assert!(err.downcast_ref::<SoapError>().is_some(), "{err:?}");
+    assert!(err.downcast_ref::<SoapError>().and_then(SoapError::fault).is_some_and(SoapFault::is_server));
+    assert_eq!(hits.swap(0, Ordering::SeqCst), 3);
+    let mut opened = false;
+    for _ in 0..10 {
+        match client.ready().await {
+            Err(e) if e.is::<tower_mesh::circuit_breaker::CircuitOpen>() => {
+                opened = true;
+                break;
+            }
+            Ok(svc) => match svc.call(SoapRequest::new("<Busy/>")).await {
+                Err(e) if e.is::<tower_mesh::circuit_breaker::CircuitOpen>() => {
+                    opened = true;
+                    break;
+                }
+                _ => {}
+            },
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(opened, "server faults open the breaker");
+}
+
+#[tokio::test]
+async fn wsdl_fetch_with_basic_auth_from_url() {
+    let wsdl = fixture("calculator_asmx.wsdl");
+    let seen = Arc::new(std::sync::Mutex::new(None::<String>));
+    let s = seen.clone();
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned());
+        *s.lock().unwrap() = auth.clone();
+        let wsdl = wsdl.clone();
+        async move {
+            let mut res = Response::new(Full::new(wsdl));
+            if auth.as_deref() != Some("Basic YWxpY2U6cEBzcw==") {
+                *res.status_mut() = StatusCode::UNAUTHORIZED;
+                *res.body_mut() = Full::new(Bytes::new());
+            }
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (io, _) = listener.accept().await.unwrap();
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc));
+        }
+    });
+
+    let url = WsdlUrl::parse(&format!("http://alice:p%40ss@{addr}/calculator.asmx?WSDL")).unwrap();
+    assert_eq!(url.to_string(), format!("http://alice:***@{addr}/calculator.asmx?WSDL"));
+    let client: Client<_, http_body_util::Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let parsed = Wsdl::fetch(client.clone(), &url, &SoapLimits::default()).await.unwrap();
+    assert_eq!(parsed.operations().len(), 4);
+    assert_eq!(seen.lock().unwrap().as_deref(), Some("Basic YWxpY2U6cEBzcw=="));
+
+    let anonymous = WsdlUrl::parse(&format!("http://{addr}/calculator.asmx?WSDL")).unwrap();
+    let err = Wsdl::fetch(client, &anonymous, &SoapLimits::default()).await.unwrap_err();
+    assert!(matches!(err, SoapError::Status(StatusCode::UNAUTHORIZED)));
+}
+
+// ---------------------------------------------------------------- robustness
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Envelope::parse(Bytes::from(bytes.clone()), &SoapLimits::default());
+            let _ = Wsdl::parse(&bytes, &SoapLimits::default());
+        }
+
+        #[test]
+        fn mutated_fixtures_never_panic(
+            name in prop::sample::select(vec![
+                "soap11_request.xml", "soap11_fault.xml", "soap12_request.xml", "soap12_fault.xml",
+                "soap12_fault_mustunderstand.xml", "calculator_asmx.wsdl",
+            ]),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut doc = fixture(name).to_vec();
+            for (at, byte) in edits {
+                let i = at.index(doc.len());
+                doc[i] = byte;
+            }
+            let _ = Envelope::parse(Bytes::from(doc.clone()), &SoapLimits::default());
+            let _ = Wsdl::parse(&doc, &SoapLimits::default());
+            let end = cut.index(doc.len() + 1);
+            let _ = Envelope::parse(Bytes::copy_from_slice(&doc[..end]), &SoapLimits::default());
+            let _ = Wsdl::parse(&doc[..end], &SoapLimits::default());
+        }
+
+        #[test]
+        fn payload_round_trips(text in "[^\u{0}-\u{8}\u{b}\u{c}\u{e}-\u{1f}\u{fffe}\u{ffff}]{0,64}", v12 in any::<bool>()) {
+            let version = if v12 { SoapVersion::V12 } else { SoapVersion::V11 };
+            let escaped = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+            let payload = format!("<m:Echo xmlns:m=\"urn:echo\"><m:text>{escaped}</m:text></m:Echo>");
+            let msg = EnvelopeBody::new(version, &[Bytes::from_static(b"<h:H xmlns:h=\"urn:h\"/>")], Bytes::from(payload.clone())).to_bytes();
+            let env = Envelope::parse(msg, &SoapLimits::default()).unwrap();
+            prop_assert_eq!(env.version(), version);
+            prop_assert_eq!(env.body_str(), payload.as_str());
+            prop_assert_eq!(env.headers().len(), 1);
+            #[derive(serde::Deserialize)]
+            struct Echo { text: String }
+            let echo: Echo = env.deserialize().unwrap();
+            prop_assert_eq!(echo.text, text.replace("\r\n", "\n").replace('\r', "\n"));
+        }
+
+        #[test]
+        fn faults_round_trip(reason in "[^\u{0}-\u{8}\u{b}\u{c}\u{e}-\u{1f}\r\u{fffe}\u{ffff}]{0,64}", server in any::<bool>(), v12 in any::<bool>()) {
+            let version = if v12 { SoapVersion::V12 } else { SoapVersion::V11 };
+            let fault = if server { SoapFault::server(reason.clone()) } else { SoapFault::client(reason.clone()) };
+            let env = Envelope::parse(EnvelopeBody::fault(version, &fault).to_bytes(), &SoapLimits::default()).unwrap();
+            let back = env.fault().unwrap();
+            prop_assert_eq!(back.is_server(), server);
+            prop_assert_eq!(back.reason(), reason.trim());
+        }
+    }
+}
