@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -406,8 +405,10 @@ async fn client_refuses_oversized_and_non_soap_responses() {
     assert!(matches!(err, SoapError::TooLarge { limit: 16384 }), "{err:?}");
 }
 
+#[cfg(all(feature = "retry", feature = "circuit-breaker"))]
 #[tokio::test]
 async fn retry_and_breaker_follow_the_fault_class() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tower_mesh::circuit_breaker::CircuitBreakerLayer;
     use tower_mesh::retry::{Backoff, RetryLayer};
@@ -581,4 +582,85 @@ mod props {
             prop_assert_eq!(back.reason(), reason.trim());
         }
     }
+}
+
+// ---------------------------------------------------------------- WS-Addressing
+
+/// An HTTP "client" that records the envelope sent and answers an empty Body.
+fn recording_client(
+    sent: Arc<std::sync::Mutex<Vec<(http::HeaderMap, Bytes)>>>,
+) -> impl Service<Request<EnvelopeBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
+    tower::service_fn(move |req: Request<EnvelopeBody>| {
+        let sent = sent.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            sent.lock().unwrap().push((parts.headers, body.to_bytes()));
+            let ok = EnvelopeBody::new(SoapVersion::V11, &[], Bytes::new()).to_bytes();
+            Ok::<_, Infallible>(Response::new(Full::new(ok)))
+        }
+    })
+}
+
+fn message_id(envelope: &Bytes) -> String {
+    let env = Envelope::parse(envelope.clone(), &SoapLimits::default()).unwrap();
+    let block = env.headers().iter().find(|h| h.name().is(WSA_NS, "MessageID")).expect("a MessageID");
+    let raw = std::str::from_utf8(block.raw()).unwrap();
+    let start = raw.find('>').unwrap() + 1;
+    raw[start..raw.rfind("</").unwrap()].to_owned()
+}
+
+#[tokio::test]
+async fn ws_addressing_headers() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut client = SoapEnvelopeLayer::new("http://billing.internal/soap".parse().unwrap())
+        .addressing(WsAddressing::new().reply_to("http://www.w3.org/2005/08/addressing/anonymous"))
+        .layer(recording_client(sent.clone()));
+    for _ in 0..2 {
+        client.ready().await.unwrap().call(add(1, 2)).await.unwrap();
+    }
+    let sent = sent.lock().unwrap();
+    let (headers, body) = &sent[0];
+    assert_eq!(headers["soapaction"], "\"urn:calc#Add\"");
+    let text = std::str::from_utf8(body).unwrap();
+    assert!(
+        text.contains(
+            "<wsa:To xmlns:wsa=\"http://www.w3.org/2005/08/addressing\">http://billing.internal/soap</wsa:To>"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(">urn:calc#Add</wsa:Action>"));
+    assert!(text.contains("<wsa:ReplyTo"));
+    let (a, b) = (message_id(&sent[0].1), message_id(&sent[1].1));
+    #[cfg(not(feature = "correlation-id"))]
+    {
+        assert!(a.starts_with("urn:uuid:") && a.len() == 45, "{a}");
+        assert_ne!(a, b, "a fresh MessageID per request");
+    }
+    let _ = (a, b);
+}
+
+#[cfg(feature = "correlation-id")]
+#[tokio::test]
+async fn message_id_is_the_correlation_id_in_scope() {
+    use tower_mesh::correlation::{CorrelationId, RequestContext};
+
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut client = SoapEnvelopeLayer::new("http://billing.internal/soap".parse().unwrap())
+        .addressing(WsAddressing::new())
+        .layer(recording_client(sent.clone()));
+    let uuid = "0b8f2f8e-6a4f-4d5c-9a53-0d0c1e2f3a4b";
+    for id in [uuid, "order-42", "urn:example:order:7", "a<b&c"] {
+        let ctx = RequestContext::new(CorrelationId::parse(id).unwrap());
+        // As in a handler run by the server-side correlation layer: the call is made in scope.
+        ctx.scope(async { client.ready().await.unwrap().call(add(1, 2)).await }).await.unwrap();
+    }
+    // Outside any scope: a fresh UUID.
+    client.ready().await.unwrap().call(add(1, 2)).await.unwrap();
+    let sent = sent.lock().unwrap();
+    let ids: Vec<String> = sent.iter().map(|(_, body)| message_id(body)).collect();
+    assert_eq!(ids[0], format!("urn:uuid:{uuid}"));
+    assert_eq!(ids[1], "urn:correlation-id:order-42");
+    assert_eq!(ids[2], "urn:example:order:7");
+    assert_eq!(ids[3], "urn:correlation-id:a&lt;b&amp;c", "escaped, never raw XML");
+    assert!(ids[4].starts_with("urn:uuid:") && ids[4].len() == 45);
 }

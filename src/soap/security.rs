@@ -288,7 +288,7 @@ fn write_message_id(out: &mut Vec<u8>) {
     #[cfg(feature = "correlation-id")]
     if let Some(ctx) = crate::correlation::RequestContext::current() {
         let id = ctx.correlation_id.as_str();
-        if soap_uuid::Uuid::try_parse(id).is_ok() {
+        if correlation_uuid::Uuid::try_parse(id).is_ok() {
             push_str(out, "urn:uuid:");
             escape_into(id, out);
         } else if id.contains(':') {
@@ -301,8 +301,8 @@ fn write_message_id(out: &mut Vec<u8>) {
         return;
     }
     push_str(out, "urn:uuid:");
-    let mut buf = soap_uuid::Uuid::encode_buffer();
-    push_str(out, soap_uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf));
+    let mut buf = correlation_uuid::Uuid::encode_buffer();
+    push_str(out, correlation_uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf));
 }
 
 #[cfg(test)]
