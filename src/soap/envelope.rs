@@ -464,14 +464,12 @@ impl<'a> Parser<'a, '_> {
                         self.skip()?;
                     }
                 }
-                Event::Empty(e) => {
-                    if first.is_none() {
-                        if self.is(&e, version.namespace(), "Fault") {
-                            return Err(SoapError::Structure("empty Fault"));
-                        }
-                        let (ns, local) = self.name(&e);
-                        *first = Some(QualifiedName { namespace: ns, local });
+                Event::Empty(e) if first.is_none() => {
+                    if self.is(&e, version.namespace(), "Fault") {
+                        return Err(SoapError::Structure("empty Fault"));
                     }
+                    let (ns, local) = self.name(&e);
+                    *first = Some(QualifiedName { namespace: ns, local });
                 }
                 Event::End(_) => {
                     self.depth -= 1;
@@ -528,10 +526,8 @@ impl<'a> Parser<'a, '_> {
                         detail_start = self.pos();
                     }
                 }
-                Event::Empty(e) => {
-                    if self.depth == base && matches!(e.local_name().into_inner(), "detail" | "Detail") {
-                        detail = Some(Bytes::new());
-                    }
+                Event::Empty(e) if self.depth == base && matches!(e.local_name().into_inner(), "detail" | "Detail") => {
+                    detail = Some(Bytes::new());
                 }
                 Event::Text(t) => text.push_str(&t.xml10_content()),
                 Event::CData(t) => text.push_str(&t.xml10_content()),

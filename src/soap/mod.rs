@@ -1,4 +1,146 @@
-//! SOAP 1.1 / 1.2 (work in progress).
+//! SOAP 1.1 / 1.2 for tower: envelopes, typed Faults, WS-Security,
+//! WS-Addressing and WSDL, on the client and the server side.
+//!
+//! - **Client** — [`SoapEnvelopeLayer`] turns a [`SoapRequest`] (a raw XML
+//!   Body, or any `serde::Serialize` through quick-xml) into an HTTP POST with
+//!   the version's content type (1.1: `text/xml` and `SOAPAction`; 1.2:
+//!   `application/soap+xml; action="…"`), optional header blocks, a
+//!   WS-Security [`UsernameToken`] (PasswordText or PasswordDigest, fresh nonce
+//!   and timestamp per request) and [`WsAddressing`] headers (`MessageID` from
+//!   the correlation id in scope with the `correlation-id` feature). The answer
+//!   is a [`SoapResponse`] whose Body is a zero-copy slice of the response
+//!   bytes (or deserialized into your type), or a [`SoapError`]; a Fault —
+//!   also one inside an HTTP 500 — is a typed [`SoapFault`] with
+//!   [`is_client`](SoapFault::is_client), [`is_server`](SoapFault::is_server),
+//!   [`is_version_mismatch`](SoapFault::is_version_mismatch) and
+//!   [`is_must_understand`](SoapFault::is_must_understand).
+//! - **Classification** — [`SoapClassifier`] implements
+//!   [`Classify`](crate::classify::Classify): server faults (and transport
+//!   errors) are failures, client faults are not, so a circuit breaker and a
+//!   retry layer above the SOAP layer open and retry for the right reasons.
+//! - **Server** — [`SoapServerLayer`] around an axum or hyper handler parses
+//!   the request envelope, refuses unknown `mustUnderstand` header blocks with
+//!   a `MustUnderstand` fault, gives the handler the Body and the
+//!   [`SoapOperation`] (SOAPAction or first Body element) for routing, and
+//!   turns its errors into Faults of the request's SOAP version.
+//! - **WSDL** — [`Wsdl::parse`] / [`Wsdl::fetch`] list services, ports,
+//!   addresses and operations with their `soapAction` and messages (SOAP 1.1
+//!   and 1.2 bindings). A [`WsdlUrl`] with credentials
+//!   (`https://user:pass@host/…`) fetches with basic auth and never shows the
+//!   password.
+//! - **Safety** — every message read (both sides, and WSDLs) refuses DOCTYPEs,
+//!   expands no entity (XXE, billion laughs), is bounded in size (4 MiB by
+//!   default) and nesting depth ([`SoapLimits`]), and malformed XML or a wrong
+//!   namespace is a typed [`SoapError`], never a panic.
+//!
+//! # Metrics
+//!
+//! `tower_mesh_soap_faults_total{service, side, code}` counts faults received
+//! (`side="client"`) and sent (`side="server"`); `code` is the fault code's
+//! local name (`Client`, `Sender`, `Server`, `Receiver`, `MustUnderstand`, …).
+//!
+//! # Example
+//!
+//! A client stack calling a SOAP service — here our own server layer, in
+//! memory; in production the innermost service is an HTTP client such as
+//! hyper-util's `Client<_, EnvelopeBody>`:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{BoxError, ServiceBuilder, ServiceExt};
+//! use tower_mesh::soap::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // The service: routes on the operation, answers with a Body or a Fault.
+//! let server = ServiceBuilder::new()
+//!     .layer(SoapServerLayer::new().understands(QualifiedName::new(WSSE_NS, "Security")))
+//!     .service_fn(|req: http::Request<Full<Bytes>>| async move {
+//!         let op = req.extensions().get::<SoapOperation>().unwrap();
+//!         match op.name() {
+//!             Some("GetPrice") => Ok(http::Response::new(Full::new(Bytes::from_static(
+//!                 b"<m:GetPriceResponse xmlns:m=\"urn:shop\"><m:price>1.90</m:price></m:GetPriceResponse>",
+//!             )))),
+//!             _ => Err(BoxError::from(SoapFault::client("unknown operation"))),
+//!         }
+//!     });
+//!
+//! // The client: SOAP 1.2 with a UsernameToken, over the "network".
+//! let client = ServiceBuilder::new()
+//!     .layer(
+//!         SoapEnvelopeLayer::new("http://127.0.0.1:8080/shop".parse().unwrap())
+//!             .version(SoapVersion::V12)
+//!             .username_token(UsernameToken::digest("alice", "s3cret")),
+//!     )
+//!     .service_fn(move |req: http::Request<EnvelopeBody>| server.clone().oneshot(req));
+//!
+//! let call = SoapRequest::new(r#"<m:GetPrice xmlns:m="urn:shop"><m:item>apple</m:item></m:GetPrice>"#)
+//!     .action("urn:shop#GetPrice");
+//! let res = client.clone().oneshot(call).await.unwrap();
+//! #[derive(serde::Deserialize)]
+//! struct Price { price: f64 }
+//! assert_eq!(res.deserialize::<Price>().unwrap().price, 1.90);
+//!
+//! let err = client.oneshot(SoapRequest::new("<m:Refund xmlns:m=\"urn:shop\"/>")).await.unwrap_err();
+//! let fault = err.fault().unwrap();
+//! assert!(fault.is_client() && fault.version() == SoapVersion::V12);
+//! assert_eq!(fault.http_status(), Some(http::StatusCode::BAD_REQUEST));
+//! # }
+//! ```
+//!
+//! With the resilience layers, put them above the SOAP layer with
+//! [`SoapClassifier`]: a `Server` fault is retried and counts towards the
+//! breaker, a `Client` fault is returned at once (see also
+//! `examples/soap_client.rs`):
+//!
+//! ```
+//! # #[cfg(all(feature = "retry", feature = "circuit-breaker"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_mesh::circuit_breaker::CircuitBreakerLayer;
+//! use tower_mesh::retry::{Backoff, RetryLayer};
+//! use tower_mesh::soap::*;
+//!
+//! let attempts = Arc::new(AtomicUsize::new(0));
+//! let seen = attempts.clone();
+//! // A flaky service: two Server faults, then an answer.
+//! let server = ServiceBuilder::new().layer(SoapServerLayer::new()).service_fn(
+//!     move |_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+//!         let n = seen.fetch_add(1, Ordering::SeqCst);
+//!         async move {
+//!             if n < 2 {
+//!                 Err(tower::BoxError::from(SoapFault::server("database busy")))
+//!             } else {
+//!                 Ok(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"<ok/>"))))
+//!             }
+//!         }
+//!     },
+//! );
+//! let client = ServiceBuilder::new()
+//!     .layer(
+//!         RetryLayer::builder()
+//!             .max_retries(3)
+//!             .backoff(Backoff::constant(Duration::from_millis(1)))
+//!             .classifier(SoapClassifier::new())
+//!             .build()
+//!             .unwrap(),
+//!     )
+//!     .layer(CircuitBreakerLayer::builder().classifier(SoapClassifier::new()).build().unwrap())
+//!     .layer(SoapEnvelopeLayer::new("http://127.0.0.1:8080/".parse().unwrap()))
+//!     .service_fn(move |req: http::Request<EnvelopeBody>| server.clone().oneshot(req));
+//!
+//! let res = client.oneshot(SoapRequest::new("<m:Ping xmlns:m=\"urn:m\"/>")).await.unwrap();
+//! assert_eq!(res.body_str(), "<ok/>");
+//! assert_eq!(attempts.load(Ordering::SeqCst), 3);
+//! # }
+//! # #[cfg(not(all(feature = "retry", feature = "circuit-breaker")))]
+//! # fn main() {}
+//! ```
 
 mod classify;
 mod client;

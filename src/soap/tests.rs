@@ -39,9 +39,11 @@ fn empty_body_and_default_namespace() {
     assert!(env.body_element().is_none());
 }
 
+type Check = fn(&SoapError) -> bool;
+
 #[test]
 fn refusals_are_typed() {
-    let cases: &[(&str, fn(&SoapError) -> bool)] = &[
+    let cases: &[(&str, Check)] = &[
         ("<!DOCTYPE x [<!ENTITY a \"aaaa\">]><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body>&a;</s:Body></s:Envelope>", |e| matches!(e, SoapError::DocType)),
         ("<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><x>&lol9;</x></s:Body></s:Envelope>", |e| matches!(e, SoapError::UndefinedEntity(n) if n == "lol9")),
         ("<s:Envelope xmlns:s=\"urn:not-soap\"><s:Body/></s:Envelope>", |e| matches!(e, SoapError::VersionMismatch { namespace } if namespace == "urn:not-soap")),
