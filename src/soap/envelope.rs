@@ -1,11 +1,11 @@
 //! Parsing envelopes safely: no DTD, no entity expansion, bounded size and depth.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use bytes::Bytes;
 use quick_xml::events::{BytesRef, BytesStart, Event};
-use quick_xml::name::{QName, ResolveResult};
-use quick_xml::NsReader;
+use quick_xml::Reader;
 
 use super::error::SoapError;
 use super::fault::{FaultCode, QualifiedName, SoapFault};
@@ -144,7 +144,8 @@ impl Envelope {
             return Err(SoapError::TooLarge { limit: limits.max_body });
         }
         let text = std::str::from_utf8(&message).map_err(|_| SoapError::NotUtf8)?;
-        let parsed = Parser { reader: NsReader::from_str(text), limits, depth: 0 }.envelope(&message)?;
+        let parsed = Parser { reader: Reader::from_str(text), limits, depth: 0, bindings: Vec::new(), text }
+            .envelope(&message)?;
         Ok(parsed)
     }
 
@@ -204,10 +205,18 @@ impl Envelope {
 }
 
 struct Parser<'a, 'l> {
-    reader: NsReader<&'a [u8]>,
+    reader: Reader<&'a [u8]>,
     limits: &'l SoapLimits,
     depth: usize,
+    /// Namespace declarations in scope: (depth of the declaring element,
+    /// prefix or "" for the default namespace, namespace), innermost last.
+    /// Kept only for the elements whose names are resolved; skipped
+    /// subtrees (the Body's content, header blocks) declare nothing here.
+    bindings: Vec<(usize, Cow<'a, str>, Cow<'a, str>)>,
+    text: &'a str,
 }
+
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// The character a predefined entity or character reference stands for.
 pub(crate) fn resolve_ref(r: &BytesRef<'_>) -> Result<char, SoapError> {
@@ -231,13 +240,6 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-fn ns_of<'r>(r: &'r ResolveResult<'r>) -> Option<&'r str> {
-    match r {
-        ResolveResult::Bound(ns) => Some(ns.0),
-        _ => None,
-    }
-}
-
 impl<'a> Parser<'a, '_> {
     fn next(&mut self) -> Result<Event<'a>, SoapError> {
         match self.reader.read_event() {
@@ -259,23 +261,87 @@ impl<'a> Parser<'a, '_> {
         Ok(())
     }
 
+    /// `s`, a slice of the message, with the message's lifetime.
+    fn rebase(&self, s: &str) -> Option<&'a str> {
+        let offset = (s.as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
+        self.text.get(offset..offset + s.len()).filter(|t| t.as_ptr() == s.as_ptr())
+    }
+
+    /// Enter the element `e` starts: check the depth and note its namespace declarations.
+    fn open(&mut self, e: &BytesStart<'_>) -> Result<(), SoapError> {
+        self.enter()?;
+        if e.attributes_raw().contains("xmlns") {
+            for attr in e.attributes() {
+                let attr = attr.map_err(|err| SoapError::xml(self.pos() as u64, err.into()))?;
+                let prefix = match attr.key.0 {
+                    "xmlns" => "",
+                    key => match key.strip_prefix("xmlns:") {
+                        Some(p) => p,
+                        None => continue,
+                    },
+                };
+                // Borrowed from the message unless the value needs unescaping or normalizing.
+                let plain = !attr.value.contains(['&', '\t', '\n', '\r']);
+                let value = match self.rebase(&attr.value).filter(|_| plain) {
+                    Some(v) => Cow::Borrowed(v),
+                    None => Cow::Owned(
+                        attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                            .map_err(|err| SoapError::xml(self.pos() as u64, err))?
+                            .into_owned(),
+                    ),
+                };
+                let prefix = match self.rebase(prefix) {
+                    Some(p) => Cow::Borrowed(p),
+                    None => Cow::Owned(prefix.to_owned()),
+                };
+                if self.bindings.capacity() == 0 {
+                    self.bindings.reserve(8);
+                }
+                self.bindings.push((self.depth, prefix, value));
+            }
+        }
+        Ok(())
+    }
+
+    /// Leave the current element.
+    fn close(&mut self) {
+        while self.bindings.last().is_some_and(|b| b.0 >= self.depth) {
+            self.bindings.pop();
+        }
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    /// The namespace bound to `prefix` ("" for the default namespace) in scope.
+    fn lookup(&self, prefix: &str) -> Option<&str> {
+        if prefix == "xml" {
+            return Some(XML_NS);
+        }
+        self.bindings.iter().rev().find(|b| b.1 == prefix).map(|b| &*b.2).filter(|ns| !ns.is_empty())
+    }
+
+    /// Resolve an element (or, `attribute`, attribute) name.
+    fn resolve<'n>(&self, qname: &'n str, attribute: bool) -> (Option<&str>, &'n str) {
+        match qname.split_once(':') {
+            Some((prefix, local)) => (self.lookup(prefix), local),
+            None if attribute => (None, qname),
+            None => (self.lookup(""), qname),
+        }
+    }
+
     fn name(&self, e: &BytesStart<'_>) -> (Option<String>, String) {
-        let (ns, local) = self.reader.resolver().resolve_element(e.name());
-        (ns_of(&ns).map(str::to_owned), local.into_inner().to_owned())
+        let (ns, local) = self.resolve(e.name().0, false);
+        (ns.map(str::to_owned), local.to_owned())
     }
 
     fn is(&self, e: &BytesStart<'_>, ns: &str, local: &str) -> bool {
-        let (rns, rlocal) = self.reader.resolver().resolve_element(e.name());
-        rlocal.into_inner() == local && ns_of(&rns) == Some(ns)
+        let (rns, rlocal) = self.resolve(e.name().0, false);
+        rlocal == local && rns == Some(ns)
     }
 
     /// Resolve a QName written as text (fault codes) in the current scope.
     fn resolve_text_qname(&self, text: &str) -> QualifiedName {
-        let text = text.trim();
-        let q = QName(text);
-        let (local, prefix) = q.decompose();
-        let ns = self.reader.resolver().resolve_prefix(prefix, true);
-        QualifiedName { namespace: ns_of(&ns).map(str::to_owned), local: local.into_inner().to_owned() }
+        let (ns, local) = self.resolve(text.trim(), false);
+        QualifiedName { namespace: ns.map(str::to_owned), local: local.to_owned() }
     }
 
     fn envelope(mut self, message: &Bytes) -> Result<Envelope, SoapError> {
@@ -292,14 +358,14 @@ impl<'a> Parser<'a, '_> {
                 }
             }
         };
-        self.enter()?;
-        let (ns, local) = self.reader.resolver().resolve_element(root.name());
-        if local.into_inner() != "Envelope" {
+        self.open(&root)?;
+        let (ns, local) = self.resolve(root.name().0, false);
+        if local != "Envelope" {
             return Err(SoapError::NotAnEnvelope);
         }
-        let version = match ns_of(&ns).and_then(SoapVersion::from_namespace) {
+        let version = match ns.and_then(SoapVersion::from_namespace) {
             Some(v) => v,
-            None => return Err(SoapError::VersionMismatch { namespace: ns_of(&ns).unwrap_or_default().to_owned() }),
+            None => return Err(SoapError::VersionMismatch { namespace: ns.unwrap_or_default().to_owned() }),
         };
         if root_empty {
             return Err(SoapError::Structure("no Body"));
@@ -320,7 +386,7 @@ impl<'a> Parser<'a, '_> {
                     return Err(SoapError::Structure("element after Body"));
                 }
                 Event::Start(e) => {
-                    self.enter()?;
+                    self.open(&e)?;
                     if self.is(&e, env_ns, "Header") && !seen_header && body.is_none() {
                         seen_header = true;
                         self.header_blocks(version, message, &mut headers)?;
@@ -336,6 +402,7 @@ impl<'a> Parser<'a, '_> {
                     }
                 }
                 Event::Empty(e) => {
+                    self.open(&e)?;
                     if self.is(&e, env_ns, "Header") && !seen_header && body.is_none() {
                         seen_header = true;
                     } else if self.is(&e, env_ns, "Body") && body.is_none() {
@@ -344,9 +411,10 @@ impl<'a> Parser<'a, '_> {
                     } else if body.is_none() || version == SoapVersion::V12 {
                         return Err(SoapError::Structure("unexpected element in Envelope"));
                     }
+                    self.close();
                 }
                 Event::End(_) => {
-                    self.depth -= 1;
+                    self.close();
                     break;
                 }
                 Event::Text(t) if t.xml10_content().trim().is_empty() => {}
@@ -387,7 +455,7 @@ impl<'a> Parser<'a, '_> {
                 Event::Start(e) => (e, true),
                 Event::Empty(e) => (e, false),
                 Event::End(_) => {
-                    self.depth -= 1;
+                    self.close();
                     return Ok(());
                 }
                 Event::Text(t) if t.xml10_content().trim().is_empty() => continue,
@@ -398,19 +466,20 @@ impl<'a> Parser<'a, '_> {
             {
                 {
                     let start = before + message[before..].iter().position(|b| *b == b'<').unwrap_or(0);
+                    self.open(&e)?;
                     let (ns, local) = self.name(&e);
                     let mut must_understand = false;
                     let mut role = None;
                     for attr in e.attributes() {
                         let attr = attr.map_err(|err| SoapError::xml(before as u64, err.into()))?;
-                        let (ans, alocal) = self.reader.resolver().resolve_attribute(attr.key);
-                        if ns_of(&ans) != Some(env_ns) {
+                        let (ans, alocal) = self.resolve(attr.key.0, true);
+                        if ans != Some(env_ns) {
                             continue;
                         }
                         let value = attr
                             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                             .map_err(|err| SoapError::xml(before as u64, err))?;
-                        match alocal.into_inner() {
+                        match alocal {
                             "mustUnderstand" => {
                                 must_understand = match value.trim() {
                                     "1" | "true" => true,
@@ -424,8 +493,9 @@ impl<'a> Parser<'a, '_> {
                         }
                     }
                     if is_start {
-                        self.enter()?;
                         self.skip()?;
+                    } else {
+                        self.close();
                     }
                     let end = self.pos();
                     out.push(HeaderBlock {
@@ -452,7 +522,13 @@ impl<'a> Parser<'a, '_> {
             let before = self.pos();
             match self.next()? {
                 Event::Start(e) => {
-                    self.enter()?;
+                    if first.is_some() {
+                        // Later entries are only skipped over.
+                        self.enter()?;
+                        self.skip()?;
+                        continue;
+                    }
+                    self.open(&e)?;
                     let is_fault = first.is_none() && self.is(&e, version.namespace(), "Fault");
                     if first.is_none() {
                         let (ns, local) = self.name(&e);
@@ -465,14 +541,16 @@ impl<'a> Parser<'a, '_> {
                     }
                 }
                 Event::Empty(e) if first.is_none() => {
+                    self.open(&e)?;
                     if self.is(&e, version.namespace(), "Fault") {
                         return Err(SoapError::Structure("empty Fault"));
                     }
                     let (ns, local) = self.name(&e);
                     *first = Some(QualifiedName { namespace: ns, local });
+                    self.close();
                 }
                 Event::End(_) => {
-                    self.depth -= 1;
+                    self.close();
                     return Ok(before);
                 }
                 Event::GeneralRef(r) => {
@@ -491,7 +569,7 @@ impl<'a> Parser<'a, '_> {
         while self.depth > target {
             match self.next()? {
                 Event::Start(_) => self.enter()?,
-                Event::End(_) => self.depth -= 1,
+                Event::End(_) => self.close(),
                 Event::GeneralRef(r) => {
                     resolve_ref(&r)?;
                 }
@@ -518,7 +596,7 @@ impl<'a> Parser<'a, '_> {
             let before = self.pos();
             match self.next()? {
                 Event::Start(e) => {
-                    self.enter()?;
+                    self.open(&e)?;
                     let local = e.local_name().into_inner().to_owned();
                     path.push(local);
                     text.clear();
@@ -534,7 +612,7 @@ impl<'a> Parser<'a, '_> {
                 Event::GeneralRef(r) => text.push(resolve_ref(&r)?),
                 Event::End(_) => {
                     if self.depth == base {
-                        self.depth -= 1;
+                        self.close();
                         break;
                     }
                     let p: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -558,7 +636,7 @@ impl<'a> Parser<'a, '_> {
                     }
                     path.pop();
                     text.clear();
-                    self.depth -= 1;
+                    self.close();
                 }
                 Event::Eof => return Err(SoapError::Structure("unclosed Fault")),
                 _ => {}
