@@ -22,6 +22,7 @@ use super::error::SoapError;
 use super::security::{UsernameToken, WsAddressing};
 use super::version::SoapVersion;
 use super::write::{open_envelope, push_str, EnvelopeBody};
+use crate::deadline::{Deadline, DeadlineCarrier};
 use crate::BoxError;
 
 /// The `SOAPAction` header of SOAP 1.1.
@@ -48,13 +49,27 @@ pub struct SoapRequest {
     action: Option<Cow<'static, str>>,
     payload: Bytes,
     headers: Vec<Bytes>,
+    deadline: Option<Deadline>,
+}
+
+/// A [`TimeoutLayer`](crate::timeout::TimeoutLayer) above the SOAP layer
+/// attaches its deadline here; the HTTP request then carries it (as an
+/// extension) to the layers below.
+impl DeadlineCarrier for SoapRequest {
+    fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.deadline = Some(deadline);
+    }
 }
 
 impl SoapRequest {
     /// A call whose Body content is `payload`, raw XML (well-formed, with its
     /// namespaces declared; it is sent as is).
     pub fn new(payload: impl Into<Bytes>) -> Self {
-        SoapRequest { action: None, payload: payload.into(), headers: Vec::new() }
+        SoapRequest { action: None, payload: payload.into(), headers: Vec::new(), deadline: None }
     }
 
     /// A call whose Body content is `value` serialized by quick-xml as the
@@ -337,6 +352,9 @@ impl Config {
         );
 
         let mut http = Request::new(body);
+        if let Some(deadline) = req.deadline {
+            http.extensions_mut().insert(deadline);
+        }
         *http.method_mut() = Method::POST;
         *http.uri_mut() = self.endpoint.clone();
         let headers = http.headers_mut();
