@@ -664,3 +664,53 @@ async fn message_id_is_the_correlation_id_in_scope() {
     assert_eq!(ids[3], "urn:correlation-id:a&lt;b&amp;c", "escaped, never raw XML");
     assert!(ids[4].starts_with("urn:uuid:") && ids[4].len() == 45);
 }
+
+// ---------------------------------------------------------------- axum
+
+#[tokio::test]
+async fn around_an_axum_router() {
+    use axum::extract::Extension;
+    use axum::response::{IntoResponse, Response as AxumResponse};
+
+    async fn handler(Extension(op): Extension<SoapOperation>, Extension(env): Extension<Envelope>) -> AxumResponse {
+        match op.name() {
+            Some("Add") => {
+                #[derive(serde::Deserialize)]
+                struct Add {
+                    a: i64,
+                    b: i64,
+                }
+                match env.deserialize::<Add>() {
+                    Ok(Add { a, b }) => {
+                        format!("<c:AddResponse xmlns:c=\"urn:calc\"><c:sum>{}</c:sum></c:AddResponse>", a + b)
+                            .into_response()
+                    }
+                    Err(e) => SoapFault::client(e.to_string()).into_response(),
+                }
+            }
+            _ => SoapFault::client("unknown operation").into_response(),
+        }
+    }
+    let app = axum::Router::new().route("/calc", axum::routing::post(handler)).layer(SoapServerLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/calc").parse().unwrap())
+            .version(version)
+            .layer(http_client());
+        let res = client.ready().await.unwrap().call(add(40, 2)).await.unwrap();
+        #[derive(serde::Deserialize)]
+        struct Sum {
+            sum: i64,
+        }
+        assert_eq!(res.deserialize::<Sum>().unwrap().sum, 42);
+        assert_eq!(res.envelope().version(), version);
+        let err =
+            client.ready().await.unwrap().call(SoapRequest::new("<c:Nope xmlns:c=\"urn:calc\"/>")).await.unwrap_err();
+        let fault = err.fault().expect("a fault");
+        assert!(fault.is_client() && fault.version() == version, "{fault}");
+        assert_eq!(fault.reason(), "unknown operation");
+    }
+}

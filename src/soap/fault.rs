@@ -230,6 +230,24 @@ impl SoapFault {
         self.code == FaultCode::MustUnderstand
     }
 
+    /// A response that makes [`SoapServerLayer`](super::SoapServerLayer)
+    /// answer with this fault (in the request's SOAP version): for handlers
+    /// that cannot return an error, such as axum's.
+    ///
+    /// ```
+    /// use tower_mesh::soap::SoapFault;
+    ///
+    /// let res: http::Response<String> = SoapFault::client("no such account").into_response();
+    /// assert_eq!(res.status(), 500);
+    /// assert!(res.extensions().get::<SoapFault>().is_some());
+    /// ```
+    pub fn into_response<B: Default>(self) -> http::Response<B> {
+        let mut res = http::Response::new(B::default());
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        res.extensions_mut().insert(self);
+        res
+    }
+
     /// The HTTP status a server answers this fault with in `version`: SOAP 1.2
     /// sends `400` for `Sender` faults, everything else is `500`.
     pub fn status_for(&self, version: SoapVersion) -> StatusCode {

@@ -107,7 +107,8 @@ struct Config {
 /// 4. wraps the handler's response body as the Body of the response envelope,
 ///    or turns its error into a Fault: a [`SoapFault`] (or
 ///    [`SoapError::Fault`]) as is, anything else as a `Server`/`Receiver` fault
-///    that does not reveal the error (which is logged).
+///    that does not reveal the error (which is logged). Handlers that cannot
+///    fail (axum's) answer a fault with [`SoapFault::into_response`].
 ///
 /// The service never fails, as axum's `Router::layer` / `route_service` require.
 #[derive(Clone, Debug)]
@@ -420,7 +421,11 @@ where
                     let config = config.clone();
                     let version = *version;
                     match ready!(fut.poll(cx)) {
-                        Ok(res) => {
+                        Ok(mut res) => {
+                            // A handler that cannot return an error (axum) answers a fault this way.
+                            if let Some(fault) = res.extensions_mut().remove::<SoapFault>() {
+                                return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
+                            }
                             let (parts, body) = res.into_parts();
                             let body = Limited::new(body, config.limits.body_limit()).collect();
                             this.state.set(State::Writing { body, parts: Some(parts), config, version });
