@@ -204,6 +204,29 @@ fn main() {
     println!("  client_call/1KB/ours      {:>6.1}", allocations_per_call(|| call_ours(&mut client)));
     println!("  client_call/1KB/bare      {:>6.1}", allocations_per_call(&mut call_bare));
 
+    println!("\nthroughput ratio ours / baseline, interleaved (best of 30 alternating rounds; robust to a shared machine's load):");
+    for (name, size) in sizes {
+        let p = payload(size);
+        let msg = Bytes::from(hand_wrap(&p));
+        let iters = (200_000 / size).max(20);
+        let r = interleaved(
+            iters,
+            || drop(black_box(ours_unwrap(&msg, &limits))),
+            || {
+                black_box(quick_xml_scan(&msg));
+            },
+        );
+        println!("  soap/unwrap/{name:<6}       {r}");
+        let r = interleaved(
+            iters,
+            || drop(black_box(ours_wrap_unwrap(&p, &limits))),
+            || drop(black_box(hand_wrap_unwrap(&p))),
+        );
+        println!("  soap/wrap_unwrap/{name:<6}  {r}");
+    }
+    let r = interleaved(200, || call_ours(&mut client), &mut call_bare);
+    println!("  soap/client_call/1KB    {r}");
+
     let mut c = Criterion::default().configure_from_args();
     for (name, size) in sizes {
         let p = payload(size);
@@ -225,6 +248,25 @@ fn main() {
     g.finish();
     c.final_summary();
     print_ratios();
+}
+
+/// Time `ours` and `baseline` in alternating rounds of `iters` calls and
+/// compare their best rounds: "ours N ns, baseline M ns, ratio M/N".
+fn interleaved(iters: usize, mut ours: impl FnMut(), mut baseline: impl FnMut()) -> String {
+    let (mut best_ours, mut best_base) = (f64::MAX, f64::MAX);
+    for _ in 0..30 {
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            ours();
+        }
+        best_ours = best_ours.min(t.elapsed().as_nanos() as f64 / iters as f64);
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            baseline();
+        }
+        best_base = best_base.min(t.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    format!("ours {best_ours:>9.0} ns  baseline {best_base:>9.0} ns  ratio {:.2}", best_base / best_ours)
 }
 
 /// Throughput ratios ours / baseline from criterion's saved medians.

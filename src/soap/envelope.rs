@@ -567,14 +567,18 @@ impl<'a> Parser<'a, '_> {
     fn skip(&mut self) -> Result<(), SoapError> {
         let target = self.depth - 1;
         while self.depth > target {
-            match self.next()? {
-                Event::Start(_) => self.enter()?,
-                Event::End(_) => self.close(),
-                Event::GeneralRef(r) => {
+            // The hot loop over the Body's content: match quick-xml's result in
+            // place (no re-wrapping of every event).
+            match self.reader.read_event() {
+                Ok(Event::Start(_)) => self.enter()?,
+                Ok(Event::End(_)) => self.close(),
+                Ok(Event::GeneralRef(r)) => {
                     resolve_ref(&r)?;
                 }
-                Event::Eof => return Err(SoapError::Structure("unclosed element")),
-                _ => {}
+                Ok(Event::DocType(_)) => return Err(SoapError::DocType),
+                Ok(Event::Eof) => return Err(SoapError::Structure("unclosed element")),
+                Ok(_) => {}
+                Err(e) => return Err(SoapError::xml(self.reader.error_position(), e)),
             }
         }
         Ok(())
