@@ -90,6 +90,10 @@ fn downcast_mesh(e: &(dyn std::error::Error + 'static)) -> Option<ErrorResponse>
     if let Some(e) = e.downcast_ref::<crate::timeout::Elapsed>() {
         return Some(ErrorResponse::of(e));
     }
+    #[cfg(feature = "discovery")]
+    if let Some(e) = e.downcast_ref::<crate::discovery::DiscoveryError>() {
+        return Some(ErrorResponse::of(e));
+    }
     #[cfg(feature = "jwt")]
     if let Some(e) = e.downcast_ref::<crate::jwt::JwtError>() {
         return Some(ErrorResponse::of(e));
