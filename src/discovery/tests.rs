@@ -11,13 +11,16 @@ use tower_layer::Layer;
 use super::*;
 use crate::BoxError;
 
+/// (URI sent to, Host header) of each call.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// Failing endpoints (by authority) and slow ones (ms); records where calls went.
 #[derive(Clone, Default)]
 struct Upstreams {
     failing: Arc<Mutex<Vec<String>>>,
     slow_ms: Arc<Mutex<HashMap<String, u64>>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
 }
 
 impl Upstreams {
