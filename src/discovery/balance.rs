@@ -10,6 +10,10 @@ use metrics::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use tokio::sync::watch;
+
+use super::error::DiscoveryError;
+use super::registry::{Registry, Resolution};
 use crate::config::{check_nonzero, check_range, ConfigError};
 
 /// How the layer picks an endpoint.
@@ -135,6 +139,13 @@ impl EndpointStats {
     }
 }
 
+/// A logical service's endpoint watch and its current table.
+#[derive(Debug)]
+struct Route {
+    rx: watch::Receiver<Resolution>,
+    table: Arc<Table>,
+}
+
 /// One service's endpoint table, rebuilt when its endpoint set changes.
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -142,7 +153,12 @@ pub(crate) struct Table {
     ejections: Counter,
     pub(crate) endpoints: Vec<Arc<EndpointStats>>,
     pub(crate) stale: bool,
-    shared: Arc<Shared>,
+    // Copies of the layer's settings (not an `Arc<Shared>`: the shared route
+    // map holds the tables, so that would be a reference cycle).
+    balance: Balance,
+    outlier: OutlierConfig,
+    base: Instant,
+    rr: AtomicUsize,
 }
 
 /// State shared by all clones of one layer.
@@ -151,8 +167,10 @@ pub(crate) struct Shared {
     pub(crate) balance: Balance,
     pub(crate) outlier: OutlierConfig,
     base: Instant,
-    rr: AtomicUsize,
     stats: Mutex<HashMap<Authority, Weak<EndpointStats>>>,
+    /// Each logical service's watch and current table, shared by all clones
+    /// (a clone made per call, as `Retry` does, starts up to date).
+    routes: Mutex<HashMap<Arc<str>, Route>>,
     /// The layer's name (logs only).
     pub(crate) name: Arc<str>,
 }
@@ -163,20 +181,39 @@ impl Shared {
             balance,
             outlier,
             base: Instant::now(),
-            rr: AtomicUsize::new(0),
             stats: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
             name,
         }
     }
 
-    #[inline]
-    pub(crate) fn now_ns(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.base).as_nanos() as u64
+    /// The current table of `service`, refreshed if its endpoint set changed;
+    /// the first request for a service subscribes to it in `registry`.
+    pub(crate) fn route(self: &Arc<Self>, registry: &Registry, service: &str) -> Result<Arc<Table>, DiscoveryError> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(route) = routes.get_mut(service) {
+            if route.rx.has_changed().unwrap_or(false) {
+                let res = route.rx.borrow_and_update().clone();
+                route.table = self.table(route.table.service.clone(), res.endpoints(), res.is_stale());
+            }
+            return Ok(route.table.clone());
+        }
+        let mut rx = registry.watch(service)?;
+        let res = rx.borrow_and_update().clone();
+        let name: Arc<str> = Arc::from(service);
+        let table = self.table(name.clone(), res.endpoints(), res.is_stale());
+        routes.insert(name, Route { rx, table: table.clone() });
+        Ok(table)
+    }
+
+    /// The table of `service` as last refreshed, if any request used it.
+    pub(crate) fn current(&self, service: &str) -> Option<Arc<Table>> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).get(service).map(|r| r.table.clone())
     }
 
     /// Build a table for `service`, keeping the statistics of endpoints that
     /// stay (so a refresh does not forget load or ejections).
-    pub(crate) fn table(self: &Arc<Self>, service: Arc<str>, endpoints: &[Authority], stale: bool) -> Arc<Table> {
+    pub(crate) fn table(&self, service: Arc<str>, endpoints: &[Authority], stale: bool) -> Arc<Table> {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.retain(|_, w| w.strong_count() > 0);
         let endpoints: Vec<Arc<EndpointStats>> = endpoints
@@ -195,11 +232,25 @@ impl Shared {
         metrics::gauge!("tower_mesh_discovery_stale", "service" => service.to_string()).set(stale as u8 as f64);
         tracing::info!(service = %service, endpoints = endpoints.len(), stale, "discovery endpoint set changed");
         let ejections = metrics::counter!("tower_mesh_discovery_ejections_total", "service" => service.to_string());
-        Arc::new(Table { service, ejections, endpoints, stale, shared: self.clone() })
+        Arc::new(Table {
+            service,
+            ejections,
+            endpoints,
+            stale,
+            balance: self.balance,
+            outlier: self.outlier,
+            base: self.base,
+            rr: AtomicUsize::new(0),
+        })
     }
 }
 
 impl Table {
+    #[inline]
+    fn now_ns(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
     /// Pick an endpoint index, or `None` when the table is empty.
     pub(crate) fn pick(&self, now: Instant) -> Option<usize> {
         let n = self.endpoints.len();
@@ -208,11 +259,11 @@ impl Table {
             1 => return Some(0),
             _ => {}
         }
-        let now_ns = self.shared.now_ns(now);
+        let now_ns = self.now_ns(now);
         let ok = |i: usize| !self.endpoints[i].ejected(now_ns);
-        match self.shared.balance {
+        match self.balance {
             Balance::RoundRobin => {
-                let start = self.shared.rr.fetch_add(1, Ordering::Relaxed);
+                let start = self.rr.fetch_add(1, Ordering::Relaxed);
                 (0..n).map(|k| (start + k) % n).find(|&i| ok(i)).or(Some(start % n))
             }
             Balance::PeakEwma => {
@@ -244,9 +295,9 @@ impl Table {
         e.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Some(failed) = failed else { return };
         let now = Instant::now();
-        let now_ns = self.shared.now_ns(now);
+        let now_ns = self.now_ns(now);
         e.observe_latency(now_ns, now.saturating_duration_since(started).as_nanos() as f64);
-        let cfg = &self.shared.outlier;
+        let cfg = &self.outlier;
         if !failed {
             e.consecutive_failures.store(0, Ordering::Relaxed);
             // Healthy for longer than the longest ejection: forget past ejections.
@@ -293,7 +344,7 @@ impl Table {
 
     /// Endpoints currently ejected (for health reporting and tests).
     pub(crate) fn ejected(&self, now: Instant) -> Vec<Authority> {
-        let now_ns = self.shared.now_ns(now);
+        let now_ns = self.now_ns(now);
         self.endpoints.iter().filter(|e| e.ejected(now_ns)).map(|e| e.authority.clone()).collect()
     }
 }

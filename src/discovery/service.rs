@@ -1,6 +1,5 @@
 //! The discovery service.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -8,23 +7,15 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Uri};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use super::balance::{Shared, Table};
 use super::error::DiscoveryError;
 use super::future::{Guard, ResponseFuture};
-use super::registry::{Registry, Resolution};
+use super::registry::Registry;
 use crate::classify::{Classify, ResultClassifier};
 use crate::BoxError;
-
-/// One service's endpoint set as this clone last saw it.
-#[derive(Clone)]
-struct Route {
-    rx: watch::Receiver<Resolution>,
-    table: Arc<Table>,
-}
 
 /// Routes each request to a live endpoint of its logical service (see the
 /// [module docs](super)). Made by [`DiscoveryLayer`](super::DiscoveryLayer).
@@ -36,7 +27,6 @@ pub struct Discovery<S, C = ResultClassifier> {
     fixed: Option<Arc<str>>,
     keep_host: bool,
     classifier: C,
-    routes: HashMap<Arc<str>, Route>,
 }
 
 impl<S: fmt::Debug, C> fmt::Debug for Discovery<S, C> {
@@ -59,7 +49,7 @@ impl<S, C> Discovery<S, C> {
         keep_host: bool,
         classifier: C,
     ) -> Self {
-        Discovery { inner, registry, shared, fixed, keep_host, classifier, routes: HashMap::new() }
+        Discovery { inner, registry, shared, fixed, keep_host, classifier }
     }
 
     /// The wrapped service.
@@ -75,13 +65,13 @@ impl<S, C> Discovery<S, C> {
     /// Endpoints of `service` currently ejected by outlier detection, as this
     /// service last saw its endpoint set.
     pub fn ejected(&self, service: &str) -> Vec<Authority> {
-        self.routes.get(service).map(|r| r.table.ejected(Instant::now())).unwrap_or_default()
+        self.shared.current(service).map(|t| t.ejected(Instant::now())).unwrap_or_default()
     }
 
     /// Whether `service`'s endpoint source is failing and its last known
     /// endpoints are in use (stale-while-error), as this service last saw it.
     pub fn is_stale(&self, service: &str) -> bool {
-        self.routes.get(service).is_some_and(|r| r.table.stale)
+        self.shared.current(service).is_some_and(|t| t.stale)
     }
 
     #[cfg(test)]
@@ -91,19 +81,7 @@ impl<S, C> Discovery<S, C> {
 
     /// The table for `name`, refreshed if its endpoint set changed.
     fn table(&mut self, name: &str) -> Result<Arc<Table>, DiscoveryError> {
-        if let Some(route) = self.routes.get_mut(name) {
-            if route.rx.has_changed().unwrap_or(false) {
-                let res = route.rx.borrow_and_update().clone();
-                route.table = self.shared.table(route.table.service.clone(), res.endpoints(), res.is_stale());
-            }
-            return Ok(route.table.clone());
-        }
-        let mut rx = self.registry.watch(name)?;
-        let res = rx.borrow_and_update().clone();
-        let service: Arc<str> = Arc::from(name);
-        let table = self.shared.table(service.clone(), res.endpoints(), res.is_stale());
-        self.routes.insert(service, Route { rx, table: table.clone() });
-        Ok(table)
+        self.shared.route(&self.registry, name)
     }
 }
 
