@@ -325,6 +325,9 @@ impl Table {
         let times = e.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let dur = cfg.base_ejection.saturating_mul(times).min(cfg.max_ejection);
         e.ejected_until_ns.store(now_ns + dur.as_nanos() as u64, Ordering::Relaxed);
+        // Back from ejection it starts from the default latency, not from the
+        // timeouts that got it ejected.
+        e.ewma_ns.store(DEFAULT_RTT_NS.to_bits(), Ordering::Relaxed);
         e.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejections.increment(1);
         tracing::warn!(
