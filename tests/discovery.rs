@@ -120,7 +120,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_endpoint_is_ejected_with_few_failures_and_gets_traffic_when_back() {
-    let mut servers = vec![Server::start().await, Server::start().await, Server::start().await];
+    let mut servers = [Server::start().await, Server::start().await, Server::start().await];
     let registry = Registry::new();
     registry.set_static("orders", servers.iter().map(|s| s.addr.to_string())).unwrap();
 
