@@ -185,3 +185,91 @@ fn soap_action_values() {
     assert!(client::action_value_for_test(SoapVersion::V11, Some("a\"b")).is_err());
     assert!(client::action_value_for_test(SoapVersion::V12, Some("a\r\nX: y")).is_err());
 }
+
+#[tokio::test]
+async fn client_readiness_follows_the_transport() {
+    use std::task::Poll;
+    use tower::Layer;
+    use tower_service::Service;
+
+    let (mock, mut handle) = tower_test::mock::pair::<http::Request<EnvelopeBody>, http::Response<String>>();
+    let mut client = SoapEnvelopeLayer::new("http://127.0.0.1/".parse().unwrap()).layer(mock);
+    handle.allow(0);
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(client.poll_ready(&mut cx).is_pending(), "not ready while the transport is not");
+    handle.allow(1);
+    assert!(matches!(client.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let fut = client.call(SoapRequest::new("<a/>").action("urn:x"));
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.method(), http::Method::POST);
+    assert_eq!(req.headers()["content-type"], "text/xml; charset=utf-8");
+    assert_eq!(req.headers()["soapaction"], "\"urn:x\"");
+    let fault = EnvelopeBody::fault(SoapVersion::V11, &SoapFault::server("down")).to_bytes();
+    let mut res = http::Response::new(String::from_utf8(fault.to_vec()).unwrap());
+    *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    send.send_response(res);
+    let err = fut.await.unwrap_err();
+    assert!(err.fault().unwrap().is_server());
+    assert_eq!(err.fault().unwrap().http_status(), Some(http::StatusCode::INTERNAL_SERVER_ERROR));
+
+    // A transport error is typed and keeps its source.
+    handle.allow(1);
+    assert!(matches!(client.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let fut = client.call(SoapRequest::new("<a/>"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(std::io::Error::other("connection reset"));
+    let err = fut.await.unwrap_err();
+    assert!(matches!(err, SoapError::Transport(_)));
+    assert!(std::error::Error::source(&err).unwrap().to_string().contains("connection reset"));
+}
+
+#[tokio::test]
+async fn server_answers_a_failed_readiness_with_a_fault_and_cancels_cleanly() {
+    use tower::Layer;
+    use tower_service::Service;
+
+    let (mock, mut handle) =
+        tower_test::mock::pair::<http::Request<http_body_util::Full<Bytes>>, http::Response<String>>();
+    let mut server = SoapServerLayer::new().layer(mock);
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    handle.send_error(std::io::Error::other("pool closed"));
+    assert!(
+        Service::<http::Request<EnvelopeBody>>::poll_ready(&mut server, &mut cx).is_ready(),
+        "the server layer never fails"
+    );
+    let body = EnvelopeBody::new(SoapVersion::V12, &[], Bytes::from_static(b"<a/>"));
+    let mut req = http::Request::new(body);
+    req.headers_mut().insert("content-type", http::HeaderValue::from_static("application/soap+xml"));
+    let res = server.call(req).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    let env = Envelope::parse(res.into_body().to_bytes(), &SoapLimits::default()).unwrap();
+    assert!(env.fault().unwrap().is_server());
+    assert_eq!(env.version(), SoapVersion::V12);
+
+    // Dropping a call while the handler runs releases it.
+    let (mock, mut handle) =
+        tower_test::mock::pair::<http::Request<http_body_util::Full<Bytes>>, http::Response<String>>();
+    let mut server = SoapServerLayer::new().layer(mock);
+    handle.allow(1);
+    assert!(Service::<http::Request<EnvelopeBody>>::poll_ready(&mut server, &mut cx).is_ready());
+    let body = EnvelopeBody::new(SoapVersion::V11, &[], Bytes::from_static(b"<a/>"));
+    let mut fut = Box::pin(server.call(http::Request::new(body)));
+    assert!(futures::poll!(&mut fut).is_pending());
+    let (_req, send) = handle.next_request().await.unwrap();
+    drop(fut);
+    // The handler's answer goes nowhere, and the service keeps working.
+    send.send_response(http::Response::new(String::new()));
+    handle.allow(1);
+    assert!(Service::<http::Request<EnvelopeBody>>::poll_ready(&mut server, &mut cx).is_ready());
+    let body = EnvelopeBody::new(SoapVersion::V11, &[], Bytes::from_static(b"<a/>"));
+    let mut fut = Box::pin(server.call(http::Request::new(body)));
+    assert!(futures::poll!(&mut fut).is_pending(), "the body is read and the handler called");
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.extensions().get::<SoapOperation>().and_then(SoapOperation::name), Some("a"));
+    send.send_response(http::Response::new("<b/>".to_owned()));
+    let res = fut.await.unwrap();
+    let env = Envelope::parse(res.into_body().to_bytes(), &SoapLimits::default()).unwrap();
+    assert_eq!(env.body_str(), "<b/>");
+}
