@@ -58,18 +58,30 @@
 //! ejections are `tracing` events.
 
 mod balance;
+#[cfg(feature = "discovery-consul")]
+mod consul;
 mod error;
 mod future;
+#[cfg(feature = "discovery-k8s")]
+mod kubernetes;
 mod layer;
 mod registry;
 mod service;
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+mod source;
 
 #[cfg(test)]
 mod tests;
 
 pub use balance::{Balance, OutlierConfig};
+#[cfg(feature = "discovery-consul")]
+pub use consul::ConsulSource;
 pub use error::DiscoveryError;
 pub use future::ResponseFuture;
+#[cfg(feature = "discovery-k8s")]
+pub use kubernetes::KubernetesSource;
 pub use layer::{DiscoveryLayer, DiscoveryLayerBuilder};
 pub use registry::{parse_endpoints, Registry, Resolution};
 pub use service::Discovery;
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub use source::{BoxBody, HttpClient, SourceTask};

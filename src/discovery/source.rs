@@ -1,0 +1,181 @@
+//! Plumbing shared by the endpoint sources that poll or watch an HTTP API
+//! (Consul, etcd, Kubernetes): the HTTP client they use, the task handle,
+//! and the refresh loop with stale-while-error and backoff.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
+
+use super::registry::Registry;
+use crate::BoxError;
+
+/// The HTTP client an API-backed source talks through. The default is a plain
+/// HTTP hyper-util client; for TLS (a real Kubernetes API server, Consul or
+/// etcd behind HTTPS) pass your own — e.g. a hyper-util client with a
+/// hyper-rustls connector — through [`HttpClient::new`].
+#[derive(Clone)]
+pub struct HttpClient(BoxCloneSyncService<Request<Full<Bytes>>, Response<BoxBody>, BoxError>);
+
+/// Response body type of [`HttpClient`].
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HttpClient")
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        HttpClient::new(client)
+    }
+}
+
+impl HttpClient {
+    /// Wrap any HTTP client service.
+    pub fn new<S, B>(client: S) -> Self
+    where
+        S: tower_service::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let svc = client
+            .map_err(Into::into)
+            .map_response(|res: Response<B>| res.map(|b| b.map_err(Into::into).boxed_unsync()));
+        HttpClient(BoxCloneSyncService::new(svc))
+    }
+
+    /// Send `req`; fail on a non-2xx status (with a short excerpt of the body).
+    pub(crate) fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static {
+        let call = self.0.clone().oneshot(req);
+        async move {
+            match call.await {
+                Ok(res) => check_status(res).await,
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    /// Send `req` and read the whole body (at most `limit` bytes).
+    pub(crate) fn fetch(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(http::HeaderMap, Bytes), BoxError>> + Send + 'static {
+        let send = self.send(req);
+        async move {
+            let (parts, body) = match send.await {
+                Ok(res) => res.into_parts(),
+                Err(e) => return Err(e),
+            };
+            match collect_limited(body, limit).await {
+                Ok(body) => Ok((parts.headers, body)),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Fail on a non-2xx status, with a short excerpt of the body.
+async fn check_status(res: Response<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
+    if !res.status().is_success() {
+        let status = res.status();
+        let body = collect_limited(res.into_body(), 512).await.unwrap_or_default();
+        let excerpt = String::from_utf8_lossy(&body);
+        return Err(format!("HTTP {status}: {}", excerpt.trim()).into());
+    }
+    Ok(res)
+}
+
+/// Read a body, failing once it exceeds `limit` bytes.
+pub(crate) async fn collect_limited(body: BoxBody, limit: usize) -> Result<Bytes, BoxError> {
+    let mut body = body;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame: http_body::Frame<Bytes> = frame?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(format!("response body larger than {limit} bytes").into());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// The background task of a source; dropping it (or [`abort`](Self::abort))
+/// stops the source. The registry keeps the last endpoints it published.
+#[derive(Debug)]
+pub struct SourceTask(tokio::task::JoinHandle<()>);
+
+impl SourceTask {
+    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(f: F) -> Self {
+        SourceTask(tokio::spawn(f))
+    }
+
+    /// Stop the source.
+    pub fn abort(&self) {
+        self.0.abort();
+    }
+
+    /// Whether the task has ended (it only ends when aborted).
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+impl Drop for SourceTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Retry delays of a failing source: 100 ms doubling up to 10 s.
+#[derive(Debug)]
+pub(crate) struct RetryDelay(Duration);
+
+impl RetryDelay {
+    pub(crate) fn new() -> Self {
+        RetryDelay(Duration::from_millis(100))
+    }
+    pub(crate) fn reset(&mut self) {
+        self.0 = Duration::from_millis(100);
+    }
+    pub(crate) fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        d
+    }
+}
+
+/// A source failed: keep the last endpoints (marked stale), log once per
+/// failure with the source's kind, and wait before the next attempt.
+pub(crate) async fn failed(
+    registry: &Registry,
+    service: &str,
+    kind: &'static str,
+    err: BoxError,
+    delay: &mut RetryDelay,
+) {
+    registry.mark_stale(service);
+    metrics::counter!("tower_mesh_discovery_source_errors_total", "service" => service.to_owned(), "source" => kind)
+        .increment(1);
+    let wait = delay.next();
+    tracing::warn!(service, source = kind, error = %err, retry_in = ?wait, "discovery source failed");
+    tokio::time::sleep(wait).await;
+}
