@@ -52,7 +52,7 @@ pub struct SoapRequest {
     deadline: Option<Deadline>,
 }
 
-/// A [`TimeoutLayer`](crate::timeout::TimeoutLayer) above the SOAP layer
+/// A `TimeoutLayer` (feature `timeout`) above the SOAP layer
 /// attaches its deadline here; the HTTP request then carries it (as an
 /// extension) to the layers below.
 impl DeadlineCarrier for SoapRequest {

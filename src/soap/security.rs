@@ -229,7 +229,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// optionally `wsa:ReplyTo`.
 ///
 /// The `MessageID` is the correlation id in scope when the `correlation-id`
-/// feature is on and a [`RequestContext`](crate::correlation::RequestContext)
+/// feature is on and a `correlation::RequestContext`
 /// is current (as `urn:uuid:…` when it is a UUID), otherwise a fresh
 /// `urn:uuid:` (UUID v4).
 #[derive(Clone, Debug, Default)]
