@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde::Deserialize;
 
 use super::registry::Registry;
-use super::source::{failed, BoxBody, HttpClient, RetryDelay, SourceTask};
+use super::source::{failed, HttpClient, Lines, RetryDelay, SourceTask};
 use crate::BoxError;
 
 /// Endpoints of a Kubernetes Service: the ready addresses of its
@@ -230,51 +230,4 @@ impl KubernetesSource {
 
 fn union(slices: &BTreeMap<String, Vec<Authority>>) -> Vec<Authority> {
     slices.values().flatten().cloned().collect()
-}
-
-/// Newline-delimited JSON objects from a streaming body (a line is capped at 16 MiB).
-pub(crate) struct Lines {
-    body: BoxBody,
-    buf: BytesMut,
-}
-
-impl Lines {
-    pub(crate) fn new(body: BoxBody) -> Self {
-        Lines { body, buf: BytesMut::new() }
-    }
-
-    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(pos + 1).freeze();
-                let line = line.slice(..pos);
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return Ok(Some(line));
-            }
-            if self.buf.len() > 16 << 20 {
-                return Err("watch event larger than 16 MiB".into());
-            }
-            match self.body.frame().await {
-                Some(frame) => {
-                    if let Ok(mut data) = frame?.into_data() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            self.buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
-                    }
-                }
-                None => {
-                    if self.buf.iter().all(u8::is_ascii_whitespace) {
-                        return Ok(None);
-                    }
-                    let rest = std::mem::take(&mut self.buf).freeze();
-                    return Ok(Some(rest));
-                }
-            }
-        }
-    }
 }

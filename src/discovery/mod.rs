@@ -61,6 +61,8 @@ mod balance;
 #[cfg(feature = "discovery-consul")]
 mod consul;
 mod error;
+#[cfg(feature = "discovery-etcd")]
+mod etcd;
 mod future;
 #[cfg(feature = "discovery-k8s")]
 mod kubernetes;
@@ -77,6 +79,8 @@ pub use balance::{Balance, OutlierConfig};
 #[cfg(feature = "discovery-consul")]
 pub use consul::ConsulSource;
 pub use error::DiscoveryError;
+#[cfg(feature = "discovery-etcd")]
+pub use etcd::EtcdSource;
 pub use future::ResponseFuture;
 #[cfg(feature = "discovery-k8s")]
 pub use kubernetes::KubernetesSource;

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -178,4 +178,54 @@ pub(crate) async fn failed(
     let wait = delay.next();
     tracing::warn!(service, source = kind, error = %err, retry_in = ?wait, "discovery source failed");
     tokio::time::sleep(wait).await;
+}
+
+/// Newline-delimited JSON objects from a streaming body (the watch APIs of
+/// etcd and Kubernetes) (a line is capped at 16 MiB).
+#[cfg_attr(not(any(feature = "discovery-etcd", feature = "discovery-k8s")), allow(dead_code))]
+pub(crate) struct Lines {
+    body: BoxBody,
+    buf: BytesMut,
+}
+
+#[cfg_attr(not(any(feature = "discovery-etcd", feature = "discovery-k8s")), allow(dead_code))]
+impl Lines {
+    pub(crate) fn new(body: BoxBody) -> Self {
+        Lines { body, buf: BytesMut::new() }
+    }
+
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(pos + 1).freeze();
+                let line = line.slice(..pos);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(Some(line));
+            }
+            if self.buf.len() > 16 << 20 {
+                return Err("watch event larger than 16 MiB".into());
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Ok(mut data) = frame?.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+                None => {
+                    if self.buf.iter().all(u8::is_ascii_whitespace) {
+                        return Ok(None);
+                    }
+                    let rest = std::mem::take(&mut self.buf).freeze();
+                    return Ok(Some(rest));
+                }
+            }
+        }
+    }
 }

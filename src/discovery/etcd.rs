@@ -1,0 +1,211 @@
+//! etcd: keys under a prefix, listed then watched through etcd's JSON gateway.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Uri};
+use http_body_util::Full;
+use serde::Deserialize;
+
+use super::registry::Registry;
+use super::source::{failed, HttpClient, Lines, RetryDelay, SourceTask};
+use crate::BoxError;
+
+/// Endpoints kept in etcd as keys under a prefix whose values are `host:port`
+/// (e.g. `/services/orders/i-1 = 10.0.0.7:8080`): listed with
+/// `POST /v3/kv/range`, then followed with `POST /v3/watch` from the next
+/// revision, through etcd's JSON (gRPC-gateway) API — plain HTTP and JSON, so
+/// no protobuf compiler is needed to build tower-mesh. A compacted or broken
+/// watch lists again.
+///
+/// ```no_run
+/// use tower_mesh::discovery::{EtcdSource, Registry};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_mesh::BoxError> {
+/// let registry = Registry::new();
+/// let _task = EtcdSource::new("http://127.0.0.1:2379".parse()?, "/services/orders/").spawn(registry.clone(), "orders");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct EtcdSource {
+    base: Uri,
+    prefix: Vec<u8>,
+    client: HttpClient,
+}
+
+#[derive(Deserialize)]
+struct RangeResponse {
+    header: Header,
+    #[serde(default)]
+    kvs: Vec<Kv>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    #[serde(default)]
+    revision: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Kv {
+    key: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WatchLine {
+    result: Option<WatchResult>,
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct WatchResult {
+    #[serde(default)]
+    events: Vec<Event>,
+    #[serde(default)]
+    compact_revision: Option<String>,
+    #[serde(default)]
+    canceled: bool,
+}
+
+#[derive(Deserialize)]
+struct Event {
+    /// Absent for a PUT (the default of the enum is not serialized).
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    kv: Kv,
+}
+
+/// The end of the key range of everything starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // whole keyspace
+}
+
+impl EtcdSource {
+    /// Follow the keys under `prefix` on the etcd at `base` (e.g. `http://127.0.0.1:2379`).
+    pub fn new(base: Uri, prefix: impl Into<String>) -> Self {
+        EtcdSource { base, prefix: prefix.into().into_bytes(), client: HttpClient::default() }
+    }
+
+    /// The HTTP client (default: plain HTTP).
+    pub fn client(mut self, client: HttpClient) -> Self {
+        self.client = client;
+        self
+    }
+
+    fn post(&self, path: &str, body: serde_json::Value) -> Result<Request<Full<Bytes>>, BoxError> {
+        let base = self.base.to_string();
+        Ok(Request::post(format!("{}{path}", base.trim_end_matches('/')))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))?)
+    }
+
+    /// Start following, publishing into `registry` under `service`.
+    pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
+        registry.register(service);
+        let service = service.to_owned();
+        SourceTask::spawn(async move {
+            let mut delay = RetryDelay::new();
+            loop {
+                if let Err(e) = self.list_and_watch(&registry, &service, &mut delay).await {
+                    failed(&registry, &service, "etcd", e, &mut delay).await;
+                }
+            }
+        })
+    }
+
+    async fn list_and_watch(&self, registry: &Registry, service: &str, delay: &mut RetryDelay) -> Result<(), BoxError> {
+        let range = self.post(
+            "/v3/kv/range",
+            serde_json::json!({ "key": B64.encode(&self.prefix), "range_end": B64.encode(prefix_end(&self.prefix)) }),
+        )?;
+        let (_, body) = tokio::time::timeout(Duration::from_secs(30), self.client.fetch(range, 16 << 20)).await??;
+        let range: RangeResponse = serde_json::from_slice(&body)?;
+        let revision: u64 = range.header.revision.as_deref().unwrap_or("0").parse()?;
+        let mut keys: BTreeMap<String, Authority> = BTreeMap::new();
+        for kv in range.kvs {
+            apply(&mut keys, service, Some(kv));
+        }
+        registry.set(service, keys.values().cloned());
+        delay.reset();
+
+        let watch = self.post(
+            "/v3/watch",
+            serde_json::json!({ "create_request": {
+                "key": B64.encode(&self.prefix),
+                "range_end": B64.encode(prefix_end(&self.prefix)),
+                "start_revision": (revision + 1).to_string(),
+            }}),
+        )?;
+        let mut lines = Lines::new(self.client.send(watch).await?.into_body());
+        while let Some(line) = lines.next().await? {
+            let line: WatchLine = serde_json::from_slice(&line)?;
+            if let Some(err) = line.error {
+                return Err(format!("etcd watch error: {err}").into());
+            }
+            let Some(result) = line.result else { continue };
+            if result.canceled || result.compact_revision.as_deref().is_some_and(|r| r != "0") {
+                // Compacted past our revision, or cancelled: list again.
+                return Ok(());
+            }
+            if result.events.is_empty() {
+                continue;
+            }
+            for ev in result.events {
+                if ev.kind.as_deref() == Some("DELETE") {
+                    if let Ok(k) = B64.decode(&ev.kv.key) {
+                        keys.remove(&String::from_utf8_lossy(&k).into_owned());
+                    }
+                } else {
+                    apply(&mut keys, service, Some(ev.kv));
+                }
+            }
+            registry.set(service, keys.values().cloned());
+        }
+        Ok(())
+    }
+}
+
+/// Put a key/value into the map; a value that is not `host:port` is skipped with a warning.
+fn apply(keys: &mut BTreeMap<String, Authority>, service: &str, kv: Option<Kv>) {
+    let Some(kv) = kv else { return };
+    let Ok(key) = B64.decode(&kv.key) else { return };
+    let key = String::from_utf8_lossy(&key).into_owned();
+    let value = kv.value.as_deref().and_then(|v| B64.decode(v).ok()).unwrap_or_default();
+    let value = String::from_utf8_lossy(&value);
+    match super::registry::parse_endpoints([value.trim()]) {
+        Ok(mut a) => {
+            keys.insert(key, a.remove(0));
+        }
+        Err(e) => {
+            keys.remove(&key);
+            tracing::warn!(service, key = %key, error = %e, "etcd value is not an endpoint; skipped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_next_key_range() {
+        assert_eq!(prefix_end(b"/services/"), b"/services0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+}
