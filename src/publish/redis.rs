@@ -1,1 +1,493 @@
-//! (in progress) the `redis` publisher.
+//! Redis publisher (`redis` feature, [redis-rs]): Redis Streams or pub/sub.
+//!
+//! **Streams** (default): each event is appended with `XADD <key> [MAXLEN ~ n] *`
+//! to the stream named by [`RedisBuilder::stream`] (default: the event type);
+//! the response future resolves on the command's reply, the new entry id
+//! (Redis has written the entry). `MAXLEN ~ n` ([`RedisBuilder::max_len`])
+//! trims the stream approximately, as Redis does cheaply.
+//!
+//! Entry fields: `id`, `source`, `type`, `specversion`, `time`, … — every
+//! CloudEvents attribute under its own name (the pairs of
+//! [`Event::header_pairs`], `traceparent` and `tracestate` included) — then
+//! `content-type` and `body` (the encoded message, see
+//! [`ContentMode`](super::ContentMode)). A consumer reads it back with
+//! [`Redis::event_from_fields`].
+//!
+//! **Pub/sub** ([`RedisBuilder::pubsub`]): `PUBLISH <channel> <body>`; pub/sub
+//! has no headers, so use the structured (JSON envelope) mode there. The reply
+//! is the number of subscribers that received the message; with
+//! [`RedisBuilder::require_subscriber`] a message nobody received is
+//! [`PublishError::Unroutable`].
+//!
+//! Commands go over one multiplexed connection, pipelined in order. A broken
+//! connection fails the outstanding commands: the publisher reconnects with
+//! backoff and sends them again (at least once; a stream may then hold a
+//! message twice, with the same event id). A reply slower than
+//! [`PublisherConfig::confirm_timeout`] counts as a broken connection.
+//!
+//! ```no_run
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_mesh::publish::Event;
+//! use tower_mesh::publish::redis::Redis;
+//!
+//! # async fn demo() -> Result<(), tower_mesh::BoxError> {
+//! let publisher = Redis::builder("redis://127.0.0.1:6379")
+//!     .stream(|e: &Event| format!("orders:{}", e.ty()))
+//!     .max_len(100_000)
+//!     .build()?;
+//! let svc = ServiceBuilder::new()
+//!     // .layer(timeout).layer(retry).layer(circuit breaker)...
+//!     .service(publisher);
+//! let event = Event::builder("/orders", "created").json(&serde_json::json!({"id": 42}))?.build()?;
+//! let receipt = svc.oneshot(event).await?;
+//! println!("appended {}", receipt.event.id());
+//! # Ok(()) }
+//! ```
+//!
+//! [redis-rs]: https://docs.rs/redis
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Cmd, RedisError, Value};
+
+use super::{
+    Confirmation, Event, InvalidEvent, LostSignal, Outgoing, PublishError, Publisher, PublisherConfig, Transport,
+};
+use crate::error::BoxError;
+
+const BROKER: &str = "redis";
+
+/// Stream entry field holding the encoded message.
+pub const BODY_FIELD: &str = "body";
+/// Stream entry field holding the content type of [`BODY_FIELD`].
+pub const CONTENT_TYPE_FIELD: &str = "content-type";
+
+/// Longest stream key or channel name accepted (Redis allows 512 MB; a key
+/// this long is a bug).
+const MAX_KEY_LEN: usize = 1024;
+
+/// A Redis publisher: [`Publisher`] over [`Redis`].
+pub type RedisPublisher = Publisher<Redis>;
+
+/// How the stream key or channel of an event is chosen.
+pub type KeyFn = Arc<dyn Fn(&Event) -> String + Send + Sync>;
+
+#[derive(Clone)]
+enum Target {
+    Stream { key: KeyFn, max_len: Option<usize> },
+    PubSub { channel: KeyFn, require_subscriber: bool },
+}
+
+/// The Redis [`Transport`]: one multiplexed connection.
+pub struct Redis {
+    client: Result<::redis::Client, Arc<RedisError>>,
+    target: Target,
+    confirm_timeout: std::time::Duration,
+    connect_timeout: std::time::Duration,
+    max_in_flight: usize,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: leave it out.
+        let target = match &self.target {
+            Target::Stream { max_len, .. } => format!("stream (max_len {max_len:?})"),
+            Target::PubSub { .. } => "pubsub".to_owned(),
+        };
+        f.debug_struct("Redis").field("target", &target).finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Start configuring a publisher for the server at `url`
+    /// (`redis://[user:password@]host:6379[/db]`, `rediss://` needs TLS
+    /// features of the redis crate).
+    pub fn builder(url: impl AsRef<str>) -> RedisBuilder {
+        let defaults = PublisherConfig::default();
+        RedisBuilder {
+            transport: Redis {
+                client: ::redis::Client::open(url.as_ref()).map_err(Arc::new),
+                target: Target::Stream { key: Arc::new(|e: &Event| e.ty().to_owned()), max_len: None },
+                confirm_timeout: defaults.confirm_timeout,
+                connect_timeout: defaults.connect_timeout,
+                max_in_flight: defaults.max_in_flight,
+            },
+            config: PublisherConfig { name: BROKER.into(), ..defaults },
+        }
+    }
+
+    /// The `XADD` field/value pairs of `msg` (public so that a benchmark can
+    /// make the raw client send exactly the same entry).
+    pub fn fields(msg: &Outgoing) -> Vec<(&str, std::borrow::Cow<'_, [u8]>)> {
+        use std::borrow::Cow;
+        let mut fields: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(16);
+        for (name, value) in msg.event.header_pairs() {
+            let value = match value {
+                Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+                Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+            };
+            fields.push((name, value));
+        }
+        if let Some(ct) = msg.content_type() {
+            fields.push((CONTENT_TYPE_FIELD, Cow::Borrowed(ct.as_bytes())));
+        }
+        fields.push((BODY_FIELD, Cow::Borrowed(&msg.body[..])));
+        fields
+    }
+
+    /// The event in a stream entry written by this publisher in structured
+    /// mode (its `body` field is the CloudEvents JSON envelope).
+    pub fn event_from_fields<'a, I, V>(fields: I) -> Result<Event, InvalidEvent>
+    where
+        I: IntoIterator<Item = (&'a str, V)>,
+        V: AsRef<[u8]>,
+    {
+        for (name, value) in fields {
+            if name == BODY_FIELD {
+                return Event::from_structured_json(value.as_ref());
+            }
+        }
+        Err(InvalidEvent::Invalid { attribute: "data", reason: "the entry has no body field" })
+    }
+
+    fn command(&self, msg: &Outgoing) -> Result<(Cmd, Kind), PublishError> {
+        match &self.target {
+            Target::Stream { key, max_len } => {
+                let key = key(&msg.event);
+                check_key(&key)?;
+                let mut cmd = ::redis::cmd("XADD");
+                cmd.arg(&key);
+                if let Some(n) = max_len {
+                    cmd.arg("MAXLEN").arg("~").arg(*n);
+                }
+                cmd.arg("*");
+                for (name, value) in Redis::fields(msg) {
+                    cmd.arg(name).arg(&value[..]);
+                }
+                Ok((cmd, Kind::Stream))
+            }
+            Target::PubSub { channel, require_subscriber } => {
+                let channel = channel(&msg.event);
+                check_key(&channel)?;
+                let mut cmd = ::redis::cmd("PUBLISH");
+                cmd.arg(&channel).arg(&msg.body[..]);
+                Ok((cmd, Kind::PubSub { require_subscriber: *require_subscriber }))
+            }
+        }
+    }
+}
+
+fn check_key(key: &str) -> Result<(), PublishError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(PublishError::InvalidEvent(InvalidEvent::Invalid {
+            attribute: "type",
+            reason: "does not make a Redis key (empty or longer than 1024 bytes)",
+        }));
+    }
+    Ok(())
+}
+
+/// Builder of a [`RedisPublisher`].
+pub struct RedisBuilder {
+    transport: Redis,
+    config: PublisherConfig,
+}
+
+impl fmt::Debug for RedisBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBuilder").field("transport", &self.transport).field("config", &self.config).finish()
+    }
+}
+
+impl RedisBuilder {
+    /// Append to Redis Streams (the default), the stream key chosen by `key`
+    /// (default: the event type). Keeps a [`max_len`](Self::max_len) set before.
+    pub fn stream(mut self, key: impl Fn(&Event) -> String + Send + Sync + 'static) -> Self {
+        let max_len = match &self.transport.target {
+            Target::Stream { max_len, .. } => *max_len,
+            Target::PubSub { .. } => None,
+        };
+        self.transport.target = Target::Stream { key: Arc::new(key), max_len };
+        self
+    }
+
+    /// Trim streams to about `n` entries on every append (`MAXLEN ~ n`).
+    /// Only for stream mode; switches a pub/sub builder back to streams
+    /// keyed by event type.
+    pub fn max_len(mut self, n: usize) -> Self {
+        match &mut self.transport.target {
+            Target::Stream { max_len, .. } => *max_len = Some(n),
+            Target::PubSub { .. } => {
+                self.transport.target =
+                    Target::Stream { key: Arc::new(|e: &Event| e.ty().to_owned()), max_len: Some(n) }
+            }
+        }
+        self
+    }
+
+    /// Publish with `PUBLISH` to the channel chosen by `channel` instead of
+    /// appending to a stream.
+    pub fn pubsub(mut self, channel: impl Fn(&Event) -> String + Send + Sync + 'static) -> Self {
+        self.transport.target = Target::PubSub { channel: Arc::new(channel), require_subscriber: false };
+        self
+    }
+
+    /// In pub/sub mode, fail a message no subscriber received with
+    /// [`PublishError::Unroutable`] (default: succeed with nobody listening).
+    pub fn require_subscriber(mut self, required: bool) -> Self {
+        if let Target::PubSub { require_subscriber, .. } = &mut self.transport.target {
+            *require_subscriber = required;
+        }
+        self
+    }
+
+    /// The publisher settings (in-flight bound, reconnect backoff, mode...).
+    pub fn config(mut self, config: PublisherConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Start the publisher (inside a Tokio runtime); it connects in the
+    /// background. A malformed URL is a [`PublishError::Config`]-like
+    /// [`PublishError::Client`] error here.
+    pub fn build(mut self) -> Result<RedisPublisher, PublishError> {
+        if let Err(e) = &self.transport.client {
+            return Err(PublishError::Client { broker: BROKER, source: Box::new(SharedError(e.clone())) });
+        }
+        self.transport.confirm_timeout = self.config.confirm_timeout;
+        self.transport.connect_timeout = self.config.connect_timeout;
+        self.transport.max_in_flight = self.config.max_in_flight;
+        Publisher::new(self.transport, self.config)
+    }
+}
+
+/// A [`RedisError`] shared between the builder and the error it returned.
+#[derive(Debug)]
+struct SharedError(Arc<RedisError>);
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// An open multiplexed Redis connection.
+pub struct RedisConnection {
+    conn: MultiplexedConnection,
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConnection").finish_non_exhaustive()
+    }
+}
+
+fn map_error(e: RedisError) -> PublishError {
+    if e.is_timeout() {
+        PublishError::ConfirmTimeout { broker: BROKER }
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error() {
+        PublishError::ConnectionLost { broker: BROKER, attempts: 0 }
+    } else if e.code().is_some() {
+        // The server refused the command (WRONGTYPE, OOM, NOPERM...).
+        PublishError::Rejected { broker: BROKER, reason: e.to_string() }
+    } else {
+        PublishError::Client { broker: BROKER, source: Box::new(e) }
+    }
+}
+
+impl Transport for Redis {
+    const BROKER: &'static str = BROKER;
+    type Connection = RedisConnection;
+    type Confirm = RedisConfirm;
+
+    async fn connect(&mut self, _lost: LostSignal) -> Result<RedisConnection, BoxError> {
+        // No idle-loss callback: redis-rs reports a dropped connection only
+        // to RESP3 push listeners. The next command fails instead, and the
+        // publisher reconnects and re-sends it.
+        let client = match &self.client {
+            Ok(c) => c,
+            Err(e) => return Err(Box::new(SharedError(e.clone()))),
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.confirm_timeout))
+            // Room for every unconfirmed message: a command must enter the
+            // connection's queue on its first poll (see `publish`). A full
+            // queue would hand out places in order but take the commands in
+            // the order their futures are polled again, which is not
+            // publish order.
+            .set_pipeline_buffer_size(self.max_in_flight.max(1));
+        let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+        Ok(RedisConnection { conn })
+    }
+
+    fn publish<'a>(
+        &'a mut self,
+        conn: &'a mut RedisConnection,
+        msg: &'a Outgoing,
+    ) -> impl Future<Output = Result<RedisConfirm, PublishError>> + Send + 'a {
+        let command = self.command(msg);
+        async move {
+            let (cmd, kind) = command?;
+            let mut c = conn.conn.clone();
+            // redis-rs's reply future is not nameable: one allocation per
+            // message, next to the command buffer it packs anyway.
+            // `unconstrained`: with tokio's cooperative budget spent, the
+            // first poll would return Pending without queueing the command,
+            // and a later message could overtake it.
+            let mut reply: ReplyFuture =
+                Box::pin(tokio::task::unconstrained(async move { c.send_packed_command(&cmd).await }));
+            // Poll once here so the command is queued on the connection now,
+            // in publish order, before the next message is handed over (the
+            // connection's queue has room for `max_in_flight` commands).
+            let early = poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await;
+            Ok(RedisConfirm {
+                reply: match early {
+                    Poll::Ready(r) => Reply::Done(Some(r)),
+                    Poll::Pending => Reply::Waiting(reply),
+                },
+                kind,
+            })
+        }
+    }
+}
+
+type ReplyFuture = Pin<Box<dyn Future<Output = Result<Value, RedisError>> + Send>>;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Stream,
+    PubSub { require_subscriber: bool },
+}
+
+enum Reply {
+    Waiting(ReplyFuture),
+    Done(Option<Result<Value, RedisError>>),
+}
+
+/// Resolves on Redis's reply to one `XADD` or `PUBLISH`.
+pub struct RedisConfirm {
+    reply: Reply,
+    kind: Kind,
+}
+
+impl fmt::Debug for RedisConfirm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfirm").field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl Future for RedisConfirm {
+    type Output = Result<Confirmation, PublishError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let result = match &mut this.reply {
+            Reply::Waiting(f) => ready!(f.as_mut().poll(cx)),
+            Reply::Done(r) => r.take().expect("RedisConfirm polled after completion"),
+        };
+        this.reply = Reply::Done(None);
+        Poll::Ready(match result {
+            Err(e) => Err(map_error(e)),
+            Ok(value) => confirmation(this.kind, value),
+        })
+    }
+}
+
+/// The confirmation in a reply: `XADD` answers the new entry id
+/// (`<ms>-<seq>`), `PUBLISH` the number of subscribers reached.
+fn confirmation(kind: Kind, value: Value) -> Result<Confirmation, PublishError> {
+    match (kind, value) {
+        (Kind::Stream, Value::BulkString(_) | Value::SimpleString(_)) => Ok(Confirmation::default()),
+        (Kind::PubSub { require_subscriber }, Value::Int(n)) => {
+            if require_subscriber && n == 0 {
+                Err(PublishError::Unroutable {
+                    broker: BROKER,
+                    code: None,
+                    reason: "no subscriber on the channel".into(),
+                })
+            } else {
+                Ok(Confirmation { sequence: u64::try_from(n).ok(), ..Default::default() })
+            }
+        }
+        (Kind::Stream, Value::Nil) => {
+            Err(PublishError::Rejected { broker: BROKER, reason: "XADD added no entry".into() })
+        }
+        (_, Value::ServerError(e)) => Err(PublishError::Rejected { broker: BROKER, reason: e.to_string() }),
+        (_, other) => Err(PublishError::Client {
+            broker: BROKER,
+            source: format!("unexpected reply from Redis: {other:?}").into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ContentMode;
+    use super::*;
+
+    #[test]
+    fn fields_carry_the_attributes_and_body() {
+        let e = Event::builder("/s", "t.x")
+            .correlation_id("c-1")
+            .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .build()
+            .unwrap();
+        let msg = Outgoing::new(e.clone(), ContentMode::Structured);
+        let fields = Redis::fields(&msg);
+        let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| std::str::from_utf8(v).unwrap());
+        assert_eq!(get("id"), Some(e.id()));
+        assert_eq!(get("type"), Some("t.x"));
+        assert_eq!(get("correlationid"), Some("c-1"));
+        assert!(get("traceparent").is_some());
+        assert_eq!(get(CONTENT_TYPE_FIELD), Some("application/cloudevents+json"));
+        let back = Redis::event_from_fields(fields.iter().map(|(n, v)| (*n, v))).unwrap();
+        assert_eq!(back.id(), e.id());
+    }
+
+    #[test]
+    fn commands_and_keys() {
+        let publisher = Redis::builder("redis://127.0.0.1:6379").stream(|_| String::new());
+        let msg = Outgoing::new(Event::builder("/s", "t").build().unwrap(), ContentMode::Structured);
+        assert!(matches!(publisher.transport.command(&msg), Err(PublishError::InvalidEvent(_))));
+
+        let publisher = Redis::builder("redis://127.0.0.1:6379").max_len(1000);
+        let (cmd, _) = publisher.transport.command(&msg).unwrap();
+        let packed = String::from_utf8_lossy(&cmd.get_packed_command()).into_owned();
+        assert!(packed.contains("XADD\r\n$1\r\nt\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$4\r\n1000\r\n$1\r\n*\r\n"), "{packed}");
+
+        let publisher = Redis::builder("redis://127.0.0.1:6379").pubsub(|e| format!("ch.{}", e.ty()));
+        let (cmd, _) = publisher.transport.command(&msg).unwrap();
+        assert!(String::from_utf8_lossy(&cmd.get_packed_command()).contains("PUBLISH\r\n$4\r\nch.t\r\n"));
+    }
+
+    #[test]
+    fn replies() {
+        let stream = Kind::Stream;
+        assert!(confirmation(stream, Value::BulkString(b"1-0".to_vec())).is_ok());
+        assert!(matches!(confirmation(stream, Value::Nil), Err(PublishError::Rejected { .. })));
+        let strict = Kind::PubSub { require_subscriber: true };
+        assert!(matches!(confirmation(strict, Value::Int(0)), Err(PublishError::Unroutable { .. })));
+        assert_eq!(confirmation(strict, Value::Int(2)).unwrap().sequence, Some(2));
+        assert!(confirmation(Kind::PubSub { require_subscriber: false }, Value::Int(0)).is_ok());
+    }
+
+    #[test]
+    fn bad_url_is_an_error_not_a_panic() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let err = Redis::builder("not a url").build().unwrap_err();
+        assert!(matches!(err, PublishError::Client { .. }), "{err}");
+    }
+}
