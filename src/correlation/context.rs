@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(seen.0.unwrap().correlation_id.as_str(), "outer");
         assert_eq!(seen.1.unwrap().correlation_id.as_str(), "inner");
         assert_eq!(seen.2.unwrap().correlation_id.as_str(), "outer");
-        assert_eq!(ctx("sync").sync_scope(|| RequestContext::current()).unwrap().correlation_id.as_str(), "sync");
+        assert_eq!(ctx("sync").sync_scope(RequestContext::current).unwrap().correlation_id.as_str(), "sync");
         assert_eq!(RequestContext::current(), None);
     }
 

@@ -297,3 +297,35 @@ mod tests {
         assert!(a.as_str()[..13] <= b.as_str()[..13]);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn visible_ascii_up_to_128_bytes_is_accepted(s in "[!-~]{1,128}") {
+            let id = CorrelationId::parse(&s).unwrap();
+            prop_assert_eq!(id.as_str(), s.as_str());
+            prop_assert_eq!(CorrelationId::from_header_value(id.as_header_value()), Ok(id.clone()));
+        }
+
+        #[test]
+        fn anything_else_is_refused(s in "\\PC{0,140}|[\\x00-\\x7f]{0,140}") {
+            let valid = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+            prop_assert_eq!(CorrelationId::parse(&s).is_ok(), valid);
+        }
+
+        #[test]
+        fn forbidden_separators_are_refused(s in "[!-~]{1,64}", forbidden in "[!-~]{0,4}") {
+            let set = ByteSet::of(forbidden.as_bytes());
+            let hit = s.bytes().position(|b| forbidden.as_bytes().contains(&b));
+            match hit {
+                Some(index) => prop_assert_eq!(validate(s.as_bytes(), set), Err(InvalidCorrelationId::ForbiddenByte { index })),
+                None => prop_assert_eq!(validate(s.as_bytes(), set), Ok(())),
+            }
+        }
+    }
+}

@@ -119,3 +119,6 @@ pub use id::{CorrelationId, MakeCorrelationId, UuidV7};
 pub use layer::CorrelationIdLayer;
 pub use service::CorrelationIdService;
 pub use trace::{SpanId, TraceId, TraceParent, TraceState};
+
+#[cfg(test)]
+mod tests;

@@ -88,7 +88,7 @@ fn record(ctx: &super::RequestContext) {
     if span.is_disabled() {
         return;
     }
-    span.record("correlation_id", ctx.correlation_id.as_str());
+    span.record("correlation_id", tracing::field::display(&ctx.correlation_id));
     if let Some(tp) = &ctx.traceparent {
         span.record("trace_id", tracing::field::display(tp.trace_id()));
     }
