@@ -259,7 +259,9 @@ fn redis(rt: &tokio::runtime::Runtime) -> Option<Broker> {
     }
     rt.block_on(async {
         let client = redis::Client::open(url.as_str()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        // The same queue size as the publisher's (its in-flight bound).
+        let raw_config = redis::AsyncConnectionConfig::new().set_pipeline_buffer_size(WINDOW);
+        let conn = client.get_multiplexed_async_connection_with_config(&raw_config).await.unwrap();
         let key = format!("towermesh:bench:{}", std::process::id());
         let k = key.clone();
         let ours = Redis::builder(&url).stream(move |_| k.clone()).max_len(MAX_LEN).config(config()).build().unwrap();
