@@ -238,16 +238,19 @@ fn config() -> PublisherConfig {
     PublisherConfig { max_in_flight: WINDOW, ..Default::default() }
 }
 
+/// Runs `n` confirmed publishes on the runtime: (elapsed, per-publish latencies).
+type Runner = Box<dyn FnMut(&tokio::runtime::Runtime, usize) -> (Duration, Vec<Duration>)>;
+
 /// The variants of one broker, boxed behind a common runner.
 struct Broker {
     name: &'static str,
-    raw: Box<dyn FnMut(&tokio::runtime::Runtime, usize) -> (Duration, Vec<Duration>)>,
-    ours: Box<dyn FnMut(&tokio::runtime::Runtime, usize) -> (Duration, Vec<Duration>)>,
-    stacked: Box<dyn FnMut(&tokio::runtime::Runtime, usize) -> (Duration, Vec<Duration>)>,
+    raw: Runner,
+    ours: Runner,
+    stacked: Runner,
     cleanup: Box<dyn FnOnce(&tokio::runtime::Runtime)>,
 }
 
-fn runner<V: Variant + 'static>(v: V) -> Box<dyn FnMut(&tokio::runtime::Runtime, usize) -> (Duration, Vec<Duration>)> {
+fn runner<V: Variant + 'static>(v: V) -> Runner {
     let mut v = v;
     Box::new(move |rt, n| rt.block_on(drive(&mut v, n)))
 }

@@ -236,6 +236,9 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A wait for a permit of the in-flight bound (slow path only).
+type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
 /// A broker publisher as a `tower::Service<Event>`: the future resolves with
 /// a [`Receipt`] once the broker confirmed the message.
 ///
@@ -262,7 +265,7 @@ pub struct Publisher<T: Transport> {
     semaphore: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
     /// Waiting for capacity (slow path only: the fast path takes a permit without allocating).
-    acquiring: Option<Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>>,
+    acquiring: Option<Acquiring>,
     waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     shared: Arc<Shared>,
     mode: ContentMode,

@@ -32,13 +32,7 @@ pin_project! {
 impl<F: Future> ResponseFuture<F> {
     #[inline]
     pub(crate) fn new(deadline: Deadline, response: F, kind: TimeoutKind, after: Duration, reporter: Reporter) -> Self {
-        ResponseFuture {
-            response,
-            sleep: tokio::time::sleep_until(deadline.instant()),
-            kind,
-            after,
-            reporter,
-        }
+        ResponseFuture { response, sleep: tokio::time::sleep_until(deadline.instant()), kind, after, reporter }
     }
 }
 

@@ -356,7 +356,7 @@ pub mod stack {
         for i in 0..300 {
             match svc.ready().await.unwrap().call(event(1000 + i, name)).await {
                 Ok(r) => {
-                    assert_eq!(r.confirmation.duplicate, false);
+                    assert!(!r.confirmation.duplicate);
                     recovered = true;
                     break;
                 }
