@@ -60,6 +60,8 @@
 mod balance;
 #[cfg(feature = "discovery-consul")]
 mod consul;
+#[cfg(feature = "discovery-dns")]
+mod dns;
 mod error;
 #[cfg(feature = "discovery-etcd")]
 mod etcd;
@@ -69,7 +71,12 @@ mod kubernetes;
 mod layer;
 mod registry;
 mod service;
-#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+#[cfg(any(
+    feature = "discovery-consul",
+    feature = "discovery-etcd",
+    feature = "discovery-k8s",
+    feature = "discovery-dns"
+))]
 mod source;
 
 #[cfg(test)]
@@ -78,6 +85,8 @@ mod tests;
 pub use balance::{Balance, OutlierConfig};
 #[cfg(feature = "discovery-consul")]
 pub use consul::ConsulSource;
+#[cfg(feature = "discovery-dns")]
+pub use dns::{DnsSource, DnsSourceError};
 pub use error::DiscoveryError;
 #[cfg(feature = "discovery-etcd")]
 pub use etcd::EtcdSource;
@@ -87,5 +96,12 @@ pub use kubernetes::KubernetesSource;
 pub use layer::{DiscoveryLayer, DiscoveryLayerBuilder};
 pub use registry::{parse_endpoints, Registry, Resolution};
 pub use service::Discovery;
+#[cfg(any(
+    feature = "discovery-consul",
+    feature = "discovery-etcd",
+    feature = "discovery-k8s",
+    feature = "discovery-dns"
+))]
+pub use source::SourceTask;
 #[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
-pub use source::{BoxBody, HttpClient, SourceTask};
+pub use source::{BoxBody, HttpClient};

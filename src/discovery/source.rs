@@ -1,39 +1,47 @@
-//! Plumbing shared by the endpoint sources that poll or watch an HTTP API
-//! (Consul, etcd, Kubernetes): the HTTP client they use, the task handle,
-//! and the refresh loop with stale-while-error and backoff.
+//! Plumbing shared by the endpoint sources: the task handle and the refresh
+//! loop with stale-while-error and backoff (every source), and the HTTP
+//! client of the sources that poll or watch an HTTP API (Consul, etcd,
+//! Kubernetes).
 
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tower::util::BoxCloneSyncService;
-use tower::ServiceExt;
-
 use super::registry::Registry;
 use crate::BoxError;
+
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+use {
+    bytes::{Buf, Bytes, BytesMut},
+    http::{Request, Response},
+    http_body_util::{BodyExt, Full},
+    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_util::client::legacy::Client,
+    hyper_util::rt::TokioExecutor,
+    std::fmt,
+    tower::util::BoxCloneSyncService,
+    tower::ServiceExt,
+};
 
 /// The HTTP client an API-backed source talks through. The default is a plain
 /// HTTP hyper-util client; for TLS (a real Kubernetes API server, Consul or
 /// etcd behind HTTPS) pass your own — e.g. a hyper-util client with a
 /// hyper-rustls connector — through [`HttpClient::new`].
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 #[derive(Clone)]
 pub struct HttpClient(BoxCloneSyncService<Request<Full<Bytes>>, Response<BoxBody>, BoxError>);
 
 /// Response body type of [`HttpClient`].
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("HttpClient")
     }
 }
 
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 impl Default for HttpClient {
     fn default() -> Self {
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -41,6 +49,7 @@ impl Default for HttpClient {
     }
 }
 
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 impl HttpClient {
     /// Wrap any HTTP client service.
     pub fn new<S, B>(client: S) -> Self
@@ -92,6 +101,7 @@ impl HttpClient {
 }
 
 /// Fail on a non-2xx status, with a short excerpt of the body.
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 async fn check_status(res: Response<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
     if !res.status().is_success() {
         let status = res.status();
@@ -103,6 +113,7 @@ async fn check_status(res: Response<BoxBody>) -> Result<Response<BoxBody>, BoxEr
 }
 
 /// Read a body, failing once it exceeds `limit` bytes.
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 pub(crate) async fn collect_limited(body: BoxBody, limit: usize) -> Result<Bytes, BoxError> {
     let mut body = body;
     let mut out = bytes::BytesMut::new();
@@ -182,12 +193,14 @@ pub(crate) async fn failed(
 
 /// Newline-delimited JSON objects from a streaming body (the watch APIs of
 /// etcd and Kubernetes) (a line is capped at 16 MiB).
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 #[cfg_attr(not(any(feature = "discovery-etcd", feature = "discovery-k8s")), allow(dead_code))]
 pub(crate) struct Lines {
     body: BoxBody,
     buf: BytesMut,
 }
 
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 #[cfg_attr(not(any(feature = "discovery-etcd", feature = "discovery-k8s")), allow(dead_code))]
 impl Lines {
     pub(crate) fn new(body: BoxBody) -> Self {
