@@ -80,6 +80,11 @@ impl CircuitBreakerLayer {
 }
 
 impl<C> CircuitBreakerLayer<C> {
+    /// The same breaker (same shared state) with another classifier.
+    pub fn with_classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
+        CircuitBreakerLayer { shared: self.shared, classifier }
+    }
+
     /// A handle on the shared state: read it, transition it manually, read counters.
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle { shared: self.shared.clone() }

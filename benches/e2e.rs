@@ -1,0 +1,194 @@
+//! End to end on loopback: what the recommended stacks add to a real HTTP call.
+//!
+//! - `client`: one GET at a time from a hyper-util client to a hyper server on
+//!   127.0.0.1, bare vs wrapped in the full recommended client stack of the
+//!   `production` preset (metrics, correlation id, total timeout, retry with
+//!   budget, circuit breaker, bulkhead, attempt timeout) — target: ≤ 3 %
+//!   added to the median latency;
+//! - `server`: 64 concurrent keep-alive clients against an axum router, bare
+//!   vs with the server stack (metrics, correlation id, load shedding,
+//!   request timeout) — target: ≥ 0.97× the bare throughput.
+//!
+//! Subjects alternate in one run; after criterion, a summary of alternating
+//! rounds prints the medians and ratios.
+//!
+//! Run: `cargo bench --features full --bench e2e`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_mesh::stack::{ClientConfig, Preset, ServerConfig};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+const CONCURRENCY: usize = 64;
+const SERVER_BATCH: usize = 2_000;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A plain hyper server answering "ok".
+async fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(CONCURRENCY).build_http()
+}
+
+async fn send<S, B>(svc: &mut S, uri: &str)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert!(res.status().is_success());
+    res.into_body().collect().await.unwrap();
+}
+
+/// `n` requests from `CONCURRENCY` tasks, each with its own client.
+async fn load(uri: &str, n: usize) -> Duration {
+    let start = Instant::now();
+    let per_task = n / CONCURRENCY;
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let uri = uri.to_owned();
+            tokio::spawn(async move {
+                let mut c = client();
+                for _ in 0..per_task {
+                    send(&mut c, &uri).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn routers() -> (Router, Router) {
+    async fn handler() -> &'static str {
+        "ok"
+    }
+    let bare = Router::new().route("/items", get(handler));
+    let mut cfg = ServerConfig::preset(Preset::Production);
+    cfg.name = "bench".into();
+    let layered = Router::new().route("/items", get(handler)).layer(cfg.stack().unwrap());
+    (bare, layered)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rt = runtime();
+    let up = rt.block_on(upstream());
+    let uri = format!("http://{up}/items");
+    let mut cfg = ClientConfig::preset(Preset::Production).named("bench");
+    cfg.metrics = true;
+    let stack = cfg.http_stack().unwrap();
+
+    let (bare_router, layered_router) = routers();
+    let bare_addr = rt.block_on(serve(bare_router));
+    let layered_addr = rt.block_on(serve(layered_router));
+    let bare_uri = format!("http://{bare_addr}/items");
+    let layered_uri = format!("http://{layered_addr}/items");
+
+    let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(5));
+
+    {
+        let mut g = c.benchmark_group("e2e/client");
+        let mut bare = client();
+        let mut stacked = ServiceBuilder::new().layer(stack.clone()).service(client());
+        g.bench_function("bare hyper-util", |b| b.to_async(&rt).iter(|| send(&mut bare, &uri)));
+        g.bench_function("recommended stack", |b| b.to_async(&rt).iter(|| send(&mut stacked, &uri)));
+        g.finish();
+    }
+    {
+        let mut g = c.benchmark_group("e2e/server");
+        g.throughput(Throughput::Elements(SERVER_BATCH as u64));
+        g.sample_size(20);
+        for (name, u) in [("bare axum", &bare_uri), ("server stack", &layered_uri)] {
+            g.bench_with_input(BenchmarkId::from_parameter(name), u, |b, u| {
+                b.to_async(&rt).iter_custom(|iters| async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += load(u, SERVER_BATCH).await;
+                    }
+                    total
+                })
+            });
+        }
+        g.finish();
+    }
+
+    // Alternating rounds: the same work, interleaved, so drift hits both alike.
+    let rounds = 7;
+    let (mut bare_lat, mut stack_lat) = (Vec::new(), Vec::new());
+    let (mut bare_tp, mut stack_tp) = (Vec::new(), Vec::new());
+    let mut bare = client();
+    let mut stacked = ServiceBuilder::new().layer(stack).service(client());
+    for _ in 0..rounds {
+        rt.block_on(async {
+            let n = 2_000;
+            let t = Instant::now();
+            for _ in 0..n {
+                send(&mut bare, &uri).await;
+            }
+            bare_lat.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            let t = Instant::now();
+            for _ in 0..n {
+                send(&mut stacked, &uri).await;
+            }
+            stack_lat.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            bare_tp.push(SERVER_BATCH as f64 / load(&bare_uri, SERVER_BATCH).await.as_secs_f64());
+            stack_tp.push(SERVER_BATCH as f64 / load(&layered_uri, SERVER_BATCH).await.as_secs_f64());
+        });
+    }
+    let (bl, sl) = (median(&mut bare_lat), median(&mut stack_lat));
+    let (bt, st) = (median(&mut bare_tp), median(&mut stack_tp));
+    println!("\n== e2e summary ({rounds} alternating rounds, medians)");
+    println!("client: bare {bl:.1} µs/request, recommended stack {sl:.1} µs/request: +{:.1} % (target ≤ 3 %)", (sl / bl - 1.0) * 100.0);
+    println!("server: bare axum {bt:.0} req/s, server stack {st:.0} req/s: {:.3}× (target ≥ 0.97×)", st / bt);
+    c.final_summary();
+}

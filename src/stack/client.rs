@@ -1,0 +1,326 @@
+//! The client stack: every configured layer, in the recommended order.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use tower_layer::Layer;
+
+use super::config::ClientConfig;
+use super::error::StackError;
+use super::observe::{Observe, ObserveLayer, Side};
+use crate::bulkhead::BulkheadLayer;
+use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
+use crate::classify::{Classify, GrpcClassifier, HttpClassifier, Outcome, OutcomeRecorder};
+use crate::error::BoxError;
+use crate::retry::{HttpRequests, RetryLayer};
+use crate::timeout::TimeoutLayer;
+
+use super::optional::{Opt, Optional};
+
+/// A layer that leaves the service as it is (stands for a layer whose Cargo
+/// feature is off).
+#[derive(Debug)]
+pub struct Passthrough<C>(PhantomData<fn() -> C>);
+
+impl<C> Clone for Passthrough<C> {
+    fn clone(&self) -> Self {
+        Passthrough(PhantomData)
+    }
+}
+
+impl<S, C> Layer<S> for Passthrough<C> {
+    type Service = S;
+    fn layer(&self, inner: S) -> S {
+        inner
+    }
+}
+
+#[cfg(feature = "discovery")]
+type DiscoveryL<C> = crate::discovery::DiscoveryLayer<C>;
+#[cfg(not(feature = "discovery"))]
+type DiscoveryL<C> = Passthrough<C>;
+#[cfg(feature = "correlation-id")]
+type CorrelationL = crate::correlation::CorrelationIdClientLayer;
+#[cfg(not(feature = "correlation-id"))]
+type CorrelationL = Passthrough<()>;
+#[cfg(feature = "jwt")]
+type JwtL = crate::jwt::JwtClientLayer;
+#[cfg(not(feature = "jwt"))]
+type JwtL = Passthrough<()>;
+
+/// A classifier that leaves the stack's own rejections — an open breaker's
+/// [`CircuitOpen`](crate::circuit_breaker::CircuitOpen), a full bulkhead's
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull) — out of the count
+/// ([`Outcome::Ignored`]) and asks `C` about everything else.
+///
+/// The stack gives it to the breaker (a full bulkhead is this process's
+/// load, not a failure of the dependency) and to the retry layer (retrying a
+/// rejection at once only adds load; the caller gets it fast).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IgnoreRejections<C>(pub C);
+
+fn is_rejection(e: &BoxError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+    while let Some(err) = cur {
+        if err.is::<crate::circuit_breaker::CircuitOpen>() || err.is::<crate::bulkhead::BulkheadFull>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+impl<Res, C: Classify<Res, BoxError>> Classify<Res, BoxError> for IgnoreRejections<C> {
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
+        match result {
+            Err(e) if is_rejection(e) => Outcome::Ignored,
+            other => self.0.classify(other),
+        }
+    }
+
+    fn defer(&self, response: &mut Res, recorder: OutcomeRecorder) -> Result<(), OutcomeRecorder> {
+        self.0.defer(response, recorder)
+    }
+}
+
+/// The service a [`ClientStack`] makes around `S`: from the outside in,
+/// metrics → correlation id → token forwarding → total timeout → retry →
+/// circuit breaker → bulkhead → attempt timeout → discovery → `S`, each
+/// layer present only when configured (and its Cargo feature on).
+pub type ClientService<S, C = HttpClassifier, P = HttpRequests> = Observe<
+    Opt<
+        CorrelationL,
+        Opt<
+            JwtL,
+            Opt<
+                TimeoutLayer,
+                Opt<
+                    RetryLayer<IgnoreRejections<C>, P>,
+                    Opt<
+                        CircuitBreakerLayer<IgnoreRejections<C>>,
+                        Opt<BulkheadLayer, Opt<TimeoutLayer, Opt<DiscoveryL<C>, S>>>,
+                    >,
+                >,
+            >,
+        >,
+    >,
+    C,
+>;
+
+/// The layers of one downstream service, built from its [`ClientConfig`] —
+/// a [`Layer`] that wraps a hyper-util client or a tonic `Channel` in the
+/// recommended order (see the [module docs](super) for why this order).
+///
+/// ```
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_mesh::stack::{ClientConfig, Preset};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let stack = ClientConfig::preset(Preset::Testing).named("orders").http_stack().unwrap();
+/// let breaker = stack.breaker().unwrap();
+/// let svc = ServiceBuilder::new().layer(stack).service_fn(|_req: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+/// });
+/// let res = svc.oneshot(http::Request::new(String::new())).await.unwrap();
+/// assert_eq!(res.body(), "ok");
+/// assert_eq!(breaker.name(), "orders");
+/// # });
+/// ```
+pub struct ClientStack<C = HttpClassifier, P = HttpRequests> {
+    name: String,
+    observe: ObserveLayer<C>,
+    correlation: Option<CorrelationL>,
+    jwt: Option<JwtL>,
+    total: Option<TimeoutLayer>,
+    retry: Option<RetryLayer<IgnoreRejections<C>, P>>,
+    breaker: Option<CircuitBreakerLayer<IgnoreRejections<C>>>,
+    bulkhead: Option<BulkheadLayer>,
+    attempt: Option<TimeoutLayer>,
+    discovery: Option<DiscoveryL<C>>,
+    #[cfg(feature = "discovery")]
+    registry: Option<crate::discovery::Registry>,
+}
+
+impl<C: Clone, P: Clone> Clone for ClientStack<C, P>
+where
+    DiscoveryL<C>: Clone,
+{
+    fn clone(&self) -> Self {
+        ClientStack {
+            name: self.name.clone(),
+            observe: self.observe.clone(),
+            correlation: self.correlation.clone(),
+            jwt: self.jwt.clone(),
+            total: self.total.clone(),
+            retry: self.retry.clone(),
+            breaker: self.breaker.clone(),
+            bulkhead: self.bulkhead.clone(),
+            attempt: self.attempt.clone(),
+            discovery: self.discovery.clone(),
+            #[cfg(feature = "discovery")]
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+impl<C, P> fmt::Debug for ClientStack<C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStack")
+            .field("service", &self.name)
+            .field("correlation", &self.correlation.is_some())
+            .field("forward_token", &self.jwt.is_some())
+            .field("total_timeout", &self.total.is_some())
+            .field("retry", &self.retry.is_some())
+            .field("circuit_breaker", &self.breaker.is_some())
+            .field("bulkhead", &self.bulkhead.is_some())
+            .field("attempt_timeout", &self.attempt.is_some())
+            .field("discovery", &self.discovery.is_some())
+            .finish()
+    }
+}
+
+fn opt<L: Layer<S>, S>(layer: &Option<L>, inner: S) -> Opt<L, S> {
+    Optional::layer(layer.as_ref(), inner)
+}
+
+impl<S, C: Clone, P: Clone> Layer<S> for ClientStack<C, P>
+where
+    DiscoveryL<C>: Layer<S>,
+{
+    type Service = ClientService<S, C, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let s = opt(&self.discovery, inner);
+        let s = opt(&self.attempt, s);
+        let s = opt(&self.bulkhead, s);
+        let s = opt(&self.breaker, s);
+        let s = opt(&self.retry, s);
+        let s = opt(&self.total, s);
+        let s = opt(&self.jwt, s);
+        let s = opt(&self.correlation, s);
+        self.observe.layer(s)
+    }
+}
+
+impl<C, P> ClientStack<C, P> {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The circuit breaker's handle (for health reports and manual
+    /// transitions), when the stack has one.
+    pub fn breaker(&self) -> Option<CircuitBreakerHandle> {
+        self.breaker.as_ref().map(CircuitBreakerLayer::handle)
+    }
+
+    /// The bulkhead layer (its permits are shared by every service it made).
+    pub fn bulkhead(&self) -> Option<&BulkheadLayer> {
+        self.bulkhead.as_ref()
+    }
+
+    /// The discovery registry of the static endpoints, when configured: set
+    /// other endpoints on it at run time, or hand it to a health report.
+    #[cfg(feature = "discovery")]
+    pub fn registry(&self) -> Option<&crate::discovery::Registry> {
+        self.registry.as_ref()
+    }
+}
+
+impl ClientConfig {
+    /// The stack for an HTTP client (hyper-util, reqwest-like `Service`s):
+    /// failures by status (5xx, 429, 408) and errors; retries only of
+    /// idempotent requests with a replayable body.
+    pub fn http_stack(&self) -> Result<ClientStack<HttpClassifier, HttpRequests>, StackError> {
+        self.stack_with(HttpClassifier::new(), HttpRequests::new())
+    }
+
+    /// The stack for a gRPC client (a tonic `Channel`): failures by
+    /// `grpc-status` (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, … in headers; add
+    /// [`ClassifyEosLayer`](crate::classify::ClassifyEosLayer) under it for
+    /// trailers). Every gRPC call is a `POST`, which gRPC defines as safe to
+    /// retry when the server did not process it: the retry policy allows
+    /// `POST`; the request body must be replayable (buffer tonic's body
+    /// first, as `examples/tonic_client.rs` does), otherwise it is sent once.
+    pub fn grpc_stack(&self) -> Result<ClientStack<GrpcClassifier, HttpRequests>, StackError> {
+        self.stack_with(GrpcClassifier::new(), HttpRequests::new().method(http::Method::POST))
+    }
+
+    /// The stack with any classifier and retry request policy.
+    pub fn stack_with<C: Clone, P>(&self, classifier: C, requests: P) -> Result<ClientStack<C, P>, StackError> {
+        let invalid = |source| StackError::Invalid { service: self.name.clone(), source };
+        self.validate().map_err(invalid)?;
+        let timeouts = self.timeout.layers().map_err(invalid)?;
+        let retry = match &self.retry {
+            Some(r) => Some(
+                RetryLayer::from_config(r)
+                    .map_err(invalid)?
+                    .with_classifier(IgnoreRejections(classifier.clone()))
+                    .with_requests(requests),
+            ),
+            None => None,
+        };
+        let breaker = match &self.circuit_breaker {
+            Some(b) => Some(CircuitBreakerLayer::from_config(b).map_err(invalid)?.with_classifier(IgnoreRejections(classifier.clone()))),
+            None => None,
+        };
+        let bulkhead = match &self.bulkhead {
+            Some(b) => Some(BulkheadLayer::builder().name(&self.name).config(b).build().map_err(invalid)?),
+            None => None,
+        };
+        #[cfg(feature = "correlation-id")]
+        let correlation =
+            self.correlation.then(|| crate::correlation::CorrelationIdClientLayer::new().name(&self.name));
+        #[cfg(not(feature = "correlation-id"))]
+        let correlation = None;
+        #[cfg(feature = "jwt")]
+        let jwt = if self.forward_token_to.is_empty() {
+            None
+        } else {
+            let allow = crate::jwt::Allowlist::new(self.forward_token_to.iter().map(String::as_str))
+                .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
+            Some(crate::jwt::JwtClientLayer::new(allow).name(&self.name))
+        };
+        #[cfg(not(feature = "jwt"))]
+        let jwt = None;
+        #[cfg(feature = "discovery")]
+        let (discovery, registry) = if self.endpoints.is_empty() {
+            (None, None)
+        } else {
+            let registry = crate::discovery::Registry::new();
+            registry
+                .set_static(&self.name, &self.endpoints)
+                .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
+            let layer = crate::discovery::DiscoveryLayer::builder(registry.clone())
+                .name(&self.name)
+                .service(&self.name)
+                .classifier(classifier.clone())
+                .build()
+                .map_err(invalid)?;
+            (Some(layer), Some(registry))
+        };
+        #[cfg(not(feature = "discovery"))]
+        let discovery = None;
+        Ok(ClientStack {
+            name: self.name.clone(),
+            observe: ObserveLayer::with_options(
+                self.name.as_str(),
+                Side::Client,
+                self.metrics,
+                self.log_calls,
+                classifier,
+            ),
+            correlation,
+            jwt,
+            total: timeouts.total,
+            retry,
+            breaker,
+            bulkhead,
+            attempt: timeouts.attempt,
+            discovery,
+            #[cfg(feature = "discovery")]
+            registry,
+        })
+    }
+}

@@ -1,0 +1,570 @@
+//! The serde configuration of a stack: presets, per-service sections, TOML
+//! and environment loading, cross-field validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::error::StackError;
+use crate::bulkhead::BulkheadConfig;
+use crate::circuit_breaker::{CircuitBreakerConfig, SlidingWindow};
+use crate::config::{check_range, ConfigError};
+use crate::retry::{BudgetConfig, RetryConfig};
+use crate::timeout::TimeoutConfig;
+
+/// The environment a configuration is made for; each preset follows the
+/// defaults of the client libraries users come from.
+///
+/// | | `development` | `testing` | `production` |
+/// |---|---|---|---|
+/// | bulkhead (max concurrent calls, the connection limit) | 50 | 20 | 200 |
+/// | breaker minimum calls | 10 | 2 | 20 |
+/// | breaker window | 20 calls | 20 calls | 60 s |
+/// | breaker wait in open | 5 s | 1 s | 30 s, growing ×2 to 5 min |
+/// | timeouts (attempt / total) | 10 s / 30 s | 2 s / 5 s | 3 s / 10 s |
+/// | retry | 2 retries, 1 s ×2.0, ≤ 10 s | 2 retries, 10 ms ×2.0, ≤ 100 ms | 2 retries, 1 s ×2.0, ≤ 10 s, budget 20 % |
+/// | per-call log events | on | off | off |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Local development: generous timeouts, every call logged.
+    Development,
+    /// Test suites: small pools, fast trips (a breaker opens after 2 calls),
+    /// short delays.
+    Testing,
+    /// Production (the default): large pools, a time-based breaker window
+    /// with a growing open wait, a retry budget.
+    #[default]
+    Production,
+}
+
+impl FromStr for Preset {
+    type Err = StackError;
+    fn from_str(s: &str) -> Result<Self, StackError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Preset::Development),
+            "testing" | "test" => Ok(Preset::Testing),
+            "production" | "prod" => Ok(Preset::Production),
+            _ => Err(StackError::UnknownPreset(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Preset::Development => "development",
+            Preset::Testing => "testing",
+            Preset::Production => "production",
+        })
+    }
+}
+
+/// The configuration of all the services a process talks to or serves.
+///
+/// ```toml
+/// preset = "production"          # defaults of every service
+///
+/// [client.orders]                # the stack of calls to `orders`
+/// timeout = { attempt = "500ms", total = "2s" }
+/// retry = { max_retries = 1 }
+/// circuit_breaker = { failure_rate_threshold = 25.0 }
+/// bulkhead = false               # switch a preset's layer off
+///
+/// [server]                       # the layers of this process's own server
+/// timeout = "5s"
+/// max_concurrent_requests = 512
+/// ```
+///
+/// Every field of a section is optional: what a file does not say comes from
+/// the preset. Load with [`from_toml_str`](Self::from_toml_str),
+/// [`from_file`](Self::from_file) or [`from_env`](Self::from_env), then get
+/// a validated service with [`client`](Self::client) and build its stack.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MeshConfig {
+    /// The preset every service starts from.
+    pub preset: Preset,
+    /// Per-service client stacks, by service name.
+    pub clients: BTreeMap<String, ClientConfig>,
+    /// The server-side layers.
+    pub server: ServerConfig,
+}
+
+/// The client stack of one downstream service (see [`MeshConfig`]).
+///
+/// A layer whose section is `None` is left out of the stack. In TOML a
+/// section is a table, `true` (the preset's or default values) or `false`
+/// (left out).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The service's name: the `service` label of every metric and the name
+    /// of its breaker, retry and bulkhead. Set from the table's key.
+    pub name: String,
+    /// Per-attempt and total timeouts.
+    pub timeout: TimeoutConfig,
+    /// Retries with backoff and jitter.
+    #[serde(with = "toggle")]
+    pub retry: Option<RetryConfig>,
+    /// The circuit breaker.
+    #[serde(with = "toggle")]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// The bulkhead: the most calls in flight at once (the connection limit).
+    #[serde(with = "toggle")]
+    pub bulkhead: Option<BulkheadConfig>,
+    /// Attach the correlation id and trace context in scope to every request
+    /// (needs the `correlation-id` feature; on by default when it is
+    /// enabled).
+    pub correlation: bool,
+    /// Forward the inbound bearer token to these authorities only (exact
+    /// `host[:port]` or `*.suffix`; needs the `jwt` feature). Empty: no token
+    /// is forwarded.
+    pub forward_token_to: Vec<String>,
+    /// Static endpoints the logical name resolves to (needs the `discovery`
+    /// feature); empty: requests go where their URI says.
+    pub endpoints: Vec<String>,
+    /// Record `tower_mesh_client_*` metrics (calls by method and outcome,
+    /// latency).
+    pub metrics: bool,
+    /// Emit a `tracing` debug event for every call.
+    pub log_calls: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig::preset(Preset::default())
+    }
+}
+
+/// The server-side layers of this process (see [`MeshConfig`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The `service` label of the server metrics.
+    pub name: String,
+    /// Answer `504` (gRPC `DEADLINE_EXCEEDED`) when a request takes longer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Shed load: answer `503` (gRPC `RESOURCE_EXHAUSTED`) at once when this
+    /// many requests are in flight.
+    pub max_concurrent_requests: Option<usize>,
+    /// Read or make the request's correlation id and trace context, echo it,
+    /// make it current for the handler (needs the `correlation-id` feature;
+    /// on by default when it is enabled).
+    pub correlation: bool,
+    /// Record `tower_mesh_server_*` metrics.
+    pub metrics: bool,
+    /// Emit a `tracing` debug event for every request.
+    pub log_calls: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig::preset(Preset::default())
+    }
+}
+
+impl ClientConfig {
+    /// The values of a preset (see [`Preset`]), named `client`.
+    pub fn preset(preset: Preset) -> Self {
+        let name = String::from("client");
+        let (max_calls, min_calls) = match preset {
+            Preset::Development => (50, 10),
+            Preset::Testing => (20, 2),
+            Preset::Production => (200, 20),
+        };
+        let (attempt, total) = match preset {
+            Preset::Development => (10, 30),
+            Preset::Testing => (2, 5),
+            Preset::Production => (3, 10),
+        };
+        let mut retry = RetryConfig::standard();
+        match preset {
+            Preset::Development => {}
+            Preset::Testing => {
+                retry.backoff.initial = Duration::from_millis(10);
+                retry.backoff.max_delay = Duration::from_millis(100);
+            }
+            Preset::Production => retry.budget = Some(BudgetConfig::default()),
+        }
+        let mut breaker = CircuitBreakerConfig { minimum_calls: min_calls, ..Default::default() };
+        match preset {
+            Preset::Development => {
+                breaker.sliding_window = SlidingWindow::Count(20);
+                breaker.wait_in_open = Duration::from_secs(5);
+            }
+            Preset::Testing => {
+                breaker.sliding_window = SlidingWindow::Count(20);
+                breaker.wait_in_open = Duration::from_secs(1);
+                breaker.permitted_calls_in_half_open = 2;
+            }
+            Preset::Production => {
+                breaker.sliding_window = SlidingWindow::Time(Duration::from_secs(60));
+                breaker.wait_in_open = Duration::from_secs(30);
+                breaker.wait_in_open_multiplier = 2.0;
+                breaker.max_wait_in_open = Duration::from_secs(300);
+            }
+        }
+        ClientConfig {
+            name,
+            timeout: TimeoutConfig {
+                attempt: Some(Duration::from_secs(attempt)),
+                total: Some(Duration::from_secs(total)),
+                grpc_timeout: false,
+            },
+            retry: Some(retry),
+            circuit_breaker: Some(breaker),
+            bulkhead: Some(BulkheadConfig { max_concurrent_calls: max_calls, max_wait: Duration::ZERO }),
+            correlation: cfg!(feature = "correlation-id"),
+            forward_token_to: Vec::new(),
+            endpoints: Vec::new(),
+            metrics: true,
+            log_calls: preset == Preset::Development,
+        }
+    }
+
+    /// Give the service a name, which also names its breaker and retry layer.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self.sync_names();
+        self
+    }
+
+    fn sync_names(&mut self) {
+        if let Some(r) = &mut self.retry {
+            r.name.clone_from(&self.name);
+        }
+        if let Some(b) = &mut self.circuit_breaker {
+            b.name.clone_from(&self.name);
+        }
+    }
+
+    /// Check each section and how they fit together:
+    ///
+    /// - each layer's own checks (thresholds in range, nothing zero that
+    ///   must not be, the attempt timeout not longer than the total, …);
+    /// - a time-based breaker window at least as long as the attempt timeout
+    ///   (otherwise a slow failure falls out of the window before it counts);
+    /// - a bulkhead's wait for a permit and the first retry delay shorter
+    ///   than the total timeout (otherwise they can only end in a timeout);
+    /// - a retry budget ratio within 0–1;
+    /// - sections that need a Cargo feature that is not enabled.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.timeout.validate()?;
+        let total = self.timeout.total;
+        if let Some(r) = &self.retry {
+            r.validate()?;
+            if let Some(b) = &r.budget {
+                check_range("retry.budget.ratio", b.ratio, 0.0, 1.0)?;
+            }
+            if total.is_some_and(|t| r.max_retries > 0 && r.backoff.initial >= t) {
+                return Err(ConfigError::Conflict {
+                    field: "retry.backoff.initial",
+                    other: "timeout.total",
+                    reason: "the first retry delay is not shorter than the total timeout, so no retry could run",
+                });
+            }
+        }
+        if let Some(b) = &self.circuit_breaker {
+            b.validate()?;
+            if let (SlidingWindow::Time(window), Some(attempt)) = (b.sliding_window, self.timeout.attempt) {
+                if window < attempt {
+                    return Err(ConfigError::Conflict {
+                        field: "circuit_breaker.sliding_window",
+                        other: "timeout.attempt",
+                        reason: "the time window is shorter than one attempt, so a timed-out call leaves the window before it is counted",
+                    });
+                }
+            }
+        }
+        if let Some(b) = &self.bulkhead {
+            b.validate()?;
+            if total.is_some_and(|t| b.max_wait >= t) {
+                return Err(ConfigError::Conflict {
+                    field: "bulkhead.max_wait",
+                    other: "timeout.total",
+                    reason: "waiting for a permit may take the whole total timeout",
+                });
+            }
+        }
+        if self.correlation && !cfg!(feature = "correlation-id") {
+            return Err(ConfigError::Conflict {
+                field: "correlation",
+                other: "features",
+                reason: "needs the `correlation-id` Cargo feature",
+            });
+        }
+        if !self.forward_token_to.is_empty() && !cfg!(feature = "jwt") {
+            return Err(ConfigError::Conflict {
+                field: "forward_token_to",
+                other: "features",
+                reason: "needs the `jwt` Cargo feature",
+            });
+        }
+        if !self.endpoints.is_empty() && !cfg!(feature = "discovery") {
+            return Err(ConfigError::Conflict {
+                field: "endpoints",
+                other: "features",
+                reason: "needs the `discovery` Cargo feature",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    /// The values of a preset: a 30 s request timeout, load shedding above
+    /// 1024 requests in flight (256 in `testing`), per-request log events in
+    /// `development`.
+    pub fn preset(preset: Preset) -> Self {
+        ServerConfig {
+            name: "server".into(),
+            timeout: Some(Duration::from_secs(30)),
+            max_concurrent_requests: Some(if preset == Preset::Testing { 256 } else { 1024 }),
+            correlation: cfg!(feature = "correlation-id"),
+            metrics: true,
+            log_calls: preset == Preset::Development,
+        }
+    }
+
+    /// Check the values: no zero timeout or limit, features present.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::Zero { field: "server.timeout" });
+        }
+        if self.max_concurrent_requests == Some(0) {
+            return Err(ConfigError::Zero { field: "server.max_concurrent_requests" });
+        }
+        if self.correlation && !cfg!(feature = "correlation-id") {
+            return Err(ConfigError::Conflict {
+                field: "server.correlation",
+                other: "features",
+                reason: "needs the `correlation-id` Cargo feature",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The environment variable naming a TOML file for [`MeshConfig::from_env`].
+pub const CONFIG_FILE_ENV: &str = "TOWER_MESH_CONFIG";
+/// The prefix of the environment variables that override single values in
+/// [`MeshConfig::from_env`]: `TOWER_MESH__CLIENT__ORDERS__TIMEOUT__TOTAL=2s`.
+pub const ENV_PREFIX: &str = "TOWER_MESH__";
+
+impl MeshConfig {
+    /// A configuration with only a preset: every client asked for gets the
+    /// preset's stack.
+    pub fn preset(preset: Preset) -> Self {
+        MeshConfig { preset, clients: BTreeMap::new(), server: ServerConfig::preset(preset) }
+    }
+
+    /// Parse a TOML document (see [`MeshConfig`] for the shape).
+    pub fn from_toml_str(toml: &str) -> Result<Self, StackError> {
+        let value: toml::Table = toml::from_str(toml).map_err(|e| StackError::Parse(Box::new(e)))?;
+        Self::from_table(value)
+    }
+
+    /// Read and parse a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, StackError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| StackError::Io { path: path.display().to_string(), source })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Load from the environment: the TOML file named by
+    /// `TOWER_MESH_CONFIG` if set, then every `TOWER_MESH__A__B__C=value`
+    /// variable sets the value at path `a.b.c` (names are lower-cased;
+    /// values are read as TOML — `2s` and other non-TOML text as a string).
+    ///
+    /// ```
+    /// # use tower_mesh::stack::MeshConfig;
+    /// let cfg = MeshConfig::from_vars([
+    ///     ("TOWER_MESH__PRESET", "testing"),
+    ///     ("TOWER_MESH__CLIENT__ORDERS__TIMEOUT__TOTAL", "2s"),
+    ///     ("TOWER_MESH__CLIENT__ORDERS__BULKHEAD", "false"),
+    /// ]).unwrap();
+    /// let orders = cfg.client("orders").unwrap();
+    /// assert_eq!(orders.timeout.total, Some(std::time::Duration::from_secs(2)));
+    /// assert!(orders.bulkhead.is_none());
+    /// assert_eq!(orders.circuit_breaker.unwrap().minimum_calls, 2); // the testing preset
+    /// ```
+    pub fn from_env() -> Result<Self, StackError> {
+        let mut table = match std::env::var_os(CONFIG_FILE_ENV) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| StackError::Io { path: Path::new(&path).display().to_string(), source })?;
+                toml::from_str(&text).map_err(|e| StackError::Parse(Box::new(e)))?
+            }
+            None => toml::Table::new(),
+        };
+        overlay_vars(&mut table, std::env::vars())?;
+        Self::from_table(table)
+    }
+
+    /// Like [`from_env`](Self::from_env) without a file, from the given
+    /// variables instead of the process environment (variables without the
+    /// `TOWER_MESH__` prefix are ignored).
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Self, StackError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut table = toml::Table::new();
+        overlay_vars(&mut table, vars)?;
+        Self::from_table(table)
+    }
+
+    fn from_table(mut table: toml::Table) -> Result<Self, StackError> {
+        let preset = match table.remove("preset") {
+            None => Preset::default(),
+            Some(toml::Value::String(s)) => s.parse()?,
+            Some(other) => return Err(StackError::UnknownPreset(other.to_string())),
+        };
+        let mut clients = BTreeMap::new();
+        if let Some(section) = table.remove("client") {
+            let toml::Value::Table(section) = section else {
+                return Err(StackError::NotATable("client".into()));
+            };
+            for (name, value) in section {
+                let toml::Value::Table(over) = value else {
+                    return Err(StackError::NotATable(format!("client.{name}")));
+                };
+                let cfg = merged_client(preset, &name, Some(over))?;
+                clients.insert(name, cfg);
+            }
+        }
+        let mut server = ServerConfig::preset(preset);
+        if let Some(over) = table.remove("server") {
+            let toml::Value::Table(over) = over else {
+                return Err(StackError::NotATable("server".into()));
+            };
+            server = merge_into(&server, over, "server")?;
+        }
+        if let Some(key) = table.keys().next() {
+            return Err(StackError::UnknownKey(key.clone()));
+        }
+        server.validate().map_err(|source| StackError::Invalid { service: "server".into(), source })?;
+        Ok(MeshConfig { preset, clients, server })
+    }
+
+    /// The validated client configuration of `service`: its section merged
+    /// over the preset, or the preset alone when the file has no section for
+    /// it.
+    pub fn client(&self, service: &str) -> Result<ClientConfig, StackError> {
+        let cfg = match self.clients.get(service) {
+            Some(c) => c.clone(),
+            None => ClientConfig::preset(self.preset).named(service),
+        };
+        cfg.validate().map_err(|source| StackError::Invalid { service: service.to_owned(), source })?;
+        Ok(cfg)
+    }
+}
+
+fn merged_client(preset: Preset, name: &str, over: Option<toml::Table>) -> Result<ClientConfig, StackError> {
+    let base = ClientConfig::preset(preset).named(name);
+    let mut cfg = match over {
+        Some(over) => merge_into(&base, over, name)?,
+        None => base,
+    };
+    cfg.name = name.to_owned();
+    cfg.sync_names();
+    cfg.validate().map_err(|source| StackError::Invalid { service: name.to_owned(), source })?;
+    Ok(cfg)
+}
+
+/// Deserialize `over` merged onto the serialized `base`.
+fn merge_into<T: Serialize + for<'de> Deserialize<'de>>(
+    base: &T,
+    over: toml::Table,
+    service: &str,
+) -> Result<T, StackError> {
+    let mut merged = toml::Table::try_from(base).map_err(|e| StackError::Parse(Box::new(e)))?;
+    deep_merge(&mut merged, over);
+    toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| StackError::Section { service: service.to_owned(), source: Box::new(e) })
+}
+
+/// Tables merge key by key; anything else replaces. `false` switches a
+/// section off, `true` keeps the base's values.
+fn deep_merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => deep_merge(b, o),
+            (Some(toml::Value::Table(_)), toml::Value::Boolean(true)) => {}
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn overlay_vars<K, V>(table: &mut toml::Table, vars: impl IntoIterator<Item = (K, V)>) -> Result<(), StackError>
+where
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    for (key, value) in vars {
+        let Some(path) = key.as_ref().strip_prefix(ENV_PREFIX) else { continue };
+        let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        if parts.iter().any(String::is_empty) {
+            return Err(StackError::UnknownKey(key.as_ref().to_owned()));
+        }
+        let value = parse_env_value(value.as_ref());
+        let mut cur = &mut *table;
+        for part in &parts[..parts.len() - 1] {
+            let entry = cur.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            cur = entry.as_table_mut().expect("a table was just put here");
+        }
+        cur.insert(parts[parts.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    #[derive(Deserialize)]
+    struct Probe {
+        v: toml::Value,
+    }
+    toml::from_str::<Probe>(&format!("v = {raw}")).map(|p| p.v).unwrap_or_else(|_| toml::Value::String(raw.to_owned()))
+}
+
+/// `Option<T>` as a table (on), `true` (on with defaults) or `false` (off).
+mod toggle {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Toggle<T> {
+        Flag(bool),
+        Section(T),
+    }
+
+    pub(super) fn serialize<T: Serialize, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(t) => t.serialize(s),
+            None => s.serialize_bool(false),
+        }
+    }
+
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: Deserialize<'de> + Default,
+        D: Deserializer<'de>,
+    {
+        Ok(match Toggle::<T>::deserialize(d)? {
+            Toggle::Flag(false) => None,
+            Toggle::Flag(true) => Some(T::default()),
+            Toggle::Section(t) => Some(t),
+        })
+    }
+}

@@ -1,0 +1,311 @@
+//! Per-call metrics and log events by method and outcome.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use http::{Method, Request, Response};
+use metrics::{Counter, Histogram};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::classify::{Classify, HttpClassifier, Outcome, OutcomeRecorder};
+use crate::error::BoxError;
+
+/// Which side of a call the layer observes: the metric names start with
+/// `tower_mesh_client_` or `tower_mesh_server_`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Calls this process makes.
+    Client,
+    /// Requests this process serves.
+    Server,
+}
+
+const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other"];
+const OUTCOMES: [&str; 6] = ["success", "failure", "ignored", "rejected", "timeout", "cancelled"];
+const SUCCESS: usize = 0;
+const FAILURE: usize = 1;
+const IGNORED: usize = 2;
+const REJECTED: usize = 3;
+const TIMEOUT: usize = 4;
+const CANCELLED: usize = 5;
+
+fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// The metric handles, registered once per layer: one counter and one
+/// histogram per method × outcome, so a call records without building a key.
+struct Handles {
+    name: Arc<str>,
+    side: Side,
+    log: bool,
+    calls: Vec<Counter>,
+    latency: Vec<Histogram>,
+}
+
+impl Handles {
+    fn new(name: Arc<str>, side: Side, metrics: bool, log: bool) -> Self {
+        let (calls_name, latency_name) = match side {
+            Side::Client => ("tower_mesh_client_calls_total", "tower_mesh_client_call_duration_seconds"),
+            Side::Server => ("tower_mesh_server_requests_total", "tower_mesh_server_request_duration_seconds"),
+        };
+        let mut calls = Vec::with_capacity(METHODS.len() * OUTCOMES.len());
+        let mut latency = Vec::with_capacity(METHODS.len() * OUTCOMES.len());
+        for method in METHODS {
+            for outcome in OUTCOMES {
+                if metrics {
+                    let labels =
+                        [("service", name.to_string()), ("method", method.to_owned()), ("outcome", outcome.to_owned())];
+                    calls.push(metrics::counter!(calls_name, &labels));
+                    latency.push(metrics::histogram!(latency_name, &labels));
+                } else {
+                    calls.push(Counter::noop());
+                    latency.push(Histogram::noop());
+                }
+            }
+        }
+        Handles { name, side, log, calls, latency }
+    }
+
+    fn record(&self, method: usize, outcome: usize, start: Instant) {
+        let i = method * OUTCOMES.len() + outcome;
+        let elapsed = start.elapsed();
+        self.calls[i].increment(1);
+        self.latency[i].record(elapsed.as_secs_f64());
+        if self.log {
+            tracing::debug!(
+                service = %self.name,
+                side = ?self.side,
+                method = METHODS[method],
+                outcome = OUTCOMES[outcome],
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                "call finished"
+            );
+        }
+    }
+}
+
+/// Records every HTTP call (or served request) by method and outcome:
+/// `tower_mesh_client_calls_total` and `tower_mesh_client_call_duration_seconds`
+/// (`tower_mesh_server_*` on the server side), labelled `service`, `method`
+/// and `outcome` (`success`, `failure`, `ignored` as the classifier says;
+/// `rejected` for an open breaker or a full bulkhead, `timeout`, and
+/// `cancelled` when the caller dropped the call). With logging on, each call
+/// also emits a `tracing` debug event (never headers or bodies).
+///
+/// It is the outermost layer of [`ClientStack`](super::ClientStack) and
+/// [`ServerStack`](super::ServerStack), so it sees a call's whole time,
+/// retries included. The handles are registered when the layer is made: a
+/// call records with two atomic operations, no allocation.
+///
+/// ```
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_mesh::stack::{ObserveLayer, Side};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let svc = ServiceBuilder::new()
+///     .layer(ObserveLayer::new("orders", Side::Client))
+///     .service_fn(|_req: http::Request<()>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+///     });
+/// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// # });
+/// ```
+pub struct ObserveLayer<C = HttpClassifier> {
+    handles: Arc<Handles>,
+    classifier: C,
+}
+
+impl<C: Clone> Clone for ObserveLayer<C> {
+    fn clone(&self) -> Self {
+        ObserveLayer { handles: self.handles.clone(), classifier: self.classifier.clone() }
+    }
+}
+
+impl<C> fmt::Debug for ObserveLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserveLayer")
+            .field("service", &self.handles.name)
+            .field("side", &self.handles.side)
+            .field("log", &self.handles.log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObserveLayer {
+    /// Metrics on, log events off, HTTP classification.
+    pub fn new(service: impl Into<Arc<str>>, side: Side) -> Self {
+        Self::with_options(service, side, true, false, HttpClassifier::new())
+    }
+}
+
+impl<C> ObserveLayer<C> {
+    /// Every option: record metrics, emit a log event per call, and the
+    /// classifier that tells success from failure.
+    pub fn with_options(service: impl Into<Arc<str>>, side: Side, metrics: bool, log: bool, classifier: C) -> Self {
+        ObserveLayer { handles: Arc::new(Handles::new(service.into(), side, metrics, log)), classifier }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for ObserveLayer<C> {
+    type Service = Observe<S, C>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe { inner, handles: self.handles.clone(), classifier: self.classifier.clone() }
+    }
+}
+
+/// The service made by [`ObserveLayer`].
+pub struct Observe<S, C = HttpClassifier> {
+    inner: S,
+    handles: Arc<Handles>,
+    classifier: C,
+}
+
+impl<S: Clone, C: Clone> Clone for Observe<S, C> {
+    fn clone(&self) -> Self {
+        Observe { inner: self.inner.clone(), handles: self.handles.clone(), classifier: self.classifier.clone() }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for Observe<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observe").field("inner", &self.inner).field("service", &self.handles.name).finish()
+    }
+}
+
+impl<S, C, ReqB, ResB> Service<Request<ReqB>> for Observe<S, C>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    C: Classify<Response<ResB>, BoxError> + Clone,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ObserveFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let method = method_index(req.method());
+        ObserveFuture {
+            inner: self.inner.call(req),
+            call: Some(Call {
+                handles: self.handles.clone(),
+                classifier: self.classifier.clone(),
+                method,
+                start: Instant::now(),
+            }),
+        }
+    }
+}
+
+struct Call<C> {
+    handles: Arc<Handles>,
+    classifier: C,
+    method: usize,
+    start: Instant,
+}
+
+pin_project! {
+    /// Response future of [`Observe`]; dropped before it completes, it
+    /// records the call as `cancelled`.
+    pub struct ObserveFuture<F, C> {
+        #[pin]
+        inner: F,
+        call: Option<Call<C>>,
+    }
+
+    impl<F, C> PinnedDrop for ObserveFuture<F, C> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.handles.record(call.method, CANCELLED, call.start);
+            }
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ObserveFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserveFuture").finish_non_exhaustive()
+    }
+}
+
+fn error_outcome(e: &BoxError) -> Option<usize> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+    while let Some(err) = cur {
+        if err.is::<crate::circuit_breaker::CircuitOpen>() || err.is::<crate::bulkhead::BulkheadFull>() {
+            return Some(REJECTED);
+        }
+        if err.is::<crate::timeout::Elapsed>() {
+            return Some(TIMEOUT);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+impl<F, C, ResB, E> Future for ObserveFuture<F, C>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    E: Into<BoxError>,
+    C: Classify<Response<ResB>, BoxError>,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx)).map_err(Into::into);
+        let call = this.call.take().expect("polled after completion");
+        let outcome = match &result {
+            Err(e) => match error_outcome(e) {
+                Some(o) => o,
+                None => outcome_index(call.classifier.classify(Err(e))),
+            },
+            Ok(res) => match call.classifier.classify(Ok(res)) {
+                Outcome::Deferred => {
+                    // The answer comes with the end of the stream (gRPC trailers).
+                    let Call { handles, classifier, method, start } = call;
+                    let h = handles.clone();
+                    let recorder = OutcomeRecorder::new(move |o| h.record(method, outcome_index(o), start));
+                    let mut result = result;
+                    if let Ok(res) = &mut result {
+                        if let Err(recorder) = classifier.defer(res, recorder) {
+                            recorder.record(Outcome::Success);
+                        }
+                    }
+                    return Poll::Ready(result);
+                }
+                o => outcome_index(o),
+            },
+        };
+        call.handles.record(call.method, outcome, call.start);
+        Poll::Ready(result)
+    }
+}
+
+fn outcome_index(o: Outcome) -> usize {
+    match o {
+        Outcome::Success | Outcome::Deferred => SUCCESS,
+        Outcome::Failure(_) => FAILURE,
+        Outcome::Ignored => IGNORED,
+        Outcome::Cancelled => CANCELLED,
+    }
+}

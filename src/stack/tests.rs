@@ -1,0 +1,388 @@
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use proptest::prelude::*;
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+
+use super::*;
+use crate::bulkhead::BulkheadFull;
+use crate::circuit_breaker::{CircuitOpen, CircuitState, SlidingWindow};
+use crate::config::ConfigError;
+
+fn conflict_field(e: &StackError) -> &'static str {
+    match e {
+        StackError::Invalid { source: ConfigError::Conflict { field, .. }, .. } => field,
+        StackError::Invalid { source: ConfigError::OutOfRange { field, .. }, .. } => field,
+        StackError::Invalid { source: ConfigError::Zero { field }, .. } => field,
+        other => panic!("not a validation error: {other:?}"),
+    }
+}
+
+#[test]
+fn presets_follow_the_documented_defaults() {
+    let dev = ClientConfig::preset(Preset::Development);
+    let test = ClientConfig::preset(Preset::Testing);
+    let prod = ClientConfig::preset(Preset::Production);
+    assert_eq!(dev.bulkhead.as_ref().unwrap().max_concurrent_calls, 50);
+    assert_eq!(test.bulkhead.as_ref().unwrap().max_concurrent_calls, 20);
+    assert_eq!(prod.bulkhead.as_ref().unwrap().max_concurrent_calls, 200);
+    assert_eq!(test.circuit_breaker.as_ref().unwrap().minimum_calls, 2);
+    assert!(dev.log_calls && !test.log_calls && !prod.log_calls);
+    assert!(prod.retry.as_ref().unwrap().budget.is_some());
+    assert_eq!(prod.circuit_breaker.as_ref().unwrap().sliding_window, SlidingWindow::Time(Duration::from_secs(60)));
+    for p in [Preset::Development, Preset::Testing, Preset::Production] {
+        ClientConfig::preset(p).validate().unwrap();
+        ServerConfig::preset(p).validate().unwrap();
+        assert_eq!(p.to_string().parse::<Preset>().unwrap(), p);
+    }
+    assert!(matches!("staging".parse::<Preset>(), Err(StackError::UnknownPreset(_))));
+}
+
+#[test]
+fn a_section_overrides_only_what_it_says() {
+    let cfg = MeshConfig::from_toml_str(
+        r#"
+        preset = "development"
+        [client.orders]
+        timeout = { total = "20s" }
+        retry = { max_retries = 4, backoff = { initial = "50ms" } }
+        bulkhead = false
+        circuit_breaker = true
+        forward_token_to = []
+        [client.stock]
+        log_calls = false
+        [server]
+        timeout = "5s"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cfg.preset, Preset::Development);
+    let orders = cfg.client("orders").unwrap();
+    assert_eq!(orders.name, "orders");
+    assert_eq!(orders.timeout.total, Some(Duration::from_secs(20)));
+    assert_eq!(orders.timeout.attempt, Some(Duration::from_secs(10)), "from the preset");
+    let retry = orders.retry.unwrap();
+    assert_eq!(retry.max_retries, 4);
+    assert_eq!(retry.backoff.initial, Duration::from_millis(50));
+    assert_eq!(retry.backoff.multiplier, 2.0, "from the preset");
+    assert_eq!(retry.name, "orders");
+    assert!(orders.bulkhead.is_none());
+    assert_eq!(orders.circuit_breaker.unwrap().name, "orders");
+    assert!(!cfg.client("stock").unwrap().log_calls);
+    // A service without a section gets the preset.
+    let other = cfg.client("billing").unwrap();
+    assert_eq!(other.name, "billing");
+    assert_eq!(other.bulkhead.unwrap().max_concurrent_calls, 50);
+    assert_eq!(cfg.server.timeout, Some(Duration::from_secs(5)));
+    assert_eq!(cfg.server.max_concurrent_requests, Some(1024));
+}
+
+#[test]
+fn bad_documents_are_typed_errors() {
+    assert!(matches!(MeshConfig::from_toml_str("preset = "), Err(StackError::Parse(_))));
+    assert!(matches!(MeshConfig::from_toml_str("preset = \"staging\""), Err(StackError::UnknownPreset(_))));
+    assert!(matches!(MeshConfig::from_toml_str("preset = 3"), Err(StackError::UnknownPreset(_))));
+    assert!(matches!(MeshConfig::from_toml_str("clients = {}"), Err(StackError::UnknownKey(k)) if k == "clients"));
+    assert!(matches!(MeshConfig::from_toml_str("client = 1"), Err(StackError::NotATable(_))));
+    assert!(matches!(MeshConfig::from_toml_str("[client]\norders = 1"), Err(StackError::NotATable(_))));
+    let e = MeshConfig::from_toml_str("[client.orders]\nretry = { max_retrys = 2 }").unwrap_err();
+    assert!(matches!(&e, StackError::Section { service, .. } if service == "orders"), "{e:?}");
+    let e = MeshConfig::from_toml_str("[client.orders]\ntimeout = { total = \"soon\" }").unwrap_err();
+    assert!(matches!(e, StackError::Section { .. }), "{e:?}");
+    let e = MeshConfig::from_file("/nonexistent/tower-mesh.toml").unwrap_err();
+    assert!(matches!(&e, StackError::Io { path, .. } if path.contains("nonexistent")));
+    assert!(std::error::Error::source(&e).is_some());
+}
+
+#[test]
+fn cross_field_validation() {
+    let e = MeshConfig::from_toml_str("[client.a]\ntimeout = { attempt = \"5s\", total = \"1s\" }").unwrap_err();
+    assert_eq!(conflict_field(&e), "timeout.attempt");
+    let e = MeshConfig::from_toml_str(
+        "[client.a]\ntimeout = { attempt = \"5s\", total = \"20s\" }\ncircuit_breaker = { sliding_window = { time = \"2s\" } }",
+    )
+    .unwrap_err();
+    assert_eq!(conflict_field(&e), "circuit_breaker.sliding_window");
+    let e = MeshConfig::from_toml_str("[client.a]\nbulkhead = { max_wait = \"10s\" }").unwrap_err();
+    assert_eq!(conflict_field(&e), "bulkhead.max_wait");
+    let e = MeshConfig::from_toml_str("[client.a]\nretry = { budget = { ratio = 1.5 } }").unwrap_err();
+    assert_eq!(conflict_field(&e), "retry.budget.ratio");
+    let e = MeshConfig::from_toml_str(
+        "[client.a]\ntimeout = { total = \"1s\", attempt = \"1s\" }\nretry = { backoff = { initial = \"2s\" } }",
+    )
+    .unwrap_err();
+    assert_eq!(conflict_field(&e), "retry.backoff.initial");
+    let e = MeshConfig::from_toml_str("[client.a]\ncircuit_breaker = { failure_rate_threshold = 150.0 }").unwrap_err();
+    assert_eq!(conflict_field(&e), "circuit_breaker.failure_rate_threshold");
+    let e = MeshConfig::from_toml_str("[server]\nmax_concurrent_requests = 0").unwrap_err();
+    assert_eq!(conflict_field(&e), "server.max_concurrent_requests");
+    // The message names the service and, through `source`, the field.
+    assert_eq!(e.to_string(), "invalid configuration for `server`");
+}
+
+#[test]
+fn environment_overrides() {
+    let cfg = MeshConfig::from_vars([
+        ("TOWER_MESH__PRESET", "testing"),
+        ("TOWER_MESH__CLIENT__ORDERS__RETRY__MAX_RETRIES", "5"),
+        ("TOWER_MESH__CLIENT__ORDERS__TIMEOUT__TOTAL", "3s"),
+        ("TOWER_MESH__CLIENT__ORDERS__LOG_CALLS", "true"),
+        ("TOWER_MESH__SERVER__CORRELATION", "false"),
+        ("PATH", "/usr/bin"),
+    ])
+    .unwrap();
+    assert_eq!(cfg.preset, Preset::Testing);
+    let orders = &cfg.clients["orders"];
+    assert_eq!(orders.retry.as_ref().unwrap().max_retries, 5);
+    assert_eq!(orders.timeout.total, Some(Duration::from_secs(3)));
+    assert!(orders.log_calls);
+    assert!(!cfg.server.correlation);
+    let e = MeshConfig::from_vars([("TOWER_MESH__CLIENT____X", "1")]).unwrap_err();
+    assert!(matches!(e, StackError::UnknownKey(_)));
+}
+
+#[test]
+fn a_file_is_read() {
+    let path = std::env::temp_dir().join(format!("tower-mesh-stack-{}.toml", std::process::id()));
+    std::fs::write(&path, "preset = \"production\"\n[client.orders]\nbulkhead = { max_concurrent_calls = 7 }\n")
+        .unwrap();
+    let cfg = MeshConfig::from_file(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(cfg.client("orders").unwrap().bulkhead.unwrap().max_concurrent_calls, 7);
+}
+
+fn fast_client() -> ClientConfig {
+    let mut cfg = ClientConfig::preset(Preset::Testing).named("orders");
+    cfg.timeout.attempt = Some(Duration::from_millis(100));
+    cfg.timeout.total = Some(Duration::from_secs(1));
+    cfg
+}
+
+type Snap = Vec<(metrics_util::CompositeKey, Option<metrics::Unit>, Option<metrics::SharedString>, DebugValue)>;
+
+/// One snapshot (reading drains the counters, so take it once per check).
+fn snap(snapshotter: &Snapshotter) -> Snap {
+    snapshotter.snapshot().into_vec()
+}
+
+fn counter(snap: &Snap, name: &str, labels: &[(&str, &str)]) -> u64 {
+    snap.iter()
+        .filter(|(k, _, _, _)| {
+            k.key().name() == name
+                && labels.iter().all(|(lk, lv)| k.key().labels().any(|l| l.key() == *lk && l.value() == *lv))
+        })
+        .map(|(_, _, _, v)| match v {
+            DebugValue::Counter(n) => *n,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_stack_retries_trips_and_counts() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let stack = metrics::with_local_recorder(&recorder, || fast_client().http_stack().unwrap());
+    let breaker = stack.breaker().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let mut svc = ServiceBuilder::new().layer(stack).service(service_fn(move |_req: Request<String>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(Response::builder().status(503).body(String::new()).unwrap()) }
+    }));
+    // One call: the first attempt and its 2 retries all fail with 503; the
+    // breaker (testing preset: 2 calls minimum) opens on the way.
+    let res = svc.ready().await.unwrap().call(Request::get("/").body(String::new()).unwrap()).await;
+    match res {
+        Ok(res) => assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE),
+        Err(e) => assert!(e.downcast_ref::<CircuitOpen>().is_some(), "{e}"),
+    }
+    assert!(calls.load(Ordering::SeqCst) >= 2);
+    assert_eq!(breaker.state(), CircuitState::Open);
+    // Open: the next call is rejected without reaching the service.
+    let before = calls.load(Ordering::SeqCst);
+    let err = svc.ready().await.unwrap().call(Request::get("/").body(String::new()).unwrap()).await.unwrap_err();
+    assert!(err.downcast_ref::<CircuitOpen>().is_some(), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), before);
+    let rejected = counter(
+        &snap(&snapshotter),
+        "tower_mesh_client_calls_total",
+        &[("service", "orders"), ("method", "GET"), ("outcome", "rejected")],
+    );
+    assert!(rejected >= 1, "rejected = {rejected}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_stack_attempt_timeout_and_success() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut cfg = fast_client();
+    cfg.retry = None;
+    cfg.circuit_breaker = None;
+    let stack = metrics::with_local_recorder(&recorder, || cfg.http_stack().unwrap());
+    let mut svc = ServiceBuilder::new().layer(stack).service(service_fn(|req: Request<String>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    }));
+    let res = svc.ready().await.unwrap().call(Request::post("/fast").body(String::new()).unwrap()).await.unwrap();
+    assert_eq!(res.body(), "ok");
+    let err = svc.ready().await.unwrap().call(Request::get("/slow").body(String::new()).unwrap()).await.unwrap_err();
+    assert!(err.downcast_ref::<crate::timeout::Elapsed>().is_some(), "{err}");
+    let snap = snap(&snapshotter);
+    assert_eq!(counter(&snap, "tower_mesh_client_calls_total", &[("method", "POST"), ("outcome", "success")]), 1);
+    assert_eq!(counter(&snap, "tower_mesh_client_calls_total", &[("method", "GET"), ("outcome", "timeout")]), 1);
+}
+
+#[tokio::test]
+async fn a_dropped_call_gives_its_bulkhead_permit_back_and_counts_as_cancelled() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut cfg = fast_client();
+    cfg.bulkhead.as_mut().unwrap().max_concurrent_calls = 1;
+    let stack = metrics::with_local_recorder(&recorder, || cfg.http_stack().unwrap());
+    let bulkhead = stack.bulkhead().unwrap().clone();
+    let mut svc = ServiceBuilder::new().layer(stack).service(service_fn(|_req: Request<String>| async {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let fut = svc.ready().await.unwrap().call(Request::get("/").body(String::new()).unwrap());
+    assert_eq!(bulkhead.available_permits(), 0);
+    // A second call while the first holds the only permit is rejected at once.
+    let err = svc.ready().await.unwrap().call(Request::get("/").body(String::new()).unwrap()).await.unwrap_err();
+    assert!(err.downcast_ref::<BulkheadFull>().is_some(), "{err}");
+    drop(fut);
+    assert_eq!(bulkhead.available_permits(), 1);
+    assert_eq!(counter(&snap(&snapshotter), "tower_mesh_client_calls_total", &[("outcome", "cancelled")]), 1);
+}
+
+#[tokio::test]
+async fn disabled_sections_leave_the_layers_out() {
+    let mut cfg = fast_client();
+    cfg.retry = None;
+    cfg.circuit_breaker = None;
+    cfg.bulkhead = None;
+    cfg.timeout = Default::default();
+    cfg.metrics = false;
+    let stack = cfg.http_stack().unwrap();
+    assert!(stack.breaker().is_none() && stack.bulkhead().is_none());
+    let dbg = format!("{stack:?}");
+    assert!(dbg.contains("retry: false") && dbg.contains("total_timeout: false"), "{dbg}");
+    let svc = ServiceBuilder::new()
+        .layer(stack)
+        .service(service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
+    svc.oneshot(Request::new(())).await.unwrap();
+}
+
+#[tokio::test]
+async fn server_stack_sheds_load_and_times_out() {
+    let mut cfg = ServerConfig::preset(Preset::Testing);
+    cfg.max_concurrent_requests = Some(1);
+    cfg.timeout = Some(Duration::from_millis(50));
+    let stack = cfg.stack().unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let mut svc = ServiceBuilder::new().layer(stack).service(service_fn(move |req: Request<String>| {
+        let g = g.clone();
+        async move {
+            match req.uri().path() {
+                "/hold" => g.notified().await,
+                "/slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+                _ => {}
+            }
+            Ok::<_, Infallible>(Response::new(String::from("done")))
+        }
+    }));
+    let held = tokio::spawn(svc.ready().await.unwrap().call(Request::get("/hold").body(String::new()).unwrap()));
+    tokio::task::yield_now().await;
+    let shed = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::get("/x").header("x-correlation-id", "abc-123").body(String::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    #[cfg(feature = "correlation-id")]
+    assert_eq!(shed.headers()["x-correlation-id"], "abc-123", "the id is echoed on a shed request too");
+    gate.notify_one();
+    assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
+    let slow = svc.ready().await.unwrap().call(Request::get("/slow").body(String::new()).unwrap()).await.unwrap();
+    assert_eq!(slow.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
+async fn server_stack_answers_grpc_errors_as_grpc() {
+    let mut cfg = ServerConfig::preset(Preset::Testing);
+    cfg.timeout = Some(Duration::from_millis(20));
+    let svc = ServiceBuilder::new().layer(cfg.stack().unwrap()).service(service_fn(|_req: Request<String>| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let req = Request::post("/pkg.Svc/Call").header("content-type", "application/grpc").body(String::new()).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "4"); // DEADLINE_EXCEEDED
+}
+
+#[cfg(feature = "discovery")]
+#[tokio::test]
+async fn static_endpoints_route_through_discovery() {
+    let mut cfg = fast_client();
+    cfg.endpoints = vec!["127.0.0.1:9001".into(), "127.0.0.1:9002".into()];
+    let stack = cfg.http_stack().unwrap();
+    assert_eq!(stack.registry().unwrap().resolution("orders").map(|r| r.endpoints().len()), Some(2));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let mut svc = ServiceBuilder::new().layer(stack).service(service_fn(move |req: Request<String>| {
+        s.lock().unwrap().push(req.uri().authority().unwrap().to_string());
+        async { Ok::<_, Infallible>(Response::new(String::new())) }
+    }));
+    for _ in 0..20 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Request::get("http://orders/items").body(String::new()).unwrap())
+            .await
+            .unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    // Every request went to one of the configured endpoints, never to `orders`.
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|a| a == "127.0.0.1:9001" || a == "127.0.0.1:9002"), "{seen:?}");
+}
+
+proptest! {
+    // Whatever values a file holds, loading it is a config or a typed error.
+    #[test]
+    fn loading_never_panics(
+        total in 0u64..5_000,
+        attempt in 0u64..5_000,
+        window in 0u64..100,
+        ratio in -1.0f64..2.0,
+        threshold in -10.0f64..120.0,
+        max in 0usize..5,
+        wait in 0u64..3_000,
+    ) {
+        let doc = format!(
+            "[client.s]\ntimeout = {{ total = \"{total}ms\", attempt = \"{attempt}ms\" }}\n\
+             circuit_breaker = {{ failure_rate_threshold = {threshold:?}, sliding_window = {{ time = \"{window}s\" }} }}\n\
+             retry = {{ budget = {{ ratio = {ratio:?} }} }}\n\
+             bulkhead = {{ max_concurrent_calls = {max}, max_wait = \"{wait}ms\" }}\n"
+        );
+        match MeshConfig::from_toml_str(&doc) {
+            Ok(cfg) => {
+                let c = cfg.client("s").unwrap();
+                prop_assert!(c.validate().is_ok());
+                prop_assert!(c.http_stack().is_ok());
+            }
+            Err(StackError::Invalid { .. }) => {}
+            Err(other) => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+}
