@@ -1,5 +1,5 @@
 //! tower-mesh quickstart: a hyper-util client wrapped in
-//! timeout → retry → circuit breaker → bulkhead, calling a flaky upstream.
+//! timeout → retry → circuit breaker → bulkhead → attempt timeout, calling a flaky upstream.
 //!
 //! An embedded hyper server on 127.0.0.1 runs through a schedule — healthy,
 //! failing with 503, slow, healthy again — while 16 workers send a few thousand
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_mesh::bulkhead::{BulkheadFull, BulkheadLayer};
 use tower_mesh::circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
-use tower_mesh::classify::HttpClassifier;
+use tower_mesh::classify::{HttpClassifier, IgnoreRejections};
 use tower_mesh::retry::{Backoff, Jitter, RetryBudget, RetryLayer};
 use tower_mesh::timeout::{Elapsed, TimeoutLayer};
 use upstream::{Mode, Upstream};
@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The recommended client stack, outermost first.
     let breaker = CircuitBreakerLayer::builder()
         .name("items")
-        .classifier(HttpClassifier::new())
+        .classifier(IgnoreRejections(HttpClassifier::new()))
         .count_window(50)
         .minimum_calls(20)
         .failure_rate_threshold(50.0)
@@ -89,11 +89,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .jitter(Jitter::Full),
                 )
                 .budget(RetryBudget::new(Duration::from_secs(10), 10, 0.2))
-                .classifier(HttpClassifier::new())
+                .classifier(IgnoreRejections(HttpClassifier::new()))
                 .http()
                 .build()?,
         )
-        .layer(TimeoutLayer::per_attempt(Duration::from_millis(250)))
         .layer(breaker)
         .layer(
             BulkheadLayer::builder()
@@ -102,6 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .max_wait(Duration::from_millis(50))
                 .build()?,
         )
+        .layer(TimeoutLayer::per_attempt(Duration::from_millis(250)))
         .service(client);
 
     // The upstream's schedule.

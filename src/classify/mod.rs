@@ -49,6 +49,8 @@ mod tower_http_compat;
 use std::fmt;
 use std::time::Duration;
 
+use crate::error::BoxError;
+
 pub use self::eos::{ClassifyEos, ClassifyEosLayer, EosBody, EosEvent, EosSlot, OutcomeRecorder};
 pub use self::grpc::{GrpcClassifier, GrpcCodeSet};
 pub use self::http::{HttpClassifier, StatusSet};
@@ -298,5 +300,55 @@ mod tests {
             "failure (HTTP 502)"
         );
         assert_eq!(Outcome::Ignored.to_string(), "ignored");
+    }
+}
+
+/// A classifier that leaves the stack's own rejections — an open breaker's
+/// `CircuitOpen`, a full bulkhead's `BulkheadFull` — out of the count
+/// ([`Outcome::Ignored`]) and asks `C` about everything else.
+///
+/// Give it to a breaker above a bulkhead (a full bulkhead is this process's
+/// load, not a failure of the dependency) and to a retry layer above a
+/// breaker (retrying a rejection at once only adds load; the caller gets it
+/// fast). The configured stack (module `stack`, feature `stack`) does both.
+///
+/// ```
+/// use tower_mesh::classify::{Classify, HttpClassifier, IgnoreRejections, Outcome};
+/// use tower_mesh::BoxError;
+///
+/// let c = IgnoreRejections(HttpClassifier::new());
+/// let other: BoxError = "connection reset".into();
+/// assert!(matches!(Classify::<http::Response<()>, BoxError>::classify(&c, Err(&other)), Outcome::Failure(_)));
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IgnoreRejections<C>(pub C);
+
+fn is_rejection(e: &BoxError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+    while let Some(err) = cur {
+        #[cfg(feature = "circuit-breaker")]
+        if err.is::<crate::circuit_breaker::CircuitOpen>() {
+            return true;
+        }
+        #[cfg(feature = "bulkhead")]
+        if err.is::<crate::bulkhead::BulkheadFull>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+impl<Res, C: Classify<Res, BoxError>> Classify<Res, BoxError> for IgnoreRejections<C> {
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
+        match result {
+            Err(e) if is_rejection(e) => Outcome::Ignored,
+            other => self.0.classify(other),
+        }
+    }
+
+    fn defer(&self, response: &mut Res, recorder: OutcomeRecorder) -> Result<(), OutcomeRecorder> {
+        self.0.defer(response, recorder)
     }
 }

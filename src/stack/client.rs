@@ -10,8 +10,7 @@ use super::error::StackError;
 use super::observe::{Observe, ObserveLayer, Side};
 use crate::bulkhead::BulkheadLayer;
 use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
-use crate::classify::{Classify, GrpcClassifier, HttpClassifier, Outcome, OutcomeRecorder};
-use crate::error::BoxError;
+use crate::classify::{GrpcClassifier, HttpClassifier, IgnoreRejections};
 use crate::retry::{HttpRequests, RetryLayer};
 use crate::timeout::TimeoutLayer;
 
@@ -47,42 +46,6 @@ type CorrelationL = Passthrough<()>;
 type JwtL = crate::jwt::JwtClientLayer;
 #[cfg(not(feature = "jwt"))]
 type JwtL = Passthrough<()>;
-
-/// A classifier that leaves the stack's own rejections — an open breaker's
-/// [`CircuitOpen`](crate::circuit_breaker::CircuitOpen), a full bulkhead's
-/// [`BulkheadFull`](crate::bulkhead::BulkheadFull) — out of the count
-/// ([`Outcome::Ignored`]) and asks `C` about everything else.
-///
-/// The stack gives it to the breaker (a full bulkhead is this process's
-/// load, not a failure of the dependency) and to the retry layer (retrying a
-/// rejection at once only adds load; the caller gets it fast).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IgnoreRejections<C>(pub C);
-
-fn is_rejection(e: &BoxError) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
-    while let Some(err) = cur {
-        if err.is::<crate::circuit_breaker::CircuitOpen>() || err.is::<crate::bulkhead::BulkheadFull>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-impl<Res, C: Classify<Res, BoxError>> Classify<Res, BoxError> for IgnoreRejections<C> {
-    #[inline]
-    fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
-        match result {
-            Err(e) if is_rejection(e) => Outcome::Ignored,
-            other => self.0.classify(other),
-        }
-    }
-
-    fn defer(&self, response: &mut Res, recorder: OutcomeRecorder) -> Result<(), OutcomeRecorder> {
-        self.0.defer(response, recorder)
-    }
-}
 
 /// The service a [`ClientStack`] makes around `S`: from the outside in,
 /// metrics → correlation id → token forwarding → total timeout → retry →

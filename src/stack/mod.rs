@@ -91,7 +91,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use client::{ClientService, ClientStack, IgnoreRejections, Passthrough};
+pub use client::{ClientService, ClientStack, Passthrough};
 pub use config::{ClientConfig, MeshConfig, Preset, ServerConfig, CONFIG_FILE_ENV, ENV_PREFIX};
 pub use error::StackError;
 pub use observe::{Observe, ObserveFuture, ObserveLayer, Side};
