@@ -76,8 +76,10 @@ pub fn error_response(err: &(dyn std::error::Error + 'static)) -> Option<ErrorRe
     None
 }
 
+/// The answer for `e` itself, if it is a tower-mesh error (its sources are
+/// not looked at).
 #[allow(unused_variables)]
-fn downcast_mesh(e: &(dyn std::error::Error + 'static)) -> Option<ErrorResponse> {
+pub(crate) fn downcast_mesh(e: &(dyn std::error::Error + 'static)) -> Option<ErrorResponse> {
     #[cfg(feature = "circuit-breaker")]
     if let Some(e) = e.downcast_ref::<crate::circuit_breaker::CircuitOpen>() {
         return Some(ErrorResponse::of(e));
@@ -96,6 +98,10 @@ fn downcast_mesh(e: &(dyn std::error::Error + 'static)) -> Option<ErrorResponse>
     }
     #[cfg(feature = "jwt")]
     if let Some(e) = e.downcast_ref::<crate::jwt::JwtError>() {
+        return Some(ErrorResponse::of(e));
+    }
+    #[cfg(feature = "stack")]
+    if let Some(e) = e.downcast_ref::<crate::service_error::ServiceError>() {
         return Some(ErrorResponse::of(e));
     }
     None
