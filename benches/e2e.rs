@@ -140,8 +140,8 @@ fn main() {
         let mut g = c.benchmark_group("e2e/client");
         let mut bare = client();
         let mut stacked = ServiceBuilder::new().layer(stack.clone()).service(client());
-        g.bench_function("bare hyper-util", |b| b.to_async(&rt).iter(|| send(&mut bare, &uri)));
-        g.bench_function("recommended stack", |b| b.to_async(&rt).iter(|| send(&mut stacked, &uri)));
+        g.bench_function("bare hyper-util", |b| b.iter(|| rt.block_on(send(&mut bare, &uri))));
+        g.bench_function("recommended stack", |b| b.iter(|| rt.block_on(send(&mut stacked, &uri))));
         g.finish();
     }
     {
@@ -150,12 +150,14 @@ fn main() {
         g.sample_size(20);
         for (name, u) in [("bare axum", &bare_uri), ("server stack", &layered_uri)] {
             g.bench_with_input(BenchmarkId::from_parameter(name), u, |b, u| {
-                b.to_async(&rt).iter_custom(|iters| async move {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        total += load(u, SERVER_BATCH).await;
-                    }
-                    total
+                b.iter_custom(|iters| {
+                    rt.block_on(async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            total += load(u, SERVER_BATCH).await;
+                        }
+                        total
+                    })
                 })
             });
         }
@@ -188,7 +190,10 @@ fn main() {
     let (bl, sl) = (median(&mut bare_lat), median(&mut stack_lat));
     let (bt, st) = (median(&mut bare_tp), median(&mut stack_tp));
     println!("\n== e2e summary ({rounds} alternating rounds, medians)");
-    println!("client: bare {bl:.1} µs/request, recommended stack {sl:.1} µs/request: +{:.1} % (target ≤ 3 %)", (sl / bl - 1.0) * 100.0);
+    println!(
+        "client: bare {bl:.1} µs/request, recommended stack {sl:.1} µs/request: +{:.1} % (target ≤ 3 %)",
+        (sl / bl - 1.0) * 100.0
+    );
     println!("server: bare axum {bt:.0} req/s, server stack {st:.0} req/s: {:.3}× (target ≥ 0.97×)", st / bt);
     c.final_summary();
 }

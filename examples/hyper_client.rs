@@ -37,7 +37,7 @@ bulkhead = { max_concurrent_calls = 32 }
 "#;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), tower_mesh::BoxError> {
     let up = Upstream::start().await;
 
     // The file, with environment overrides on top (none are needed here).

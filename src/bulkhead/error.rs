@@ -65,4 +65,10 @@ impl MeshError for BulkheadFull {
     fn grpc_code(&self) -> GrpcCode {
         GrpcCode::ResourceExhausted
     }
+
+    /// One second, the smallest `Retry-After` there is: permits come back as
+    /// soon as calls in flight finish, so a shed client may try again soon.
+    fn retry_after(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
 }

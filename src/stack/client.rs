@@ -225,7 +225,11 @@ impl ClientConfig {
             None => None,
         };
         let breaker = match &self.circuit_breaker {
-            Some(b) => Some(CircuitBreakerLayer::from_config(b).map_err(invalid)?.with_classifier(IgnoreRejections(classifier.clone()))),
+            Some(b) => Some(
+                CircuitBreakerLayer::from_config(b)
+                    .map_err(invalid)?
+                    .with_classifier(IgnoreRejections(classifier.clone())),
+            ),
             None => None,
         };
         let bulkhead = match &self.bulkhead {
@@ -276,11 +280,11 @@ impl ClientConfig {
             ),
             correlation,
             jwt,
-            total: timeouts.total,
+            total: timeouts.total.map(|t| t.name(&self.name)),
             retry,
             breaker,
             bulkhead,
-            attempt: timeouts.attempt,
+            attempt: timeouts.attempt.map(|t| t.name(&self.name)),
             discovery,
             #[cfg(feature = "discovery")]
             registry,

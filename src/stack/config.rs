@@ -492,10 +492,17 @@ fn merge_into<T: Serialize + for<'de> Deserialize<'de>>(
 }
 
 /// Tables merge key by key; anything else replaces. `false` switches a
-/// section off, `true` keeps the base's values.
+/// section off, `true` keeps the base's values. A one-key table over another
+/// one-key table with a different key is an enum changing variant
+/// (`sliding_window = { time = "60s" }` over `{ count = 20 }`): it replaces.
 fn deep_merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o))
+                if b.len() == 1 && o.len() == 1 && b.keys().next() != o.keys().next() =>
+            {
+                *b = o;
+            }
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => deep_merge(b, o),
             (Some(toml::Value::Table(_)), toml::Value::Boolean(true)) => {}
             (_, v) => {

@@ -39,7 +39,7 @@ pub type ServerService<S> =
 /// - a request timeout: `504` (gRPC: `DEADLINE_EXCEEDED`).
 ///
 /// Token validation needs keys, which do not belong in a configuration file:
-/// add a [`JwtPropagationLayer`](crate::jwt::JwtPropagationLayer) under this
+/// add a `JwtPropagationLayer` (feature `jwt`) under this
 /// stack (`.layer(jwt).layer(stack)` on an axum router, the last added is
 /// the outermost).
 ///
@@ -122,7 +122,7 @@ impl ServerConfig {
                 })
                 .transpose()
                 .map_err(|source| StackError::Invalid { service: self.name.clone(), source })?,
-            timeout: self.timeout.map(TimeoutLayer::new),
+            timeout: self.timeout.map(|t| TimeoutLayer::new(t).name(&self.name)),
         })
     }
 }

@@ -73,6 +73,15 @@ fn a_section_overrides_only_what_it_says() {
     assert!(orders.bulkhead.is_none());
     assert_eq!(orders.circuit_breaker.unwrap().name, "orders");
     assert!(!cfg.client("stock").unwrap().log_calls);
+    // An enum section changes variant: a time window over the preset's count window.
+    let cfg2 = MeshConfig::from_toml_str(
+        "preset = \"testing\"\n[client.a]\ncircuit_breaker = { sliding_window = { time = \"30s\" } }",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg2.client("a").unwrap().circuit_breaker.unwrap().sliding_window,
+        SlidingWindow::Time(Duration::from_secs(30))
+    );
     // A service without a section gets the preset.
     let other = cfg.client("billing").unwrap();
     assert_eq!(other.name, "billing");
