@@ -17,12 +17,18 @@ use crate::error::BoxError;
 pin_project! {
     /// Response future of [`Timeout`](super::Timeout): the inner future,
     /// polled with the call's [`Deadline`] current, raced against a timer.
+    ///
+    /// The timer is made only when the inner future first returns `Pending`:
+    /// a call that completes at its first poll never touches the runtime's
+    /// timer (a `Sleep` takes a reference to the runtime handle when made,
+    /// and registers only when polled, so the deadline is the same either way).
     pub struct ResponseFuture<F> {
         // Polled with the call's deadline (the timer's) current.
         #[pin]
         response: F,
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
+        deadline: Deadline,
         kind: TimeoutKind,
         after: Duration,
         reporter: Reporter,
@@ -32,7 +38,7 @@ pin_project! {
 impl<F: Future> ResponseFuture<F> {
     #[inline]
     pub(crate) fn new(deadline: Deadline, response: F, kind: TimeoutKind, after: Duration, reporter: Reporter) -> Self {
-        ResponseFuture { response, sleep: tokio::time::sleep_until(deadline.instant()), kind, after, reporter }
+        ResponseFuture { response, sleep: None, deadline, kind, after, reporter }
     }
 }
 
@@ -42,7 +48,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
             .field("timeout", &self.reporter)
             .field("kind", &self.kind)
             .field("after", &self.after)
-            .field("deadline", &self.sleep.deadline())
+            .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
@@ -57,13 +63,17 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let restore = crate::deadline::enter(Deadline::at(this.sleep.deadline()));
+        let restore = crate::deadline::enter(*this.deadline);
         let polled = this.response.poll(cx);
         drop(restore);
         if let Poll::Ready(res) = polled {
             return Poll::Ready(res.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
+        let mut sleep = this.sleep;
+        if sleep.is_none() {
+            sleep.set(Some(tokio::time::sleep_until(this.deadline.instant())));
+        }
+        match sleep.as_pin_mut().expect("the timer was just set").poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => Poll::Ready(Err(this.reporter.elapsed(*this.kind, *this.after).into())),
         }
