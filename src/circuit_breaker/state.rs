@@ -223,6 +223,20 @@ impl TimeWindow {
         let n = self.buckets.len() as u64;
         self.buckets[(self.head % n) as usize].sec = self.head;
     }
+    /// Add `n` successes of second `sec` (counted without the lock, see
+    /// [`Shared::fast`]); a second that has left the window is dropped.
+    fn add_successes(&mut self, sec: u64, n: u32) {
+        let len = self.buckets.len() as u64;
+        if sec > self.head || self.head - sec >= len {
+            return;
+        }
+        let b = &mut self.buckets[(sec % len) as usize];
+        if b.sec != sec {
+            return;
+        }
+        b.totals.calls += n;
+        self.totals.calls += n;
+    }
     fn record(&mut self, now: Instant, failed: bool, slow: bool) {
         self.advance(now);
         let n = self.buckets.len() as u64;
@@ -279,6 +293,15 @@ impl Window {
         }
     }
 }
+
+/// Bits of [`Shared::fast`] that hold the count (the rest hold the second).
+const FAST_COUNT_BITS: u32 = 24;
+const FAST_COUNT_MASK: u64 = (1 << FAST_COUNT_BITS) - 1;
+/// [`Shared::fast`] closed: no second matches.
+const FAST_CLOSED: u64 = u64::MAX;
+/// Seconds from which the lock-free path stays closed (about 2^40 s, never
+/// reached; keeps an open value distinct from [`FAST_CLOSED`]).
+const FAST_MAX_SEC: u64 = (1 << (64 - FAST_COUNT_BITS)) - 1;
 
 pub(crate) type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
 
@@ -405,6 +428,18 @@ impl Metrics {
 /// Everything the clones of one breaker share.
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
+    /// Time windows: when the window began (second 0 of its buckets).
+    window_base: Option<Instant>,
+    /// Time windows: successes recorded without the lock, packed as
+    /// `second << FAST_COUNT_BITS | count`. Open (a second other than
+    /// [`FAST_CLOSED`]) only while the breaker is closed (or metrics-only)
+    /// with a window holding no failure and no slow call, and thresholds
+    /// above 0, so one more success cannot change the state: a fast success
+    /// of the open second then only bumps the count. Whoever takes the lock
+    /// first closes it and adds the count to the window (see
+    /// [`Shared::lock`]); a record that leaves the window clean opens it
+    /// again for the current second.
+    fast: AtomicU64,
     pub(crate) settings: Settings,
     state: AtomicU8,
     /// True while the breaker is closed (or metrics-only) with a full count
@@ -448,6 +483,8 @@ impl Shared {
                 clean: false,
             }),
             clean: AtomicBool::new(false),
+            window_base: matches!(settings.window, SlidingWindow::Time(_)).then_some(now),
+            fast: AtomicU64::new(FAST_CLOSED),
             name,
             settings,
             state: AtomicU8::new(CircuitState::Closed as u8),
@@ -458,8 +495,43 @@ impl Shared {
         }
     }
 
+    /// The state, with the successes counted without the lock added to the
+    /// window (and the lock-free path closed until a record opens it again).
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if self.window_base.is_some() {
+            let v = self.fast.swap(FAST_CLOSED, Ordering::AcqRel);
+            let count = (v & FAST_COUNT_MASK) as u32;
+            if v != FAST_CLOSED && count > 0 {
+                if let Window::Time(w) = &mut g.window {
+                    w.add_successes(v >> FAST_COUNT_BITS, count);
+                }
+            }
+        }
+        g
+    }
+
+    /// A success in a clean time window, counted without the lock: `false`
+    /// when the lock-free path is closed, open for another second, or
+    /// contended (the caller then records under the lock).
+    #[inline]
+    fn record_fast(&self, base: Instant, now: Instant) -> bool {
+        let sec = now.saturating_duration_since(base).as_secs();
+        let cur = self.fast.load(Ordering::Acquire);
+        if cur >> FAST_COUNT_BITS != sec || cur & FAST_COUNT_MASK == FAST_COUNT_MASK {
+            return false;
+        }
+        self.fast.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Open the lock-free success path for the window's current second if
+    /// one more success cannot trip the breaker (see [`Shared::fast`]).
+    fn open_fast(&self, g: &Inner) {
+        let Window::Time(w) = &g.window else { return };
+        let healthy = w.totals.failures == 0 && w.totals.slow == 0;
+        if healthy && self.settings.failure_rate > 0.0 && self.settings.slow_rate > 0.0 && w.head < FAST_MAX_SEC {
+            self.fast.store(w.head << FAST_COUNT_BITS, Ordering::Release);
+        }
     }
 
     #[inline]
@@ -544,6 +616,13 @@ impl Shared {
         {
             return;
         }
+        if epoch == 0 && rec == Rec::Success && !slow {
+            if let (Some(base), Some(now)) = (self.window_base, now) {
+                if self.record_fast(base, now) {
+                    return;
+                }
+            }
+        }
         self.record_locked(rec, slow, now, epoch);
     }
 
@@ -575,6 +654,7 @@ impl Shared {
             } else {
                 let clean = g.window.is_clean();
                 self.set_clean(&mut g, clean);
+                self.open_fast(&g);
             }
         }
         drop(g);
