@@ -30,7 +30,7 @@ async fn limits_concurrency_and_rejects_from_the_future() {
     assert_eq!(err.name(), "bulkhead");
     assert_eq!(err.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(err.grpc_code(), crate::classify::GrpcCode::ResourceExhausted);
-    assert!(err.retry_after().is_none());
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)), "a shed client may come back in a second");
     assert_eq!(error_response(&err).unwrap().status, 503);
 
     // The inner service saw only the two admitted calls.
