@@ -1,9 +1,11 @@
 //! Parsing envelopes safely: no DTD, no entity expansion, bounded size and depth.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::ops::Range;
 
 use bytes::Bytes;
+use quick_xml::events::attributes::{AttrError, Attribute};
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::Reader;
 
@@ -240,6 +242,69 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// Attribute names of one start tag seen so far, to refuse duplicates as
+/// quick-xml's own check does but without the `Vec` it allocates for every
+/// tag: up to eight names on the stack, a hash set past that so that a tag
+/// with very many attributes is still checked in linear time.
+struct SeenKeys<'k> {
+    small: [&'k str; 8],
+    len: usize,
+    many: Option<HashSet<&'k str>>,
+}
+
+impl<'k> SeenKeys<'k> {
+    fn new() -> Self {
+        SeenKeys { small: [""; 8], len: 0, many: None }
+    }
+
+    /// Note `key`; `Err` with the earlier occurrence if it was already seen.
+    fn insert(&mut self, key: &'k str) -> Result<(), &'k str> {
+        if let Some(many) = &mut self.many {
+            return match many.get(key) {
+                Some(prev) => Err(prev),
+                None => {
+                    many.insert(key);
+                    Ok(())
+                }
+            };
+        }
+        if let Some(prev) = self.small[..self.len].iter().find(|k| **k == key) {
+            return Err(prev);
+        }
+        if self.len < self.small.len() {
+            self.small[self.len] = key;
+            self.len += 1;
+        } else {
+            let mut many: HashSet<&'k str> = self.small.iter().copied().collect();
+            many.insert(key);
+            self.many = Some(many);
+        }
+        Ok(())
+    }
+}
+
+/// Call `f` with every attribute of `e`: syntax and unique names checked (as
+/// quick-xml's `attributes()` does), errors reported at `at`.
+fn for_each_attribute<'e>(
+    e: &'e BytesStart<'_>,
+    at: u64,
+    mut f: impl FnMut(Attribute<'e>) -> Result<(), SoapError>,
+) -> Result<(), SoapError> {
+    let mut seen = SeenKeys::new();
+    let mut attrs = e.attributes();
+    attrs.with_checks(false);
+    for attr in attrs {
+        let attr = attr.map_err(|err| SoapError::xml(at, err.into()))?;
+        if let Err(prev) = seen.insert(attr.key.0) {
+            let offset = |s: &str| (s.as_ptr() as usize).wrapping_sub(e.as_ptr() as usize);
+            let err = AttrError::Duplicated(offset(attr.key.0), offset(prev));
+            return Err(SoapError::xml(at, err.into()));
+        }
+        f(attr)?;
+    }
+    Ok(())
+}
+
 impl<'a> Parser<'a, '_> {
     fn next(&mut self) -> Result<Event<'a>, SoapError> {
         match self.reader.read_event() {
@@ -271,13 +336,15 @@ impl<'a> Parser<'a, '_> {
     fn open(&mut self, e: &BytesStart<'_>) -> Result<(), SoapError> {
         self.enter()?;
         if e.attributes_raw().contains("xmlns") {
-            for attr in e.attributes() {
-                let attr = attr.map_err(|err| SoapError::xml(self.pos() as u64, err.into()))?;
+            let at = self.pos() as u64;
+            let mut bindings = std::mem::take(&mut self.bindings);
+            let depth = self.depth;
+            let declared = for_each_attribute(e, at, |attr| {
                 let prefix = match attr.key.0 {
                     "xmlns" => "",
                     key => match key.strip_prefix("xmlns:") {
                         Some(p) => p,
-                        None => continue,
+                        None => return Ok(()),
                     },
                 };
                 // Borrowed from the message unless the value needs unescaping or normalizing.
@@ -286,7 +353,7 @@ impl<'a> Parser<'a, '_> {
                     Some(v) => Cow::Borrowed(v),
                     None => Cow::Owned(
                         attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                            .map_err(|err| SoapError::xml(self.pos() as u64, err))?
+                            .map_err(|err| SoapError::xml(at, err))?
                             .into_owned(),
                     ),
                 };
@@ -294,11 +361,14 @@ impl<'a> Parser<'a, '_> {
                     Some(p) => Cow::Borrowed(p),
                     None => Cow::Owned(prefix.to_owned()),
                 };
-                if self.bindings.capacity() == 0 {
-                    self.bindings.reserve(8);
+                if bindings.capacity() == 0 {
+                    bindings.reserve(8);
                 }
-                self.bindings.push((self.depth, prefix, value));
-            }
+                bindings.push((depth, prefix, value));
+                Ok(())
+            });
+            self.bindings = bindings;
+            declared?;
         }
         Ok(())
     }
@@ -470,11 +540,10 @@ impl<'a> Parser<'a, '_> {
                     let (ns, local) = self.name(&e);
                     let mut must_understand = false;
                     let mut role = None;
-                    for attr in e.attributes() {
-                        let attr = attr.map_err(|err| SoapError::xml(before as u64, err.into()))?;
+                    for_each_attribute(&e, before as u64, |attr| {
                         let (ans, alocal) = self.resolve(attr.key.0, true);
                         if ans != Some(env_ns) {
-                            continue;
+                            return Ok(());
                         }
                         let value = attr
                             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
@@ -491,7 +560,8 @@ impl<'a> Parser<'a, '_> {
                             "role" if version == SoapVersion::V12 => role = Some(value.into_owned()),
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     if is_start {
                         self.skip()?;
                     } else {

@@ -273,3 +273,38 @@ async fn server_answers_a_failed_readiness_with_a_fault_and_cancels_cleanly() {
     let env = Envelope::parse(res.into_body().to_bytes(), &SoapLimits::default()).unwrap();
     assert_eq!(env.body_str(), "<b/>");
 }
+
+/// The message quick-xml's own (allocating) duplicate check gives for the start tag `tag`.
+fn quick_xml_duplicate_error(tag: &str) -> String {
+    let mut reader = quick_xml::Reader::from_str(tag);
+    let quick_xml::events::Event::Empty(e) = reader.read_event().unwrap() else { panic!("not an empty tag: {tag}") };
+    let err = e.attributes().find_map(Result::err).unwrap_or_else(|| panic!("no duplicate in {tag}"));
+    quick_xml::Error::from(err).to_string()
+}
+
+#[test]
+fn duplicate_attributes_are_refused_as_quick_xml_refuses_them() {
+    let many: String = (0..20).map(|i| format!(" a{i}=\"{i}\"")).collect();
+    let cases = [
+        format!("<s:Envelope xmlns:s=\"{ENV11}\" xmlns:s=\"{ENV11}\"><s:Body/></s:Envelope>"),
+        format!("<s:Envelope xmlns:s=\"{ENV11}\"><s:Body><m:Op xmlns:m=\"urn:m\" x=\"1\" x=\"2\"/></s:Body></s:Envelope>"),
+        format!("<s:Envelope xmlns:s=\"{ENV11}\"><s:Header><h:H xmlns:h=\"urn:h\" s:mustUnderstand=\"1\" s:mustUnderstand=\"0\"/></s:Header><s:Body/></s:Envelope>"),
+        // Past the names kept on the stack: the hash-set path.
+        format!("<s:Envelope xmlns:s=\"{ENV11}\"{many} a3=\"again\"><s:Body/></s:Envelope>"),
+    ];
+    for doc in &cases {
+        let err = parse(doc).unwrap_err();
+        let SoapError::Malformed(xml) = &err else { panic!("{doc}: {err:?}") };
+        // Same message (with the same positions in the tag) as quick-xml's own check.
+        let start = doc.find("<m:Op").or_else(|| doc.find("<h:H")).unwrap_or(0);
+        let tag = &doc[start..start + doc[start..].find('>').unwrap()];
+        let tag = format!("{}/>", tag.trim_end_matches('/'));
+        assert!(xml.to_string().starts_with(&quick_xml_duplicate_error(&tag)), "{doc}: {xml}");
+    }
+    // Many distinct attributes are fine.
+    let env = parse(&format!(
+        "<s:Envelope xmlns:s=\"{ENV11}\"{many}><s:Body><m:Op xmlns:m=\"urn:m\"{many}/></s:Body></s:Envelope>"
+    ))
+    .unwrap();
+    assert_eq!(env.body_element(), Some(&QualifiedName::new("urn:m", "Op")));
+}
