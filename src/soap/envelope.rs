@@ -146,7 +146,7 @@ impl Envelope {
             return Err(SoapError::TooLarge { limit: limits.max_body });
         }
         let text = std::str::from_utf8(&message).map_err(|_| SoapError::NotUtf8)?;
-        let parsed = Parser { reader: Reader::from_str(text), limits, depth: 0, bindings: Vec::new(), text }
+        let parsed = Parser { reader: Reader::from_str(text), limits, depth: 0, bindings: Bindings::new(), text }
             .envelope(&message)?;
         Ok(parsed)
     }
@@ -214,8 +214,106 @@ struct Parser<'a, 'l> {
     /// prefix or "" for the default namespace, namespace), innermost last.
     /// Kept only for the elements whose names are resolved; skipped
     /// subtrees (the Body's content, header blocks) declare nothing here.
-    bindings: Vec<(usize, Cow<'a, str>, Cow<'a, str>)>,
+    bindings: Bindings<'a>,
     text: &'a str,
+}
+
+/// A namespace declaration's prefix or namespace: a slice of the message or,
+/// when the attribute needed unescaping, a string held by [`Bindings`].
+#[derive(Clone, Copy)]
+enum NsStr<'a> {
+    Borrowed(&'a str),
+    Owned(usize),
+}
+
+/// A namespace declaration in scope.
+#[derive(Clone, Copy)]
+struct Binding<'a> {
+    /// Depth of the declaring element.
+    depth: usize,
+    /// The prefix, "" for the default namespace.
+    prefix: NsStr<'a>,
+    namespace: NsStr<'a>,
+}
+
+/// How many declarations [`Bindings`] holds without allocating: envelopes
+/// usually declare a handful of namespaces.
+const INLINE_BINDINGS: usize = 8;
+
+/// The namespace declarations in scope, innermost last: the first
+/// [`INLINE_BINDINGS`] in place, any further ones in a `Vec` (plain values
+/// borrowed from the message, so that nothing here allocates or needs
+/// dropping for a usual envelope).
+struct Bindings<'a> {
+    inline: [Binding<'a>; INLINE_BINDINGS],
+    len: usize,
+    spill: Vec<Binding<'a>>,
+    /// The unescaped prefixes and namespaces, in declaration order.
+    owned: Vec<String>,
+}
+
+impl<'a> Bindings<'a> {
+    fn new() -> Self {
+        let empty = Binding { depth: 0, prefix: NsStr::Borrowed(""), namespace: NsStr::Borrowed("") };
+        Bindings { inline: [empty; INLINE_BINDINGS], len: 0, spill: Vec::new(), owned: Vec::new() }
+    }
+
+    fn hold(&mut self, s: Cow<'a, str>) -> NsStr<'a> {
+        match s {
+            Cow::Borrowed(s) => NsStr::Borrowed(s),
+            Cow::Owned(s) => {
+                self.owned.push(s);
+                NsStr::Owned(self.owned.len() - 1)
+            }
+        }
+    }
+
+    fn push(&mut self, depth: usize, prefix: Cow<'a, str>, namespace: Cow<'a, str>) {
+        let b = Binding { depth, prefix: self.hold(prefix), namespace: self.hold(namespace) };
+        if self.len < INLINE_BINDINGS {
+            self.inline[self.len] = b;
+        } else {
+            self.spill.push(b);
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        let Some(b) = self.last() else { return };
+        // Owned strings were held in declaration order: release them in reverse.
+        for s in [b.namespace, b.prefix] {
+            if let NsStr::Owned(i) = s {
+                debug_assert_eq!(i + 1, self.owned.len());
+                self.owned.pop();
+            }
+        }
+        self.len -= 1;
+        if self.len >= INLINE_BINDINGS {
+            self.spill.pop();
+        }
+    }
+
+    fn last(&self) -> Option<Binding<'a>> {
+        match self.len {
+            0 => None,
+            n if n <= INLINE_BINDINGS => Some(self.inline[n - 1]),
+            _ => self.spill.last().copied(),
+        }
+    }
+
+    fn get(&self, s: NsStr<'a>) -> &str {
+        match s {
+            NsStr::Borrowed(s) => s,
+            NsStr::Owned(i) => &self.owned[i],
+        }
+    }
+
+    /// The namespace bound to `prefix` by the innermost declaration of it.
+    fn find(&self, prefix: &str) -> Option<&str> {
+        let inline = &self.inline[..self.len.min(INLINE_BINDINGS)];
+        let b = self.spill.iter().rev().chain(inline.iter().rev()).find(|b| self.get(b.prefix) == prefix)?;
+        Some(self.get(b.namespace))
+    }
 }
 
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
@@ -283,6 +381,12 @@ impl<'k> SeenKeys<'k> {
     }
 }
 
+/// `s`, a slice of `text`, with `text`'s lifetime.
+fn rebase<'a>(text: &'a str, s: &str) -> Option<&'a str> {
+    let offset = (s.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    text.get(offset..offset + s.len()).filter(|t| t.as_ptr() == s.as_ptr())
+}
+
 /// Call `f` with every attribute of `e`: syntax and unique names checked (as
 /// quick-xml's `attributes()` does), errors reported at `at`.
 fn for_each_attribute<'e>(
@@ -326,20 +430,13 @@ impl<'a> Parser<'a, '_> {
         Ok(())
     }
 
-    /// `s`, a slice of the message, with the message's lifetime.
-    fn rebase(&self, s: &str) -> Option<&'a str> {
-        let offset = (s.as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
-        self.text.get(offset..offset + s.len()).filter(|t| t.as_ptr() == s.as_ptr())
-    }
-
     /// Enter the element `e` starts: check the depth and note its namespace declarations.
     fn open(&mut self, e: &BytesStart<'_>) -> Result<(), SoapError> {
         self.enter()?;
         if e.attributes_raw().contains("xmlns") {
             let at = self.pos() as u64;
-            let mut bindings = std::mem::take(&mut self.bindings);
-            let depth = self.depth;
-            let declared = for_each_attribute(e, at, |attr| {
+            let (text, depth, bindings) = (self.text, self.depth, &mut self.bindings);
+            for_each_attribute(e, at, |attr| {
                 let prefix = match attr.key.0 {
                     "xmlns" => "",
                     key => match key.strip_prefix("xmlns:") {
@@ -349,7 +446,7 @@ impl<'a> Parser<'a, '_> {
                 };
                 // Borrowed from the message unless the value needs unescaping or normalizing.
                 let plain = !attr.value.contains(['&', '\t', '\n', '\r']);
-                let value = match self.rebase(&attr.value).filter(|_| plain) {
+                let value = match rebase(text, &attr.value).filter(|_| plain) {
                     Some(v) => Cow::Borrowed(v),
                     None => Cow::Owned(
                         attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
@@ -357,25 +454,20 @@ impl<'a> Parser<'a, '_> {
                             .into_owned(),
                     ),
                 };
-                let prefix = match self.rebase(prefix) {
+                let prefix = match rebase(text, prefix) {
                     Some(p) => Cow::Borrowed(p),
                     None => Cow::Owned(prefix.to_owned()),
                 };
-                if bindings.capacity() == 0 {
-                    bindings.reserve(8);
-                }
-                bindings.push((depth, prefix, value));
+                bindings.push(depth, prefix, value);
                 Ok(())
-            });
-            self.bindings = bindings;
-            declared?;
+            })?;
         }
         Ok(())
     }
 
     /// Leave the current element.
     fn close(&mut self) {
-        while self.bindings.last().is_some_and(|b| b.0 >= self.depth) {
+        while self.bindings.last().is_some_and(|b| b.depth >= self.depth) {
             self.bindings.pop();
         }
         self.depth = self.depth.saturating_sub(1);
@@ -386,7 +478,7 @@ impl<'a> Parser<'a, '_> {
         if prefix == "xml" {
             return Some(XML_NS);
         }
-        self.bindings.iter().rev().find(|b| b.1 == prefix).map(|b| &*b.2).filter(|ns| !ns.is_empty())
+        self.bindings.find(prefix).filter(|ns| !ns.is_empty())
     }
 
     /// Resolve an element (or, `attribute`, attribute) name.

@@ -308,3 +308,33 @@ fn duplicate_attributes_are_refused_as_quick_xml_refuses_them() {
     .unwrap();
     assert_eq!(env.body_element(), Some(&QualifiedName::new("urn:m", "Op")));
 }
+
+#[test]
+fn many_and_escaped_namespace_declarations_resolve() {
+    // Ten declarations on the Envelope (more than are kept in place), one with a reference.
+    let decls: String = (0..10).map(|i| format!(" xmlns:p{i}=\"urn:p{i}\"")).collect();
+    let env = |header: &str, body: &str| {
+        format!("<s:Envelope xmlns:s=\"{ENV11}\"{decls}><s:Header>{header}</s:Header><s:Body xmlns:q=\"urn:q&amp;x\">{body}</s:Body></s:Envelope>")
+    };
+    let cases = [
+        (env("", "<p9:Op/>"), QualifiedName::new("urn:p9", "Op")),
+        (env("", "<q:Op><x/></q:Op>"), QualifiedName::new("urn:q&x", "Op")),
+        (env("", "<p3:Op xmlns:p3=\"urn:o&#x41;\"/>"), QualifiedName::new("urn:oA", "Op")),
+        (env("", "<p3:Op xmlns:p3=\"urn:over\"><p3:x/></p3:Op>"), QualifiedName::new("urn:over", "Op")),
+        (env("", "<Op xmlns=\"urn:d&lt;\"/>"), QualifiedName::new("urn:d<", "Op")),
+        (env("", "<Op/>"), QualifiedName::local("Op")),
+        // A header block's escaped declaration is out of scope in the Body.
+        (
+            env("<h:H xmlns:h=\"urn:h&amp;\"/><p0:H2 xmlns:p0=\"urn:h2\"/>", "<p0:Op/>"),
+            QualifiedName::new("urn:p0", "Op"),
+        ),
+    ];
+    for (doc, name) in &cases {
+        let parsed = parse(doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        assert_eq!(parsed.body_element(), Some(name), "{doc}");
+        assert!(format!("{parsed:?}").contains(&format!("local: \"{}\"", name.local)));
+    }
+    let parsed = parse(&cases[6].0).unwrap();
+    assert_eq!(parsed.headers()[0].name(), &QualifiedName::new("urn:h&", "H"));
+    assert_eq!(parsed.headers()[1].name(), &QualifiedName::new("urn:h2", "H2"));
+}
