@@ -320,20 +320,25 @@ const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// The character a predefined entity or character reference stands for.
 pub(crate) fn resolve_ref(r: &BytesRef<'_>) -> Result<char, SoapError> {
-    if r.is_char_ref() {
-        return match r.resolve_char_ref() {
+    match r.as_bytes() {
+        b"lt" => Ok('<'),
+        b"gt" => Ok('>'),
+        b"amp" => Ok('&'),
+        b"apos" => Ok('\''),
+        b"quot" => Ok('"'),
+        [b'#', ..] => match r.resolve_char_ref() {
             Ok(Some(c)) => Ok(c),
             _ => Err(SoapError::UndefinedEntity(truncate(r))),
-        };
-    }
-    match &**r {
-        "lt" => Ok('<'),
-        "gt" => Ok('>'),
-        "amp" => Ok('&'),
-        "apos" => Ok('\''),
-        "quot" => Ok('"'),
+        },
         _ => Err(SoapError::UndefinedEntity(truncate(r))),
     }
+}
+
+/// Whether `r` is one of XML's five predefined entities (the common case,
+/// checked in place before [`resolve_ref`]).
+#[inline]
+fn is_predefined(r: &BytesRef<'_>) -> bool {
+    matches!(r.as_bytes(), b"lt" | b"gt" | b"amp" | b"apos" | b"quot")
 }
 
 fn truncate(s: &str) -> String {
@@ -379,6 +384,27 @@ impl<'k> SeenKeys<'k> {
         }
         Ok(())
     }
+}
+
+/// A qualified name's prefix (if it has one) and local part.
+fn split_qname(qname: &str) -> (Option<&str>, &str) {
+    match qname.bytes().position(|b| b == b':') {
+        Some(i) => (Some(&qname[..i]), &qname[i + 1..]),
+        None => (None, qname),
+    }
+}
+
+/// Whether a start tag's attributes may declare a namespace (contain `xmlns`).
+fn mentions_xmlns(attributes: &str) -> bool {
+    let bytes = attributes.as_bytes();
+    let mut from = 0;
+    while let Some(i) = bytes[from..].iter().position(|b| *b == b'x') {
+        if bytes[from + i..].starts_with(b"xmlns") {
+            return true;
+        }
+        from += i + 1;
+    }
+    false
 }
 
 /// `s`, a slice of `text`, with `text`'s lifetime.
@@ -433,7 +459,7 @@ impl<'a> Parser<'a, '_> {
     /// Enter the element `e` starts: check the depth and note its namespace declarations.
     fn open(&mut self, e: &BytesStart<'_>) -> Result<(), SoapError> {
         self.enter()?;
-        if e.attributes_raw().contains("xmlns") {
+        if mentions_xmlns(e.attributes_raw()) {
             let at = self.pos() as u64;
             let (text, depth, bindings) = (self.text, self.depth, &mut self.bindings);
             for_each_attribute(e, at, |attr| {
@@ -444,8 +470,9 @@ impl<'a> Parser<'a, '_> {
                         None => return Ok(()),
                     },
                 };
-                // Borrowed from the message unless the value needs unescaping or normalizing.
-                let plain = !attr.value.contains(['&', '\t', '\n', '\r']);
+                // Borrowed from the message unless the value needs unescaping or normalizing
+                // (a reference or a control character such as tab, LF, CR: one branch-free pass).
+                let plain = !attr.value.bytes().fold(false, |any, b| any | (b == b'&') | (b < b' '));
                 let value = match rebase(text, &attr.value).filter(|_| plain) {
                     Some(v) => Cow::Borrowed(v),
                     None => Cow::Owned(
@@ -483,10 +510,10 @@ impl<'a> Parser<'a, '_> {
 
     /// Resolve an element (or, `attribute`, attribute) name.
     fn resolve<'n>(&self, qname: &'n str, attribute: bool) -> (Option<&str>, &'n str) {
-        match qname.split_once(':') {
-            Some((prefix, local)) => (self.lookup(prefix), local),
-            None if attribute => (None, qname),
-            None => (self.lookup(""), qname),
+        match split_qname(qname) {
+            (Some(prefix), local) => (self.lookup(prefix), local),
+            (None, local) if attribute => (None, local),
+            (None, local) => (self.lookup(""), local),
         }
     }
 
@@ -495,9 +522,10 @@ impl<'a> Parser<'a, '_> {
         (ns.map(str::to_owned), local.to_owned())
     }
 
+    /// Whether `e` is `local` in `ns` (the namespace is looked up only when the local name matches).
     fn is(&self, e: &BytesStart<'_>, ns: &str, local: &str) -> bool {
-        let (rns, rlocal) = self.resolve(e.name().0, false);
-        rlocal == local && rns == Some(ns)
+        let (prefix, rlocal) = split_qname(e.name().0);
+        rlocal == local && self.lookup(prefix.unwrap_or_default()) == Some(ns)
     }
 
     /// Resolve a QName written as text (fault codes) in the current scope.
@@ -733,8 +761,10 @@ impl<'a> Parser<'a, '_> {
             // place (no re-wrapping of every event).
             match self.reader.read_event() {
                 Ok(Event::Start(_)) => self.enter()?,
+                // Only the skipped element itself can have declared namespaces.
+                Ok(Event::End(_)) if self.depth > target + 1 => self.depth -= 1,
                 Ok(Event::End(_)) => self.close(),
-                Ok(Event::GeneralRef(r)) => {
+                Ok(Event::GeneralRef(r)) if !is_predefined(&r) => {
                     resolve_ref(&r)?;
                 }
                 Ok(Event::DocType(_)) => return Err(SoapError::DocType),
