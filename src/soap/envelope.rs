@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::fmt;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use quick_xml::events::attributes::{AttrError, Attribute};
@@ -122,14 +124,65 @@ impl HeaderBlock {
 /// assert_eq!(env.body_element().unwrap().local, "GetPriceResponse");
 /// assert!(env.body().starts_with(b"<m:GetPriceResponse"));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Envelope {
     message: Bytes,
     version: SoapVersion,
     headers: Vec<HeaderBlock>,
     body: Range<usize>,
-    first: Option<QualifiedName>,
+    /// Where the first Body element's name is; made a [`QualifiedName`]
+    /// (which allocates) only when asked for.
+    first: Option<FirstElement>,
+    first_name: OnceLock<QualifiedName>,
     fault: Option<Box<SoapFault>>,
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("message", &self.message)
+            .field("version", &self.version)
+            .field("headers", &self.headers)
+            .field("body", &self.body)
+            .field("first", &self.body_element())
+            .field("fault", &self.fault)
+            .finish()
+    }
+}
+
+/// The first Body element's name: namespace and local part.
+#[derive(Clone, Debug)]
+struct FirstElement {
+    namespace: Option<Text>,
+    local: Text,
+}
+
+/// A string found while parsing: a range of the message, or a copy when it is
+/// not one (a namespace declared with references, or the `xml` namespace).
+#[derive(Clone, Debug)]
+enum Text {
+    Message(Range<usize>),
+    Owned(Box<str>),
+}
+
+impl Text {
+    fn new(text: &str, s: &str) -> Self {
+        match rebase(text, s) {
+            Some(slice) => {
+                let start = slice.as_ptr() as usize - text.as_ptr() as usize;
+                Text::Message(start..start + slice.len())
+            }
+            None => Text::Owned(s.into()),
+        }
+    }
+
+    fn get<'m>(&'m self, message: &'m [u8]) -> &'m str {
+        match self {
+            // The message is UTF-8 and the range a slice of it as `str`.
+            Text::Message(range) => std::str::from_utf8(&message[range.clone()]).unwrap_or_default(),
+            Text::Owned(s) => s,
+        }
+    }
 }
 
 impl Envelope {
@@ -176,7 +229,11 @@ impl Envelope {
 
     /// The name of the first element in the Body (the operation or its response).
     pub fn body_element(&self) -> Option<&QualifiedName> {
-        self.first.as_ref()
+        let first = self.first.as_ref()?;
+        Some(self.first_name.get_or_init(|| QualifiedName {
+            namespace: first.namespace.as_ref().map(|ns| ns.get(&self.message).to_owned()),
+            local: first.local.get(&self.message).to_owned(),
+        }))
     }
 
     /// The Fault in the Body, if there is one.
@@ -522,6 +579,12 @@ impl<'a> Parser<'a, '_> {
         (ns.map(str::to_owned), local.to_owned())
     }
 
+    /// Where the name of `e` is, for [`Envelope::body_element`].
+    fn first_element(&self, e: &BytesStart<'_>) -> FirstElement {
+        let (ns, local) = self.resolve(e.name().0, false);
+        FirstElement { namespace: ns.map(|ns| Text::new(self.text, ns)), local: Text::new(self.text, local) }
+    }
+
     /// Whether `e` is `local` in `ns` (the namespace is looked up only when the local name matches).
     fn is(&self, e: &BytesStart<'_>, ns: &str, local: &str) -> bool {
         let (prefix, rlocal) = split_qname(e.name().0);
@@ -628,7 +691,7 @@ impl<'a> Parser<'a, '_> {
             let f: &mut SoapFault = f;
             f.version = version;
         }
-        Ok(Envelope { message: message.clone(), version, headers, body, first, fault })
+        Ok(Envelope { message: message.clone(), version, headers, body, first, first_name: OnceLock::new(), fault })
     }
 
     /// Read the Header's children up to and including `</Header>`.
@@ -705,7 +768,7 @@ impl<'a> Parser<'a, '_> {
         &mut self,
         version: SoapVersion,
         message: &Bytes,
-        first: &mut Option<QualifiedName>,
+        first: &mut Option<FirstElement>,
         fault: &mut Option<Box<SoapFault>>,
     ) -> Result<usize, SoapError> {
         loop {
@@ -721,8 +784,7 @@ impl<'a> Parser<'a, '_> {
                     self.open(&e)?;
                     let is_fault = first.is_none() && self.is(&e, version.namespace(), "Fault");
                     if first.is_none() {
-                        let (ns, local) = self.name(&e);
-                        *first = Some(QualifiedName { namespace: ns, local });
+                        *first = Some(self.first_element(&e));
                     }
                     if is_fault {
                         *fault = Some(Box::new(self.fault(version, message)?));
@@ -735,8 +797,7 @@ impl<'a> Parser<'a, '_> {
                     if self.is(&e, version.namespace(), "Fault") {
                         return Err(SoapError::Structure("empty Fault"));
                     }
-                    let (ns, local) = self.name(&e);
-                    *first = Some(QualifiedName { namespace: ns, local });
+                    *first = Some(self.first_element(&e));
                     self.close();
                 }
                 Event::End(_) => {
