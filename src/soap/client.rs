@@ -296,8 +296,26 @@ impl<S> SoapClient<S> {
     }
 }
 
+/// The start of an envelope of `version` without header blocks, up to the
+/// opening `Body` tag: what `open_envelope` and `<soap:Body>` write, shared.
+fn bare_head(version: SoapVersion) -> Bytes {
+    Bytes::from_static(match version {
+        SoapVersion::V11 => b"<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>",
+        SoapVersion::V12 => b"<soap:Envelope xmlns:soap=\"http://www.w3.org/2003/05/soap-envelope\"><soap:Body>",
+    })
+}
+
+const V12_CONTENT_TYPE: &str = "application/soap+xml; charset=utf-8";
+
 fn action_value(version: SoapVersion, action: Option<&str>) -> Result<HeaderValue, SoapError> {
-    let mut v = String::with_capacity(48 + action.map_or(0, str::len));
+    // The exact length: a String filled to its capacity becomes the header's
+    // bytes without another allocation.
+    let len = match (version, action) {
+        (SoapVersion::V11, a) => a.map_or(0, str::len) + 2,
+        (SoapVersion::V12, None) => V12_CONTENT_TYPE.len(),
+        (SoapVersion::V12, Some(a)) => V12_CONTENT_TYPE.len() + "; action=\"".len() + a.len() + 1,
+    };
+    let mut v = String::with_capacity(len);
     let ok = action.is_none_or(|a| !a.contains('"'));
     match version {
         SoapVersion::V11 => {
@@ -310,7 +328,7 @@ fn action_value(version: SoapVersion, action: Option<&str>) -> Result<HeaderValu
             HeaderValue::try_from(v).map_err(|_| SoapError::InvalidHeader("SOAPAction"))
         }
         SoapVersion::V12 => {
-            v.push_str("application/soap+xml; charset=utf-8");
+            v.push_str(V12_CONTENT_TYPE);
             if let Some(a) = action {
                 v.push_str("; action=\"");
                 v.push_str(a);
@@ -329,9 +347,9 @@ impl Config {
         let action = req.action.as_deref();
         let has_header =
             self.token.is_some() || self.addressing.is_some() || !self.headers.is_empty() || !req.headers.is_empty();
-        let mut head = Vec::with_capacity(if has_header { 1024 } else { 128 });
-        open_envelope(self.version, &mut head);
-        if has_header {
+        let head = if has_header {
+            let mut head = Vec::with_capacity(1024);
+            open_envelope(self.version, &mut head);
             push_str(&mut head, "<soap:Header>");
             if let Some(token) = &self.token {
                 token.write(self.version, &mut head).map_err(|e| SoapError::Transport(Box::new(e)))?;
@@ -343,13 +361,12 @@ impl Config {
                 head.extend_from_slice(block);
             }
             push_str(&mut head, "</soap:Header>");
-        }
-        push_str(&mut head, "<soap:Body>");
-        let body = EnvelopeBody::from_parts(
-            Bytes::from(head),
-            req.payload,
-            Bytes::from_static(b"</soap:Body></soap:Envelope>"),
-        );
+            push_str(&mut head, "<soap:Body>");
+            Bytes::from(head)
+        } else {
+            bare_head(self.version)
+        };
+        let body = EnvelopeBody::from_parts(head, req.payload, Bytes::from_static(b"</soap:Body></soap:Envelope>"));
 
         let mut http = Request::new(body);
         if let Some(deadline) = req.deadline {
@@ -507,6 +524,11 @@ fn finish(config: &Config, status: StatusCode, headers: HeaderMap, bytes: Bytes)
         Ok(_) if !status.is_success() => Err(SoapError::Status(status)),
         Ok(envelope) => Ok(SoapResponse { status, headers, envelope }),
     }
+}
+
+#[cfg(test)]
+pub(crate) fn bare_head_for_test(version: SoapVersion) -> Bytes {
+    bare_head(version)
 }
 
 #[cfg(test)]

@@ -175,6 +175,16 @@ fn wsdl_url_credentials() {
 }
 
 #[test]
+fn bare_envelope_heads_are_what_the_writer_writes() {
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let mut head = Vec::new();
+        write::open_envelope(version, &mut head);
+        head.extend_from_slice(b"<soap:Body>");
+        assert_eq!(client::bare_head_for_test(version), head);
+    }
+}
+
+#[test]
 fn soap_action_values() {
     assert_eq!(client::action_value_for_test(SoapVersion::V11, Some("urn:a#b")).unwrap(), "\"urn:a#b\"");
     assert_eq!(client::action_value_for_test(SoapVersion::V11, None).unwrap(), "\"\"");
@@ -183,6 +193,7 @@ fn soap_action_values() {
         "application/soap+xml; charset=utf-8; action=\"urn:a\""
     );
     assert!(client::action_value_for_test(SoapVersion::V11, Some("a\"b")).is_err());
+    assert_eq!(client::action_value_for_test(SoapVersion::V12, None).unwrap(), "application/soap+xml; charset=utf-8");
     assert!(client::action_value_for_test(SoapVersion::V12, Some("a\r\nX: y")).is_err());
 }
 
