@@ -19,22 +19,42 @@ pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Append `s` with the five XML special characters escaped (valid in text and
-/// in double- or single-quoted attribute values).
+/// in double- or single-quoted attribute values), CR as a character reference
+/// (a parser would turn a literal one into LF), and every character XML 1.0
+/// does not allow at all (controls other than tab, LF and CR; U+FFFE and
+/// U+FFFF) replaced by U+FFFD, so what is written is always well-formed — even
+/// a fault reason quoting the bytes of a malformed request.
 pub(crate) fn escape_into(s: &str, out: &mut Vec<u8>) {
+    const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'"' => b"&quot;",
-            b'\'' => b"&apos;",
-            _ => continue,
+    let mut i = 0;
+    while i < bytes.len() {
+        let (rep, len): (&[u8], usize) = match bytes[i] {
+            b'&' => (b"&amp;", 1),
+            b'<' => (b"&lt;", 1),
+            b'>' => (b"&gt;", 1),
+            b'"' => (b"&quot;", 1),
+            b'\'' => (b"&apos;", 1),
+            b'\r' => (b"&#xD;", 1),
+            b'\t' | b'\n' => {
+                i += 1;
+                continue;
+            }
+            0..=0x1f => (REPLACEMENT, 1),
+            // U+FFFE and U+FFFF (EF BF BE, EF BF BF in UTF-8).
+            0xef if bytes.get(i + 1) == Some(&0xbf) && matches!(bytes.get(i + 2), Some(0xbe | 0xbf)) => {
+                (REPLACEMENT, 3)
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[start..i]);
         out.extend_from_slice(rep);
-        start = i + 1;
+        i += len;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
 }
@@ -158,5 +178,69 @@ impl Body for EnvelopeBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use super::*;
+    use crate::soap::{Envelope, SoapLimits, SoapServerLayer};
+
+    fn escaped(s: &str) -> String {
+        let mut out = Vec::new();
+        escape_into(s, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn escapes_markup_and_replaces_what_xml_cannot_hold() {
+        assert_eq!(escaped("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
+        assert_eq!(escaped("tab\tlf\ncr\r"), "tab\tlf\ncr&#xD;");
+        assert_eq!(escaped("nul\0bel\u{7}esc\u{1b}"), "nul\u{FFFD}bel\u{FFFD}esc\u{FFFD}");
+        assert_eq!(escaped("\u{FFFE}x\u{FFFF}\u{FFFD}\u{EFBF}"), "\u{FFFD}x\u{FFFD}\u{FFFD}\u{EFBF}");
+        assert_eq!(escaped("caf\u{e9} \u{1F511} \u{7f}"), "caf\u{e9} \u{1F511} \u{7f}");
+        assert_eq!(escaped(""), "");
+    }
+
+    #[test]
+    fn a_fault_reason_with_control_characters_is_well_formed() {
+        let fault = SoapFault::client("bad\0byte\r\n").with_actor("urn:\u{1}actor");
+        for version in [SoapVersion::V11, SoapVersion::V12] {
+            let bytes = EnvelopeBody::fault(version, &fault).to_bytes();
+            assert!(!bytes.iter().any(|&b| b < 0x20 && !b"\t\n\r".contains(&b)));
+            let env = Envelope::parse(bytes, &SoapLimits::default()).unwrap();
+            let parsed = env.fault().unwrap();
+            assert_eq!(parsed.reason(), "bad\u{FFFD}byte");
+            assert_eq!(parsed.actor(), Some("urn:\u{FFFD}actor"));
+        }
+    }
+
+    /// Found by the `soap_envelope` fuzz target: the fault answering a
+    /// malformed request quotes the parser's message, which quotes the
+    /// request's bytes (here a NUL in an end tag); the answer held the NUL
+    /// and no XML 1.0 parser could read it.
+    #[tokio::test]
+    async fn the_fault_for_a_malformed_request_quoting_its_bytes_is_well_formed() {
+        let handler = service_fn(|_req: http::Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+        });
+        let request =
+            "<e:Envelope xmlns:e=\"http://www.w3.org/2003/05/soap-envelope\"><e:Body><a></a\0\0></e:Body></e:Envelope>";
+        let req = http::Request::post("/")
+            .header(http::header::CONTENT_TYPE, "application/soap+xml")
+            .body(Full::new(Bytes::from_static(request.as_bytes())))
+            .unwrap();
+        let res = SoapServerLayer::new().layer(handler).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::BAD_REQUEST);
+        let bytes = res.into_body().to_bytes();
+        assert!(!bytes.contains(&0), "{}", String::from_utf8_lossy(&bytes));
+        let answer = Envelope::parse(bytes, &SoapLimits::default()).unwrap();
+        let fault = answer.fault().unwrap();
+        assert!(fault.is_client());
+        assert!(fault.reason().contains("</a\u{FFFD}\u{FFFD}>"), "{}", fault.reason());
     }
 }
