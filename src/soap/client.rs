@@ -21,7 +21,7 @@ use super::envelope::{Envelope, HeaderBlock, SoapLimits};
 use super::error::SoapError;
 use super::security::{UsernameToken, WsAddressing};
 use super::version::SoapVersion;
-use super::write::{open_envelope, push_str, EnvelopeBody};
+use super::write::{bare_head, open_envelope, push_str, EnvelopeBody};
 use crate::deadline::{Deadline, DeadlineCarrier};
 use crate::BoxError;
 
@@ -296,15 +296,6 @@ impl<S> SoapClient<S> {
     }
 }
 
-/// The start of an envelope of `version` without header blocks, up to the
-/// opening `Body` tag: what `open_envelope` and `<soap:Body>` write, shared.
-fn bare_head(version: SoapVersion) -> Bytes {
-    Bytes::from_static(match version {
-        SoapVersion::V11 => b"<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>",
-        SoapVersion::V12 => b"<soap:Envelope xmlns:soap=\"http://www.w3.org/2003/05/soap-envelope\"><soap:Body>",
-    })
-}
-
 const V12_CONTENT_TYPE: &str = "application/soap+xml; charset=utf-8";
 
 fn action_value(version: SoapVersion, action: Option<&str>) -> Result<HeaderValue, SoapError> {
@@ -524,11 +515,6 @@ fn finish(config: &Config, status: StatusCode, headers: HeaderMap, bytes: Bytes)
         Ok(_) if !status.is_success() => Err(SoapError::Status(status)),
         Ok(envelope) => Ok(SoapResponse { status, headers, envelope }),
     }
-}
-
-#[cfg(test)]
-pub(crate) fn bare_head_for_test(version: SoapVersion) -> Bytes {
-    bare_head(version)
 }
 
 #[cfg(test)]

@@ -180,7 +180,16 @@ fn bare_envelope_heads_are_what_the_writer_writes() {
         let mut head = Vec::new();
         write::open_envelope(version, &mut head);
         head.extend_from_slice(b"<soap:Body>");
-        assert_eq!(client::bare_head_for_test(version), head);
+        assert_eq!(write::bare_head(version), head);
+        // With header blocks the head is written (at its exact length, checked in debug builds).
+        let blocks = [Bytes::from_static(b"<h:A xmlns:h=\"urn:h\"/>"), Bytes::from_static(b"<h:B xmlns:h=\"urn:h\"/>")];
+        let mut expected = Vec::new();
+        write::open_envelope(version, &mut expected);
+        expected.extend_from_slice(
+            b"<soap:Header><h:A xmlns:h=\"urn:h\"/><h:B xmlns:h=\"urn:h\"/></soap:Header><soap:Body><p/>",
+        );
+        expected.extend_from_slice(b"</soap:Body></soap:Envelope>");
+        assert_eq!(EnvelopeBody::new(version, &blocks, Bytes::from_static(b"<p/>")).to_bytes(), expected);
     }
 }
 

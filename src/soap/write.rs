@@ -63,12 +63,28 @@ fn tail() -> Bytes {
     Bytes::from_static(b"</soap:Body></soap:Envelope>")
 }
 
-/// Start an envelope of `version` up to the opening `Header` tag (when
-/// `with_header`) or the opening `Body` tag.
+const ENVELOPE_OPEN: &str = "<soap:Envelope xmlns:soap=\"";
+const ENVELOPE_OPEN_END: &str = "\">";
+const HEADER_OPEN: &str = "<soap:Header>";
+const HEADER_CLOSE: &str = "</soap:Header>";
+const BODY_OPEN: &str = "<soap:Body>";
+
+/// Start an envelope of `version`: its start tag, up to the opening `Header`
+/// or `Body` tag.
 pub(crate) fn open_envelope(version: SoapVersion, out: &mut Vec<u8>) {
-    push_str(out, "<soap:Envelope xmlns:soap=\"");
+    push_str(out, ENVELOPE_OPEN);
     push_str(out, version.namespace());
-    push_str(out, "\">");
+    push_str(out, ENVELOPE_OPEN_END);
+}
+
+/// The start of an envelope of `version` without header blocks, up to the
+/// opening `Body` tag: what [`open_envelope`] and `<soap:Body>` write, as a
+/// static slice.
+pub(crate) fn bare_head(version: SoapVersion) -> Bytes {
+    Bytes::from_static(match version {
+        SoapVersion::V11 => b"<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>",
+        SoapVersion::V12 => b"<soap:Envelope xmlns:soap=\"http://www.w3.org/2003/05/soap-envelope\"><soap:Body>",
+    })
 }
 
 /// A SOAP message as an HTTP body: the envelope's start and end around a
@@ -99,16 +115,26 @@ impl EnvelopeBody {
     /// well-formed element with its namespaces declared) around `payload`
     /// (the Body content, raw XML).
     pub fn new(version: SoapVersion, header_blocks: &[Bytes], payload: Bytes) -> Self {
-        let mut head = Vec::with_capacity(128 + header_blocks.iter().map(Bytes::len).sum::<usize>());
-        open_envelope(version, &mut head);
-        if !header_blocks.is_empty() {
-            push_str(&mut head, "<soap:Header>");
-            for block in header_blocks {
-                head.extend_from_slice(block);
-            }
-            push_str(&mut head, "</soap:Header>");
+        if header_blocks.is_empty() {
+            return Self::from_parts(bare_head(version), payload, tail());
         }
-        push_str(&mut head, "<soap:Body>");
+        // Exactly this long: a Vec filled to its capacity becomes Bytes without another allocation.
+        let len = ENVELOPE_OPEN.len()
+            + version.namespace().len()
+            + ENVELOPE_OPEN_END.len()
+            + HEADER_OPEN.len()
+            + header_blocks.iter().map(Bytes::len).sum::<usize>()
+            + HEADER_CLOSE.len()
+            + BODY_OPEN.len();
+        let mut head = Vec::with_capacity(len);
+        open_envelope(version, &mut head);
+        push_str(&mut head, HEADER_OPEN);
+        for block in header_blocks {
+            head.extend_from_slice(block);
+        }
+        push_str(&mut head, HEADER_CLOSE);
+        push_str(&mut head, BODY_OPEN);
+        debug_assert_eq!(head.len(), len);
         Self::from_parts(Bytes::from(head), payload, tail())
     }
 
