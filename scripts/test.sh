@@ -33,4 +33,4 @@ if ! command -v "${TOWER_MESH_ETCD_BIN:-etcd}" >/dev/null 2>&1; then
 fi
 
 echo "== cargo test --all-features"
-exec cargo test --all-features "$@"
+exec cargo test --all-features --no-fail-fast "$@"
