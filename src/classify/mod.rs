@@ -52,6 +52,10 @@ use std::time::Duration;
 use crate::error::BoxError;
 
 pub use self::eos::{ClassifyEos, ClassifyEosLayer, EosBody, EosEvent, EosSlot, OutcomeRecorder};
+#[cfg(all(test, feature = "stack"))]
+pub(crate) use self::grpc::code_from_i32;
+#[cfg(feature = "stack")]
+pub(crate) use self::grpc::grpc_status;
 pub use self::grpc::{GrpcClassifier, GrpcCodeSet};
 pub use self::http::{HttpClassifier, StatusSet};
 pub use self::tower_http_compat::TowerHttpClassifier;

@@ -276,32 +276,6 @@ fn client_closed_request() -> StatusCode {
     StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
-/// The gRPC code for a numeric `grpc-status`; out-of-range values are
-/// `UNKNOWN`, as the gRPC spec says.
-pub(crate) fn grpc_code_from_i32(code: i32) -> GrpcCode {
-    use GrpcCode::*;
-    match code {
-        0 => Ok,
-        1 => Cancelled,
-        2 => Unknown,
-        3 => InvalidArgument,
-        4 => DeadlineExceeded,
-        5 => NotFound,
-        6 => AlreadyExists,
-        7 => PermissionDenied,
-        8 => ResourceExhausted,
-        9 => FailedPrecondition,
-        10 => Aborted,
-        11 => OutOfRange,
-        12 => Unimplemented,
-        13 => Internal,
-        14 => Unavailable,
-        15 => DataLoss,
-        16 => Unauthenticated,
-        _ => Unknown,
-    }
-}
-
 /// The canonical upper-case name of a gRPC code (`UNAVAILABLE`).
 pub(crate) fn grpc_name(code: GrpcCode) -> &'static str {
     use GrpcCode::*;

@@ -5,9 +5,6 @@ use std::time::{Duration, SystemTime};
 
 use http::{header, HeaderMap, HeaderValue};
 
-use super::kind::grpc_code_from_i32;
-use crate::classify::GrpcCode;
-
 /// The default number of body bytes kept in an excerpt.
 pub const EXCERPT_LIMIT: usize = 512;
 
@@ -63,16 +60,7 @@ pub(crate) fn retry_hint(headers: &HeaderMap, now: SystemTime) -> Pushback {
     }
 }
 
-/// The `grpc-status` in `headers`, if present; malformed values are `UNKNOWN`.
-pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<GrpcCode> {
-    let v = headers.get("grpc-status")?;
-    let code = std::str::from_utf8(v.as_bytes())
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .map(grpc_code_from_i32)
-        .unwrap_or(GrpcCode::Unknown);
-    Some(code)
-}
+pub(crate) use crate::classify::grpc_status;
 
 /// The `grpc-message` in `headers`, percent-decoded and made safe to log.
 pub(crate) fn grpc_message(headers: &HeaderMap) -> Option<String> {

@@ -105,10 +105,10 @@ fn every_grpc_code_maps_to_its_kind() {
     for (code, kind) in ALL_GRPC.into_iter().zip(expected) {
         assert_eq!(ServiceErrorKind::from_grpc_code(code), kind, "{code:?}");
         assert_eq!(ServiceError::from_grpc(code, "m").map(|e| e.kind()), kind);
-        assert_eq!(super::kind::grpc_code_from_i32(code as i32), code);
+        assert_eq!(crate::classify::code_from_i32(code as i32), code);
     }
-    assert_eq!(super::kind::grpc_code_from_i32(17), GrpcCode::Unknown);
-    assert_eq!(super::kind::grpc_code_from_i32(-1), GrpcCode::Unknown);
+    assert_eq!(crate::classify::code_from_i32(17), GrpcCode::Unknown);
+    assert_eq!(crate::classify::code_from_i32(-1), GrpcCode::Unknown);
 }
 
 #[test]
