@@ -10,25 +10,38 @@ use super::error::{InvalidTraceParent, InvalidTraceState};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-#[inline]
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// The value of each lowercase hex digit; `0xff` for every other byte.
+const HEX_VAL: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[HEX[i] as usize] = i as u8;
+        i += 1;
     }
-}
+    table
+};
 
 /// Decode lowercase hex `src` (starting at `offset` in the whole value, for
-/// error positions) into `dst`.
+/// error positions) into `dst`: table lookups without a branch per digit;
+/// the position of a bad digit is looked for only when there is one.
 #[inline]
 fn decode_hex(src: &[u8], offset: usize, dst: &mut [u8]) -> Result<(), InvalidTraceParent> {
-    for (i, out) in dst.iter_mut().enumerate() {
-        let hi = hex_val(src[2 * i]).ok_or(InvalidTraceParent::Hex { index: offset + 2 * i })?;
-        let lo = hex_val(src[2 * i + 1]).ok_or(InvalidTraceParent::Hex { index: offset + 2 * i + 1 })?;
+    let mut bad = 0u8;
+    for (out, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        let (hi, lo) = (HEX_VAL[pair[0] as usize], HEX_VAL[pair[1] as usize]);
+        bad |= hi | lo;
         *out = hi << 4 | lo;
     }
+    if bad > 0x0f {
+        return Err(first_bad_hex(&src[..2 * dst.len()], offset));
+    }
     Ok(())
+}
+
+#[cold]
+fn first_bad_hex(src: &[u8], offset: usize) -> InvalidTraceParent {
+    let index = src.iter().position(|&b| HEX_VAL[b as usize] > 0x0f).unwrap_or(0);
+    InvalidTraceParent::Hex { index: offset + index }
 }
 
 #[inline]
@@ -587,6 +600,21 @@ mod tests {
         let tp = TraceParent::parse(&TP.replace("-01", "-ff")).unwrap();
         assert_eq!(tp.flags(), 0x03);
         assert!(tp.with_sampled(false).to_string().ends_with("-02"));
+    }
+
+    #[test]
+    fn the_first_bad_hex_digit_is_reported_wherever_it_is() {
+        for index in (0..TP.len()).filter(|i| ![2, 35, 52].contains(i)) {
+            for bad in [b'g', b'A', b'F', b'/', b':', b'`', 0xff] {
+                let mut v = TP.as_bytes().to_vec();
+                v[index] = bad;
+                v[54] = if index == 54 { bad } else { b'X' }; // a later bad digit is not the one reported
+                assert_eq!(TraceParent::parse_bytes(&v), Err(InvalidTraceParent::Hex { index }), "{bad} at {index}");
+            }
+        }
+        let tp = TraceParent::parse(TP).unwrap();
+        assert_eq!(tp.trace_id().to_bytes()[..4], [0x4b, 0xf9, 0x2f, 0x35]);
+        assert_eq!(tp.parent_id().to_bytes(), [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
     }
 
     #[test]
