@@ -311,7 +311,8 @@ fn criterion_dir() -> Option<PathBuf> {
 
 /// The median of one subject, if criterion wrote it during this run.
 fn median(case: &str, subject: &str, since: SystemTime) -> Option<f64> {
-    let path = criterion_dir()?.join(case).join(subject).join("new").join("estimates.json");
+    // Criterion names the directory of `case/subject` in a group `case_subject`.
+    let path = criterion_dir()?.join(format!("{case}_{subject}")).join("new").join("estimates.json");
     let fresh = std::fs::metadata(&path).ok()?.modified().ok()? >= since;
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
     fresh.then(|| json["median"]["point_estimate"].as_f64()).flatten()

@@ -44,14 +44,16 @@ impl Validator {
             Ok(t) => t,
             Err(e) => return Check::Invalid(e),
         };
-        let key = match self.select(token.expose(), cached_only) {
+        // The token's text, read once (`expose` checks it is UTF-8).
+        let text = token.expose();
+        let key = match self.select(text, cached_only) {
             Ok(k) => k,
             Err(Selected::Invalid(e)) => return Check::Invalid(e),
             Err(Selected::Wait(w)) => return Check::Wait(w),
         };
-        match key.decode::<C>(token.expose()) {
+        match key.decode::<C>(text) {
             Ok(claims) => Check::Valid(claims, token),
-            Err(JwtError::Malformed) => Check::Invalid(refine_malformed(token.expose())),
+            Err(JwtError::Malformed) => Check::Invalid(refine_malformed(text)),
             Err(e) => Check::Invalid(e),
         }
     }
