@@ -167,15 +167,13 @@ fn check_token68(b: &[u8]) -> Result<(), JwtError> {
 #[inline(always)]
 fn b64token_char(c: u8) -> bool {
     // `c | 0x20` folds ASCII upper case onto lower case (and sends no other
-    // byte into `a..=z`).
+    // byte into `a..=z`); `-`, `.`, `/` and the digits are one range
+    // (0x2d..=0x39).
     ((c | 0x20).wrapping_sub(b'a') < 26)
-        | (c.wrapping_sub(b'0') < 10)
-        | (c == b'-')
-        | (c == b'.')
+        | (c.wrapping_sub(b'-') <= b'9' - b'-')
         | (c == b'_')
         | (c == b'~')
         | (c == b'+')
-        | (c == b'/')
 }
 
 // The token current on this thread. `TokenScope` moves its token in around
