@@ -169,6 +169,13 @@ fn wsdl_url_credentials() {
     let plain = WsdlUrl::parse("http://127.0.0.1:8080/calc?wsdl").unwrap();
     assert!(plain.authorization().is_none());
     assert_eq!(plain.to_string(), "http://127.0.0.1:8080/calc?wsdl");
+    // Credentials in both places: the user-info's are used, and the query's
+    // copy is neither sent nor shown.
+    let both = WsdlUrl::parse("https://alice:first@example.com/svc?wsdl&password=second&user=bob").unwrap();
+    assert_eq!(both.username(), Some("alice"));
+    assert_eq!(both.uri().to_string(), "https://example.com/svc?wsdl");
+    assert!(!both.to_string().contains("second") && !both.to_string().contains("first"), "{both}");
+    assert!(!format!("{both:?}").contains("second"));
     assert!(WsdlUrl::parse("ftp://x/y").is_err());
     assert!(WsdlUrl::parse("no-scheme").is_err());
     assert!(WsdlUrl::parse("http://u:%zz@h/").is_err());

@@ -458,9 +458,19 @@ impl WsdlUrl {
         let mut kept = Vec::new();
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            // Credentials never stay in the URI (which is sent and shown):
+            // the user-info's win, a second copy in the query is dropped.
             match k {
-                "user" | "username" if username.is_none() => username = Some(percent_decode(v)?),
-                "password" if password.is_none() => password = Some(percent_decode(v)?),
+                "user" | "username" => {
+                    if username.is_none() {
+                        username = Some(percent_decode(v)?);
+                    }
+                }
+                "password" => {
+                    if password.is_none() {
+                        password = Some(percent_decode(v)?);
+                    }
+                }
                 _ => kept.push(pair),
             }
         }
