@@ -14,10 +14,9 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::{Future, Ready};
+use std::future::Ready;
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll};
@@ -59,43 +58,9 @@ impl Service<u32> for Noop {
     }
 }
 
-/// Spins allowed on a `Pending` before we decide the subject would never become ready.
-const MAX_SPINS: u64 = 100_000_000;
-
-/// One call: `poll_ready` until ready, `call`, poll the future until ready. The subjects are
-/// ready immediately for a no-op inner service (and under two-thread contention become ready as
-/// soon as the other thread releases what it holds), so `Pending` is simply polled again.
-#[inline(always)]
-fn call_once<S>(svc: &mut S, cx: &mut Context<'_>, req: u32) -> u32
-where
-    S: Service<u32, Response = u32>,
-    S::Error: Debug,
-{
-    let mut spins = 0u64;
-    loop {
-        match svc.poll_ready(cx) {
-            Poll::Ready(Ok(())) => break,
-            Poll::Ready(Err(e)) => panic!("poll_ready failed: {e:?}"),
-            Poll::Pending => {
-                spins += 1;
-                assert!(spins < MAX_SPINS, "service never became ready");
-                std::hint::spin_loop();
-            }
-        }
-    }
-    let mut fut = pin!(svc.call(req));
-    loop {
-        match fut.as_mut().poll(cx) {
-            Poll::Ready(Ok(res)) => return res,
-            Poll::Ready(Err(e)) => panic!("call failed: {e:?}"),
-            Poll::Pending => {
-                spins += 1;
-                assert!(spins < MAX_SPINS, "response future never completed");
-                std::hint::spin_loop();
-            }
-        }
-    }
-}
+#[path = "support/drive.rs"]
+mod drive;
+use drive::call_once;
 
 // ---------------------------------------------------------------------------------------------
 // Subjects
