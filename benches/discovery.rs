@@ -27,7 +27,6 @@ use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Ready;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -182,38 +181,8 @@ impl Visit for Bench<'_, '_> {
     }
 }
 
-/// Where criterion writes its results (same rules as criterion 0.5, minus `cargo metadata`).
-fn criterion_dir() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Some(PathBuf::from(home));
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(target).join("criterion"));
-    }
-    // The bench binary lives in <target>/<profile>/deps/.
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.parent()?.join("criterion"))
-}
-
-/// Median point estimate (ns) of every subject measured by this run (stale files are ignored).
-fn read_medians(started: SystemTime) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    let Some(dir) = criterion_dir() else { return out };
-    let Ok(entries) = std::fs::read_dir(dir.join(GROUP)) else { return out };
-    for entry in entries.flatten() {
-        let path = entry.path().join("new").join("estimates.json");
-        let fresh = std::fs::metadata(&path).and_then(|m| m.modified()).map(|t| t >= started).unwrap_or(false);
-        if !fresh {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-        if let Some(median) = json["median"]["point_estimate"].as_f64() {
-            out.insert(entry.file_name().to_string_lossy().into_owned(), median);
-        }
-    }
-    out
-}
+#[path = "support/medians.rs"]
+mod medians;
 
 // ---------------------------------------------------------------------------------------------
 // Summary
@@ -286,6 +255,6 @@ fn main() {
     criterion.final_summary();
 
     if !test_mode {
-        summary(&read_medians(started));
+        summary(&medians::read_medians(GROUP, started));
     }
 }
