@@ -9,8 +9,14 @@
 //!   vs with the server stack (metrics, correlation id, load shedding,
 //!   request timeout) — target: ≥ 0.97× the bare throughput.
 //!
+//! Requests are sent from tasks on the runtime, as an application does (not
+//! from `block_on` on the bench thread, whose wake-ups would dwarf what is
+//! measured), and the server load keeps its 64 connections open, as a load
+//! generator such as `wrk` does: opening a connection per batch fills the
+//! loopback with `TIME_WAIT` sockets and slows whichever subject runs later.
+//!
 //! Subjects alternate in one run; after criterion, a summary of alternating
-//! rounds prints the medians and ratios.
+//! rounds (ABBA order) prints the medians and ratios.
 //!
 //! Run: `cargo bench --features full --bench e2e`.
 
@@ -83,15 +89,49 @@ where
     res.into_body().collect().await.unwrap();
 }
 
-/// `n` requests from `CONCURRENCY` tasks, each with its own client.
-async fn load(uri: &str, n: usize) -> Duration {
+/// `n` requests one after the other, from a task on the runtime; the time
+/// they took.
+fn sequential<S, B>(rt: &Runtime, svc: &S, uri: &str, n: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Send,
+    B::Error: std::fmt::Debug,
+    B::Data: Send,
+{
+    let mut svc = svc.clone();
+    let uri = uri.to_owned();
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            for _ in 0..n {
+                send(&mut svc, &uri).await;
+            }
+            start.elapsed()
+        })
+        .await
+        .unwrap()
+    })
+}
+
+/// `CONCURRENCY` clients, each keeping its own connection open across
+/// batches, warmed up.
+async fn clients(uri: &str) -> Vec<HttpClient> {
+    let clients: Vec<HttpClient> = (0..CONCURRENCY).map(|_| client()).collect();
+    load(&clients, uri, CONCURRENCY * 4).await;
+    clients
+}
+
+/// `n` requests from `CONCURRENCY` tasks, one per client.
+async fn load(clients: &[HttpClient], uri: &str, n: usize) -> Duration {
     let start = Instant::now();
-    let per_task = n / CONCURRENCY;
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let uri = uri.to_owned();
+    let per_task = n / clients.len();
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let (mut c, uri) = (c.clone(), uri.to_owned());
             tokio::spawn(async move {
-                let mut c = client();
                 for _ in 0..per_task {
                     send(&mut c, &uri).await;
                 }
@@ -126,35 +166,38 @@ fn main() {
     let uri = format!("http://{up}/items");
     let mut cfg = ClientConfig::preset(Preset::Production).named("bench");
     cfg.metrics = true;
-    let stack = cfg.http_stack().unwrap();
+    let bare = client();
+    let stacked = ServiceBuilder::new().layer(cfg.http_stack().unwrap()).service(client());
+    // Warm both connections.
+    sequential(&rt, &bare, &uri, 100);
+    sequential(&rt, &stacked, &uri, 100);
 
     let (bare_router, layered_router) = routers();
-    let bare_addr = rt.block_on(serve(bare_router));
-    let layered_addr = rt.block_on(serve(layered_router));
-    let bare_uri = format!("http://{bare_addr}/items");
-    let layered_uri = format!("http://{layered_addr}/items");
+    let bare_uri = format!("http://{}/items", rt.block_on(serve(bare_router)));
+    let layered_uri = format!("http://{}/items", rt.block_on(serve(layered_router)));
+    let bare_clients = rt.block_on(clients(&bare_uri));
+    let layered_clients = rt.block_on(clients(&layered_uri));
 
     let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(5));
 
     {
         let mut g = c.benchmark_group("e2e/client");
-        let mut bare = client();
-        let mut stacked = ServiceBuilder::new().layer(stack.clone()).service(client());
-        g.bench_function("bare hyper-util", |b| b.iter(|| rt.block_on(send(&mut bare, &uri))));
-        g.bench_function("recommended stack", |b| b.iter(|| rt.block_on(send(&mut stacked, &uri))));
+        g.bench_function("bare hyper-util", |b| b.iter_custom(|n| sequential(&rt, &bare, &uri, n)));
+        g.bench_function("recommended stack", |b| b.iter_custom(|n| sequential(&rt, &stacked, &uri, n)));
         g.finish();
     }
     {
         let mut g = c.benchmark_group("e2e/server");
         g.throughput(Throughput::Elements(SERVER_BATCH as u64));
         g.sample_size(20);
-        for (name, u) in [("bare axum", &bare_uri), ("server stack", &layered_uri)] {
+        for (name, u, cs) in [("bare axum", &bare_uri, &bare_clients), ("server stack", &layered_uri, &layered_clients)]
+        {
             g.bench_with_input(BenchmarkId::from_parameter(name), u, |b, u| {
                 b.iter_custom(|iters| {
                     rt.block_on(async move {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
-                            total += load(u, SERVER_BATCH).await;
+                            total += load(cs, u, SERVER_BATCH).await;
                         }
                         total
                     })
@@ -164,34 +207,33 @@ fn main() {
         g.finish();
     }
 
-    // Alternating rounds: the same work, interleaved, so drift hits both alike.
-    let rounds = 7;
+    // Alternating rounds, ABBA, so drift hits both alike.
+    let rounds = 8;
     let (mut bare_lat, mut stack_lat) = (Vec::new(), Vec::new());
     let (mut bare_tp, mut stack_tp) = (Vec::new(), Vec::new());
-    let mut bare = client();
-    let mut stacked = ServiceBuilder::new().layer(stack).service(client());
-    for _ in 0..rounds {
-        rt.block_on(async {
-            let n = 2_000;
-            let t = Instant::now();
-            for _ in 0..n {
-                send(&mut bare, &uri).await;
-            }
-            bare_lat.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
-            let t = Instant::now();
-            for _ in 0..n {
-                send(&mut stacked, &uri).await;
-            }
-            stack_lat.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
-            bare_tp.push(SERVER_BATCH as f64 / load(&bare_uri, SERVER_BATCH).await.as_secs_f64());
-            stack_tp.push(SERVER_BATCH as f64 / load(&layered_uri, SERVER_BATCH).await.as_secs_f64());
-        });
+    let (n_seq, n_load) = (5_000, 10 * SERVER_BATCH);
+    for round in 0..rounds {
+        let mut bare_round = || {
+            bare_lat.push(sequential(&rt, &bare, &uri, n_seq).as_secs_f64() * 1e6 / n_seq as f64);
+            bare_tp.push(n_load as f64 / rt.block_on(load(&bare_clients, &bare_uri, n_load)).as_secs_f64());
+        };
+        let mut stack_round = || {
+            stack_lat.push(sequential(&rt, &stacked, &uri, n_seq).as_secs_f64() * 1e6 / n_seq as f64);
+            stack_tp.push(n_load as f64 / rt.block_on(load(&layered_clients, &layered_uri, n_load)).as_secs_f64());
+        };
+        if round % 2 == 0 {
+            bare_round();
+            stack_round();
+        } else {
+            stack_round();
+            bare_round();
+        }
     }
     let (bl, sl) = (median(&mut bare_lat), median(&mut stack_lat));
     let (bt, st) = (median(&mut bare_tp), median(&mut stack_tp));
     println!("\n== e2e summary ({rounds} alternating rounds, medians)");
     println!(
-        "client: bare {bl:.1} µs/request, recommended stack {sl:.1} µs/request: +{:.1} % (target ≤ 3 %)",
+        "client: bare {bl:.1} µs/request, recommended stack {sl:.1} µs/request: {:+.1} % (target ≤ 3 %)",
         (sl / bl - 1.0) * 100.0
     );
     println!("server: bare axum {bt:.0} req/s, server stack {st:.0} req/s: {:.3}× (target ≥ 0.97×)", st / bt);

@@ -20,10 +20,12 @@ use crate::BoxError;
 pub struct CircuitBreaker<S, C = ResultClassifier> {
     inner: S,
     shared: Arc<Shared>,
-    classifier: C,
+    // Shared by the clones and the response futures: a future holds a
+    // pointer, not the classifier (an HTTP one is 256 bytes).
+    classifier: Arc<C>,
 }
 
-impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
         CircuitBreaker { inner: self.inner.clone(), shared: self.shared.clone(), classifier: self.classifier.clone() }
     }
@@ -31,7 +33,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
 
 impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
-        CircuitBreaker { inner, shared, classifier }
+        CircuitBreaker { inner, shared, classifier: Arc::new(classifier) }
     }
 
     /// A handle on this breaker's state.
@@ -59,11 +61,11 @@ impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    C: Classify<S::Response, S::Error> + Clone,
+    C: Classify<S::Response, S::Error>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S::Future, Arc<C>>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

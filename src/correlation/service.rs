@@ -84,6 +84,11 @@ where
 /// Record the ids on the current span (a no-op for fields it lacks).
 #[inline]
 fn record(ctx: &super::RequestContext) {
+    // No subscriber was ever set: there is no span to record on (and looking
+    // for the current one costs more than the rest of the layer's work).
+    if !tracing::dispatcher::has_been_set() {
+        return;
+    }
     let span = tracing::Span::current();
     if span.is_disabled() {
         return;

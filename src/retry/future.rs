@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -16,19 +17,22 @@ use crate::deadline::Deadline;
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, Req> {
+    enum State<F> {
         // An attempt is in flight.
         Calling { #[pin] fut: F },
-        // Waiting out the backoff before sending `req`.
-        Backoff { #[pin] sleep: Sleep, req: Option<Req> },
-        // Waiting for the service to be ready to send `req`.
-        Readying { req: Option<Req> },
+        // Waiting out the backoff before sending the retry. The timer is
+        // boxed: only a call that is retried pays for it, and every other
+        // call's future stays small (futures are moved as they are built).
+        Backoff { sleep: Pin<Box<Sleep>> },
+        // Waiting for the service to be ready to send the retry.
+        Readying,
     }
 }
 
 pin_project! {
     /// Response future of [`Retry`](super::Retry): a state machine of attempt,
-    /// backoff sleep and readiness, with no allocation.
+    /// backoff sleep and readiness. Only a retried call allocates (its
+    /// backoff timer).
     ///
     /// Dropping it during a backoff gives the retry it took back to the budget.
     pub struct ResponseFuture<S, Req, C, P>
@@ -36,20 +40,21 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future, Req>,
+        state: State<S::Future>,
         service: S,
-        // A copy of the request for the next retry (`None`: not retryable).
+        // A copy of the request: the next retry's (`None`: not retryable, or
+        // no retry left). During a backoff it is the request about to be sent.
         copy: Option<Req>,
         token: Option<BudgetToken>,
         retries: u32,
         previous_delay: Duration,
-        settings: Settings<C, P>,
+        settings: Arc<Settings<C, P>>,
     }
 }
 
 impl<S: Service<Req>, Req, C, P> ResponseFuture<S, Req, C, P> {
     #[inline]
-    pub(crate) fn new(fut: S::Future, service: S, copy: Option<Req>, settings: Settings<C, P>) -> Self {
+    pub(crate) fn new(fut: S::Future, service: S, copy: Option<Req>, settings: Arc<Settings<C, P>>) -> Self {
         ResponseFuture {
             state: State::Calling { fut },
             service,
@@ -98,9 +103,9 @@ where
                         return Poll::Ready(result);
                     }
                     // Not replayable (a POST, a streaming body ...): never retried.
-                    let Some(req) = this.copy.take() else {
+                    if this.copy.is_none() {
                         return Poll::Ready(result);
-                    };
+                    }
                     let pushback = match &result {
                         Ok(res) => s.requests.pushback(res),
                         Err(_) => Pushback::None,
@@ -136,28 +141,28 @@ where
                         pushback = matches!(pushback, Pushback::After(_)),
                         "retrying failed call"
                     );
+                    // The failed response (and its connection) is released here, before the wait.
+                    drop(result);
+                    this.state.set(State::Backoff { sleep: Box::pin(tokio::time::sleep(delay)) });
+                }
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                    let req = this.copy.take().expect("a retry holds its request until it is sent");
+                    let s = &**this.settings;
                     // Keep a copy only if another retry may follow this one.
                     if *this.retries < s.max_retries {
                         *this.copy = s.requests.clone_request(&req);
                     }
-                    // The failed response (and its connection) is released here, before the wait.
-                    drop(result);
-                    this.state.set(State::Backoff { sleep: tokio::time::sleep(delay), req: Some(req) });
-                }
-                StateProj::Backoff { sleep, req } => {
-                    ready!(sleep.poll(cx));
-                    let req = req.take();
-                    this.state.set(State::Readying { req });
-                }
-                StateProj::Readying { req } => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        return Poll::Ready(Err(e));
-                    }
-                    let req = req.take().expect("a retry holds its request until it is sent");
                     if let Some(token) = this.token.take() {
                         token.spend();
                     }
-                    this.settings.shared.attempts.increment(1);
+                    s.shared.attempts.increment(1);
                     let fut = this.service.call(req);
                     this.state.set(State::Calling { fut });
                 }

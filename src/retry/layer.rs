@@ -42,8 +42,9 @@ impl Shared {
     }
 }
 
-/// Everything a retrying call needs; cheap to clone (one `Arc`), and small, as
-/// every response future holds a copy.
+/// Everything a retrying call needs. A [`Retry`] service and its clones share
+/// one copy behind an `Arc`, so a response future holds a pointer, not the
+/// classifier and request policy themselves.
 #[derive(Clone)]
 pub(crate) struct Settings<C, P> {
     pub(crate) max_retries: u32,
@@ -154,7 +155,7 @@ impl<S, C: Clone, P: Clone> Layer<S> for RetryLayer<C, P> {
     type Service = Retry<S, C, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::new(inner, self.settings.clone())
+        Retry::new(inner, Arc::new(self.settings.clone()))
     }
 }
 

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -13,14 +14,19 @@ use crate::classify::Classify;
 /// `S` must be `Clone`: every call keeps a clone to send its retries through,
 /// after waiting for it to be ready, as tower's `Retry` does. Errors of `S` are
 /// returned unchanged.
-#[derive(Clone)]
 pub struct Retry<S, C, P> {
     inner: S,
-    settings: Settings<C, P>,
+    settings: Arc<Settings<C, P>>,
+}
+
+impl<S: Clone, C, P> Clone for Retry<S, C, P> {
+    fn clone(&self) -> Self {
+        Retry { inner: self.inner.clone(), settings: self.settings.clone() }
+    }
 }
 
 impl<S, C, P> Retry<S, C, P> {
-    pub(crate) fn new(inner: S, settings: Settings<C, P>) -> Self {
+    pub(crate) fn new(inner: S, settings: Arc<Settings<C, P>>) -> Self {
         Retry { inner, settings }
     }
 

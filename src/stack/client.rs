@@ -280,11 +280,11 @@ impl ClientConfig {
             ),
             correlation,
             jwt,
-            total: timeouts.total.map(|t| t.name(&self.name)),
+            total: timeouts.total.map(|t| t.name(&self.name).carry_in_request(false)),
             retry,
             breaker,
             bulkhead,
-            attempt: timeouts.attempt.map(|t| t.name(&self.name)),
+            attempt: timeouts.attempt.map(|t| t.name(&self.name).carry_in_request(false)),
             discovery,
             #[cfg(feature = "discovery")]
             registry,

@@ -128,22 +128,28 @@ impl Handles {
 /// # });
 /// ```
 pub struct ObserveLayer<C = HttpClassifier> {
+    shared: Arc<Shared<C>>,
+}
+
+/// What every call of a layer's services reads: one `Arc` per call, so the
+/// response future stays small however large the classifier is.
+struct Shared<C> {
     handles: Arc<Handles>,
     classifier: C,
 }
 
-impl<C: Clone> Clone for ObserveLayer<C> {
+impl<C> Clone for ObserveLayer<C> {
     fn clone(&self) -> Self {
-        ObserveLayer { handles: self.handles.clone(), classifier: self.classifier.clone() }
+        ObserveLayer { shared: self.shared.clone() }
     }
 }
 
 impl<C> fmt::Debug for ObserveLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObserveLayer")
-            .field("service", &self.handles.name)
-            .field("side", &self.handles.side)
-            .field("log", &self.handles.log)
+            .field("service", &self.shared.handles.name)
+            .field("side", &self.shared.handles.side)
+            .field("log", &self.shared.handles.log)
             .finish_non_exhaustive()
     }
 }
@@ -159,33 +165,33 @@ impl<C> ObserveLayer<C> {
     /// Every option: record metrics, emit a log event per call, and the
     /// classifier that tells success from failure.
     pub fn with_options(service: impl Into<Arc<str>>, side: Side, metrics: bool, log: bool, classifier: C) -> Self {
-        ObserveLayer { handles: Arc::new(Handles::new(service.into(), side, metrics, log)), classifier }
+        let handles = Arc::new(Handles::new(service.into(), side, metrics, log));
+        ObserveLayer { shared: Arc::new(Shared { handles, classifier }) }
     }
 }
 
-impl<S, C: Clone> Layer<S> for ObserveLayer<C> {
+impl<S, C> Layer<S> for ObserveLayer<C> {
     type Service = Observe<S, C>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, handles: self.handles.clone(), classifier: self.classifier.clone() }
+        Observe { inner, shared: self.shared.clone() }
     }
 }
 
 /// The service made by [`ObserveLayer`].
 pub struct Observe<S, C = HttpClassifier> {
     inner: S,
-    handles: Arc<Handles>,
-    classifier: C,
+    shared: Arc<Shared<C>>,
 }
 
-impl<S: Clone, C: Clone> Clone for Observe<S, C> {
+impl<S: Clone, C> Clone for Observe<S, C> {
     fn clone(&self) -> Self {
-        Observe { inner: self.inner.clone(), handles: self.handles.clone(), classifier: self.classifier.clone() }
+        Observe { inner: self.inner.clone(), shared: self.shared.clone() }
     }
 }
 
 impl<S: fmt::Debug, C> fmt::Debug for Observe<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Observe").field("inner", &self.inner).field("service", &self.handles.name).finish()
+        f.debug_struct("Observe").field("inner", &self.inner).field("service", &self.shared.handles.name).finish()
     }
 }
 
@@ -193,7 +199,7 @@ impl<S, C, ReqB, ResB> Service<Request<ReqB>> for Observe<S, C>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    C: Classify<Response<ResB>, BoxError> + Clone,
+    C: Classify<Response<ResB>, BoxError>,
 {
     type Response = Response<ResB>;
     type Error = BoxError;
@@ -207,19 +213,13 @@ where
         let method = method_index(req.method());
         ObserveFuture {
             inner: self.inner.call(req),
-            call: Some(Call {
-                handles: self.handles.clone(),
-                classifier: self.classifier.clone(),
-                method,
-                start: Instant::now(),
-            }),
+            call: Some(Call { shared: self.shared.clone(), method, start: Instant::now() }),
         }
     }
 }
 
 struct Call<C> {
-    handles: Arc<Handles>,
-    classifier: C,
+    shared: Arc<Shared<C>>,
     method: usize,
     start: Instant,
 }
@@ -236,7 +236,7 @@ pin_project! {
     impl<F, C> PinnedDrop for ObserveFuture<F, C> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(call) = this.project().call.take() {
-                call.handles.record(call.method, CANCELLED, call.start);
+                call.shared.handles.record(call.method, CANCELLED, call.start);
             }
         }
     }
@@ -277,17 +277,17 @@ where
         let outcome = match &result {
             Err(e) => match error_outcome(e) {
                 Some(o) => o,
-                None => outcome_index(call.classifier.classify(Err(e))),
+                None => outcome_index(call.shared.classifier.classify(Err(e))),
             },
-            Ok(res) => match call.classifier.classify(Ok(res)) {
+            Ok(res) => match call.shared.classifier.classify(Ok(res)) {
                 Outcome::Deferred => {
                     // The answer comes with the end of the stream (gRPC trailers).
-                    let Call { handles, classifier, method, start } = call;
-                    let h = handles.clone();
+                    let Call { shared, method, start } = call;
+                    let h = shared.handles.clone();
                     let recorder = OutcomeRecorder::new(move |o| h.record(method, outcome_index(o), start));
                     let mut result = result;
                     if let Ok(res) = &mut result {
-                        if let Err(recorder) = classifier.defer(res, recorder) {
+                        if let Err(recorder) = shared.classifier.defer(res, recorder) {
                             recorder.record(Outcome::Success);
                         }
                     }
@@ -296,7 +296,7 @@ where
                 o => outcome_index(o),
             },
         };
-        call.handles.record(call.method, outcome, call.start);
+        call.shared.handles.record(call.method, outcome, call.start);
         Poll::Ready(result)
     }
 }

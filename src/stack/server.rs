@@ -36,7 +36,10 @@ pub type ServerService<S> =
 ///   current while the handler runs — also on the error responses below;
 /// - load shedding: beyond `max_concurrent_requests` in flight, `503` with
 ///   `Retry-After` at once (gRPC: `RESOURCE_EXHAUSTED`);
-/// - a request timeout: `504` (gRPC: `DEADLINE_EXCEEDED`).
+/// - a request timeout: `504` (gRPC: `DEADLINE_EXCEEDED`). The handler
+///   reads the deadline with [`Deadline::current`](crate::deadline::Deadline::current),
+///   and the calls it makes through a [`ClientStack`](super::ClientStack)
+///   end by it.
 ///
 /// Token validation needs keys, which do not belong in a configuration file:
 /// add a `JwtPropagationLayer` (feature `jwt`) under this
@@ -122,7 +125,10 @@ impl ServerConfig {
                 })
                 .transpose()
                 .map_err(|source| StackError::Invalid { service: self.name.clone(), source })?,
-            timeout: self.timeout.map(|t| TimeoutLayer::new(t).name(&self.name)),
+            // The handler runs in the request's task: it reads the deadline
+            // with `Deadline::current()`, and the calls it makes through a
+            // client stack stop at it, with no copy in the request.
+            timeout: self.timeout.map(|t| TimeoutLayer::new(t).name(&self.name).carry_in_request(false)),
         })
     }
 }

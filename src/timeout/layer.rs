@@ -107,6 +107,7 @@ pub struct TimeoutLayer {
     kind: TimeoutKind,
     duration: Duration,
     grpc_timeout: bool,
+    carry: bool,
     shared: Arc<Shared>,
 }
 
@@ -128,7 +129,13 @@ impl TimeoutLayer {
     }
 
     fn with_kind(kind: TimeoutKind, duration: Duration) -> Self {
-        TimeoutLayer { kind, duration, grpc_timeout: false, shared: Arc::new(Shared::new(DEFAULT_NAME.into())) }
+        TimeoutLayer {
+            kind,
+            duration,
+            grpc_timeout: false,
+            carry: true,
+            shared: Arc::new(Shared::new(DEFAULT_NAME.into())),
+        }
     }
 
     /// The name used in logs and as the `service` label of the metrics.
@@ -147,6 +154,22 @@ impl TimeoutLayer {
         self
     }
 
+    /// Whether the deadline is also attached to the request
+    /// ([`DeadlineCarrier::set_deadline`](crate::deadline::DeadlineCarrier::set_deadline):
+    /// an `http::Request`'s extensions). Default `true`, so the deadline
+    /// survives a hop to another task (a `tower::buffer::Buffer` below) and
+    /// an axum handler can extract it.
+    ///
+    /// Turn it off where every service below is called and polled in the
+    /// caller's task, as in the [`ClientStack`](crate::stack::ClientStack):
+    /// [`Deadline::current`](crate::deadline::Deadline::current) still gives
+    /// the deadline to each of them, and a call no longer allocates the
+    /// request's extension map or copies it into each retry.
+    pub fn carry_in_request(mut self, carry: bool) -> Self {
+        self.carry = carry;
+        self
+    }
+
     /// The configured timeout.
     pub fn duration(&self) -> Duration {
         self.duration
@@ -162,6 +185,6 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout::new(inner, self.kind, self.duration, self.grpc_timeout, self.shared.clone())
+        Timeout::new(inner, self.kind, self.duration, self.grpc_timeout, self.carry, self.shared.clone())
     }
 }

@@ -16,7 +16,7 @@ use crate::error::BoxError;
 /// Service made by [`TimeoutLayer`](super::TimeoutLayer).
 ///
 /// On `call` it computes the call's deadline, attaches it to the request
-/// ([`DeadlineCarrier`]), calls the inner service with the deadline current
+/// ([`DeadlineCarrier`]; unless [turned off](super::TimeoutLayer::carry_in_request)), calls the inner service with the deadline current
 /// ([`Deadline::current`]) and polls the inner future in that scope too; the
 /// response future fails with [`Elapsed`](super::Elapsed) when the deadline
 /// passes first. `poll_ready` is the inner service's (as in tower's `Timeout`,
@@ -27,6 +27,7 @@ pub struct Timeout<S> {
     kind: TimeoutKind,
     duration: Duration,
     grpc_timeout: bool,
+    carry: bool,
     shared: Arc<Shared>,
 }
 
@@ -36,9 +37,10 @@ impl<S> Timeout<S> {
         kind: TimeoutKind,
         duration: Duration,
         grpc_timeout: bool,
+        carry: bool,
         shared: Arc<Shared>,
     ) -> Self {
-        Timeout { inner, kind, duration, grpc_timeout, shared }
+        Timeout { inner, kind, duration, grpc_timeout, carry, shared }
     }
 
     /// The inner service.
@@ -85,7 +87,9 @@ where
             (TimeoutKind::Total, deadline.instant().saturating_duration_since(now))
         };
 
-        req.set_deadline(deadline);
+        if self.carry {
+            req.set_deadline(deadline);
+        }
         if self.grpc_timeout {
             req.set_grpc_timeout(after);
         }

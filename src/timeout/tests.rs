@@ -137,6 +137,40 @@ async fn http_requests_carry_the_deadline_and_grpc_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn carry_in_request_off_keeps_the_deadline_out_of_the_request_but_current() {
+    let start = tokio::time::Instant::now();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(300)).carry_in_request(false))
+        .layer(TimeoutLayer::per_attempt(Duration::from_secs(1)).carry_in_request(false))
+        .service_fn(|req: http::Request<()>| {
+            let in_call = Deadline::current();
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok::<_, Infallible>((req.deadline(), req.extensions().is_empty(), in_call, Deadline::current()))
+            }
+        });
+    let (carried, no_extensions, in_call, while_polled) = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+    let total = Some(Deadline::at(start + Duration::from_millis(300)));
+    assert_eq!(carried, None);
+    assert!(no_extensions, "no extension map is made");
+    // The attempt timeout still stops at the enclosing deadline, read from the scope.
+    assert_eq!(in_call, total);
+    assert_eq!(while_polled, total);
+
+    let slow = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(50)).carry_in_request(false))
+        .layer(TimeoutLayer::per_attempt(Duration::from_secs(1)).carry_in_request(false))
+        .service_fn(|_: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, Infallible>(())
+        });
+    let start = tokio::time::Instant::now();
+    let e = elapsed(slow.oneshot(http::Request::new(())).await.unwrap_err());
+    assert_eq!(e.kind(), TimeoutKind::Total);
+    assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(50));
+}
+
+#[tokio::test(start_paused = true)]
 async fn fast_responses_and_inner_errors_pass_through() {
     let (mut svc, mut handle) = mock::spawn_layer::<u32, u32, _>(TimeoutLayer::new(Duration::from_millis(100)));
     assert_ready_ok!(svc.poll_ready());
