@@ -44,7 +44,7 @@ const CONCURRENCY: usize = 64;
 const SERVER_BATCH: usize = 2_000;
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 /// A plain hyper server answering "ok".

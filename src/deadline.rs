@@ -24,6 +24,51 @@ use tokio::time::Instant;
 // const-initialised `Cell` makes that a couple of plain loads and stores.
 thread_local! {
     static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+    // Set by a timeout future polled inside another one when it returns
+    // `Pending` with a timer that fires no later than the enclosing deadline:
+    // the enclosing timeout then needs no timer of its own for that poll.
+    static COVERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Around the inner poll of a timeout future: makes its deadline current and
+/// collects whether a timer inside covers it. Restores both on drop.
+pub(crate) struct PollFrame {
+    prev: Option<Deadline>,
+    prev_covered: bool,
+}
+
+impl PollFrame {
+    /// Whether a timeout inside reported a timer that fires by this frame's
+    /// deadline, during this poll.
+    #[inline]
+    pub(crate) fn covered(&self) -> bool {
+        COVERED.with(Cell::get)
+    }
+}
+
+impl Drop for PollFrame {
+    #[inline]
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.prev));
+        COVERED.with(|c| c.set(self.prev_covered));
+    }
+}
+
+#[inline]
+pub(crate) fn enter_poll(deadline: Deadline) -> PollFrame {
+    let prev = CURRENT.with(|c| c.replace(Some(deadline)));
+    let prev_covered = COVERED.with(|c| c.replace(false));
+    PollFrame { prev, prev_covered }
+}
+
+/// A timeout future is `Pending` with a timer at `deadline`, or covered by
+/// one firing by then: tell an enclosing timeout whose deadline is not
+/// earlier that it is covered too.
+#[inline]
+pub(crate) fn report_covered(deadline: Deadline, enclosing: Option<Deadline>) {
+    if enclosing.is_some_and(|e| deadline <= e) {
+        COVERED.with(|c| c.set(true));
+    }
 }
 
 /// Restores the previous current deadline when dropped (also on unwind).

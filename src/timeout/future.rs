@@ -22,6 +22,8 @@ pin_project! {
     /// a call that completes at its first poll never touches the runtime's
     /// timer (a `Sleep` takes a reference to the runtime handle when made,
     /// and registers only when polled, so the deadline is the same either way).
+    /// Nor is it made while a timeout inside is waiting with a timer that
+    /// fires by this deadline (a per-attempt timeout under a total one).
     pub struct ResponseFuture<F> {
         // Polled with the call's deadline (the timer's) current.
         #[pin]
@@ -63,18 +65,33 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let restore = crate::deadline::enter(*this.deadline);
+        let deadline = *this.deadline;
+        let enclosing = Deadline::current();
+        let frame = crate::deadline::enter_poll(deadline);
         let polled = this.response.poll(cx);
-        drop(restore);
+        let covered = frame.covered();
+        drop(frame);
         if let Poll::Ready(res) = polled {
             return Poll::Ready(res.map_err(Into::into));
         }
         let mut sleep = this.sleep;
         if sleep.is_none() {
-            sleep.set(Some(tokio::time::sleep_until(this.deadline.instant())));
+            if covered {
+                // A timeout inside (a per-attempt one) is waiting with a timer
+                // that fires by our deadline and wakes this task: when it
+                // fires, that timeout fails the call, or the next poll finds
+                // nothing covering and makes our own timer. So a call whose
+                // attempt is timed registers one timer, not two.
+                crate::deadline::report_covered(deadline, enclosing);
+                return Poll::Pending;
+            }
+            sleep.set(Some(tokio::time::sleep_until(deadline.instant())));
         }
         match sleep.as_pin_mut().expect("the timer was just set").poll(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                crate::deadline::report_covered(deadline, enclosing);
+                Poll::Pending
+            }
             Poll::Ready(()) => Poll::Ready(Err(this.reporter.elapsed(*this.kind, *this.after).into())),
         }
     }

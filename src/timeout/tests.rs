@@ -170,6 +170,58 @@ async fn carry_in_request_off_keeps_the_deadline_out_of_the_request_but_current(
     assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(50));
 }
 
+/// A total timeout relies on a timed attempt inside while it waits, and
+/// still fires on time whatever the inner future does once that attempt is over.
+#[tokio::test(start_paused = true)]
+async fn a_total_timeout_covered_by_an_attempt_timeout_still_fires_on_time() {
+    let attempt = || {
+        ServiceBuilder::new().layer(TimeoutLayer::per_attempt(Duration::from_secs(1))).service_fn(
+            |ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, Infallible>(())
+            },
+        )
+    };
+    // The attempt completes (10 ms, covered), then the call waits untimed.
+    let then_wait =
+        ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_millis(100))).service_fn(move |_: ()| {
+            let a = attempt();
+            async move {
+                a.oneshot(10).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, Infallible>(())
+            }
+        });
+    let start = tokio::time::Instant::now();
+    let e = elapsed(then_wait.oneshot(()).await.unwrap_err());
+    assert_eq!((e.kind(), tokio::time::Instant::now() - start), (TimeoutKind::Total, Duration::from_millis(100)));
+
+    // The attempt is cut at the total deadline; the call swallows that error
+    // and waits on: the total timeout fails it at that same instant.
+    let swallow =
+        ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_millis(100))).service_fn(move |_: ()| {
+            let a = attempt();
+            async move {
+                let cut = a.oneshot(5_000).await;
+                assert_eq!(elapsed(cut.unwrap_err()).kind(), TimeoutKind::Total);
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(())
+            }
+        });
+    let start = tokio::time::Instant::now();
+    let e = elapsed(swallow.oneshot(()).await.unwrap_err());
+    assert_eq!((e.kind(), tokio::time::Instant::now() - start), (TimeoutKind::Total, Duration::from_millis(100)));
+
+    // Nothing inside is timed: the total timeout's own timer.
+    let bare = ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_millis(70))).service_fn(|_: ()| async {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(())
+    });
+    let start = tokio::time::Instant::now();
+    let e = elapsed(bare.oneshot(()).await.unwrap_err());
+    assert_eq!((e.kind(), tokio::time::Instant::now() - start), (TimeoutKind::Total, Duration::from_millis(70)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn fast_responses_and_inner_errors_pass_through() {
     let (mut svc, mut handle) = mock::spawn_layer::<u32, u32, _>(TimeoutLayer::new(Duration::from_millis(100)));
