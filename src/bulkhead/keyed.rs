@@ -7,12 +7,12 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::future::{KeyedResponseFuture, ResponseFuture};
 use super::layer::BulkheadBuilder;
+use super::pool::{BulkheadPermit, Pool};
 use super::shared::Shared;
 use crate::config::ConfigError;
 use crate::error::BoxError;
@@ -21,7 +21,7 @@ use crate::error::BoxError;
 /// then whenever it doubles).
 const MIN_SWEEP: usize = 64;
 
-/// One semaphore per key. A partition nobody holds a permit of (or waits on)
+/// One pool of permits per key. A partition nobody holds a permit of (or waits on)
 /// is idle; idle partitions are dropped when the map grows, so keys with a
 /// high cardinality do not leak.
 pub(crate) struct Registry<K> {
@@ -29,7 +29,7 @@ pub(crate) struct Registry<K> {
 }
 
 struct Pools<K> {
-    map: HashMap<K, Arc<Semaphore>>,
+    map: HashMap<K, Arc<Pool>>,
     sweep_at: usize,
 }
 
@@ -38,28 +38,28 @@ impl<K: Hash + Eq> Registry<K> {
         Registry { pools: Mutex::new(Pools { map: HashMap::new(), sweep_at: MIN_SWEEP }) }
     }
 
-    /// A permit of `key`'s partition, or (when none is free) its semaphore to
+    /// A permit of `key`'s partition, or (when none is free) its pool to
     /// wait on.
-    fn try_acquire(&self, key: K, max: usize) -> Result<OwnedSemaphorePermit, Arc<Semaphore>> {
+    fn try_acquire(&self, key: K, max: usize) -> Result<BulkheadPermit, Arc<Pool>> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let sem = match pools.map.get(&key) {
-            Some(sem) => sem,
+        let pool = match pools.map.get(&key) {
+            Some(pool) => pool,
             None => {
                 if pools.map.len() >= pools.sweep_at {
-                    // Only the map holds an idle partition's semaphore: every
+                    // Only the map holds an idle partition's pool: every
                     // permit and every waiter holds a clone.
-                    pools.map.retain(|_, sem| Arc::strong_count(sem) > 1);
+                    pools.map.retain(|_, pool| Arc::strong_count(pool) > 1);
                     pools.sweep_at = (pools.map.len() * 2).max(MIN_SWEEP);
                 }
-                pools.map.entry(key).or_insert_with(|| Arc::new(Semaphore::new(max)))
+                pools.map.entry(key).or_insert_with(|| Arc::new(Pool::new(max)))
             }
         };
-        sem.clone().try_acquire_owned().map_err(|_| sem.clone())
+        pool.try_acquire().ok_or_else(|| pool.clone())
     }
 
     fn available_permits(&self, key: &K, max: usize) -> usize {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.map.get(key).map_or(max, |sem| sem.available_permits())
+        pools.map.get(key).map_or(max, |pool| pool.available_permits())
     }
 
     fn partitions(&self) -> usize {

@@ -4,11 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
 use super::config::{BulkheadConfig, MAX_PERMITS};
 use super::keyed::{KeyedBulkheadBuilder, KeyedBulkheadLayer};
+use super::pool::{BulkheadPermit, Pool};
 use super::service::Bulkhead;
 use super::shared::Shared;
 use crate::config::ConfigError;
@@ -51,7 +51,7 @@ const DEFAULT_NAME: &str = "bulkhead";
 /// ```
 #[derive(Clone)]
 pub struct BulkheadLayer {
-    semaphore: Arc<Semaphore>,
+    pool: Arc<Pool>,
     shared: Arc<Shared>,
 }
 
@@ -92,12 +92,12 @@ impl BulkheadLayer {
     }
 
     fn from_shared(shared: Shared) -> Self {
-        BulkheadLayer { semaphore: Arc::new(Semaphore::new(shared.max)), shared: Arc::new(shared) }
+        BulkheadLayer { pool: Arc::new(Pool::new(shared.max)), shared: Arc::new(shared) }
     }
 
     /// Permits free in the pool right now.
     pub fn available_permits(&self) -> usize {
-        self.semaphore.available_permits()
+        self.pool.available_permits()
     }
 
     /// The bulkhead's name (the `service` label of its metrics).
@@ -108,8 +108,8 @@ impl BulkheadLayer {
     /// Take a permit out of the pool, if one is free, without making a call:
     /// it is returned when the guard is dropped. Useful to reserve capacity, or
     /// in tests.
-    pub fn try_acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.semaphore.clone().try_acquire_owned().ok()
+    pub fn try_acquire(&self) -> Option<BulkheadPermit> {
+        self.pool.try_acquire()
     }
 }
 
@@ -117,7 +117,7 @@ impl fmt::Debug for BulkheadLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BulkheadLayer")
             .field("bulkhead", &self.shared)
-            .field("available_permits", &self.semaphore.available_permits())
+            .field("available_permits", &self.pool.available_permits())
             .finish()
     }
 }
@@ -126,7 +126,7 @@ impl<S> Layer<S> for BulkheadLayer {
     type Service = Bulkhead<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Bulkhead::new(inner, self.semaphore.clone(), self.shared.clone())
+        Bulkhead::new(inner, self.pool.clone(), self.shared.clone())
     }
 }
 

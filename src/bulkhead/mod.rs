@@ -62,6 +62,7 @@ mod error;
 mod future;
 mod keyed;
 mod layer;
+mod pool;
 mod service;
 mod shared;
 
@@ -70,6 +71,7 @@ pub use error::BulkheadFull;
 pub use future::{KeyedResponseFuture, ResponseFuture};
 pub use keyed::{KeyedBulkhead, KeyedBulkheadBuilder, KeyedBulkheadLayer};
 pub use layer::{BulkheadBuilder, BulkheadLayer};
+pub use pool::BulkheadPermit;
 pub use service::Bulkhead;
 
 #[cfg(test)]

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
+use super::pool::{BulkheadPermit, Pool};
 use super::shared::{Shared, Waiting};
 use crate::error::BoxError;
 
@@ -39,21 +39,21 @@ enum Slow {
 /// original's permit.
 pub struct Bulkhead<S> {
     inner: S,
-    semaphore: Arc<Semaphore>,
+    pool: Arc<Pool>,
     shared: Arc<Shared>,
     /// The permit for the next call (the fast path only touches this).
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<BulkheadPermit>,
     slow: Slow,
 }
 
 impl<S> Bulkhead<S> {
-    pub(crate) fn new(inner: S, semaphore: Arc<Semaphore>, shared: Arc<Shared>) -> Self {
-        Bulkhead { inner, semaphore, shared, permit: None, slow: Slow::Idle }
+    pub(crate) fn new(inner: S, pool: Arc<Pool>, shared: Arc<Shared>) -> Self {
+        Bulkhead { inner, pool, shared, permit: None, slow: Slow::Idle }
     }
 
     /// Permits free in the pool right now.
     pub fn available_permits(&self) -> usize {
-        self.semaphore.available_permits()
+        self.pool.available_permits()
     }
 
     /// The inner service.
@@ -75,7 +75,7 @@ impl<S> Bulkhead<S> {
 impl<S: Clone> Clone for Bulkhead<S> {
     fn clone(&self) -> Self {
         // A held permit belongs to this service's next call only.
-        Bulkhead::new(self.inner.clone(), self.semaphore.clone(), self.shared.clone())
+        Bulkhead::new(self.inner.clone(), self.pool.clone(), self.shared.clone())
     }
 }
 
@@ -90,7 +90,7 @@ impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
         f.debug_struct("Bulkhead")
             .field("inner", &self.inner)
             .field("bulkhead", &self.shared)
-            .field("available_permits", &self.semaphore.available_permits())
+            .field("available_permits", &self.pool.available_permits())
             .field("state", &state)
             .finish()
     }
@@ -108,14 +108,14 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
-            match self.semaphore.clone().try_acquire_owned() {
-                Ok(permit) => {
+            match self.pool.try_acquire() {
+                Some(permit) => {
                     self.permit = Some(permit);
                     if !matches!(self.slow, Slow::Idle) {
                         self.slow = Slow::Idle;
                     }
                 }
-                Err(_) => {
+                None => {
                     ready!(self.poll_slow(cx));
                     if self.permit.is_none() {
                         // Rejected: the next call fails without reaching the
@@ -149,7 +149,7 @@ impl<S> Bulkhead<S> {
                     self.slow = Slow::Rejected(Duration::ZERO);
                     return Poll::Ready(());
                 }
-                Slow::Idle => self.slow = Slow::Waiting(self.shared.wait(&self.semaphore)),
+                Slow::Idle => self.slow = Slow::Waiting(self.shared.wait(&self.pool)),
                 Slow::Waiting(waiting) => {
                     let permit = ready!(waiting.acquire.as_mut().poll(cx));
                     let waited = self.shared.waited(waiting.started);

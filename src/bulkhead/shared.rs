@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::error::BulkheadFull;
+use super::pool::{BulkheadPermit, Pool};
 
 /// Name, limits and metric handles of one bulkhead.
 pub(crate) struct Shared {
@@ -48,7 +48,7 @@ impl Shared {
 
     /// A call got its permit and is now in flight.
     #[inline]
-    pub(crate) fn in_flight(&self, permit: OwnedSemaphorePermit) -> InFlight {
+    pub(crate) fn in_flight(&self, permit: BulkheadPermit) -> InFlight {
         self.in_flight.increment(1.0);
         InFlight { _permit: permit, gauge: self.in_flight.clone() }
     }
@@ -68,18 +68,18 @@ impl Shared {
         waited
     }
 
-    /// Start waiting, up to `max_wait`, for a permit of `semaphore`. Only used
+    /// Start waiting, up to `max_wait`, for a permit of `pool`. Only used
     /// on the slow path, so the one allocation is fine.
-    pub(crate) fn wait(&self, semaphore: &Arc<Semaphore>) -> Waiting {
-        let acquire = tokio::time::timeout(self.max_wait, semaphore.clone().acquire_owned());
-        Waiting { acquire: Box::pin(async move { acquire.await.ok().and_then(Result::ok) }), started: Instant::now() }
+    pub(crate) fn wait(&self, pool: &Arc<Pool>) -> Waiting {
+        let acquire = tokio::time::timeout(self.max_wait, pool.clone().acquire());
+        Waiting { acquire: Box::pin(async move { acquire.await.ok() }), started: Instant::now() }
     }
 }
 
 /// A permit held by a call in flight; released (and the in-flight gauge
 /// decremented) when dropped.
 pub(crate) struct InFlight {
-    _permit: OwnedSemaphorePermit,
+    _permit: BulkheadPermit,
     gauge: Gauge,
 }
 
@@ -97,7 +97,7 @@ impl fmt::Debug for InFlight {
 
 /// Waiting for a permit, for at most `max_wait`: resolves to `None` on timeout.
 pub(crate) struct Waiting {
-    pub(crate) acquire: Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send + Sync>>,
+    pub(crate) acquire: Pin<Box<dyn Future<Output = Option<BulkheadPermit>> + Send + Sync>>,
     pub(crate) started: Instant,
 }
 
