@@ -260,8 +260,13 @@ impl MakeCorrelationId for UuidV7 {
         counter_random.copy_from_slice(&random[..10]);
         let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &counter_random).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let s = uuid.hyphenated().encode_lower(&mut buf);
-        let value = HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"));
+        uuid.hyphenated().encode_lower(&mut buf);
+        // Owned by a shared buffer from the start: the id is cloned into the
+        // request's headers, its extensions and the response, each a
+        // reference count (bytes copied into a `Vec` would allocate again on
+        // their first clone).
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"));
         CorrelationId(value)
     }
 }
