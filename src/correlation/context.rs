@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderName};
@@ -69,14 +70,14 @@ pub struct RequestContext {
 // around every poll of the future it wraps (and back out after), so it
 // follows the task exactly as a tokio task-local would, without a clone.
 thread_local! {
-    static CURRENT: Cell<Option<RequestContext>> = const { Cell::new(None) };
+    static CURRENT: Cell<Option<Arc<RequestContext>>> = const { Cell::new(None) };
 }
 
 /// Puts the previous context back when dropped (also on unwind), handing the
 /// scoped one back to its owner.
 struct Restore<'a> {
-    prev: Option<RequestContext>,
-    owner: &'a mut Option<RequestContext>,
+    prev: Option<Arc<RequestContext>>,
+    owner: &'a mut Option<Arc<RequestContext>>,
 }
 
 impl Drop for Restore<'_> {
@@ -88,7 +89,7 @@ impl Drop for Restore<'_> {
 }
 
 #[inline]
-fn enter(slot: &mut Option<RequestContext>) -> Restore<'_> {
+fn enter(slot: &mut Option<Arc<RequestContext>>) -> Restore<'_> {
     let prev = CURRENT.with(|c| c.replace(slot.take()));
     Restore { prev, owner: slot }
 }
@@ -99,7 +100,7 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&RequestContext>) -> R) -> R
     let mut slot = None;
     // Take it out for the call and put it back after (also on unwind).
     let restore = Restore { prev: CURRENT.with(Cell::take), owner: &mut slot };
-    let r = f(restore.prev.as_ref());
+    let r = f(restore.prev.as_deref());
     drop(restore);
     r
 }
@@ -110,7 +111,9 @@ pin_project! {
     pub struct ContextScope<F> {
         #[pin]
         inner: F,
-        ctx: Option<RequestContext>,
+        // Behind a pointer: it moves into the thread-local and back around
+        // every poll, so what moves is 8 bytes, not the context.
+        ctx: Option<Arc<RequestContext>>,
     }
 }
 
@@ -118,13 +121,13 @@ impl<F> ContextScope<F> {
     /// The context this scope makes current (`None` only after the
     /// correlation layer took it back to answer the request).
     pub fn context(&self) -> Option<&RequestContext> {
-        self.ctx.as_ref()
+        self.ctx.as_deref()
     }
 
     /// Call `f` with `ctx` current and scope the future it returns with it.
     #[inline]
     pub(crate) fn call(ctx: RequestContext, f: impl FnOnce() -> F) -> Self {
-        let mut ctx = Some(ctx);
+        let mut ctx = Some(Arc::new(ctx));
         let inner = {
             let _restore = enter(&mut ctx);
             f()
@@ -135,7 +138,8 @@ impl<F> ContextScope<F> {
     /// Take the context back (between polls it is always here).
     #[inline]
     pub(crate) fn take_context(self: Pin<&mut Self>) -> Option<RequestContext> {
-        self.project().ctx.take()
+        // Nobody else holds it between polls (`current` hands out copies).
+        self.project().ctx.take().map(|c| Arc::try_unwrap(c).unwrap_or_else(|c| (*c).clone()))
     }
 }
 
@@ -209,12 +213,12 @@ impl RequestContext {
 
     /// Poll `fut` with `self` as the current context.
     pub fn scope<F: Future>(self, fut: F) -> ContextScope<F> {
-        ContextScope { inner: fut, ctx: Some(self) }
+        ContextScope { inner: fut, ctx: Some(Arc::new(self)) }
     }
 
     /// Run `f` with `self` as the current context.
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        let mut slot = Some(self);
+        let mut slot = Some(Arc::new(self));
         let _restore = enter(&mut slot);
         f()
     }
