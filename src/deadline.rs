@@ -38,6 +38,13 @@ pub(crate) struct PollFrame {
 }
 
 impl PollFrame {
+    /// The deadline that was current when the frame was entered: the
+    /// enclosing timeout's, if any.
+    #[inline]
+    pub(crate) fn enclosing(&self) -> Option<Deadline> {
+        self.prev
+    }
+
     /// Whether a timeout inside reported a timer that fires by this frame's
     /// deadline, during this poll.
     #[inline]

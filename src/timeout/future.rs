@@ -66,10 +66,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let deadline = *this.deadline;
-        let enclosing = Deadline::current();
         let frame = crate::deadline::enter_poll(deadline);
         let polled = this.response.poll(cx);
-        let covered = frame.covered();
+        let (enclosing, covered) = (frame.enclosing(), frame.covered());
         drop(frame);
         if let Poll::Ready(res) = polled {
             return Poll::Ready(res.map_err(Into::into));
