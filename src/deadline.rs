@@ -27,16 +27,19 @@ thread_local! {
     // Set by a timeout future polled inside another one when it returns
     // `Pending` with a timer that fires no later than the enclosing deadline:
     // the enclosing timeout then needs no timer of its own for that poll.
+    #[cfg(feature = "timeout")]
     static COVERED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Around the inner poll of a timeout future: makes its deadline current and
 /// collects whether a timer inside covers it. Restores both on drop.
+#[cfg(feature = "timeout")]
 pub(crate) struct PollFrame {
     prev: Option<Deadline>,
     prev_covered: bool,
 }
 
+#[cfg(feature = "timeout")]
 impl PollFrame {
     /// The deadline that was current when the frame was entered: the
     /// enclosing timeout's, if any.
@@ -53,6 +56,7 @@ impl PollFrame {
     }
 }
 
+#[cfg(feature = "timeout")]
 impl Drop for PollFrame {
     #[inline]
     fn drop(&mut self) {
@@ -61,6 +65,7 @@ impl Drop for PollFrame {
     }
 }
 
+#[cfg(feature = "timeout")]
 #[inline]
 pub(crate) fn enter_poll(deadline: Deadline) -> PollFrame {
     let prev = CURRENT.with(|c| c.replace(Some(deadline)));
@@ -71,6 +76,7 @@ pub(crate) fn enter_poll(deadline: Deadline) -> PollFrame {
 /// A timeout future is `Pending` with a timer at `deadline`, or covered by
 /// one firing by then: tell an enclosing timeout whose deadline is not
 /// earlier that it is covered too.
+#[cfg(feature = "timeout")]
 #[inline]
 pub(crate) fn report_covered(deadline: Deadline, enclosing: Option<Deadline>) {
     if enclosing.is_some_and(|e| deadline <= e) {
