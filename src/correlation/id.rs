@@ -261,14 +261,18 @@ impl MakeCorrelationId for UuidV7 {
         let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &counter_random).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         uuid.hyphenated().encode_lower(&mut buf);
-        // Owned by a shared buffer from the start: the id is cloned into the
-        // request's headers, its extensions and the response, each a
-        // reference count (bytes copied into a `Vec` would allocate again on
-        // their first clone).
-        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"));
-        CorrelationId(value)
+        // The id is cloned into the request's headers, its extensions and the response.
+        CorrelationId(shared_header_value(buf, "invalid-uuid"))
     }
+}
+
+/// A header value made by this crate (`fallback` if `bytes` were not a
+/// valid one), owned by a shared buffer from the start: each clone (into a
+/// request, its extensions, a retry's copy, the response) is a reference
+/// count, where bytes copied into a `Vec` would allocate again on their
+/// first clone.
+pub(crate) fn shared_header_value<const N: usize>(bytes: [u8; N], fallback: &'static str) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(bytes)).unwrap_or_else(|_| HeaderValue::from_static(fallback))
 }
 
 #[cfg(test)]

@@ -259,11 +259,7 @@ impl TraceParent {
 
     /// The header value (version `00`).
     pub fn to_header_value(&self) -> HeaderValue {
-        // Owned by a shared buffer from the start: a copy of the request (a
-        // retry's) clones it with a reference count, where bytes copied into
-        // a `Vec` would allocate again on their first clone.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self.encode()))
-            .unwrap_or_else(|_| HeaderValue::from_static(""))
+        super::id::shared_header_value(self.encode(), "")
     }
 }
 
