@@ -111,6 +111,16 @@ impl Drop for Waiting<'_> {
 /// A permit of a bulkhead's pool, held by a call in flight or taken with
 /// [`BulkheadLayer::try_acquire`](super::BulkheadLayer::try_acquire); it goes
 /// back to the pool when dropped.
+///
+/// ```
+/// use tower_mesh::bulkhead::BulkheadLayer;
+///
+/// let bulkhead = BulkheadLayer::new(1);
+/// let permit = bulkhead.try_acquire().expect("one free permit");
+/// assert!(bulkhead.try_acquire().is_none());
+/// drop(permit);
+/// assert_eq!(bulkhead.available_permits(), 1);
+/// ```
 pub struct BulkheadPermit {
     pool: Arc<Pool>,
 }

@@ -165,6 +165,26 @@ impl TimeoutLayer {
     /// [`Deadline::current`](crate::deadline::Deadline::current) still gives
     /// the deadline to each of them, and a call no longer allocates the
     /// request's extension map or copies it into each retry.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_mesh::deadline::{Deadline, DeadlineCarrier};
+    /// use tower_mesh::timeout::TimeoutLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(TimeoutLayer::new(Duration::from_secs(2)).carry_in_request(false))
+    ///     .service_fn(|req: http::Request<()>| async move {
+    ///         // Not in the request, but current while the call runs.
+    ///         Ok::<_, std::convert::Infallible>((req.deadline(), Deadline::current()))
+    ///     });
+    /// let (carried, current) = svc.oneshot(http::Request::new(())).await.unwrap();
+    /// assert_eq!(carried, None);
+    /// assert!(current.is_some());
+    /// # }
+    /// ```
     pub fn carry_in_request(mut self, carry: bool) -> Self {
         self.carry = carry;
         self
