@@ -231,7 +231,8 @@ impl Shared {
 struct Job {
     out: Outgoing,
     reply: oneshot::Sender<Result<Receipt, PublishError>>,
-    sent_at: Instant,
+    /// When the message was last handed to a connection (set by `send`).
+    sent_at: Option<Instant>,
     sends: u32,
     _permit: OwnedSemaphorePermit,
 }
@@ -318,7 +319,14 @@ impl<T: Transport> Publisher<T> {
             changed: Arc::new(Notify::new()),
             last_error: Mutex::new(None),
         });
-        let driver = Driver { transport, rx, shared: shared.clone(), config: config.clone(), pending: BTreeMap::new() };
+        let driver = Driver {
+            transport,
+            rx,
+            metrics: SettleMetrics::new(&shared),
+            shared: shared.clone(),
+            config: config.clone(),
+            pending: BTreeMap::new(),
+        };
         handle.spawn(driver.run());
         Ok(Publisher {
             tx,
@@ -433,8 +441,7 @@ impl<T: Transport> Service<Event> for Publisher<T> {
             }
         };
         let (reply, rx) = oneshot::channel();
-        let job =
-            Job { out: Outgoing::new(event, self.mode), reply, sent_at: Instant::now(), sends: 0, _permit: permit };
+        let job = Job { out: Outgoing::new(event, self.mode), reply, sent_at: None, sends: 0, _permit: permit };
         match self.tx.try_send(job) {
             Ok(()) => ResponseFuture { rx: Some(rx), err: None },
             // Capacity equals the permits, so the channel is never full.
@@ -500,6 +507,23 @@ struct Driver<T: Transport> {
     config: PublisherConfig,
     /// Unconfirmed messages by local sequence number (send order).
     pending: BTreeMap<u64, Job>,
+    metrics: SettleMetrics,
+}
+
+/// The handles every settled message records on, made once (a failure's
+/// counter, by its kind, is looked up when it happens: failures are rare).
+struct SettleMetrics {
+    succeeded: metrics::Counter,
+    confirm_seconds: metrics::Histogram,
+}
+
+impl SettleMetrics {
+    fn new(shared: &Shared) -> Self {
+        SettleMetrics {
+            succeeded: metrics::counter!("tower_mesh_publish_total", "service" => shared.name.to_string(), "broker" => shared.broker, "outcome" => "success"),
+            confirm_seconds: metrics::histogram!("tower_mesh_publish_confirm_seconds", "service" => shared.name.to_string(), "broker" => shared.broker),
+        }
+    }
 }
 
 fn is_connection_error(e: &PublishError) -> bool {
@@ -538,6 +562,8 @@ impl<T: Transport> Driver<T> {
             };
             self.shared.set_state(ConnectionState::Connected);
 
+            // Armed before the re-sends below, so that it is due no later than any of them.
+            let mut timer = Box::pin(tokio::time::sleep(self.config.confirm_timeout));
             // Send again what the last connection left unconfirmed, in order.
             let mut confirms = FuturesUnordered::new();
             let mut broken = false;
@@ -547,7 +573,7 @@ impl<T: Transport> Driver<T> {
                 if job.sends > self.config.max_resends {
                     let job = self.pending.remove(&seq).expect("present");
                     let err = PublishError::ConnectionLost { broker: self.shared.broker, attempts: job.sends };
-                    settle(&self.shared, job, Err(err));
+                    settle(&self.shared, &self.metrics, job, Err(err));
                     continue;
                 }
                 metrics::counter!("tower_mesh_publish_resent_total", &labels).increment(1);
@@ -559,12 +585,11 @@ impl<T: Transport> Driver<T> {
                     }
                     Err(e) => {
                         let job = self.pending.remove(&seq).expect("present");
-                        settle(&self.shared, job, Err(e));
+                        settle(&self.shared, &self.metrics, job, Err(e));
                     }
                 }
             }
 
-            let mut timer = Box::pin(tokio::time::sleep(self.config.confirm_timeout));
             while !broken {
                 let step = poll_fn(|cx| {
                     if lost.poll(cx).is_ready() {
@@ -581,12 +606,15 @@ impl<T: Transport> Driver<T> {
                         }
                     }
                     if let Some((_, oldest)) = self.pending.first_key_value() {
-                        let deadline = oldest.sent_at + self.config.confirm_timeout;
-                        if timer.deadline() != deadline {
+                        // The timer's deadline is never later than the oldest
+                        // message's (deadlines only grow), so it is re-armed
+                        // only when it fires, not as every message is confirmed.
+                        while timer.as_mut().poll(cx).is_ready() {
+                            let deadline = oldest.sent_at.map_or(timer.deadline(), |t| t + self.config.confirm_timeout);
+                            if deadline <= timer.deadline() {
+                                return Poll::Ready(Step::Timeout);
+                            }
                             timer.as_mut().reset(deadline);
-                        }
-                        if timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Step::Timeout);
                         }
                     }
                     Poll::Pending
@@ -605,7 +633,7 @@ impl<T: Transport> Driver<T> {
                                 self.pending.insert(seq, job);
                                 broken = true;
                             }
-                            Err(e) => settle(&self.shared, job, Err(e)),
+                            Err(e) => settle(&self.shared, &self.metrics, job, Err(e)),
                         }
                     }
                     Step::RxClosed => {
@@ -618,7 +646,7 @@ impl<T: Transport> Driver<T> {
                         if matches!(&res, Err(e) if is_connection_error(e)) {
                             broken = true;
                         } else if let Some(job) = self.pending.remove(&seq) {
-                            settle(&self.shared, job, res);
+                            settle(&self.shared, &self.metrics, job, res);
                             if rx_closed && self.pending.is_empty() {
                                 return;
                             }
@@ -647,20 +675,20 @@ async fn send<T: Transport>(
 ) -> Result<T::Confirm, PublishError> {
     job.out.attempt = job.sends;
     job.sends += 1;
-    job.sent_at = Instant::now();
+    job.sent_at = Some(Instant::now());
     transport.publish(conn, &job.out).await
 }
 
-fn settle(shared: &Shared, job: Job, res: Result<Confirmation, PublishError>) {
-    let outcome = match &res {
-        Ok(_) => "success",
-        Err(e) => e.kind(),
-    };
-    metrics::counter!("tower_mesh_publish_total", "service" => shared.name.to_string(), "broker" => shared.broker, "outcome" => outcome)
-        .increment(1);
-    if res.is_ok() {
-        metrics::histogram!("tower_mesh_publish_confirm_seconds", "service" => shared.name.to_string(), "broker" => shared.broker)
-            .record(job.sent_at.elapsed().as_secs_f64());
+fn settle(shared: &Shared, m: &SettleMetrics, job: Job, res: Result<Confirmation, PublishError>) {
+    match &res {
+        Ok(_) => {
+            m.succeeded.increment(1);
+            if let Some(sent_at) = job.sent_at {
+                m.confirm_seconds.record(sent_at.elapsed().as_secs_f64());
+            }
+        }
+        Err(e) => metrics::counter!("tower_mesh_publish_total", "service" => shared.name.to_string(), "broker" => shared.broker, "outcome" => e.kind())
+            .increment(1),
     }
     let Job { out, reply, sends, .. } = job;
     let res = res.map(|confirmation| Receipt { event: out.event, broker: shared.broker, confirmation, sends });
@@ -848,6 +876,37 @@ mod tests {
         assert_eq!(fake.st().sent.last().map(|(id, a)| (id.clone(), *a)), Some(("e9".into(), 1)));
         fake.release(|| Ok(Confirmation::default()));
         assert_eq!(f.await.unwrap().sends, 2);
+    }
+
+    /// The confirm timeout runs from the oldest unconfirmed message's send:
+    /// a message confirmed in time moves it on to the next one, which is
+    /// given its own full timeout (the timer is re-armed only when it fires).
+    #[tokio::test(start_paused = true)]
+    async fn confirm_timeout_follows_the_oldest_unconfirmed_message() {
+        let fake = Fake::default();
+        fake.st().up = true;
+        fake.st().hold = true;
+        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
+        p.wait_connected().await.unwrap();
+        ready(&mut p).await;
+        let first = p.call(ev(1));
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        ready(&mut p).await;
+        let second = p.call(ev(2));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The first is confirmed at 9 s, within its 10 s.
+        let reply = fake.st().held.remove(0);
+        let _ = reply.send(Ok(Confirmation::default()));
+        assert_eq!(first.await.unwrap().sends, 1);
+        // At 11 s the first's deadline has passed, the second's (18 s) has not.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(fake.st().connects, 1, "no reconnect before the oldest unconfirmed message is due");
+        // Past 18 s: the second timed out; reconnect and send it again.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(fake.st().connects, 2);
+        assert_eq!(fake.st().sent.last().map(|(id, a)| (id.clone(), *a)), Some(("e2".into(), 1)));
+        fake.release(|| Ok(Confirmation::default()));
+        assert_eq!(second.await.unwrap().sends, 2);
     }
 
     #[tokio::test(start_paused = true)]
