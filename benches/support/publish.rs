@@ -19,7 +19,7 @@ use tower_mesh::timeout::TimeoutLayer;
 pub const WINDOW: usize = 256;
 pub const BATCH: usize = 1_000;
 pub const ROUND: usize = 5_000;
-pub const ROUNDS: usize = 5;
+pub const ROUNDS: usize = 9;
 
 pub fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.into())
@@ -54,7 +54,7 @@ pub fn event(i: usize) -> Event {
 /// One way of publishing: `send` starts the confirmed publish of event `i`
 /// and returns a future resolving on the broker's ack.
 pub trait Variant {
-    fn send(&mut self, i: usize) -> impl Future<Output = Pin<Box<dyn Future<Output = ()> + Send>>>;
+    fn send(&mut self, i: usize) -> impl Future<Output = Pin<Box<dyn Future<Output = ()> + Send>>> + Send;
 }
 
 /// Publish `n` events with at most `WINDOW` unconfirmed; returns the elapsed
@@ -86,7 +86,7 @@ pub struct Ours<S>(pub S);
 impl<S> Variant for Ours<S>
 where
     S: Service<Event> + Send,
-    S::Error: std::fmt::Debug,
+    S::Error: std::fmt::Debug + Send,
     S::Future: Send + 'static,
 {
     async fn send(&mut self, i: usize) -> Pin<Box<dyn Future<Output = ()> + Send>> {
@@ -133,9 +133,22 @@ pub struct Broker {
     pub cleanup: Box<dyn FnOnce(&tokio::runtime::Runtime)>,
 }
 
-pub fn runner<V: Variant + 'static>(v: V) -> Runner {
-    let mut v = v;
-    Box::new(move |rt, n| rt.block_on(drive(&mut v, n)))
+/// Each run drives the variant from a task on the runtime's workers, as a
+/// service that publishes is called (from `block_on` the bench's main thread
+/// would be a third busy thread on a two-core machine, and the variants with
+/// background tasks would pay for it most).
+pub fn runner<V: Variant + Send + 'static>(v: V) -> Runner {
+    let mut slot = Some(v);
+    Box::new(move |rt, n| {
+        let mut v = slot.take().expect("a variant runs one round at a time");
+        let task = rt.spawn(async move {
+            let out = drive(&mut v, n).await;
+            (v, out)
+        });
+        let (v, out) = rt.block_on(task).expect("the bench task panicked");
+        slot = Some(v);
+        out
+    })
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -166,11 +179,19 @@ pub fn run(brokers: impl FnOnce(&tokio::runtime::Runtime) -> Vec<Broker>) {
     }
 
     println!("\nsummary: {ROUNDS} alternating rounds of {ROUND} confirmed publishes, {WINDOW} in flight");
-    println!("{:<10} {:<18} {:>10} {:>10} {:>10} {:>8}", "broker", "variant", "msg/s", "p50 ms", "p99 ms", "ratio");
+    println!(
+        "{:<10} {:<18} {:>10} {:>19} {:>10} {:>10} {:>8}",
+        "broker", "variant", "msg/s", "(min-max of rounds)", "p50 ms", "p99 ms", "ratio"
+    );
     for b in &mut brokers {
         let mut results: [(Vec<f64>, Vec<Duration>); 3] = Default::default();
-        for _ in 0..ROUNDS {
-            for (k, f) in [&mut b.raw, &mut b.ours, &mut b.stacked].into_iter().enumerate() {
+        for round in 0..ROUNDS {
+            // Each round starts with another variant, so that none is always
+            // the one that runs after the same other (the broker may still be
+            // busy with the previous variant's work, e.g. trimming a stream).
+            let mut variants: [(usize, &mut Runner); 3] = [(0, &mut b.raw), (1, &mut b.ours), (2, &mut b.stacked)];
+            variants.rotate_left(round % 3);
+            for (k, f) in variants {
                 let (elapsed, lat) = f(&rt, ROUND);
                 results[k].0.push(ROUND as f64 / elapsed.as_secs_f64());
                 results[k].1.extend(lat);
@@ -183,10 +204,11 @@ pub fn run(brokers: impl FnOnce(&tokio::runtime::Runtime) -> Vec<Broker>) {
             lat.sort();
             let name = ["raw client", "publisher service", "full stack"][k];
             println!(
-                "{:<10} {:<18} {:>10.0} {:>10.2} {:>10.2} {:>8.3}",
+                "{:<10} {:<18} {:>10.0} {:>19} {:>10.2} {:>10.2} {:>8.3}",
                 b.name,
                 name,
                 medians[k],
+                format!("({:.0}-{:.0})", tput[0], tput[tput.len() - 1]),
                 percentile(lat, 0.50).as_secs_f64() * 1e3,
                 percentile(lat, 0.99).as_secs_f64() * 1e3,
                 medians[k] / medians[0]
