@@ -11,7 +11,7 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -27,10 +27,13 @@ use crate::error::BoxError;
 
 /// One broker's client, driven by a [`Publisher`].
 ///
-/// The publisher owns the transport on a background task: it calls
-/// [`connect`](Transport::connect) (again after a connection is lost, with
-/// backoff), then [`publish`](Transport::publish) for every message in order,
-/// and waits for the returned confirmations.
+/// The publisher owns the transport in one state machine, its connection
+/// task: it calls [`connect`](Transport::connect) (again after a connection
+/// is lost, with backoff), then [`publish`](Transport::publish) for every
+/// message in order, and waits for the returned confirmations. The state
+/// machine is polled by one thread at a time — the connection task or, right
+/// after handing over a message, the caller — always in the context of the
+/// runtime the publisher was started on.
 ///
 /// Errors tell the publisher what to do: a [`PublishError::ConnectionLost`]
 /// or [`PublishError::ConfirmTimeout`] from `publish` or from a confirmation
@@ -259,29 +262,161 @@ type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Acquir
 ///   message (it is already on its way); its capacity is released when the
 ///   broker confirms it.
 ///
+/// - **Sending**: `call` hands the message to the connection from the
+///   caller's task when no other thread is doing the connection's work at
+///   that moment (otherwise that thread takes it), so a message does not
+///   wait for the connection task to be scheduled.
+///
 /// Clones share the connection and the in-flight bound. The connection task
 /// ends when every clone is dropped and every accepted message is settled.
 pub struct Publisher<T: Transport> {
-    tx: mpsc::Sender<Job>,
-    semaphore: Arc<Semaphore>,
+    /// What the clones share, behind one pointer: a clone (one per call
+    /// under a retry layer) costs one reference count.
+    handles: Arc<Handles>,
     permit: Option<OwnedSemaphorePermit>,
     /// Waiting for capacity (slow path only: the fast path takes a permit without allocating).
     acquiring: Option<Acquiring>,
     waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
-    shared: Arc<Shared>,
     mode: ContentMode,
     _transport: std::marker::PhantomData<fn() -> T>,
+}
+
+/// The parts of a [`Publisher`] its clones share.
+struct Handles {
+    tx: mpsc::Sender<Job>,
+    semaphore: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    driver: Arc<DriverCell>,
+}
+
+/// The connection task's future, shared by the task and the publisher's
+/// handles: `call` polls it right after handing a message over, so the
+/// message goes to the connection from the caller's task instead of waiting
+/// for the connection task to be scheduled (one task hop, and the wake-up of
+/// that task, less per message).
+///
+/// One poller at a time: a poller first moves [`DriverWake::state`] from
+/// idle to running. It always polls with the [`DriverWake`] waker, so the
+/// wake-ups the future registers go to the connection task, never to a caller
+/// that happened to poll it once; a wake-up while it runs only marks it
+/// notified, and the poller polls again (the connection task) or wakes the
+/// connection task (a caller, which gets back to its own work).
+struct DriverCell {
+    /// Locked only by the poller that set the state to running.
+    fut: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+    wake: Arc<DriverWake>,
+    waker: Waker,
+    /// The runtime the publisher was started on: the future is polled in
+    /// its context, whichever thread polls it.
+    runtime: tokio::runtime::Handle,
+}
+
+const IDLE: u8 = 0;
+const RUNNING: u8 = 1;
+const NOTIFIED: u8 = 2;
+
+/// Wakes the connection task, unless a poller is at work (then notes that
+/// it must poll again).
+struct DriverWake {
+    task: AtomicWaker,
+    state: AtomicU8,
+}
+
+impl Wake for DriverWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            match state {
+                IDLE => return self.task.wake(),
+                RUNNING => match self.state.compare_exchange(RUNNING, NOTIFIED, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return,
+                    Err(now) => state = now,
+                },
+                _ => return,
+            }
+        }
+    }
+}
+
+impl DriverCell {
+    fn new(fut: impl Future<Output = ()> + Send + 'static, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        let wake = Arc::new(DriverWake { task: AtomicWaker::new(), state: AtomicU8::new(IDLE) });
+        Arc::new(DriverCell { fut: Mutex::new(Some(Box::pin(fut))), waker: Waker::from(wake.clone()), wake, runtime })
+    }
+
+    /// Become the poller, if no one else is.
+    fn claim(&self) -> bool {
+        self.wake.state.compare_exchange(IDLE, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Poll the driver, after a successful [`claim`](Self::claim); `true`
+    /// once it has finished. A caller (`helping`) polls it once and leaves
+    /// what came up meanwhile to the connection task.
+    fn run(&self, helping: bool) -> bool {
+        let _runtime = self.runtime.enter();
+        loop {
+            let mut slot = self.fut.lock().unwrap_or_else(|poisoned| {
+                // It panicked while being polled: it cannot go on.
+                let mut slot = poisoned.into_inner();
+                *slot = None;
+                slot
+            });
+            // This poll covers every wake-up so far.
+            self.wake.state.store(RUNNING, Ordering::Release);
+            let finished = match slot.as_mut() {
+                None => true,
+                Some(fut) => fut.as_mut().poll(&mut Context::from_waker(&self.waker)).is_ready(),
+            };
+            if finished {
+                *slot = None;
+                drop(slot);
+                self.wake.state.store(IDLE, Ordering::Release);
+                // Finished by a caller: let the connection task see it and end.
+                self.wake.task.wake();
+                return true;
+            }
+            drop(slot);
+            if self.wake.state.swap(IDLE, Ordering::AcqRel) != NOTIFIED {
+                return false;
+            }
+            if helping {
+                self.wake.task.wake();
+                return false;
+            }
+            if !self.claim() {
+                return false;
+            }
+        }
+    }
+
+    /// The connection task: polls the driver whenever it is woken.
+    async fn run_task(self: Arc<Self>) {
+        poll_fn(|cx| {
+            self.wake.task.register(cx.waker());
+            if self.claim() && self.run(false) {
+                return Poll::Ready(());
+            }
+            // Finished by a caller.
+            if self.fut.try_lock().is_ok_and(|slot| slot.is_none()) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 impl<T: Transport> Clone for Publisher<T> {
     fn clone(&self) -> Self {
         Publisher {
-            tx: self.tx.clone(),
-            semaphore: self.semaphore.clone(),
+            handles: self.handles.clone(),
             permit: None,
             acquiring: None,
             waiting: None,
-            shared: self.shared.clone(),
             mode: self.mode,
             _transport: std::marker::PhantomData,
         }
@@ -291,10 +426,10 @@ impl<T: Transport> Clone for Publisher<T> {
 impl<T: Transport> fmt::Debug for Publisher<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
-            .field("broker", &self.shared.broker)
-            .field("name", &self.shared.name)
-            .field("state", &self.shared.state())
-            .field("available", &self.semaphore.available_permits())
+            .field("broker", &self.handles.shared.broker)
+            .field("name", &self.handles.shared.name)
+            .field("state", &self.handles.shared.state())
+            .field("available", &self.handles.semaphore.available_permits())
             .finish()
     }
 }
@@ -327,14 +462,13 @@ impl<T: Transport> Publisher<T> {
             config: config.clone(),
             pending: BTreeMap::new(),
         };
-        handle.spawn(driver.run());
+        let driver = DriverCell::new(driver.run(), handle.clone());
+        handle.spawn(driver.clone().run_task());
         Ok(Publisher {
-            tx,
-            semaphore,
+            handles: Arc::new(Handles { tx, semaphore, shared, driver }),
             permit: None,
             acquiring: None,
             waiting: None,
-            shared,
             mode: config.mode,
             _transport: std::marker::PhantomData,
         })
@@ -342,19 +476,19 @@ impl<T: Transport> Publisher<T> {
 
     /// The current connection state.
     pub fn state(&self) -> ConnectionState {
-        self.shared.state()
+        self.handles.shared.state()
     }
 
     /// Wait until connected (`Ok`) or until a connection attempt fails
     /// ([`PublishError::Unavailable`]).
     pub async fn wait_connected(&self) -> Result<(), PublishError> {
         loop {
-            let notified = self.shared.changed.notified();
+            let notified = self.handles.shared.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.shared.state() {
+            match self.handles.shared.state() {
                 ConnectionState::Connected => return Ok(()),
-                ConnectionState::Down => return Err(self.shared.unavailable()),
+                ConnectionState::Down => return Err(self.handles.shared.unavailable()),
                 ConnectionState::Connecting => notified.await,
             }
         }
@@ -362,7 +496,7 @@ impl<T: Transport> Publisher<T> {
 
     /// Messages accepted and not yet settled.
     pub fn in_flight(&self) -> usize {
-        self.tx.max_capacity() - self.semaphore.available_permits()
+        self.handles.tx.max_capacity() - self.handles.semaphore.available_permits()
     }
 
     /// Wait while connecting. `Ready(true)` when connected, `Ready(false)` when down.
@@ -371,7 +505,7 @@ impl<T: Transport> Publisher<T> {
             if let Some(waiting) = &mut self.waiting {
                 waiting.as_mut().enable();
             }
-            match self.shared.state() {
+            match self.handles.shared.state() {
                 ConnectionState::Connected => {
                     self.waiting = None;
                     return Poll::Ready(true);
@@ -381,7 +515,7 @@ impl<T: Transport> Publisher<T> {
                     return Poll::Ready(false);
                 }
                 ConnectionState::Connecting => match &mut self.waiting {
-                    None => self.waiting = Some(Box::pin(self.shared.changed.clone().notified_owned())),
+                    None => self.waiting = Some(Box::pin(self.handles.shared.changed.clone().notified_owned())),
                     Some(waiting) => {
                         ready!(waiting.as_mut().poll(cx));
                         self.waiting = None;
@@ -404,14 +538,14 @@ impl<T: Transport> Service<Event> for Publisher<T> {
         }
         if self.permit.is_none() {
             if self.acquiring.is_none() {
-                match self.semaphore.clone().try_acquire_owned() {
+                match self.handles.semaphore.clone().try_acquire_owned() {
                     Ok(permit) => {
                         self.permit = Some(permit);
                         return Poll::Ready(Ok(()));
                     }
                     Err(TryAcquireError::Closed) => return Poll::Ready(Err(PublishError::Closed)),
                     Err(TryAcquireError::NoPermits) => {
-                        self.acquiring = Some(Box::pin(self.semaphore.clone().acquire_owned()));
+                        self.acquiring = Some(Box::pin(self.handles.semaphore.clone().acquire_owned()));
                     }
                 }
             }
@@ -431,18 +565,29 @@ impl<T: Transport> Service<Event> for Publisher<T> {
         let permit = match self.permit.take() {
             Some(p) => p,
             None => {
-                if self.shared.state() != ConnectionState::Connected {
-                    return ResponseFuture::failed(self.shared.unavailable());
+                if self.handles.shared.state() != ConnectionState::Connected {
+                    return ResponseFuture::failed(self.handles.shared.unavailable());
                 }
-                match self.semaphore.clone().try_acquire_owned() {
+                match self.handles.semaphore.clone().try_acquire_owned() {
                     Ok(p) => p,
-                    Err(_) => return ResponseFuture::failed(PublishError::Overloaded { broker: self.shared.broker }),
+                    Err(_) => {
+                        return ResponseFuture::failed(PublishError::Overloaded { broker: self.handles.shared.broker })
+                    }
                 }
             }
         };
         let (reply, rx) = oneshot::channel();
         let job = Job { out: Outgoing::new(event, self.mode), reply, sent_at: None, sends: 0, _permit: permit };
-        match self.tx.try_send(job) {
+        // Become the driver's poller before queueing the message, so that
+        // queueing it does not wake the connection task for nothing: this
+        // task hands it to the connection right away.
+        let driver = &self.handles.driver;
+        let polling = driver.claim();
+        let sent = self.handles.tx.try_send(job);
+        if polling {
+            driver.run(true);
+        }
+        match sent {
             Ok(()) => ResponseFuture { rx: Some(rx), err: None },
             // Capacity equals the permits, so the channel is never full.
             Err(_) => ResponseFuture::failed(PublishError::Closed),
@@ -876,6 +1021,79 @@ mod tests {
         assert_eq!(fake.st().sent.last().map(|(id, a)| (id.clone(), *a)), Some(("e9".into(), 1)));
         fake.release(|| Ok(Confirmation::default()));
         assert_eq!(f.await.unwrap().sends, 2);
+    }
+
+    /// `call` hands the message to the connection itself, from the caller's
+    /// task: it is sent before the connection task gets to run, and the
+    /// connection task is not woken for it.
+    #[tokio::test(start_paused = true)]
+    async fn call_sends_from_the_callers_task() {
+        let fake = Fake::default();
+        fake.st().up = true;
+        fake.st().hold = true;
+        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
+        p.wait_connected().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(p.handles.driver.wake.state.load(Ordering::Acquire), IDLE);
+        for n in 0..3 {
+            ready(&mut p).await;
+            drop(p.call(ev(n)));
+            // No await in between: sent by `call`.
+            assert_eq!(fake.st().sent.len(), n as usize + 1);
+        }
+        assert_eq!(p.handles.driver.wake.state.load(Ordering::Acquire), IDLE, "no wake-up left for the task");
+        // Confirmations, which arrive while no caller polls, are the connection task's.
+        let futs: Vec<_> = (3..5).map(|n| p.call(ev(n))).collect();
+        fake.release(|| Ok(Confirmation::default()));
+        for f in futs {
+            assert_eq!(f.await.unwrap().sends, 1);
+        }
+    }
+
+    /// Callers on several threads poll the driver in turn with the
+    /// connection task: every message is sent once and confirmed, and the
+    /// connection task ends once the publishers are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_on_several_threads_share_the_driver() {
+        let fake = Fake::default();
+        fake.st().up = true;
+        let p = Publisher::new(fake.clone(), config(16)).unwrap();
+        p.wait_connected().await.unwrap();
+        let weak = Arc::downgrade(&p.handles.driver);
+        let tasks: Vec<_> = (0..4u32)
+            .map(|t| {
+                let mut p = p.clone();
+                tokio::spawn(async move {
+                    let mut pending = FuturesUnordered::new();
+                    for n in 0..500 {
+                        ready(&mut p).await;
+                        pending.push(p.call(ev(t * 1000 + n)));
+                        if pending.len() >= 8 {
+                            pending.next().await.unwrap().unwrap();
+                        }
+                    }
+                    while let Some(r) = pending.next().await {
+                        r.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut ids: Vec<_> = fake.st().sent.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(ids.len(), 2000);
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 2000, "each message sent once");
+        drop(p);
+        for _ in 0..100 {
+            if weak.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the connection task did not end");
     }
 
     /// The confirm timeout runs from the oldest unconfirmed message's send:
