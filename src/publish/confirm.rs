@@ -835,7 +835,9 @@ fn settle(shared: &Shared, m: &SettleMetrics, job: Job, res: Result<Confirmation
         Err(e) => metrics::counter!("tower_mesh_publish_total", "service" => shared.name.to_string(), "broker" => shared.broker, "outcome" => e.kind())
             .increment(1),
     }
-    let Job { out, reply, sends, .. } = job;
+    let Job { out, reply, sends, _permit: permit, .. } = job;
+    // The capacity first: the caller, told next, may want it for its next message at once.
+    drop(permit);
     let res = res.map(|confirmation| Receipt { event: out.event, broker: shared.broker, confirmation, sends });
     // The caller may have dropped its future: nothing to tell then.
     let _ = reply.send(res);
