@@ -46,9 +46,9 @@ impl<K: Hash + Eq> Registry<K> {
             Some(pool) => pool,
             None => {
                 if pools.map.len() >= pools.sweep_at {
-                    // Only the map holds an idle partition's pool: every
-                    // permit and every waiter holds a clone.
-                    pools.map.retain(|_, pool| Arc::strong_count(pool) > 1);
+                    // An idle partition: no permit taken, and only the map
+                    // holds its pool (every waiter holds a clone).
+                    pools.map.retain(|_, pool| Arc::strong_count(pool) > 1 || pool.in_use());
                     pools.sweep_at = (pools.map.len() * 2).max(MIN_SWEEP);
                 }
                 pools.map.entry(key).or_insert_with(|| Arc::new(Pool::new(max)))

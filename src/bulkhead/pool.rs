@@ -7,42 +7,53 @@
 //! look for waiters, which `tower::limit::ConcurrencyLimit` pays on every
 //! call.)
 //!
+//! Striped: the permits are split into stripes, one per CPU (each with at
+//! least [`MIN_PER_STRIPE`] permits), each on a cache line of its own. A
+//! thread takes from its own stripe and, when that one is empty, from the
+//! others; the permit goes back to the stripe it came from. Calls on
+//! different threads then touch different cache lines, so the bulkhead
+//! scales with threads instead of making them wait for one line. The limit
+//! stays exact: the stripes' permits add up to it.
+//!
 //! Fairness: while anyone waits, a new call does not take a free permit past
 //! it but queues too, and [`Notify`] wakes waiters in order.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+/// A stripe gets at least this many permits (fewer stripes for a small bulkhead).
+const MIN_PER_STRIPE: usize = 8;
+
+/// At most this many stripes.
+const MAX_STRIPES: usize = 16;
+
 /// A pool of permits.
 pub(crate) struct Pool {
-    available: AtomicUsize,
+    stripes: Box<[Arc<Stripe>]>,
+    common: Arc<Common>,
+}
+
+/// The part of a pool every stripe refers to: read on every call, written
+/// only by calls that wait.
+struct Common {
     waiters: AtomicUsize,
     notify: Notify,
 }
 
-impl Pool {
-    pub(crate) fn new(permits: usize) -> Self {
-        Pool { available: AtomicUsize::new(permits), waiters: AtomicUsize::new(0), notify: Notify::new() }
-    }
+/// Some of a pool's permits, on a cache line of its own (the permits taken
+/// from it hold a reference to it, and count on that line too).
+#[repr(align(128))]
+struct Stripe {
+    available: AtomicUsize,
+    common: Arc<Common>,
+}
 
-    /// Permits free right now.
-    pub(crate) fn available_permits(&self) -> usize {
-        self.available.load(Ordering::Relaxed)
-    }
-
-    /// A free permit, unless there is none or calls are waiting for one.
-    #[inline]
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<BulkheadPermit> {
-        if self.waiters.load(Ordering::SeqCst) != 0 {
-            return None;
-        }
-        self.take().then(|| BulkheadPermit { pool: self.clone() })
-    }
-
-    /// Take one free permit (waiters or not).
+impl Stripe {
+    /// Take one free permit of this stripe.
     #[inline]
     fn take(&self) -> bool {
         let mut n = self.available.load(Ordering::Relaxed);
@@ -57,29 +68,116 @@ impl Pool {
         }
     }
 
+    #[inline]
+    fn release(&self) {
+        self.available.fetch_add(1, Ordering::SeqCst);
+        if self.common.waiters.load(Ordering::SeqCst) != 0 {
+            self.common.notify.notify_one();
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's stripe: threads are numbered in the order they first
+    /// take a permit, and thread `n` starts with stripe `n % stripes`.
+    static THREAD_NUMBER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+static NEXT_THREAD_NUMBER: AtomicUsize = AtomicUsize::new(0);
+
+#[inline]
+fn thread_number() -> usize {
+    THREAD_NUMBER
+        .try_with(|n| match n.get() {
+            Some(n) => n,
+            None => {
+                let next = NEXT_THREAD_NUMBER.fetch_add(1, Ordering::Relaxed);
+                n.set(Some(next));
+                next
+            }
+        })
+        // Called while the thread's locals are being destroyed: any stripe will do.
+        .unwrap_or(0)
+}
+
+impl Pool {
+    pub(crate) fn new(permits: usize) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::with_stripes(permits, (permits / MIN_PER_STRIPE).clamp(1, cpus.clamp(1, MAX_STRIPES)))
+    }
+
+    /// `permits` split over `count` stripes (at least one).
+    fn with_stripes(permits: usize, count: usize) -> Self {
+        let count = count.max(1);
+        let common = Arc::new(Common { waiters: AtomicUsize::new(0), notify: Notify::new() });
+        let stripes = (0..count)
+            .map(|i| {
+                // The first `permits % count` stripes get one more.
+                let share = permits / count + usize::from(i < permits % count);
+                Arc::new(Stripe { available: AtomicUsize::new(share), common: common.clone() })
+            })
+            .collect();
+        Pool { stripes, common }
+    }
+
+    /// Permits free right now.
+    pub(crate) fn available_permits(&self) -> usize {
+        self.stripes.iter().map(|s| s.available.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Whether any permit is taken (each holds a reference to its stripe).
+    pub(crate) fn in_use(&self) -> bool {
+        self.stripes.iter().any(|s| Arc::strong_count(s) > 1)
+    }
+
+    /// A free permit, unless there is none or calls are waiting for one.
+    #[inline]
+    pub(crate) fn try_acquire(&self) -> Option<BulkheadPermit> {
+        if self.common.waiters.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        self.take()
+    }
+
+    /// Take one free permit (waiters or not): from this thread's stripe
+    /// first, then from the others in turn.
+    #[inline]
+    fn take(&self) -> Option<BulkheadPermit> {
+        let n = self.stripes.len();
+        let first = if n == 1 { 0 } else { thread_number() % n };
+        let own = &self.stripes[first];
+        if own.take() {
+            return Some(BulkheadPermit { stripe: own.clone() });
+        }
+        self.take_elsewhere(first)
+    }
+
+    #[cold]
+    fn take_elsewhere(&self, first: usize) -> Option<BulkheadPermit> {
+        let n = self.stripes.len();
+        (1..n).map(|i| &self.stripes[(first + i) % n]).find(|s| s.take()).map(|s| BulkheadPermit { stripe: s.clone() })
+    }
+
     /// Wait for a permit, in line with the other waiters. Dropping the future
     /// leaves the line (and passes on a wake-up it got but did not use).
     pub(crate) async fn acquire(self: Arc<Self>) -> BulkheadPermit {
-        let _waiting = Waiting::new(&self.waiters);
+        let _waiting = Waiting::new(&self.common);
         loop {
-            let notified = self.notify.notified();
+            let notified = self.common.notify.notified();
             tokio::pin!(notified);
             // Registered before looking, so a permit returned between the
             // look and the wait still wakes us.
             notified.as_mut().enable();
-            if self.take() {
-                return BulkheadPermit { pool: self.clone() };
+            if let Some(permit) = self.take() {
+                return permit;
             }
             notified.await;
         }
     }
 
-    #[inline]
-    fn release(&self) {
-        self.available.fetch_add(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) != 0 {
-            self.notify.notify_one();
-        }
+    #[cfg(test)]
+    fn waiters(&self) -> usize {
+        self.common.waiters.load(Ordering::SeqCst)
     }
 }
 
@@ -87,24 +185,25 @@ impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("available", &self.available_permits())
-            .field("waiters", &self.waiters.load(Ordering::Relaxed))
+            .field("stripes", &self.stripes.len())
+            .field("waiters", &self.common.waiters.load(Ordering::Relaxed))
             .finish()
     }
 }
 
 /// Counts a waiter in for as long as it waits (also when its future is dropped).
-struct Waiting<'a>(&'a AtomicUsize);
+struct Waiting<'a>(&'a Common);
 
 impl<'a> Waiting<'a> {
-    fn new(waiters: &'a AtomicUsize) -> Self {
-        waiters.fetch_add(1, Ordering::SeqCst);
-        Waiting(waiters)
+    fn new(common: &'a Common) -> Self {
+        common.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(common)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -122,13 +221,13 @@ impl Drop for Waiting<'_> {
 /// assert_eq!(bulkhead.available_permits(), 1);
 /// ```
 pub struct BulkheadPermit {
-    pool: Arc<Pool>,
+    stripe: Arc<Stripe>,
 }
 
 impl Drop for BulkheadPermit {
     #[inline]
     fn drop(&mut self) {
-        self.pool.release();
+        self.stripe.release();
     }
 }
 
@@ -183,7 +282,7 @@ mod tests {
         assert_eq!(order, [0, 1, 2]);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(pool.available_permits(), 1);
-        assert_eq!(pool.waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(pool.waiters(), 0);
         assert!(pool.try_acquire().is_some());
     }
 
@@ -217,7 +316,72 @@ mod tests {
         }
         assert!(most.load(Ordering::SeqCst) <= 3);
         assert_eq!(pool.available_permits(), 3);
-        assert_eq!(pool.waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(pool.waiters(), 0);
+    }
+
+    #[test]
+    fn stripes_split_the_permits_and_a_thread_takes_from_the_others_when_its_own_is_empty() {
+        let pool = Pool::with_stripes(10, 3);
+        let shares: Vec<_> = pool.stripes.iter().map(|s| s.available.load(Ordering::SeqCst)).collect();
+        assert_eq!(shares, [4, 3, 3]);
+        let held: Vec<_> = (0..10).map(|_| pool.try_acquire().expect("a free permit in some stripe")).collect();
+        assert!(pool.try_acquire().is_none(), "the limit is the sum of the stripes");
+        assert_eq!(pool.available_permits(), 0);
+        drop(held);
+        let shares: Vec<_> = pool.stripes.iter().map(|s| s.available.load(Ordering::SeqCst)).collect();
+        assert_eq!(shares, [4, 3, 3], "each permit went back to its own stripe");
+        // Small pools keep one stripe; large ones at most one per CPU.
+        assert_eq!(Pool::new(MIN_PER_STRIPE * 2 - 1).stripes.len(), 1);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(Pool::new(1024).stripes.len(), cpus.clamp(1, MAX_STRIPES));
+        assert_eq!(Pool::new(1024).available_permits(), 1024);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn striped_under_contention_never_more_than_the_permits_and_all_come_back() {
+        let pool = Arc::new(Pool::with_stripes(6, 4));
+        let (inside, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (pool, inside, most) = (pool.clone(), inside.clone(), most.clone());
+                tokio::spawn(async move {
+                    for i in 0..2_000 {
+                        let permit =
+                            if (t + i) % 2 == 0 { Some(pool.clone().acquire().await) } else { pool.try_acquire() };
+                        if let Some(permit) = permit {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            if i % 5 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            drop(permit);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(most.load(Ordering::SeqCst) <= 6);
+        assert_eq!(pool.available_permits(), 6);
+        assert_eq!(pool.waiters(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gets_a_permit_returned_to_any_stripe() {
+        let pool = Arc::new(Pool::with_stripes(2, 2));
+        let (a, b) = (pool.try_acquire().unwrap(), pool.try_acquire().unwrap());
+        let waiter = tokio::spawn(pool.clone().acquire());
+        tokio::task::yield_now().await;
+        assert_eq!(pool.waiters(), 1);
+        // Returned to the stripe it came from, which may not be the waiter's.
+        drop(b);
+        let permit = waiter.await.unwrap();
+        assert_eq!(pool.available_permits(), 0);
+        drop((a, permit));
+        assert_eq!(pool.available_permits(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -227,12 +391,12 @@ mod tests {
         let gives_up = tokio::time::timeout(Duration::from_millis(5), pool.clone().acquire());
         let stays = tokio::spawn(pool.clone().acquire());
         assert!(gives_up.await.is_err());
-        assert_eq!(pool.waiters.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.waiters(), 1);
         drop(held);
         let permit = stays.await.unwrap();
         assert_eq!(pool.available_permits(), 0);
         drop(permit);
         assert_eq!(pool.available_permits(), 1);
-        assert_eq!(pool.waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(pool.waiters(), 0);
     }
 }
