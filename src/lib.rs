@@ -22,6 +22,8 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 #[cfg(feature = "retry")]
 pub mod retry;
+#[cfg(any(feature = "bulkhead", feature = "circuit-breaker"))]
+mod stripe;
 #[cfg(feature = "timeout")]
 pub mod timeout;
 

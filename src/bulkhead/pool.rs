@@ -7,8 +7,9 @@
 //! look for waiters, which `tower::limit::ConcurrencyLimit` pays on every
 //! call.)
 //!
-//! Striped: the permits are split into stripes, one per CPU (each with at
-//! least [`MIN_PER_STRIPE`] permits), each on a cache line of its own. A
+//! Striped: the permits are split into stripes, about one per CPU (a power
+//! of two, each with at least [`MIN_PER_STRIPE`] permits), each on a cache
+//! line of its own. A
 //! thread takes from its own stripe and, when that one is empty, from the
 //! others; the permit goes back to the stripe it came from. Calls on
 //! different threads then touch different cache lines, so the bulkhead
@@ -18,18 +19,16 @@
 //! Fairness: while anyone waits, a new call does not take a free permit past
 //! it but queues too, and [`Notify`] wakes waiters in order.
 
-use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::stripe;
+
 /// A stripe gets at least this many permits (fewer stripes for a small bulkhead).
 const MIN_PER_STRIPE: usize = 8;
-
-/// At most this many stripes.
-const MAX_STRIPES: usize = 16;
 
 /// A pool of permits.
 pub(crate) struct Pool {
@@ -77,38 +76,15 @@ impl Stripe {
     }
 }
 
-thread_local! {
-    /// This thread's stripe: threads are numbered in the order they first
-    /// take a permit, and thread `n` starts with stripe `n % stripes`.
-    static THREAD_NUMBER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-static NEXT_THREAD_NUMBER: AtomicUsize = AtomicUsize::new(0);
-
-#[inline]
-fn thread_number() -> usize {
-    THREAD_NUMBER
-        .try_with(|n| match n.get() {
-            Some(n) => n,
-            None => {
-                let next = NEXT_THREAD_NUMBER.fetch_add(1, Ordering::Relaxed);
-                n.set(Some(next));
-                next
-            }
-        })
-        // Called while the thread's locals are being destroyed: any stripe will do.
-        .unwrap_or(0)
-}
-
 impl Pool {
     pub(crate) fn new(permits: usize) -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        Self::with_stripes(permits, (permits / MIN_PER_STRIPE).clamp(1, cpus.clamp(1, MAX_STRIPES)))
+        Self::with_stripes(permits, stripe::count(permits / MIN_PER_STRIPE))
     }
 
-    /// `permits` split over `count` stripes (at least one).
+    /// `permits` split over `count` stripes, rounded down to a power of two
+    /// (a thread finds its stripe with a mask, not a division).
     fn with_stripes(permits: usize, count: usize) -> Self {
-        let count = count.max(1);
+        let count = 1 << count.max(1).ilog2();
         let common = Arc::new(Common { waiters: AtomicUsize::new(0), notify: Notify::new() });
         let stripes = (0..count)
             .map(|i| {
@@ -144,7 +120,7 @@ impl Pool {
     #[inline]
     fn take(&self) -> Option<BulkheadPermit> {
         let n = self.stripes.len();
-        let first = if n == 1 { 0 } else { thread_number() % n };
+        let first = if n == 1 { 0 } else { stripe::thread_number() & (n - 1) };
         let own = &self.stripes[first];
         if own.take() {
             return Some(BulkheadPermit { stripe: own.clone() });
@@ -155,7 +131,10 @@ impl Pool {
     #[cold]
     fn take_elsewhere(&self, first: usize) -> Option<BulkheadPermit> {
         let n = self.stripes.len();
-        (1..n).map(|i| &self.stripes[(first + i) % n]).find(|s| s.take()).map(|s| BulkheadPermit { stripe: s.clone() })
+        (1..n)
+            .map(|i| &self.stripes[(first + i) & (n - 1)])
+            .find(|s| s.take())
+            .map(|s| BulkheadPermit { stripe: s.clone() })
     }
 
     /// Wait for a permit, in line with the other waiters. Dropping the future
@@ -321,19 +300,19 @@ mod tests {
 
     #[test]
     fn stripes_split_the_permits_and_a_thread_takes_from_the_others_when_its_own_is_empty() {
-        let pool = Pool::with_stripes(10, 3);
+        let pool = Pool::with_stripes(10, 4);
         let shares: Vec<_> = pool.stripes.iter().map(|s| s.available.load(Ordering::SeqCst)).collect();
-        assert_eq!(shares, [4, 3, 3]);
+        assert_eq!(shares, [3, 3, 2, 2]);
+        assert_eq!(Pool::with_stripes(10, 3).stripes.len(), 2, "a power of two");
         let held: Vec<_> = (0..10).map(|_| pool.try_acquire().expect("a free permit in some stripe")).collect();
         assert!(pool.try_acquire().is_none(), "the limit is the sum of the stripes");
         assert_eq!(pool.available_permits(), 0);
         drop(held);
         let shares: Vec<_> = pool.stripes.iter().map(|s| s.available.load(Ordering::SeqCst)).collect();
-        assert_eq!(shares, [4, 3, 3], "each permit went back to its own stripe");
+        assert_eq!(shares, [3, 3, 2, 2], "each permit went back to its own stripe");
         // Small pools keep one stripe; large ones at most one per CPU.
         assert_eq!(Pool::new(MIN_PER_STRIPE * 2 - 1).stripes.len(), 1);
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(Pool::new(1024).stripes.len(), cpus.clamp(1, MAX_STRIPES));
+        assert_eq!(Pool::new(1024).stripes.len(), stripe::count(usize::MAX));
         assert_eq!(Pool::new(1024).available_permits(), 1024);
     }
 

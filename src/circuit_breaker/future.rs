@@ -1,5 +1,6 @@
-//! The response future.
+//! The response future, and what it holds of its breaker.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,47 +11,179 @@ use tokio::time::Instant;
 
 use super::state::{Rec, Shared};
 use crate::classify::{Classify, Outcome, OutcomeRecorder};
+use crate::stripe;
 use crate::BoxError;
 
+mod sealed {
+    /// What a response future holds of its breaker: the state it records in
+    /// and the classifier.
+    pub trait Holder {
+        type Classifier;
+        fn shared(&self) -> &super::Shared;
+        fn shared_arc(&self) -> std::sync::Arc<super::Shared>;
+        fn classifier(&self) -> &Self::Classifier;
+    }
+}
+use sealed::Holder;
+
+/// One breaker's state and classifier, in several copies (one per stripe,
+/// each on a cache line of its own): a call takes a reference to its
+/// thread's copy, so calls on different threads do not all count on one
+/// reference count.
+pub(crate) struct Stripes<C> {
+    stripes: Box<[Arc<Stripe<C>>]>,
+}
+
+#[repr(align(128))]
+struct Stripe<C> {
+    shared: Arc<Shared>,
+    // Behind a pointer: a classifier can be large (an HTTP one is 256 bytes).
+    classifier: Arc<C>,
+}
+
+impl<C: fmt::Debug> fmt::Debug for Stripes<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stripes")
+            .field("breaker", &self.shared().name)
+            .field("classifier", self.classifier())
+            .field("stripes", &self.stripes.len())
+            .finish()
+    }
+}
+
+impl<C> Stripes<C> {
+    pub(crate) fn new(shared: Arc<Shared>, classifier: C) -> Self {
+        let classifier = Arc::new(classifier);
+        let stripes = (0..stripe::count(usize::MAX))
+            .map(|_| Arc::new(Stripe { shared: shared.clone(), classifier: classifier.clone() }))
+            .collect();
+        Stripes { stripes }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.stripes[0].shared
+    }
+
+    pub(crate) fn classifier(&self) -> &C {
+        &self.stripes[0].classifier
+    }
+
+    /// A reference for a call on this thread.
+    #[inline]
+    pub(crate) fn get(&self) -> BreakerRef<C> {
+        let n = self.stripes.len();
+        let i = if n == 1 { 0 } else { stripe::thread_number() & (n - 1) };
+        BreakerRef(self.stripes[i].clone())
+    }
+}
+
+/// What a [`CircuitBreaker`](super::CircuitBreaker)'s response future holds of
+/// the breaker: a reference to its state and classifier.
+pub struct BreakerRef<C>(Arc<Stripe<C>>);
+
+impl<C> fmt::Debug for BreakerRef<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BreakerRef").field(&self.0.shared.name).finish()
+    }
+}
+
+impl<C> Holder for BreakerRef<C> {
+    type Classifier = C;
+    #[inline]
+    fn shared(&self) -> &Shared {
+        &self.0.shared
+    }
+    fn shared_arc(&self) -> Arc<Shared> {
+        self.0.shared.clone()
+    }
+    #[inline]
+    fn classifier(&self) -> &C {
+        &self.0.classifier
+    }
+}
+
+/// What a [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker)'s response
+/// future holds: its key's breaker state and the classifier.
+pub struct KeyedRef<C> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) classifier: C,
+}
+
+impl<C> fmt::Debug for KeyedRef<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyedRef").field(&self.shared.name).finish()
+    }
+}
+
+impl<C> Holder for KeyedRef<C> {
+    type Classifier = C;
+    #[inline]
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+    fn shared_arc(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+    #[inline]
+    fn classifier(&self) -> &C {
+        &self.classifier
+    }
+}
+
 /// An admitted call's bookkeeping: records exactly once — when the call
-/// completes, when the deferred outcome arrives, or (as cancelled) when dropped.
-/// A half-open probe's slot is released by that record.
+/// completes, when the deferred outcome arrives, or (as cancelled) when
+/// dropped. A half-open probe's slot is released by that record.
 #[derive(Debug)]
 pub(crate) struct Recording {
-    shared: Arc<Shared>,
     /// When the call started, if calls are timed.
     start: Option<Instant>,
     epoch: u32,
-    done: bool,
+    /// Admitted and not yet recorded.
+    pending: bool,
 }
 
 impl Recording {
+    const NONE: Recording = Recording { start: None, epoch: 0, pending: false };
+
     #[inline]
-    pub(crate) fn new(shared: Arc<Shared>, epoch: u32) -> Self {
+    fn new(shared: &Shared, epoch: u32) -> Self {
         let start = if shared.settings.measure { Some(Instant::now()) } else { None };
-        Recording { shared, start, epoch, done: false }
+        Recording { start, epoch, pending: true }
     }
 
     #[inline]
-    fn finish(&mut self, outcome: Outcome) {
-        if std::mem::replace(&mut self.done, true) {
+    fn finish(&mut self, shared: &Shared, outcome: Outcome) {
+        if !std::mem::replace(&mut self.pending, false) {
             return;
         }
-        let rec = match self.shared.settings.cancel_policy.apply(outcome) {
+        let rec = match shared.settings.cancel_policy.apply(outcome) {
             Outcome::Success => Rec::Success,
             Outcome::Failure(_) => Rec::Failure,
             Outcome::Ignored | Outcome::Cancelled | Outcome::Deferred => Rec::Ignored,
         };
-        let now = if self.shared.settings.needs_now { Some(Instant::now()) } else { None };
+        let now = if shared.settings.needs_now { Some(Instant::now()) } else { None };
         let elapsed = match (self.start, now) {
             (Some(start), Some(now)) => Some(now.saturating_duration_since(start)),
             _ => None,
         };
-        self.shared.record(rec, elapsed, now, self.epoch);
+        shared.record(rec, elapsed, now, self.epoch);
     }
 }
 
-impl Drop for Recording {
+/// A recording handed to a response body (a deferred outcome): it holds the
+/// breaker's state itself, and records as cancelled if dropped unused.
+struct Deferred {
+    shared: Arc<Shared>,
+    recording: Recording,
+}
+
+impl Deferred {
+    fn finish(&mut self, outcome: Outcome) {
+        self.recording.finish(&self.shared, outcome);
+    }
+}
+
+impl Drop for Deferred {
     fn drop(&mut self) {
         self.finish(Outcome::Cancelled);
     }
@@ -66,41 +199,67 @@ pin_project! {
 }
 
 pin_project! {
-    /// Response future of [`CircuitBreaker`](super::CircuitBreaker): either
-    /// the inner call, recorded when it completes (or as cancelled if dropped),
-    /// or a [`CircuitOpen`](super::CircuitOpen) rejection.
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, C> {
+    /// Response future of [`CircuitBreaker`](super::CircuitBreaker) (`H` is
+    /// [`BreakerRef`]) and of [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker)
+    /// (`H` is [`KeyedRef`]): either the inner call, recorded when it
+    /// completes (or as cancelled if dropped), or a
+    /// [`CircuitOpen`](super::CircuitOpen) rejection.
+    pub struct ResponseFuture<F, H>
+    where
+        H: Holder,
+    {
         #[pin]
         kind: Kind<F>,
-        recording: Option<Recording>,
-        classifier: C,
+        recording: Recording,
+        holder: H,
+    }
+
+    impl<F, H> PinnedDrop for ResponseFuture<F, H>
+    where
+        H: Holder,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            this.recording.finish(this.holder.shared(), Outcome::Cancelled);
+        }
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
-    /// Ask the breaker behind `shared` to admit a call: if it does, make the
-    /// call with `call` and record its outcome; if not, the future yields the
-    /// [`CircuitOpen`](super::CircuitOpen) rejection and `call` is never made.
+impl<F: fmt::Debug, H: Holder + fmt::Debug> fmt::Debug for ResponseFuture<F, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("kind", &self.kind)
+            .field("recording", &self.recording)
+            .field("breaker", &self.holder)
+            .finish()
+    }
+}
+
+impl<F, H: Holder> ResponseFuture<F, H> {
+    /// Ask the breaker `holder` refers to to admit a call: if it does, make
+    /// the call with `call` and record its outcome; if not, the future yields
+    /// the [`CircuitOpen`](super::CircuitOpen) rejection and `call` is never
+    /// made.
     #[inline]
-    pub(crate) fn admit(shared: &Arc<Shared>, call: impl FnOnce() -> F, classifier: C) -> Self {
-        match shared.acquire() {
+    pub(crate) fn admit(holder: H, call: impl FnOnce() -> F) -> Self {
+        match holder.shared().acquire() {
             Ok(epoch) => {
-                let recording = Recording::new(shared.clone(), epoch);
-                ResponseFuture { kind: Kind::Called { fut: call() }, recording: Some(recording), classifier }
+                let recording = Recording::new(holder.shared(), epoch);
+                ResponseFuture { kind: Kind::Called { fut: call() }, recording, holder }
             }
             Err(err) => {
-                ResponseFuture { kind: Kind::Rejected { err: Some(Box::new(err)) }, recording: None, classifier }
+                ResponseFuture { kind: Kind::Rejected { err: Some(Box::new(err)) }, recording: Recording::NONE, holder }
             }
         }
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C>
+impl<F, H, T, E> Future for ResponseFuture<F, H>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
-    C: Classify<T, E>,
+    H: Holder,
+    H::Classifier: Classify<T, E>,
 {
     type Output = Result<T, BoxError>;
 
@@ -110,22 +269,25 @@ where
             KindProj::Rejected { err } => Poll::Ready(Err(err.take().expect("ResponseFuture polled after completion"))),
             KindProj::Called { fut } => {
                 let mut result = ready!(fut.poll(cx));
-                // Finish the recording in place (moving it out costs more than
-                // the record itself on the fast path); only a deferred outcome
-                // takes it, into the body's recorder.
-                if let Some(rec) = this.recording.as_mut() {
-                    match this.classifier.classify(result.as_ref()) {
+                if this.recording.pending {
+                    let (shared, classifier) = (this.holder.shared(), this.holder.classifier());
+                    match classifier.classify(result.as_ref()) {
+                        // The outcome comes with the response body: hand it
+                        // a recording of its own.
                         Outcome::Deferred => match result.as_mut() {
                             Ok(res) => {
-                                let mut rec = this.recording.take().expect("recording present");
-                                let recorder = OutcomeRecorder::new(move |o| rec.finish(o));
-                                if let Err(recorder) = this.classifier.defer(res, recorder) {
+                                let recording = std::mem::replace(this.recording, Recording::NONE);
+                                let mut deferred = Deferred { shared: this.holder.shared_arc(), recording };
+                                let recorder = OutcomeRecorder::new(move |o| deferred.finish(o));
+                                if let Err(recorder) = classifier.defer(res, recorder) {
                                     recorder.record(Outcome::Success);
                                 }
                             }
-                            Err(_) => rec.finish(Outcome::Failure(crate::classify::FailureKind::Error)),
+                            Err(_) => {
+                                this.recording.finish(shared, Outcome::Failure(crate::classify::FailureKind::Error))
+                            }
                         },
-                        o => rec.finish(o),
+                        o => this.recording.finish(shared, o),
                     }
                 }
                 Poll::Ready(result.map_err(Into::into))

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::future::{KeyedRef, ResponseFuture};
 use super::state::{metric_labels, CircuitMetrics, CircuitState, Listener, Settings, Shared};
 use super::{CircuitBreakerConfig, CircuitBreakerHandle};
 use crate::classify::Classify;
@@ -276,7 +276,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S::Future, KeyedRef<C>>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -286,6 +286,6 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = self.registry.get_or_create((self.key_fn)(&req));
         let inner = &mut self.inner;
-        ResponseFuture::admit(&shared, || inner.call(req), self.classifier.clone())
+        ResponseFuture::admit(KeyedRef { shared, classifier: self.classifier.clone() }, || inner.call(req))
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::config::{CircuitBreakerConfig, SlidingWindow};
+use super::future::Stripes;
 use super::state::{metric_labels, CircuitMetrics, CircuitState, Listener, Settings, Shared, StateChange};
 use super::CircuitBreaker;
 use crate::classify::{CancelPolicy, ResultClassifier};
@@ -44,21 +45,20 @@ use crate::config::ConfigError;
 /// # }
 /// ```
 pub struct CircuitBreakerLayer<C = ResultClassifier> {
-    shared: Arc<Shared>,
-    classifier: C,
+    stripes: Arc<Stripes<C>>,
 }
 
-impl<C: Clone> Clone for CircuitBreakerLayer<C> {
+impl<C> Clone for CircuitBreakerLayer<C> {
     fn clone(&self) -> Self {
-        CircuitBreakerLayer { shared: self.shared.clone(), classifier: self.classifier.clone() }
+        CircuitBreakerLayer { stripes: self.stripes.clone() }
     }
 }
 
 impl<C: fmt::Debug> fmt::Debug for CircuitBreakerLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
-            .field("shared", &self.shared)
-            .field("classifier", &self.classifier)
+            .field("shared", self.stripes.shared())
+            .field("classifier", self.stripes.classifier())
             .finish()
     }
 }
@@ -82,20 +82,20 @@ impl CircuitBreakerLayer {
 impl<C> CircuitBreakerLayer<C> {
     /// The same breaker (same shared state) with another classifier.
     pub fn with_classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
-        CircuitBreakerLayer { shared: self.shared, classifier }
+        CircuitBreakerLayer { stripes: Arc::new(Stripes::new(self.stripes.shared().clone(), classifier)) }
     }
 
     /// A handle on the shared state: read it, transition it manually, read counters.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle { shared: self.shared.clone() }
+        CircuitBreakerHandle { shared: self.stripes.shared().clone() }
     }
 }
 
-impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
+impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::new(inner, self.shared.clone(), self.classifier.clone())
+        CircuitBreaker::new(inner, self.stripes.clone())
     }
 }
 
@@ -214,7 +214,7 @@ impl<C> CircuitBreakerBuilder<C> {
         let labels = metric_labels(&self.config.name, None);
         let shared =
             Shared::new(self.config.name.as_str().into(), labels, Settings::from_config(&self.config), self.listeners);
-        Ok(CircuitBreakerLayer { shared: Arc::new(shared), classifier: self.classifier })
+        Ok(CircuitBreakerLayer { stripes: Arc::new(Stripes::new(Arc::new(shared), self.classifier)) })
     }
 }
 

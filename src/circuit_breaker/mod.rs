@@ -94,7 +94,7 @@ mod tests;
 
 pub use self::config::{CircuitBreakerConfig, SlidingWindow};
 pub use self::error::CircuitOpen;
-pub use self::future::ResponseFuture;
+pub use self::future::{BreakerRef, KeyedRef, ResponseFuture};
 pub use self::keyed::{
     CircuitBreakerRegistry, KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerLayer,
 };

@@ -5,8 +5,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::future::ResponseFuture;
-use super::state::Shared;
+use super::future::{BreakerRef, ResponseFuture, Stripes};
 use super::CircuitBreakerHandle;
 use crate::classify::{Classify, ResultClassifier};
 use crate::BoxError;
@@ -19,26 +18,25 @@ use crate::BoxError;
 #[derive(Debug)]
 pub struct CircuitBreaker<S, C = ResultClassifier> {
     inner: S,
-    shared: Arc<Shared>,
-    // Shared by the clones and the response futures: a future holds a
-    // pointer, not the classifier (an HTTP one is 256 bytes).
-    classifier: Arc<C>,
+    // Shared by the clones; each response future holds a reference to its
+    // thread's stripe (the state and the classifier behind one pointer).
+    stripes: Arc<Stripes<C>>,
 }
 
 impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
-        CircuitBreaker { inner: self.inner.clone(), shared: self.shared.clone(), classifier: self.classifier.clone() }
+        CircuitBreaker { inner: self.inner.clone(), stripes: self.stripes.clone() }
     }
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
-        CircuitBreaker { inner, shared, classifier: Arc::new(classifier) }
+    pub(crate) fn new(inner: S, stripes: Arc<Stripes<C>>) -> Self {
+        CircuitBreaker { inner, stripes }
     }
 
     /// A handle on this breaker's state.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle { shared: self.shared.clone() }
+        CircuitBreakerHandle { shared: self.stripes.shared().clone() }
     }
 
     /// The wrapped service.
@@ -65,7 +63,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, Arc<C>>;
+    type Future = ResponseFuture<S::Future, BreakerRef<C>>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -75,6 +73,6 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let inner = &mut self.inner;
-        ResponseFuture::admit(&self.shared, || inner.call(req), self.classifier.clone())
+        ResponseFuture::admit(self.stripes.get(), || inner.call(req))
     }
 }

@@ -426,7 +426,7 @@ impl Metrics {
 }
 
 /// Everything the clones of one breaker share.
-pub(crate) struct Shared {
+pub struct Shared {
     pub(crate) name: Arc<str>,
     /// Time windows: when the window began (second 0 of its buckets).
     window_base: Option<Instant>,

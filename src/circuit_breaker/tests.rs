@@ -424,7 +424,8 @@ fn config_validation_and_serde() {
 
 #[test]
 fn response_future_is_small() {
-    type F = ResponseFuture<std::future::Ready<Result<u8, &'static str>>, crate::classify::ResultClassifier>;
+    type F =
+        ResponseFuture<std::future::Ready<Result<u8, &'static str>>, BreakerRef<crate::classify::ResultClassifier>>;
     let (fut, inner) = (std::mem::size_of::<F>(), std::mem::size_of::<std::future::Ready<Result<u8, &'static str>>>());
     println!(
         "ResponseFuture {fut} bytes, inner future {inner} bytes, Recording {}",
