@@ -571,3 +571,32 @@ async fn slow_call_detection_is_opt_in() {
     call(&mut svc, 0, 120_000).await.unwrap();
     assert_eq!(h.metrics().slow_calls, 1);
 }
+
+/// Calls on different threads record through their thread's stripe into
+/// one state: failures on two threads together trip the breaker, and its
+/// counts hold every call.
+#[test]
+fn calls_on_several_threads_share_one_state() {
+    let layer = builder().count_window(100).minimum_calls(100).build().unwrap();
+    let handle = layer.handle();
+    let svc =
+        layer.layer(tower::service_fn(|(o, _): Req| std::future::ready(if o == 1 { Err("boom") } else { Ok(o) })));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let mut svc = svc.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+                rt.block_on(async {
+                    for i in 0..25u64 {
+                        // Half the calls fail.
+                        let _ = svc.ready().await.unwrap().call((((t + i) % 2) as u8, 0)).await;
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(handle.state(), CircuitState::Open, "50 % of 100 calls failed: {:?}", handle.metrics());
+}
