@@ -5,7 +5,7 @@
 //! A broker plugs in by implementing [`Transport`]; [`Publisher<T>`] is then
 //! its `tower::Service<Event>`.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -460,7 +460,7 @@ impl<T: Transport> Publisher<T> {
             metrics: SettleMetrics::new(&shared),
             shared: shared.clone(),
             config: config.clone(),
-            pending: BTreeMap::new(),
+            pending: Pending::default(),
         };
         let driver = DriverCell::new(driver.run(), handle.clone());
         handle.spawn(driver.clone().run_task());
@@ -650,9 +650,86 @@ struct Driver<T: Transport> {
     rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     config: PublisherConfig,
-    /// Unconfirmed messages by local sequence number (send order).
-    pending: BTreeMap<u64, Job>,
+    pending: Pending,
     metrics: SettleMetrics,
+}
+
+/// Unconfirmed messages by local sequence number (send order): slots from
+/// the oldest unconfirmed message on. Numbers only grow, so a message goes in
+/// at the back and its slot is found by subtraction; no allocation per
+/// message (a sorted map allocated and freed nodes as messages came and went).
+#[derive(Default)]
+struct Pending {
+    /// The sequence number of the first slot.
+    base: u64,
+    /// The first slot, when there is one, holds a message.
+    slots: VecDeque<Option<Job>>,
+    len: usize,
+}
+
+impl Pending {
+    /// Add the message numbered `seq` (higher than any before).
+    fn insert(&mut self, seq: u64, job: Job) {
+        if self.slots.is_empty() {
+            self.base = seq;
+        }
+        debug_assert!(seq >= self.base + self.slots.len() as u64, "sequence numbers only grow");
+        while self.base + (self.slots.len() as u64) < seq {
+            self.slots.push_back(None);
+        }
+        self.slots.push_back(Some(job));
+        self.len += 1;
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Job> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        let job = self.slots.get_mut(i)?.take()?;
+        self.len -= 1;
+        self.trim();
+        Some(job)
+    }
+
+    /// Drop the empty slots at the front.
+    fn trim(&mut self) {
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Job> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(i)?.as_mut()
+    }
+
+    /// The oldest unconfirmed message.
+    fn first(&self) -> Option<&Job> {
+        self.slots.front()?.as_ref()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The sequence numbers of the messages, in order.
+    fn seqs(&self) -> Vec<u64> {
+        (self.base..).zip(&self.slots).filter(|(_, job)| job.is_some()).map(|(seq, _)| seq).collect()
+    }
+
+    /// Keep only the messages for which `keep` is true.
+    fn retain(&mut self, mut keep: impl FnMut(&Job) -> bool) {
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|job| !keep(job)) {
+                *slot = None;
+                self.len -= 1;
+            }
+        }
+        self.trim();
+    }
 }
 
 /// The handles every settled message records on, made once (a failure's
@@ -699,7 +776,7 @@ impl<T: Transport> Driver<T> {
                 *self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(err));
                 self.shared.set_state(ConnectionState::Down);
                 // Callers that gave up no longer need their messages.
-                self.pending.retain(|_, job| !job.reply.is_closed());
+                self.pending.retain(|job| !job.reply.is_closed());
                 let delay = self.config.reconnect.delay(failures);
                 failures = failures.saturating_add(1);
                 tokio::time::sleep(delay).await;
@@ -712,28 +789,31 @@ impl<T: Transport> Driver<T> {
             // Send again what the last connection left unconfirmed, in order.
             let mut confirms = FuturesUnordered::new();
             let mut broken = false;
-            let seqs: Vec<u64> = self.pending.keys().copied().collect();
-            for seq in seqs {
-                let Some(job) = self.pending.get_mut(&seq) else { continue };
+            for seq in self.pending.seqs() {
+                let Some(job) = self.pending.get_mut(seq) else { continue };
                 if job.sends > self.config.max_resends {
-                    let job = self.pending.remove(&seq).expect("present");
+                    let job = self.pending.remove(seq).expect("present");
                     let err = PublishError::ConnectionLost { broker: self.shared.broker, attempts: job.sends };
-                    settle(&self.shared, &self.metrics, job, Err(err));
+                    settle(&self.shared, &self.metrics, job, Err(err), Instant::now());
                     continue;
                 }
                 metrics::counter!("tower_mesh_publish_resent_total", &labels).increment(1);
-                match send(&mut self.transport, &mut conn, job).await {
+                match send(&mut self.transport, &mut conn, job, Instant::now()).await {
                     Ok(fut) => confirms.push(Tagged { seq, fut }),
                     Err(e) if is_connection_error(&e) => {
                         broken = true;
                         break;
                     }
                     Err(e) => {
-                        let job = self.pending.remove(&seq).expect("present");
-                        settle(&self.shared, &self.metrics, job, Err(e));
+                        let job = self.pending.remove(seq).expect("present");
+                        settle(&self.shared, &self.metrics, job, Err(e), Instant::now());
                     }
                 }
             }
+
+            // The time, read once for all the messages a poll of this task
+            // handles (it is cleared when the task waits).
+            let mut clock: Option<Instant> = None;
 
             while !broken {
                 let step = poll_fn(|cx| {
@@ -750,7 +830,7 @@ impl<T: Transport> Driver<T> {
                             Poll::Pending => {}
                         }
                     }
-                    if let Some((_, oldest)) = self.pending.first_key_value() {
+                    if let Some(oldest) = self.pending.first() {
                         // The timer's deadline is never later than the oldest
                         // message's (deadlines only grow), so it is re-armed
                         // only when it fires, not as every message is confirmed.
@@ -762,6 +842,7 @@ impl<T: Transport> Driver<T> {
                             timer.as_mut().reset(deadline);
                         }
                     }
+                    clock = None;
                     Poll::Pending
                 })
                 .await;
@@ -769,7 +850,10 @@ impl<T: Transport> Driver<T> {
                     Step::Job(mut job) => {
                         let seq = next_seq;
                         next_seq += 1;
-                        match send(&mut self.transport, &mut conn, &mut job).await {
+                        let sent = send(&mut self.transport, &mut conn, &mut job, now(&mut clock)).await;
+                        // Handing it over may have waited (for room in the client's queue).
+                        clock = None;
+                        match sent {
                             Ok(fut) => {
                                 confirms.push(Tagged { seq, fut });
                                 self.pending.insert(seq, job);
@@ -778,7 +862,7 @@ impl<T: Transport> Driver<T> {
                                 self.pending.insert(seq, job);
                                 broken = true;
                             }
-                            Err(e) => settle(&self.shared, &self.metrics, job, Err(e)),
+                            Err(e) => settle(&self.shared, &self.metrics, job, Err(e), now(&mut clock)),
                         }
                     }
                     Step::RxClosed => {
@@ -790,8 +874,8 @@ impl<T: Transport> Driver<T> {
                     Step::Confirmed(seq, res) => {
                         if matches!(&res, Err(e) if is_connection_error(e)) {
                             broken = true;
-                        } else if let Some(job) = self.pending.remove(&seq) {
-                            settle(&self.shared, &self.metrics, job, res);
+                        } else if let Some(job) = self.pending.remove(seq) {
+                            settle(&self.shared, &self.metrics, job, res, now(&mut clock));
                             if rx_closed && self.pending.is_empty() {
                                 return;
                             }
@@ -813,23 +897,29 @@ impl<T: Transport> Driver<T> {
     }
 }
 
+/// The time `clock` holds, read now if it holds none.
+fn now(clock: &mut Option<Instant>) -> Instant {
+    *clock.get_or_insert_with(Instant::now)
+}
+
 async fn send<T: Transport>(
     transport: &mut T,
     conn: &mut T::Connection,
     job: &mut Job,
+    now: Instant,
 ) -> Result<T::Confirm, PublishError> {
     job.out.attempt = job.sends;
     job.sends += 1;
-    job.sent_at = Some(Instant::now());
+    job.sent_at = Some(now);
     transport.publish(conn, &job.out).await
 }
 
-fn settle(shared: &Shared, m: &SettleMetrics, job: Job, res: Result<Confirmation, PublishError>) {
+fn settle(shared: &Shared, m: &SettleMetrics, job: Job, res: Result<Confirmation, PublishError>, now: Instant) {
     match &res {
         Ok(_) => {
             m.succeeded.increment(1);
             if let Some(sent_at) = job.sent_at {
-                m.confirm_seconds.record(sent_at.elapsed().as_secs_f64());
+                m.confirm_seconds.record(now.saturating_duration_since(sent_at).as_secs_f64());
             }
         }
         Err(e) => metrics::counter!("tower_mesh_publish_total", "service" => shared.name.to_string(), "broker" => shared.broker, "outcome" => e.kind())
@@ -1023,6 +1113,38 @@ mod tests {
         assert_eq!(fake.st().sent.last().map(|(id, a)| (id.clone(), *a)), Some(("e9".into(), 1)));
         fake.release(|| Ok(Confirmation::default()));
         assert_eq!(f.await.unwrap().sends, 2);
+    }
+
+    fn job(n: u32) -> Job {
+        let (reply, _) = oneshot::channel();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        Job { out: Outgoing::new(ev(n), ContentMode::Structured), reply, sent_at: None, sends: 0, _permit: permit }
+    }
+
+    #[test]
+    fn pending_messages_in_order_with_gaps_and_removals_anywhere() {
+        let mut p = Pending::default();
+        assert!(p.is_empty() && p.first().is_none() && p.remove(0).is_none());
+        p.insert(3, job(3));
+        // 4 was settled without being kept (a refused message): a gap.
+        p.insert(5, job(5));
+        p.insert(6, job(6));
+        assert_eq!((p.len(), p.seqs()), (3, vec![3, 5, 6]));
+        assert!(p.remove(4).is_none() && p.remove(2).is_none() && p.remove(9).is_none());
+        assert_eq!(p.remove(5).unwrap().out.event.id(), "e5");
+        assert_eq!(p.first().unwrap().out.event.id(), "e3");
+        assert_eq!(p.remove(3).unwrap().out.event.id(), "e3");
+        assert_eq!(p.first().unwrap().out.event.id(), "e6", "the gap and the removed slot are gone");
+        assert_eq!(p.slots.len(), 1);
+        p.get_mut(6).unwrap().sends = 2;
+        p.insert(7, job(7));
+        p.retain(|j| j.sends == 0);
+        assert_eq!((p.len(), p.seqs(), p.first().unwrap().out.event.id()), (1, vec![7], "e7"));
+        assert_eq!(p.remove(7).unwrap().out.event.id(), "e7");
+        assert!(p.is_empty() && p.slots.is_empty());
+        // Empty again: numbering goes on from anywhere higher.
+        p.insert(100, job(100));
+        assert_eq!(p.seqs(), [100]);
     }
 
     /// `call` hands the message to the connection itself, from the caller's
