@@ -265,16 +265,17 @@ mod tests {
         assert!(pool.try_acquire().is_some());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn under_contention_never_more_than_the_permits_and_all_come_back() {
-        let pool = Arc::new(Pool::new(3));
+    /// 8 tasks take permits of `pool` (of `permits`) 2,000 times each, half
+    /// of them waiting for one and half giving up at once: never more than
+    /// `permits` are out, and all come back.
+    async fn hammer(pool: Pool, permits: usize) {
+        let pool = Arc::new(pool);
         let (inside, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let tasks: Vec<_> = (0..8)
             .map(|t| {
                 let (pool, inside, most) = (pool.clone(), inside.clone(), most.clone());
                 tokio::spawn(async move {
                     for i in 0..2_000 {
-                        // Half the calls wait for a permit, half give up at once.
                         let permit =
                             if (t + i) % 2 == 0 { Some(pool.clone().acquire().await) } else { pool.try_acquire() };
                         if let Some(permit) = permit {
@@ -293,9 +294,14 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert!(most.load(Ordering::SeqCst) <= 3);
-        assert_eq!(pool.available_permits(), 3);
+        assert!(most.load(Ordering::SeqCst) <= permits);
+        assert_eq!(pool.available_permits(), permits);
         assert_eq!(pool.waiters(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_contention_never_more_than_the_permits_and_all_come_back() {
+        hammer(Pool::new(3), 3).await;
     }
 
     #[test]
@@ -318,34 +324,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn striped_under_contention_never_more_than_the_permits_and_all_come_back() {
-        let pool = Arc::new(Pool::with_stripes(6, 4));
-        let (inside, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let tasks: Vec<_> = (0..8)
-            .map(|t| {
-                let (pool, inside, most) = (pool.clone(), inside.clone(), most.clone());
-                tokio::spawn(async move {
-                    for i in 0..2_000 {
-                        let permit =
-                            if (t + i) % 2 == 0 { Some(pool.clone().acquire().await) } else { pool.try_acquire() };
-                        if let Some(permit) = permit {
-                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                            most.fetch_max(now, Ordering::SeqCst);
-                            if i % 5 == 0 {
-                                tokio::task::yield_now().await;
-                            }
-                            inside.fetch_sub(1, Ordering::SeqCst);
-                            drop(permit);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert!(most.load(Ordering::SeqCst) <= 6);
-        assert_eq!(pool.available_permits(), 6);
-        assert_eq!(pool.waiters(), 0);
+        hammer(Pool::with_stripes(6, 4), 6).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -1021,17 +1021,24 @@ mod tests {
         Event::builder("/t", "t").id(format!("e{n}")).build().unwrap()
     }
 
+    /// A publisher of at most `max_in_flight` unconfirmed messages, connected
+    /// to a fake broker that holds its confirmations back if `hold`.
+    async fn connected(max_in_flight: usize, hold: bool) -> (Fake, Publisher<Fake>) {
+        let fake = Fake::default();
+        fake.st().up = true;
+        fake.st().hold = hold;
+        let p = Publisher::new(fake.clone(), config(max_in_flight)).unwrap();
+        p.wait_connected().await.unwrap();
+        (fake, p)
+    }
+
     async fn ready(p: &mut Publisher<Fake>) {
         std::future::poll_fn(|cx| p.poll_ready(cx)).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn confirms_and_bounds_in_flight() {
-        let fake = Fake::default();
-        fake.st().up = true;
-        fake.st().hold = true;
-        let mut p = Publisher::new(fake.clone(), config(2)).unwrap();
-        p.wait_connected().await.unwrap();
+        let (fake, mut p) = connected(2, true).await;
         ready(&mut p).await;
         let f1 = p.call(ev(1));
         ready(&mut p).await;
@@ -1096,10 +1103,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_loss_and_confirm_timeout_reconnect() {
-        let fake = Fake::default();
-        fake.st().up = true;
-        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
-        p.wait_connected().await.unwrap();
+        let (fake, mut p) = connected(8, false).await;
         let lost = fake.st().lost.clone().unwrap();
         lost.fire();
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -1152,11 +1156,7 @@ mod tests {
     /// connection task is not woken for it.
     #[tokio::test(start_paused = true)]
     async fn call_sends_from_the_callers_task() {
-        let fake = Fake::default();
-        fake.st().up = true;
-        fake.st().hold = true;
-        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
-        p.wait_connected().await.unwrap();
+        let (fake, mut p) = connected(8, true).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(p.handles.driver.wake.state.load(Ordering::Acquire), IDLE);
         for n in 0..3 {
@@ -1179,10 +1179,7 @@ mod tests {
     /// connection task ends once the publishers are gone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_on_several_threads_share_the_driver() {
-        let fake = Fake::default();
-        fake.st().up = true;
-        let p = Publisher::new(fake.clone(), config(16)).unwrap();
-        p.wait_connected().await.unwrap();
+        let (fake, p) = connected(16, false).await;
         let weak = Arc::downgrade(&p.handles.driver);
         let tasks: Vec<_> = (0..4u32)
             .map(|t| {
@@ -1225,11 +1222,7 @@ mod tests {
     /// given its own full timeout (the timer is re-armed only when it fires).
     #[tokio::test(start_paused = true)]
     async fn confirm_timeout_follows_the_oldest_unconfirmed_message() {
-        let fake = Fake::default();
-        fake.st().up = true;
-        fake.st().hold = true;
-        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
-        p.wait_connected().await.unwrap();
+        let (fake, mut p) = connected(8, true).await;
         ready(&mut p).await;
         let first = p.call(ev(1));
         tokio::time::sleep(Duration::from_secs(8)).await;
