@@ -393,8 +393,20 @@ impl DriverCell {
         }
     }
 
-    /// The connection task: polls the driver whenever it is woken.
+    /// The connection task: polls the driver whenever it is woken. When the
+    /// task is dropped unfinished (its runtime shuts down), the driver goes
+    /// with it, as it would inside the task: handing over a message then
+    /// fails with [`PublishError::Closed`] instead of polling timers and
+    /// connections of a runtime that is gone.
     async fn run_task(self: Arc<Self>) {
+        struct DropDriver<'a>(&'a DriverCell);
+        impl Drop for DropDriver<'_> {
+            fn drop(&mut self) {
+                let driver = self.0.fut.lock().map(|mut slot| slot.take()).unwrap_or_else(|p| p.into_inner().take());
+                drop(driver);
+            }
+        }
+        let _drop_driver = DropDriver(&self);
         poll_fn(|cx| {
             self.wake.task.register(cx.waker());
             if self.claim() && self.run(false) {
@@ -1215,6 +1227,30 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the connection task did not end");
+    }
+
+    /// A publisher whose runtime has shut down refuses messages (its
+    /// connection task, and the driver with it, are gone) rather than
+    /// polling the dead runtime's timers from the caller's task.
+    #[test]
+    fn after_its_runtime_shuts_down_calls_fail_as_closed() {
+        let first = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let fake = Fake::default();
+        fake.st().up = true;
+        let mut p = first.block_on(async {
+            let mut p = Publisher::new(fake.clone(), config(4)).unwrap();
+            p.wait_connected().await.unwrap();
+            ready(&mut p).await;
+            assert_eq!(p.call(ev(1)).await.unwrap().sends, 1);
+            p
+        });
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        second.block_on(async {
+            let err = p.call(ev(2)).await.unwrap_err();
+            assert!(matches!(err, PublishError::Closed), "{err}");
+        });
+        assert_eq!(fake.st().sent.len(), 1);
     }
 
     /// The confirm timeout runs from the oldest unconfirmed message's send:
