@@ -18,7 +18,7 @@ static NEXT_THREAD_NUMBER: AtomicUsize = AtomicUsize::new(0);
 
 /// This thread's number: thread `n` uses stripe `n & (stripes - 1)`.
 #[inline]
-pub(crate) fn thread_number() -> usize {
+fn thread_number() -> usize {
     THREAD_NUMBER
         .try_with(|n| {
             let v = n.get();
@@ -33,11 +33,27 @@ pub(crate) fn thread_number() -> usize {
         .unwrap_or(0)
 }
 
+/// The index of this thread's stripe among `stripes` (a power of two).
+#[inline]
+pub(crate) fn mine(stripes: usize) -> usize {
+    debug_assert!(stripes.is_power_of_two());
+    if stripes == 1 {
+        0
+    } else {
+        thread_number() & (stripes - 1)
+    }
+}
+
+/// The largest power of two not above `n` (1 for 0).
+pub(crate) fn power_of_two_at_most(n: usize) -> usize {
+    1 << n.max(1).ilog2()
+}
+
 /// How many stripes for state that `at_most` allows (a power of two, about
 /// one per CPU, at least one).
 pub(crate) fn count(at_most: usize) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    1 << at_most.min(cpus).clamp(1, MAX_STRIPES).ilog2()
+    power_of_two_at_most(at_most.min(cpus).min(MAX_STRIPES))
 }
 
 #[cfg(test)]
@@ -50,6 +66,9 @@ mod tests {
             let n = count(at_most);
             assert!(n.is_power_of_two() && n <= MAX_STRIPES && n <= at_most.max(1), "{at_most}: {n}");
         }
+        assert_eq!((power_of_two_at_most(0), power_of_two_at_most(6), power_of_two_at_most(8)), (1, 4, 8));
+        assert_eq!(mine(1), 0);
+        assert!(mine(4) < 4);
         let me = thread_number();
         assert_eq!(thread_number(), me);
         let other = std::thread::spawn(thread_number).join().unwrap();

@@ -84,7 +84,7 @@ impl Pool {
     /// `permits` split over `count` stripes, rounded down to a power of two
     /// (a thread finds its stripe with a mask, not a division).
     fn with_stripes(permits: usize, count: usize) -> Self {
-        let count = 1 << count.max(1).ilog2();
+        let count = stripe::power_of_two_at_most(count);
         let common = Arc::new(Common { waiters: AtomicUsize::new(0), notify: Notify::new() });
         let stripes = (0..count)
             .map(|i| {
@@ -119,8 +119,7 @@ impl Pool {
     /// first, then from the others in turn.
     #[inline]
     fn take(&self) -> Option<BulkheadPermit> {
-        let n = self.stripes.len();
-        let first = if n == 1 { 0 } else { stripe::thread_number() & (n - 1) };
+        let first = stripe::mine(self.stripes.len());
         let own = &self.stripes[first];
         if own.take() {
             return Some(BulkheadPermit { stripe: own.clone() });

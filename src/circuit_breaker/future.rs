@@ -71,9 +71,7 @@ impl<C> Stripes<C> {
     /// A reference for a call on this thread.
     #[inline]
     pub(crate) fn get(&self) -> BreakerRef<C> {
-        let n = self.stripes.len();
-        let i = if n == 1 { 0 } else { stripe::thread_number() & (n - 1) };
-        BreakerRef(self.stripes[i].clone())
+        BreakerRef(self.stripes[stripe::mine(self.stripes.len())].clone())
     }
 }
 
