@@ -375,8 +375,11 @@ impl DriverCell {
                 *slot = None;
                 drop(slot);
                 self.wake.state.store(IDLE, Ordering::Release);
-                // Finished by a caller: let the connection task see it and end.
-                self.wake.task.wake();
+                if helping {
+                    // Finished by a caller: the connection task's next poll
+                    // claims it, finds it finished and ends.
+                    self.wake.task.wake();
+                }
                 return true;
             }
             drop(slot);
@@ -409,11 +412,8 @@ impl DriverCell {
         let _drop_driver = DropDriver(&self);
         poll_fn(|cx| {
             self.wake.task.register(cx.waker());
+            // Not claimed: the poller at work polls again or wakes this task.
             if self.claim() && self.run(false) {
-                return Poll::Ready(());
-            }
-            // Finished by a caller.
-            if self.fut.try_lock().is_ok_and(|slot| slot.is_none()) {
                 return Poll::Ready(());
             }
             Poll::Pending
