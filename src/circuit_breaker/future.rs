@@ -76,7 +76,25 @@ impl<C> Stripes<C> {
 }
 
 /// What a [`CircuitBreaker`](super::CircuitBreaker)'s response future holds of
-/// the breaker: a reference to its state and classifier.
+/// the breaker: a reference to its state and classifier. It appears only in
+/// the future's type.
+///
+/// ```
+/// use std::future::Ready;
+/// use tower::{service_fn, Layer, Service};
+/// use tower_mesh::circuit_breaker::{BreakerRef, CircuitBreakerLayer, ResponseFuture};
+/// use tower_mesh::classify::ResultClassifier;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut svc = CircuitBreakerLayer::builder()
+///     .build()
+///     .unwrap()
+///     .layer(service_fn(|n: u32| std::future::ready(Ok::<_, std::convert::Infallible>(n))));
+/// let fut: ResponseFuture<Ready<Result<u32, std::convert::Infallible>>, BreakerRef<ResultClassifier>> = svc.call(7);
+/// assert_eq!(fut.await.unwrap(), 7);
+/// # }
+/// ```
 pub struct BreakerRef<C>(Arc<Stripe<C>>);
 
 impl<C> fmt::Debug for BreakerRef<C> {
@@ -101,7 +119,26 @@ impl<C> Holder for BreakerRef<C> {
 }
 
 /// What a [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker)'s response
-/// future holds: its key's breaker state and the classifier.
+/// future holds: its key's breaker state and the classifier. It appears only
+/// in the future's type.
+///
+/// ```
+/// use std::future::Ready;
+/// use tower::{service_fn, Layer, Service};
+/// use tower_mesh::circuit_breaker::{CircuitBreakerLayer, KeyedRef, ResponseFuture};
+/// use tower_mesh::classify::ResultClassifier;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut svc = CircuitBreakerLayer::builder()
+///     .key(|n: &u32| *n % 2)
+///     .build()
+///     .unwrap()
+///     .layer(service_fn(|n: u32| std::future::ready(Ok::<_, std::convert::Infallible>(n))));
+/// let fut: ResponseFuture<Ready<Result<u32, std::convert::Infallible>>, KeyedRef<ResultClassifier>> = svc.call(7);
+/// assert_eq!(fut.await.unwrap(), 7);
+/// # }
+/// ```
 pub struct KeyedRef<C> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) classifier: C,
