@@ -10,29 +10,37 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::budget::BudgetToken;
-use super::layer::Settings;
+use super::service::RetryShared;
 use super::{Pushback, RetryRequests};
 use crate::classify::{Classify, Outcome};
 use crate::deadline::Deadline;
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, S> {
         // An attempt is in flight.
         Calling { #[pin] fut: F },
-        // Waiting out the backoff before sending the retry. The timer is
-        // boxed: only a call that is retried pays for it, and every other
-        // call's future stays small (futures are moved as they are built).
-        Backoff { sleep: Pin<Box<Sleep>> },
-        // Waiting for the service to be ready to send the retry.
-        Readying,
+        // A retry is due: waiting out its backoff, then for the clone of the
+        // service it goes through to be ready. Boxed: only a retried call
+        // pays for the timer and the service, and every other call's future
+        // stays small (futures are moved as they are built).
+        Retrying { retry: Pin<Box<Pending<S>>> },
+    }
+}
+
+pin_project! {
+    struct Pending<S> {
+        #[pin]
+        sleep: Sleep,
+        slept: bool,
+        service: S,
     }
 }
 
 pin_project! {
     /// Response future of [`Retry`](super::Retry): a state machine of attempt,
     /// backoff sleep and readiness. Only a retried call allocates (its
-    /// backoff timer).
+    /// backoff timer and the clone of the service the retry goes through).
     ///
     /// Dropping it during a backoff gives the retry it took back to the budget.
     pub struct ResponseFuture<S, Req, C, P>
@@ -40,29 +48,27 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future>,
-        service: S,
+        state: State<S::Future, S>,
         // A copy of the request: the next retry's (`None`: not retryable, or
         // no retry left). During a backoff it is the request about to be sent.
         copy: Option<Req>,
         token: Option<BudgetToken>,
         retries: u32,
         previous_delay: Duration,
-        settings: Arc<Settings<C, P>>,
+        shared: Arc<RetryShared<S, C, P>>,
     }
 }
 
 impl<S: Service<Req>, Req, C, P> ResponseFuture<S, Req, C, P> {
     #[inline]
-    pub(crate) fn new(fut: S::Future, service: S, copy: Option<Req>, settings: Arc<Settings<C, P>>) -> Self {
+    pub(crate) fn new(fut: S::Future, copy: Option<Req>, shared: Arc<RetryShared<S, C, P>>) -> Self {
         ResponseFuture {
             state: State::Calling { fut },
-            service,
             copy,
             token: None,
             retries: 0,
             previous_delay: Duration::ZERO,
-            settings,
+            shared,
         }
     }
 }
@@ -78,7 +84,7 @@ impl<S: Service<Req>, Req, C, P> fmt::Debug for ResponseFuture<S, Req, C, P> {
 
 impl<S, Req, C, P> Future for ResponseFuture<S, Req, C, P>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     C: Classify<S::Response, S::Error>,
     P: RetryRequests<Req, S::Response>,
 {
@@ -90,7 +96,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx));
-                    let s = &*this.settings;
+                    let s = &this.shared.settings;
                     let retryable = match s.classifier.classify(result.as_ref()) {
                         Outcome::Failure(kind) => s.shared.retry_if.is_none_or(|f| f(&kind)),
                         _ => false,
@@ -106,6 +112,7 @@ where
                     if this.copy.is_none() {
                         return Poll::Ready(result);
                     }
+                    let Some(service) = this.shared.service() else { return Poll::Ready(result) };
                     let pushback = match &result {
                         Ok(res) => s.requests.pushback(res),
                         Err(_) => Pushback::None,
@@ -143,18 +150,20 @@ where
                     );
                     // The failed response (and its connection) is released here, before the wait.
                     drop(result);
-                    this.state.set(State::Backoff { sleep: Box::pin(tokio::time::sleep(delay)) });
+                    let retry = Pending { sleep: tokio::time::sleep(delay), slept: false, service };
+                    this.state.set(State::Retrying { retry: Box::pin(retry) });
                 }
-                StateProj::Backoff { sleep } => {
-                    ready!(sleep.as_mut().poll(cx));
-                    this.state.set(State::Readying);
-                }
-                StateProj::Readying => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                StateProj::Retrying { retry } => {
+                    let retry = retry.as_mut().project();
+                    if !*retry.slept {
+                        ready!(retry.sleep.poll(cx));
+                        *retry.slept = true;
+                    }
+                    if let Err(e) = ready!(retry.service.poll_ready(cx)) {
                         return Poll::Ready(Err(e));
                     }
                     let req = this.copy.take().expect("a retry holds its request until it is sent");
-                    let s = &**this.settings;
+                    let s = &this.shared.settings;
                     // Keep a copy only if another retry may follow this one.
                     if *this.retries < s.max_retries {
                         *this.copy = s.requests.clone_request(&req);
@@ -163,7 +172,7 @@ where
                         token.spend();
                     }
                     s.shared.attempts.increment(1);
-                    let fut = this.service.call(req);
+                    let fut = retry.service.call(req);
                     this.state.set(State::Calling { fut });
                 }
             }

@@ -155,7 +155,7 @@ impl<S, C: Clone, P: Clone> Layer<S> for RetryLayer<C, P> {
     type Service = Retry<S, C, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::new(inner, Arc::new(self.settings.clone()))
+        Retry::new(inner, self.settings.clone())
     }
 }
 

@@ -326,3 +326,71 @@ async fn an_empty_budget_is_counted_and_labelled() {
         .collect();
     assert_eq!(exhausted, [(Some("billing".to_string()), metrics_util::debugging::DebugValue::Counter(1))]);
 }
+
+/// A service that counts how often it is cloned and fails the calls whose
+/// number is in `failing`.
+struct CloneCounting {
+    clones: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+    failing: &'static [usize],
+}
+
+impl Clone for CloneCounting {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        CloneCounting { clones: self.clones.clone(), calls: self.calls.clone(), failing: self.failing }
+    }
+}
+
+impl Service<u32> for CloneCounting {
+    type Response = u32;
+    type Error = &'static str;
+    type Future = std::future::Ready<Result<u32, &'static str>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, x: u32) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        std::future::ready(if self.failing.contains(&n) { Err("down") } else { Ok(x) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_service_is_cloned_once_then_only_for_retries() {
+    let (clones, calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // Calls 3 and 4 fail: the third request is retried twice.
+    let svc = CloneCounting { clones: clones.clone(), calls: calls.clone(), failing: &[3, 4] };
+    let mut svc = RetryLayer::builder().max_retries(3).backoff(none(1)).build().unwrap().layer(svc);
+    for i in 0..10 {
+        assert_eq!(svc.ready().await.unwrap().call(i).await, Ok(i));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 12);
+    // One clone kept at the first call for the retries, one per retry; a call
+    // that succeeds at once clones nothing (tower's `Retry` clones per call).
+    assert_eq!(clones.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn the_response_future_does_not_hold_the_service() {
+    // A large service: the future of a call is as small as if it were not.
+    #[derive(Clone)]
+    struct Large([u8; 4096]);
+    impl Service<u32> for Large {
+        type Response = u32;
+        type Error = &'static str;
+        type Future = std::future::Ready<Result<u32, &'static str>>;
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, x: u32) -> Self::Future {
+            std::future::ready(Ok(x + u32::from(self.0[0])))
+        }
+    }
+    let svc = RetryLayer::builder().build().unwrap().layer(Large([0; 4096]));
+    fn future_size<S: Service<u32>>(_: &S) -> usize {
+        std::mem::size_of::<S::Future>()
+    }
+    assert!(future_size(&svc) < 256, "{} bytes", future_size(&svc));
+}
