@@ -199,8 +199,9 @@ impl Envelope {
             return Err(SoapError::TooLarge { limit: limits.max_body });
         }
         let text = std::str::from_utf8(&message).map_err(|_| SoapError::NotUtf8)?;
-        let parsed = Parser { reader: Reader::from_str(text), limits, depth: 0, bindings: Bindings::new(), text }
-            .envelope(&message)?;
+        let parsed =
+            Parser { reader: Reader::from_str(text), limits, depth: 0, bindings: Bindings::new(), text, skipped: 0 }
+                .envelope(&message)?;
         Ok(parsed)
     }
 
@@ -273,6 +274,9 @@ struct Parser<'a, 'l> {
     /// subtrees (the Body's content, header blocks) declare nothing here.
     bindings: Bindings<'a>,
     text: &'a str,
+    /// Bytes skipped past the reader (see [`skip`](Parser::skip)): its
+    /// positions count from where it was, so they are offset by this.
+    skipped: usize,
 }
 
 /// A namespace declaration's prefix or namespace: a slice of the message or,
@@ -391,13 +395,6 @@ pub(crate) fn resolve_ref(r: &BytesRef<'_>) -> Result<char, SoapError> {
     }
 }
 
-/// Whether `r` is one of XML's five predefined entities (the common case,
-/// checked in place before [`resolve_ref`]).
-#[inline]
-fn is_predefined(r: &BytesRef<'_>) -> bool {
-    matches!(r.as_bytes(), b"lt" | b"gt" | b"amp" | b"apos" | b"quot")
-}
-
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
@@ -497,12 +494,12 @@ impl<'a> Parser<'a, '_> {
         match self.reader.read_event() {
             Ok(Event::DocType(_)) => Err(SoapError::DocType),
             Ok(e) => Ok(e),
-            Err(e) => Err(SoapError::xml(self.reader.error_position(), e)),
+            Err(e) => Err(SoapError::xml(self.reader.error_position() + self.skipped as u64, e)),
         }
     }
 
     fn pos(&self) -> usize {
-        self.reader.buffer_position() as usize
+        self.reader.buffer_position() as usize + self.skipped
     }
 
     fn enter(&mut self) -> Result<(), SoapError> {
@@ -814,27 +811,22 @@ impl<'a> Parser<'a, '_> {
     }
 
     /// Skip the content of the element just entered, up to and including its
-    /// end tag, checking depth and references.
+    /// end tag, checking depth, end tags and references (see [`skip`](super::skip)).
     fn skip(&mut self) -> Result<(), SoapError> {
-        let target = self.depth - 1;
-        while self.depth > target {
-            // The hot loop over the Body's content: match quick-xml's result in
-            // place (no re-wrapping of every event).
-            match self.reader.read_event() {
-                Ok(Event::Start(_)) => self.enter()?,
-                // Only the skipped element itself can have declared namespaces.
-                Ok(Event::End(_)) if self.depth > target + 1 => self.depth -= 1,
-                Ok(Event::End(_)) => self.close(),
-                Ok(Event::GeneralRef(r)) if !is_predefined(&r) => {
-                    resolve_ref(&r)?;
-                }
-                Ok(Event::DocType(_)) => return Err(SoapError::DocType),
-                Ok(Event::Eof) => return Err(SoapError::Structure("unclosed element")),
-                Ok(_) => {}
-                Err(e) => return Err(SoapError::xml(self.reader.error_position(), e)),
+        let from = self.pos();
+        let end_tag = super::skip::skip_content(self.text, from, self.depth, self.limits.max_depth)?;
+        // Move the reader to the element's end tag and let it read that: it
+        // checks the name against the start tag it read.
+        let rest: &'a [u8] = self.reader.get_ref();
+        *self.reader.get_mut() = &rest[end_tag - from..];
+        self.skipped += end_tag - from;
+        match self.next()? {
+            Event::End(_) => {
+                self.close();
+                Ok(())
             }
+            _ => Err(SoapError::Structure("unclosed element")),
         }
-        Ok(())
     }
 
     /// Parse a Fault whose start tag was just read.

@@ -32,6 +32,12 @@
 //!   expands no entity (XXE, billion laughs), is bounded in size (4 MiB by
 //!   default) and nesting depth ([`SoapLimits`]), and malformed XML or a wrong
 //!   namespace is a typed [`SoapError`], never a panic.
+//! - **Speed** — the Envelope, the Header and the Body's first element are
+//!   read with quick-xml; the content passed on as the Body slice (and a
+//!   header block's content) is skipped by a scan that makes no events and
+//!   keeps the checks above (depth, matching end tags, references, no
+//!   DOCTYPE, closed markup), several times cheaper per byte than quick-xml's
+//!   events, which check every text run's UTF-8 again.
 //!
 //! # Metrics
 //!
@@ -149,6 +155,7 @@ mod error;
 mod fault;
 mod security;
 mod server;
+mod skip;
 mod version;
 mod write;
 mod wsdl;
