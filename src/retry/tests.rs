@@ -375,20 +375,9 @@ async fn the_service_is_cloned_once_then_only_for_retries() {
 #[test]
 fn the_response_future_does_not_hold_the_service() {
     // A large service: the future of a call is as small as if it were not.
-    #[derive(Clone)]
-    struct Large([u8; 4096]);
-    impl Service<u32> for Large {
-        type Response = u32;
-        type Error = &'static str;
-        type Future = std::future::Ready<Result<u32, &'static str>>;
-        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, x: u32) -> Self::Future {
-            std::future::ready(Ok(x + u32::from(self.0[0])))
-        }
-    }
-    let svc = RetryLayer::builder().build().unwrap().layer(Large([0; 4096]));
+    let large = [0u8; 4096];
+    let svc = service_fn(move |x: u32| std::future::ready(Ok::<_, &'static str>(x + u32::from(large[0]))));
+    let svc = RetryLayer::builder().build().unwrap().layer(svc);
     fn future_size<S: Service<u32>>(_: &S) -> usize {
         std::mem::size_of::<S::Future>()
     }
