@@ -7,7 +7,12 @@
 //!
 //! Before the criterion run the bench prints heap allocations per call for every subject, and a
 //! 1-thread vs 2-thread throughput comparison for a shared (cloned) service stack. After the run it
-//! prints the overhead ratios (subject median minus bare median) read from criterion's estimates.
+//! prints the overhead ratios (subject median minus bare median) read from criterion's estimates,
+//! and what one clock read costs: `tokio::time::Instant::now()`, which the time-window breaker and
+//! the timeouts read, and `std::time::Instant::now()`. The two differ here because tokio's
+//! `test-util` feature (on for this crate's tests, benches and examples through the dev-dependency,
+//! never in a user's build unless they turn it on) makes tokio's clock check for a paused clock
+//! under a lock.
 //!
 //! Run: `cargo bench --all-features --bench layers` (CI only builds it: `cargo bench --no-run`).
 
@@ -398,6 +403,9 @@ fn summary(medians: &BTreeMap<String, f64>) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// Criterion group of the clock reads.
+const CLOCK_GROUP: &str = "clock";
+
 fn main() {
     let started = SystemTime::now();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
@@ -423,9 +431,19 @@ fn main() {
         subjects(&mut bench);
         bench.group.finish();
     }
+    {
+        let mut group = criterion.benchmark_group(CLOCK_GROUP);
+        group.bench_function("tokio_instant_now", |b| b.iter(tokio::time::Instant::now));
+        group.bench_function("std_instant_now", |b| b.iter(Instant::now));
+        group.finish();
+    }
     criterion.final_summary();
 
     if !test_mode {
         summary(&medians::read_medians(GROUP, started));
+        let clock = medians::read_medians(CLOCK_GROUP, started);
+        if let (Some(tokio), Some(std)) = (clock.get("tokio_instant_now"), clock.get("std_instant_now")) {
+            println!("one clock read: tokio::time::Instant::now {tokio:.2} ns (with test-util), std::time::Instant::now {std:.2} ns");
+        }
     }
 }
