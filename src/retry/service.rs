@@ -12,13 +12,15 @@ use crate::classify::Classify;
 /// Retries failed calls to `S`; made by [`RetryLayer`](super::RetryLayer).
 ///
 /// `S` must be `Clone`. The first attempt goes through this service (the
-/// instance `poll_ready` made ready); a retry goes through a fresh clone of
-/// the service as it was wrapped, made when the retry is due and polled ready
-/// first. So a call that is not retried clones nothing and its future does not
-/// hold a service — unlike tower's `Retry`, which clones the service for every
-/// call. Clones of hyper-util's `Client`, tonic's `Channel` and this crate's
-/// layers share their state, so every clone is as good as another. Errors of
-/// `S` are returned unchanged.
+/// instance `poll_ready` made ready). At the first call the service keeps a
+/// clone of its inner service, shared with its own clones; a retry goes
+/// through a fresh clone of that one, made when the retry is due and polled
+/// ready first. So a call that is not retried clones nothing and its future
+/// does not hold a service — unlike tower's `Retry`, which clones the service
+/// for every call. Clones of hyper-util's `Client`, tonic's `Channel` and this
+/// crate's layers share their state, so every clone is as good as another; a
+/// change made through [`get_mut`](Retry::get_mut) after the first call does
+/// not reach the retries. Errors of `S` are returned unchanged.
 pub struct Retry<S, C, P> {
     inner: S,
     shared: Arc<RetryShared<S, C, P>>,
