@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// At most this many stripes.
 const MAX_STRIPES: usize = 16;
@@ -52,8 +53,14 @@ pub(crate) fn power_of_two_at_most(n: usize) -> usize {
 /// How many stripes for state that `at_most` allows (a power of two, about
 /// one per CPU, at least one).
 pub(crate) fn count(at_most: usize) -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    power_of_two_at_most(at_most.min(cpus).min(MAX_STRIPES))
+    power_of_two_at_most(at_most.min(cpus()).min(MAX_STRIPES))
+}
+
+/// The CPUs this process may use, asked once: the answer reads the affinity
+/// mask and cgroup files, and a keyed bulkhead makes a pool for every new key.
+fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 #[cfg(test)]
