@@ -13,8 +13,6 @@
 //! closed. Like quick-xml's event reader it does not check attribute syntax
 //! or name characters; whoever reads the Body does, with a full parser.
 
-use std::borrow::Cow;
-
 use memchr::{memchr, memchr2, memchr3, memmem};
 use quick_xml::errors::{IllFormedError, SyntaxError};
 use quick_xml::events::BytesRef;
@@ -134,10 +132,7 @@ fn reference(text: &str, at: usize) -> Result<usize, SoapError> {
         Some(end) if b[end] == b';' => end,
         _ => return Err(malformed(at, IllFormedError::UnclosedReference)),
     };
-    let name = &text[at + 1..end];
-    if !matches!(name, "lt" | "gt" | "amp" | "apos" | "quot") {
-        resolve_ref(&BytesRef::new(Cow::Borrowed(name)))?;
-    }
+    resolve_ref(&BytesRef::new(&text[at + 1..end]))?;
     Ok(end + 1)
 }
 
