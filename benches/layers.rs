@@ -9,10 +9,10 @@
 //! 1-thread vs 2-thread throughput comparison for a shared (cloned) service stack. After the run it
 //! prints the overhead ratios (subject median minus bare median) read from criterion's estimates,
 //! and what one clock read costs: `tokio::time::Instant::now()`, which the time-window breaker and
-//! the timeouts read, and `std::time::Instant::now()`. The two differ here because tokio's
-//! `test-util` feature (on for this crate's tests, benches and examples through the dev-dependency,
-//! never in a user's build unless they turn it on) makes tokio's clock check for a paused clock
-//! under a lock.
+//! the timeouts read, and `std::time::Instant::now()`. tokio's `test-util` feature (on for this
+//! crate's tests, benches and examples through the dev-dependency, never in a user's build unless
+//! they turn it on) makes tokio's clock check for a paused clock under a lock first; the pair shows
+//! what that adds.
 //!
 //! Run: `cargo bench --all-features --bench layers` (CI only builds it: `cargo bench --no-run`).
 
