@@ -72,12 +72,12 @@ impl Validator {
     }
 
     /// The key to check `token` with.
-    fn select(&self, token: &str, cached_only: bool) -> Result<Arc<VerifyKey>, Selected> {
+    fn select(&self, token: &str, cached_only: bool) -> Result<KeyRef<'_>, Selected> {
         // One static key: `decode` itself refuses a token of another algorithm,
         // so there is no need to read the header twice.
         if self.jwks.is_none() {
             if let [only] = self.keys.as_slice() {
-                return Ok(only.clone());
+                return Ok(KeyRef::Static(only));
             }
         }
         let header = match jsonwebtoken::decode_header(token) {
@@ -86,12 +86,12 @@ impl Validator {
         };
         let kid = header.kid.as_deref();
         if let Some(k) = self.static_key(kid, header.alg) {
-            return Ok(k.clone());
+            return Ok(KeyRef::Static(k));
         }
         if let Some(jwks) = &self.jwks {
             let found = if cached_only { jwks.lookup_cached(kid, header.alg) } else { jwks.lookup(kid, header.alg) };
             return match found {
-                Lookup::Found(k) => Ok(k),
+                Lookup::Found(k) => Ok(KeyRef::Fetched(k)),
                 Lookup::Wait(w) => Err(Selected::Wait(w)),
                 Lookup::Unknown => Err(Selected::Invalid(JwtError::UnknownKey)),
                 Lookup::Unavailable(e) => Err(Selected::Invalid(JwtError::KeysUnavailable(e))),
@@ -110,6 +110,26 @@ impl Validator {
         match kid {
             Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
             None => self.keys.iter().find(|k| k.alg == alg),
+        }
+    }
+}
+
+/// The key chosen for a token: a static key is borrowed (no reference count
+/// touched per request), a JWKS key is shared with the cache, which may
+/// replace it meanwhile.
+enum KeyRef<'a> {
+    Static(&'a VerifyKey),
+    Fetched(Arc<VerifyKey>),
+}
+
+impl std::ops::Deref for KeyRef<'_> {
+    type Target = VerifyKey;
+
+    #[inline]
+    fn deref(&self) -> &VerifyKey {
+        match self {
+            KeyRef::Static(k) => k,
+            KeyRef::Fetched(k) => k,
         }
     }
 }
