@@ -112,7 +112,7 @@ impl VerifyKey {
 
     /// Verify `token` and check its claims.
     #[inline]
-    pub(crate) fn decode<C: DeserializeOwned>(&self, token: &str) -> Result<C, JwtError> {
+    pub(crate) fn decode<C: DeserializeOwned>(&self, token: &[u8]) -> Result<C, JwtError> {
         match jsonwebtoken::decode::<C>(token, &self.key, &self.validation) {
             Ok(TokenData { claims, .. }) => Ok(claims),
             // JSON that fails after the header was read is the claims' (they

@@ -125,6 +125,34 @@ async fn each_bad_token_has_its_reason() {
     assert_eq!(reject_reason(&l, bearer(&unsigned(&claims()))).await, "algorithm");
 }
 
+/// The server layer leaves the token's characters to the verification
+/// (`jsonwebtoken` decodes all three parts as unpadded base64url): a token
+/// with any other character in any part — `b64token` characters outside
+/// base64url (`~ + / =`), separators, obs-text — never reaches the handler,
+/// and is never made current.
+#[tokio::test]
+async fn a_token_with_a_character_outside_base64url_is_refused_in_every_part() {
+    let l = layer();
+    let token = hs256(&claims());
+    let dots: Vec<usize> = token.match_indices('.').map(|(i, _)| i).collect();
+    // A position inside the header, the claims and the signature.
+    let positions = [dots[0] / 2, (dots[0] + dots[1]) / 2, (dots[1] + token.len()) / 2];
+    for bad in [b'~', b'+', b'/', b'=', b'!', b'"', b' ', b'\t', 0x80, 0xff] {
+        for at in positions {
+            let mut value = format!("Bearer {token}").into_bytes();
+            value.insert(7 + at, bad);
+            let header = HeaderValue::from_bytes(&value).unwrap();
+            let req = Request::get("/").header("authorization", header).body(()).unwrap();
+            let reason = reject_reason(&l, req).await;
+            // A changed header or signature part no longer decodes; a changed
+            // claims part no longer matches the signature, which is checked first.
+            assert!(matches!(reason.as_str(), "malformed" | "signature"), "byte {bad:#04x} at {at}: {reason}");
+        }
+    }
+    // Padding after the signature is refused as well.
+    assert_eq!(reject_reason(&l, bearer(&format!("{token}=="))).await, "malformed");
+}
+
 /// An `alg: none` token (no signature).
 fn unsigned(claims: &serde_json::Value) -> String {
     use jwt_base64::Engine;

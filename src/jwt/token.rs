@@ -73,6 +73,17 @@ impl BearerToken {
     /// The token of an `Authorization` header value: the `Bearer` scheme (any
     /// case), one or more spaces, and a `b64token`. Shares the value's bytes.
     pub fn from_authorization(value: &HeaderValue) -> Result<Self, JwtError> {
+        let token = Self::from_authorization_unchecked(value)?;
+        check_token68(token.as_bytes())?;
+        Ok(token)
+    }
+
+    /// [`from_authorization`](Self::from_authorization) without the pass over
+    /// the token's characters, for a token about to be verified: `jsonwebtoken`
+    /// decodes its three parts as unpadded base64url, so a token that verifies
+    /// has `b64token` characters only, and one that does not is dropped.
+    #[inline]
+    pub(crate) fn from_authorization_unchecked(value: &HeaderValue) -> Result<Self, JwtError> {
         let b = value.as_bytes();
         if b.len() > MAX_LEN {
             return Err(JwtError::TooLarge { len: b.len(), max: MAX_LEN });
@@ -81,16 +92,21 @@ impl BearerToken {
             return Err(JwtError::Malformed);
         }
         let start = 7 + b[7..].iter().take_while(|&&c| c == b' ').count();
-        check_token68(&b[start..])?;
         let mut header = value.clone();
         header.set_sensitive(true);
         Ok(BearerToken { header, start: start as u16 })
     }
 
+    /// The token's bytes (no UTF-8 check, unlike [`expose`](Self::expose)).
+    #[inline]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.header.as_bytes()[self.start as usize..]
+    }
+
     /// The token itself. Handle with care: never log it.
     pub fn expose(&self) -> &str {
-        // `check_token68` accepted only ASCII.
-        std::str::from_utf8(&self.header.as_bytes()[self.start as usize..]).unwrap_or_default()
+        // `check_token68` (or the signature check) accepted only ASCII.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 
     /// The token's length in bytes.
@@ -150,9 +166,10 @@ pub(crate) const MAX_LEN: usize = 16 * 1024;
 
 /// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 ///
-/// Every request's token (hundreds of bytes) goes through here: one
-/// branch-free pass over its characters, which the compiler vectorizes.
-fn check_token68(b: &[u8]) -> Result<(), JwtError> {
+/// One branch-free pass over the characters, which the compiler vectorizes.
+/// The server layer skips it: verification checks a token's characters
+/// anyway (see [`BearerToken::from_authorization_unchecked`]).
+pub(crate) fn check_token68(b: &[u8]) -> Result<(), JwtError> {
     let padding = b.iter().rev().take_while(|&&c| c == b'=').count();
     let body = &b[..b.len() - padding];
     let ok = !body.is_empty() && body.iter().fold(true, |ok, &c| ok & b64token_char(c));

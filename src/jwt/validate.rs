@@ -44,15 +44,20 @@ impl Validator {
             Ok(t) => t,
             Err(e) => return Check::Invalid(e),
         };
-        // The token's text, read once (`expose` checks it is UTF-8).
-        let text = token.expose();
+        // Its characters are checked by the verification: `jsonwebtoken`
+        // decodes the three parts as unpadded base64url, so a token that
+        // verifies is a `b64token`, and one that does not is dropped here.
+        let text = token.as_bytes();
         let key = match self.select(text, cached_only) {
             Ok(k) => k,
             Err(Selected::Invalid(e)) => return Check::Invalid(e),
             Err(Selected::Wait(w)) => return Check::Wait(w),
         };
         match key.decode::<C>(text) {
-            Ok(claims) => Check::Valid(claims, token),
+            Ok(claims) => {
+                debug_assert!(super::token::check_token68(text).is_ok(), "a verified token is a b64token");
+                Check::Valid(claims, token)
+            }
             Err(JwtError::Malformed) => Check::Invalid(refine_malformed(text)),
             Err(e) => Check::Invalid(e),
         }
@@ -68,11 +73,11 @@ impl Validator {
         if value.len() > self.max_len {
             return Err(JwtError::TooLarge { len: value.len(), max: self.max_len });
         }
-        BearerToken::from_authorization(value)
+        BearerToken::from_authorization_unchecked(value)
     }
 
     /// The key to check `token` with.
-    fn select(&self, token: &str, cached_only: bool) -> Result<KeyRef<'_>, Selected> {
+    fn select(&self, token: &[u8], cached_only: bool) -> Result<KeyRef<'_>, Selected> {
         // One static key: `decode` itself refuses a token of another algorithm,
         // so there is no need to read the header twice.
         if self.jwks.is_none() {
@@ -143,13 +148,13 @@ enum Selected {
 /// when its header is JSON naming an algorithm it does not support (`none`),
 /// [`JwtError::Malformed`] otherwise.
 #[cold]
-fn refine_malformed(token: &str) -> JwtError {
+fn refine_malformed(token: &[u8]) -> JwtError {
     #[derive(serde::Deserialize)]
     struct AlgOnly<'a> {
         #[serde(borrow)]
         alg: Option<std::borrow::Cow<'a, str>>,
     }
-    let Some(header) = token.split('.').next() else { return JwtError::Malformed };
+    let Some(header) = token.split(|&b| b == b'.').next() else { return JwtError::Malformed };
     let Ok(json) = jwt_base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
         return JwtError::Malformed;
     };
