@@ -196,7 +196,7 @@ impl Recording {
             Outcome::Failure(_) => Rec::Failure,
             Outcome::Ignored | Outcome::Cancelled | Outcome::Deferred => Rec::Ignored,
         };
-        let now = if shared.settings.needs_now { Some(Instant::now()) } else { None };
+        let now = if shared.settings.measure { Some(Instant::now()) } else { None };
         let elapsed = match (self.start, now) {
             (Some(start), Some(now)) => Some(now.saturating_duration_since(start)),
             _ => None,

@@ -151,6 +151,12 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
     /// Time-based window over the last `d` (whole seconds, one bucket per second).
+    ///
+    /// In a multi-thread tokio runtime the breaker arms one timer per second
+    /// while calls succeed (to count them without reading the clock); a
+    /// runtime built without timers works too (the clock is read instead),
+    /// after the one panic message tokio prints when asked for a timer there
+    /// — unless the program aborts on panic: build its runtime with timers.
     pub fn time_window(mut self, d: Duration) -> Self {
         self.config.sliding_window = SlidingWindow::Time(d);
         self

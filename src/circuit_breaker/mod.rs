@@ -34,8 +34,13 @@
 //! of the breaker's cost per call. Without it, and with a count window, a call
 //! reads no clock at all; a success on a full count window holding no failure
 //! changes nothing and is not even recorded under the lock, so a healthy
-//! breaker costs about as much as an `Arc` clone. A time window reads the
-//! clock once per call.
+//! breaker costs about as much as an `Arc` clone. A time window counts the
+//! successes of a window holding no failure with one atomic operation; in a
+//! multi-thread tokio runtime a timer marks the end of each second, so such
+//! a success reads no clock either. Elsewhere (a current-thread runtime,
+//! whose timers only fire while it is driven, a paused clock's tests, no
+//! runtime) it reads the clock once per call. Either way every call lands in
+//! the bucket of the second it ended in.
 //!
 //! Windows are O(1) per call: a count window is a ring of outcome slots with
 //! running totals; a time window is a ring of per-second buckets with running
@@ -82,6 +87,7 @@
 //!
 //! See [`CircuitBreakerLayer`] for an example.
 
+mod closer;
 mod config;
 mod error;
 mod future;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Label};
 use tokio::time::Instant;
 
+use super::closer::{Closer, FastPath, MAX_SEC as FAST_MAX_SEC};
 use super::config::{CircuitBreakerConfig, SlidingWindow};
 use super::CircuitOpen;
 use crate::classify::CancelPolicy;
@@ -269,7 +270,7 @@ impl Window {
             Window::Time(w) => w.clear(now),
         }
     }
-    /// `now` is always given for a time window ([`Settings::needs_now`]).
+    /// `now`: the current time if the caller read it (timed calls), else read here.
     fn record(&mut self, now: Option<Instant>, failed: bool, slow: bool) {
         match self {
             Window::Count(w) => w.record(failed, slow),
@@ -294,15 +295,6 @@ impl Window {
     }
 }
 
-/// Bits of [`Shared::fast`] that hold the count (the rest hold the second).
-const FAST_COUNT_BITS: u32 = 24;
-const FAST_COUNT_MASK: u64 = (1 << FAST_COUNT_BITS) - 1;
-/// [`Shared::fast`] closed: no second matches.
-const FAST_CLOSED: u64 = u64::MAX;
-/// Seconds from which the lock-free path stays closed (about 2^40 s, never
-/// reached; keeps an open value distinct from [`FAST_CLOSED`]).
-const FAST_MAX_SEC: u64 = (1 << (64 - FAST_COUNT_BITS)) - 1;
-
 pub(crate) type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
 
 #[derive(Clone, Debug)]
@@ -313,8 +305,6 @@ pub(crate) struct Settings {
     pub(crate) slow_duration: Option<Duration>,
     /// Whether calls are timed (slow-call detection or the duration histogram).
     pub(crate) measure: bool,
-    /// Whether a record needs the current time (timed calls or a time window).
-    pub(crate) needs_now: bool,
     pub(crate) window: SlidingWindow,
     pub(crate) minimum_calls: u32,
     pub(crate) wait_in_open: Duration,
@@ -336,9 +326,6 @@ impl Settings {
             slow_rate: c.slow_call_rate_threshold,
             slow_duration: c.slow_call_duration,
             measure: c.slow_call_duration.is_some() || c.measure_call_durations,
-            needs_now: c.slow_call_duration.is_some()
-                || c.measure_call_durations
-                || matches!(c.sliding_window, SlidingWindow::Time(_)),
             window: c.sliding_window,
             minimum_calls: minimum_calls.min(u32::MAX as usize) as u32,
             wait_in_open: c.wait_in_open,
@@ -379,6 +366,8 @@ struct Inner {
     half_open: HalfOpen,
     /// Mirror of [`Shared::clean`], to write the atomic only when it changes.
     clean: bool,
+    /// Time windows: the timer ending the second [`Shared::fast`] is open for.
+    closer: Closer,
 }
 
 #[derive(Debug)]
@@ -430,16 +419,14 @@ pub struct Shared {
     pub(crate) name: Arc<str>,
     /// Time windows: when the window began (second 0 of its buckets).
     window_base: Option<Instant>,
-    /// Time windows: successes recorded without the lock, packed as
-    /// `second << FAST_COUNT_BITS | count`. Open (a second other than
-    /// [`FAST_CLOSED`]) only while the breaker is closed (or metrics-only)
-    /// with a window holding no failure and no slow call, and thresholds
-    /// above 0, so one more success cannot change the state: a fast success
-    /// of the open second then only bumps the count. Whoever takes the lock
-    /// first closes it and adds the count to the window (see
-    /// [`Shared::lock`]); a record that leaves the window clean opens it
-    /// again for the current second.
-    fast: AtomicU64,
+    /// Time windows: successes recorded without the lock (see [`FastPath`]).
+    /// Open only while the breaker is closed (or metrics-only) with a window
+    /// holding no failure and no slow call, and thresholds above 0, so one
+    /// more success cannot change the state: a fast success of the open
+    /// second then only bumps the count. Whoever takes the lock first closes
+    /// it and adds the count to the window (see [`Shared::lock`]); a record
+    /// that leaves the window clean opens it again for the current second.
+    fast: Arc<FastPath>,
     pub(crate) settings: Settings,
     state: AtomicU8,
     /// True while the breaker is closed (or metrics-only) with a full count
@@ -481,10 +468,11 @@ impl Shared {
                 trips: 0,
                 half_open: HalfOpen { free: 0, totals: Totals::default(), since: now },
                 clean: false,
+                closer: Closer::None,
             }),
             clean: AtomicBool::new(false),
             window_base: matches!(settings.window, SlidingWindow::Time(_)).then_some(now),
-            fast: AtomicU64::new(FAST_CLOSED),
+            fast: Arc::new(FastPath::new()),
             name,
             settings,
             state: AtomicU8::new(CircuitState::Closed as u8),
@@ -500,38 +488,33 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if self.window_base.is_some() {
-            let v = self.fast.swap(FAST_CLOSED, Ordering::AcqRel);
-            let count = (v & FAST_COUNT_MASK) as u32;
-            if v != FAST_CLOSED && count > 0 {
+            if let Some((sec, count)) = self.fast.close() {
                 if let Window::Time(w) = &mut g.window {
-                    w.add_successes(v >> FAST_COUNT_BITS, count);
+                    w.add_successes(sec, count);
                 }
             }
         }
         g
     }
 
-    /// A success in a clean time window, counted without the lock: `false`
-    /// when the lock-free path is closed, open for another second, or
-    /// contended (the caller then records under the lock).
-    #[inline]
-    fn record_fast(&self, base: Instant, now: Instant) -> bool {
-        let sec = now.saturating_duration_since(base).as_secs();
-        let cur = self.fast.load(Ordering::Acquire);
-        if cur >> FAST_COUNT_BITS != sec || cur & FAST_COUNT_MASK == FAST_COUNT_MASK {
-            return false;
-        }
-        self.fast.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-    }
-
     /// Open the lock-free success path for the window's current second if
-    /// one more success cannot trip the breaker (see [`Shared::fast`]).
-    fn open_fast(&self, g: &Inner) {
+    /// one more success cannot trip the breaker (see [`Shared::fast`]),
+    /// guarded by a timer when the runtime has one (then a success reads no
+    /// clock).
+    fn open_fast(&self, g: &mut Inner) {
         let Window::Time(w) = &g.window else { return };
         let healthy = w.totals.failures == 0 && w.totals.slow == 0;
-        if healthy && self.settings.failure_rate > 0.0 && self.settings.slow_rate > 0.0 && w.head < FAST_MAX_SEC {
-            self.fast.store(w.head << FAST_COUNT_BITS, Ordering::Release);
+        if healthy && self.settings.failure_rate > 0.0 && self.settings.slow_rate > 0.0 && w.head <= FAST_MAX_SEC {
+            let (head, base) = (w.head, w.base);
+            let guarded = g.closer.arm(&self.fast, base, head);
+            self.fast.open(head, guarded);
         }
+    }
+
+    /// Whether a timer guards the lock-free success path (see [`FastPath`]).
+    #[cfg(test)]
+    pub(crate) fn fast_path_guarded(&self) -> bool {
+        self.fast.is_guarded()
     }
 
     #[inline]
@@ -592,8 +575,9 @@ impl Shared {
 
     /// Record a finished call that was admitted with `epoch` (see [`acquire`]).
     /// `elapsed` is the call's duration when calls are timed
-    /// ([`Settings::measure`]); `now` is the current time when
-    /// [`Settings::needs_now`].
+    /// ([`Settings::measure`]), and `now` then the current time (else a
+    /// time window reads it when it needs it: not for a success counted by a
+    /// guarded [`FastPath`]).
     #[inline]
     pub(crate) fn record(&self, rec: Rec, elapsed: Option<Duration>, now: Option<Instant>, epoch: u32) {
         let mut slow = false;
@@ -617,8 +601,8 @@ impl Shared {
             return;
         }
         if epoch == 0 && rec == Rec::Success && !slow {
-            if let (Some(base), Some(now)) = (self.window_base, now) {
-                if self.record_fast(base, now) {
+            if let Some(base) = self.window_base {
+                if self.fast.count(base, now) {
                     return;
                 }
             }
@@ -654,7 +638,7 @@ impl Shared {
             } else {
                 let clean = g.window.is_clean();
                 self.set_clean(&mut g, clean);
-                self.open_fast(&g);
+                self.open_fast(&mut g);
             }
         }
         drop(g);

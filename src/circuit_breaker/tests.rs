@@ -273,6 +273,43 @@ async fn time_window_expires_old_buckets() {
     assert_eq!(h.state(), CircuitState::Open);
 }
 
+/// In a multi-thread runtime a time window counts the successes of a clean
+/// window without reading the clock, a timer ending each second; every
+/// success still lands in the bucket of its second.
+#[test]
+fn time_window_successes_counted_under_a_timer_land_in_their_seconds() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    rt.block_on(async {
+        let layer = builder().time_window(Duration::from_secs(2)).minimum_calls(1000).build().unwrap();
+        let start = tokio::time::Instant::now();
+        let h = layer.handle();
+        let mut svc = layer.layer(inner());
+        let at = |ms: u64| tokio::time::sleep_until(start + Duration::from_millis(ms));
+        // Second 0. The first success opens the lock-free path, guarded.
+        for _ in 0..50 {
+            assert!(call(&mut svc, 0, 0).await.is_ok());
+        }
+        assert!(h.shared.fast_path_guarded());
+        // Second 1: the timer ended second 0.
+        at(1300).await;
+        assert!(!h.shared.fast_path_guarded());
+        for _ in 0..30 {
+            assert!(call(&mut svc, 0, 0).await.is_ok());
+        }
+        assert!(h.shared.fast_path_guarded());
+        assert_eq!(h.metrics().calls, 80);
+        // Second 2: second 0 has left the two-second window.
+        at(2300).await;
+        assert_eq!(h.metrics().calls, 30);
+        assert!(call(&mut svc, 1, 0).await.is_err());
+        assert_eq!((h.metrics().calls, h.metrics().failures), (31, 1));
+        // Second 3: only the failure of second 2 is left.
+        at(3300).await;
+        assert!(call(&mut svc, 0, 0).await.is_ok());
+        assert_eq!((h.metrics().calls, h.metrics().failures), (2, 1));
+    });
+}
+
 #[tokio::test(start_paused = true)]
 async fn slow_calls_trip_the_breaker() {
     let layer =
