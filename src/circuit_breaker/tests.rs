@@ -310,6 +310,39 @@ fn time_window_successes_counted_under_a_timer_land_in_their_seconds() {
     });
 }
 
+/// Successes counted concurrently on two threads across second boundaries,
+/// while timers end the seconds: none is lost or counted twice.
+#[test]
+fn time_window_loses_no_success_counted_on_two_threads_across_seconds() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().unwrap();
+    let layer = builder().time_window(Duration::from_secs(30)).minimum_calls(1000).build().unwrap();
+    let h = layer.handle();
+    let svc = layer.layer(inner());
+    let end = std::time::Instant::now() + Duration::from_millis(2200);
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let mut svc = svc.clone();
+            let handle = rt.handle().clone();
+            std::thread::spawn(move || {
+                // Calls from outside the runtime's workers, in its context (as
+                // a blocking thread's are); its idle worker fires the timers.
+                let _context = handle.enter();
+                let mut n = 0u64;
+                while std::time::Instant::now() < end {
+                    for _ in 0..100 {
+                        assert!(futures::executor::block_on(call(&mut svc, 0, 0)).is_ok());
+                    }
+                    n += 100;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(total > 0);
+    assert_eq!(h.metrics().calls as u64, total);
+}
+
 #[tokio::test(start_paused = true)]
 async fn slow_calls_trip_the_breaker() {
     let layer =
