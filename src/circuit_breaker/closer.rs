@@ -135,10 +135,9 @@ impl Wake for FastPath {
 }
 
 /// The timer that ends a guarded second, kept with the breaker's locked state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) enum Closer {
     /// No timer yet.
-    #[default]
     None,
     /// A timer of the runtime `runtime`, with [`FastPath`] as its waker.
     Armed { sleep: Pin<Box<Sleep>>, runtime: Id },

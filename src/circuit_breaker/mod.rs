@@ -39,8 +39,10 @@
 //! multi-thread tokio runtime a timer marks the end of each second, so such
 //! a success reads no clock either. Elsewhere (a current-thread runtime,
 //! whose timers only fire while it is driven, a paused clock's tests, no
-//! runtime) it reads the clock once per call. Either way every call lands in
-//! the bucket of the second it ended in.
+//! runtime) it reads the clock once per call. Either way a call lands in the
+//! bucket of the second it ended in — under a timer, of the second the timer
+//! had not yet ended (timers fire a millisecond or so late, and a guarded
+//! success checks the clock every 256 counts besides).
 //!
 //! Windows are O(1) per call: a count window is a ring of outcome slots with
 //! running totals; a time window is a ring of per-second buckets with running
