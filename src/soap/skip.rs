@@ -96,9 +96,11 @@ pub(crate) fn skip_content(text: &str, from: usize, depth: usize, max_depth: usi
                 i = gt + 1;
             }
             Some(b'!') => i = bang(b, lt)?,
+            // The `?` opening a processing instruction does not close it:
+            // `<?>` is unclosed (as quick-xml reads it), whatever follows.
             Some(b'?') => match memmem::find(&b[lt + 2..], b"?>") {
-                Some(k) => i = lt + 2 + k + 2,
-                None => return Err(malformed(lt, SyntaxError::UnclosedPI)),
+                Some(k) if b.get(lt + 2) != Some(&b'>') => i = lt + 2 + k + 2,
+                _ => return Err(malformed(lt, SyntaxError::UnclosedPI)),
             },
             Some(_) => {
                 let gt = tag_end(b, lt)?;
@@ -243,9 +245,17 @@ mod tests {
         assert!(matches!(skip_root("<r>a & b</r>", 3), Err(SoapError::Malformed(_))));
         assert!(matches!(skip_root("<r><!DOCTYPE x></r>", 3), Err(SoapError::DocType)));
         assert!(matches!(skip_root("<r><!doctype x></r>", 3), Err(SoapError::DocType)));
-        for unclosed in
-            ["<r><a", "<r><a x=\"", "<r><a x='", "<r><!-- x", "<r><![CDATA[ x", "<r><? x", "<r></a", "<r><!x>"]
-        {
+        for unclosed in [
+            "<r><a",
+            "<r><a x=\"",
+            "<r><a x='",
+            "<r><!-- x",
+            "<r><![CDATA[ x",
+            "<r><? x",
+            "<r><?>p?></r>",
+            "<r></a",
+            "<r><!x>",
+        ] {
             assert!(matches!(skip_root(unclosed, 3), Err(SoapError::Malformed(_))), "{unclosed}");
         }
         assert!(matches!(skip_root("<r><a>", 3), Err(SoapError::Structure(_))));
