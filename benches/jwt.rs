@@ -9,7 +9,8 @@
 //!   `decode_header` and a `HashMap` lookup by `kid` first) and puts the claims
 //!   in the request's extensions;
 //! - `layer`: `JwtPropagationLayer` around the same no-op service (size cap,
-//!   token syntax check, key choice, the token made current while the inner
+//!   key choice, its own verification with keys prepared once and the
+//!   header and claims read once, the token made current while the inner
 //!   service runs, metrics handles, the claims in the extensions).
 //!
 //! The two services are driven by hand (`call` + one poll with a no-op

@@ -15,12 +15,13 @@ use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use metrics::Counter;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::{JwksError, JwtConfigError};
+use super::jws::ClaimRules;
 use super::key::{JwtKey, VerifyKey};
 use crate::config::check_nonzero;
 
@@ -242,7 +243,7 @@ pub(crate) struct JwksCache {
     timeout: Duration,
     max_size: usize,
     fetch: FetchFn,
-    rules: Validation,
+    rules: Arc<ClaimRules>,
     name: Arc<str>,
     keys: RwLock<Arc<KeyMap>>,
     state: Mutex<RefreshState>,
@@ -258,7 +259,7 @@ impl fmt::Debug for JwksCache {
 }
 
 impl JwksCache {
-    pub(crate) fn new(cfg: Jwks, rules: Validation, name: Arc<str>) -> Self {
+    pub(crate) fn new(cfg: Jwks, rules: Arc<ClaimRules>, name: Arc<str>) -> Self {
         let fetch =
             cfg.fetch.unwrap_or_else(|| fetch_with(Client::builder(TokioExecutor::new()).build(HttpConnector::new())));
         let counter = |outcome: &'static str| metrics::counter!("tower_mesh_jwt_jwks_fetches_total", "service" => name.to_string(), "outcome" => outcome);

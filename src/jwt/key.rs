@@ -2,12 +2,13 @@
 
 use std::fmt;
 
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use jsonwebtoken::{AlgorithmFamily, TokenData};
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde::de::DeserializeOwned;
 
 use super::error::{JwtConfigError, JwtError};
+use super::jws::{ClaimRules, Jws, SignatureCheck};
 
 /// A key that verifies tokens, with the **one** algorithm it accepts.
 ///
@@ -94,34 +95,24 @@ pub(crate) fn family_name(family: AlgorithmFamily) -> &'static str {
     }
 }
 
-/// A key ready to verify: its algorithm and the claim rules, with that one
-/// algorithm allowed.
+/// A key ready to verify: its algorithm, its signature check prepared once,
+/// and the layer's claim rules.
 pub(crate) struct VerifyKey {
     pub(crate) kid: Option<String>,
     pub(crate) alg: Algorithm,
-    key: DecodingKey,
-    validation: Validation,
+    check: SignatureCheck,
+    rules: Arc<ClaimRules>,
 }
 
 impl VerifyKey {
-    pub(crate) fn new(key: JwtKey, rules: &Validation) -> Self {
-        let mut validation = rules.clone();
-        validation.algorithms = vec![key.alg];
-        VerifyKey { kid: key.kid, alg: key.alg, key: key.key, validation }
+    pub(crate) fn new(key: JwtKey, rules: &Arc<ClaimRules>) -> Self {
+        VerifyKey { kid: key.kid, alg: key.alg, check: SignatureCheck::new(key.key, key.alg), rules: rules.clone() }
     }
 
-    /// Verify `token` and check its claims.
+    /// Verify `jws` and check its claims.
     #[inline]
-    pub(crate) fn decode<C: DeserializeOwned>(&self, token: &[u8]) -> Result<C, JwtError> {
-        match jsonwebtoken::decode::<C>(token, &self.key, &self.validation) {
-            Ok(TokenData { claims, .. }) => Ok(claims),
-            // JSON that fails after the header was read is the claims' (they
-            // are read once the signature verified): they don't fit `C`.
-            Err(e) if matches!(e.kind(), ErrorKind::Json(_)) && jsonwebtoken::decode_header(token).is_ok() => {
-                Err(JwtError::InvalidClaims)
-            }
-            Err(e) => Err(JwtError::from_decode(&e)),
-        }
+    pub(crate) fn verify<C: DeserializeOwned>(&self, jws: &Jws<'_, '_>) -> Result<C, JwtError> {
+        super::jws::verify(jws, &self.check, self.alg, &self.rules)
     }
 }
 

@@ -232,10 +232,10 @@ impl<C> JwtPropagationLayerBuilder<C> {
         }
         install_crypto_provider();
 
-        let validation = self.rules.validation();
+        let rules = Arc::new(self.rules.claim_rules());
         let name: Arc<str> = self.name.into();
-        let keys = self.keys.into_iter().map(|k| Arc::new(VerifyKey::new(k, &validation))).collect();
-        let jwks = self.jwks.map(|j| Arc::new(JwksCache::new(j, validation, name.clone())));
+        let keys = self.keys.into_iter().map(|k| Arc::new(VerifyKey::new(k, &rules))).collect();
+        let jwks = self.jwks.map(|j| Arc::new(JwksCache::new(j, rules, name.clone())));
         let validator = Validator::new(keys, jwks, self.max_token_len);
         Ok(JwtPropagationLayer { shared: Arc::new(Shared::new(validator, name, self.realm)), _claims: PhantomData })
     }

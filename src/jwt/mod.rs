@@ -10,8 +10,15 @@
 //!     Set URL ([`Jwks`]) with a cache, a background refresh when they age
 //!     and a rate-limited refresh when a token names an unknown `kid`;
 //!   - `exp`, `nbf`, `iss`, `aud` (and optionally `sub`) are checked with a
-//!     configurable leeway; the `Authorization` value is size-capped before
-//!     any decoding.
+//!     configurable leeway, with the rules of `jsonwebtoken`'s `Validation`;
+//!     a registered claim of a type RFC 7519 does not give it (`exp` as a
+//!     string, `sub` as a number …) is refused even when it is not checked;
+//!     a header with `crit` is refused (no extension is understood); the
+//!     `Authorization` value is size-capped before any decoding;
+//!   - each key is prepared once (for HMAC, its key schedule), and a token's
+//!     header and claims are each read once: per request the layer costs
+//!     less than calling `jsonwebtoken::decode` (0.73× for HS256, about 1×
+//!     for RS256 and ES256, whose signature check is nearly all the work).
 //!
 //!   A request that fails is answered `401` with
 //!   `WWW-Authenticate: Bearer error="invalid_token"` (gRPC: a trailers-only
@@ -116,6 +123,7 @@ mod client;
 mod error;
 mod future;
 mod jwks;
+mod jws;
 mod key;
 mod layer;
 mod service;

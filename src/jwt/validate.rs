@@ -1,16 +1,15 @@
 //! Token checks: find the key, verify, check the claims.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
-use jsonwebtoken::{Algorithm, Validation};
-use jwt_base64::Engine;
+use jsonwebtoken::Algorithm;
 use serde::de::DeserializeOwned;
 
 use super::error::JwtError;
 use super::jwks::{JwksCache, KeyWait, Lookup};
+use super::jws::{ClaimRules, HeaderBuf, Jws, Required};
 use super::key::VerifyKey;
 use super::token::BearerToken;
 
@@ -44,21 +43,25 @@ impl Validator {
             Ok(t) => t,
             Err(e) => return Check::Invalid(e),
         };
-        // Its characters are checked by the verification: `jsonwebtoken`
-        // decodes the three parts as unpadded base64url, so a token that
-        // verifies is a `b64token`, and one that does not is dropped here.
+        // Its characters are checked by the verification: the three parts
+        // are decoded as unpadded base64url, so a token that verifies is a
+        // `b64token`, and one that does not is dropped here.
         let text = token.as_bytes();
-        let key = match self.select(text, cached_only) {
+        let mut header = HeaderBuf::new();
+        let jws = match Jws::parse(text, &mut header) {
+            Ok(j) => j,
+            Err(e) => return Check::Invalid(e),
+        };
+        let key = match self.select(&jws, cached_only) {
             Ok(k) => k,
             Err(Selected::Invalid(e)) => return Check::Invalid(e),
             Err(Selected::Wait(w)) => return Check::Wait(w),
         };
-        match key.decode::<C>(text) {
+        match key.verify::<C>(&jws) {
             Ok(claims) => {
                 debug_assert!(super::token::check_token68(text).is_ok(), "a verified token is a b64token");
                 Check::Valid(claims, token)
             }
-            Err(JwtError::Malformed) => Check::Invalid(refine_malformed(text)),
             Err(e) => Check::Invalid(e),
         }
     }
@@ -76,25 +79,21 @@ impl Validator {
         BearerToken::from_authorization_unchecked(value)
     }
 
-    /// The key to check `token` with.
-    fn select(&self, token: &[u8], cached_only: bool) -> Result<KeyRef<'_>, Selected> {
-        // One static key: `decode` itself refuses a token of another algorithm,
-        // so there is no need to read the header twice.
+    /// The key to check `jws` with.
+    fn select(&self, jws: &Jws<'_, '_>, cached_only: bool) -> Result<KeyRef<'_>, Selected> {
+        // One static key: whatever the `kid`, it is the key (its algorithm
+        // is checked against the token's by the verification).
         if self.jwks.is_none() {
             if let [only] = self.keys.as_slice() {
                 return Ok(KeyRef::Static(only));
             }
         }
-        let header = match jsonwebtoken::decode_header(token) {
-            Ok(h) => h,
-            Err(_) => return Err(Selected::Invalid(refine_malformed(token))),
-        };
-        let kid = header.kid.as_deref();
-        if let Some(k) = self.static_key(kid, header.alg) {
+        let kid = jws.kid.as_deref();
+        if let Some(k) = self.static_key(kid, jws.alg) {
             return Ok(KeyRef::Static(k));
         }
         if let Some(jwks) = &self.jwks {
-            let found = if cached_only { jwks.lookup_cached(kid, header.alg) } else { jwks.lookup(kid, header.alg) };
+            let found = if cached_only { jwks.lookup_cached(kid, jws.alg) } else { jwks.lookup(kid, jws.alg) };
             return match found {
                 Lookup::Found(k) => Ok(KeyRef::Fetched(k)),
                 Lookup::Wait(w) => Err(Selected::Wait(w)),
@@ -104,7 +103,7 @@ impl Validator {
         }
         // Without a JWKS, a token whose algorithm no key has is refused as such
         // (an `HS256` token sent to a server with RSA keys).
-        if self.keys.iter().all(|k| k.alg != header.alg) {
+        if self.keys.iter().all(|k| k.alg != jws.alg) {
             return Err(Selected::Invalid(JwtError::AlgorithmMismatch));
         }
         Err(Selected::Invalid(JwtError::UnknownKey))
@@ -144,26 +143,6 @@ enum Selected {
     Wait(KeyWait),
 }
 
-/// A token `jsonwebtoken` could not read: say [`JwtError::AlgorithmMismatch`]
-/// when its header is JSON naming an algorithm it does not support (`none`),
-/// [`JwtError::Malformed`] otherwise.
-#[cold]
-fn refine_malformed(token: &[u8]) -> JwtError {
-    #[derive(serde::Deserialize)]
-    struct AlgOnly<'a> {
-        #[serde(borrow)]
-        alg: Option<std::borrow::Cow<'a, str>>,
-    }
-    let Some(header) = token.split(|&b| b == b'.').next() else { return JwtError::Malformed };
-    let Ok(json) = jwt_base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
-        return JwtError::Malformed;
-    };
-    match serde_json::from_slice::<AlgOnly<'_>>(&json) {
-        Ok(AlgOnly { alg: Some(alg) }) if alg.parse::<Algorithm>().is_err() => JwtError::AlgorithmMismatch,
-        _ => JwtError::Malformed,
-    }
-}
-
 /// The claim rules common to every key of a layer.
 #[derive(Clone, Debug)]
 pub(crate) struct Rules {
@@ -191,29 +170,31 @@ impl Default for Rules {
 }
 
 impl Rules {
-    /// The `jsonwebtoken` validation (its algorithm list is set per key).
-    pub(crate) fn validation(&self) -> Validation {
-        let mut v = Validation::new(Algorithm::HS256);
-        v.algorithms.clear();
-        v.leeway = self.leeway;
-        v.validate_exp = true;
-        v.validate_nbf = self.validate_nbf;
-        let mut required: HashSet<String> = self.required.iter().cloned().collect();
+    /// The rules as the keys check them.
+    pub(crate) fn claim_rules(&self) -> ClaimRules {
+        let mut required = Required::default();
+        for name in &self.required {
+            required.add(name);
+        }
         if !self.issuers.is_empty() {
-            v.set_issuer(&self.issuers);
-            required.insert("iss".into());
+            required.add("iss");
         }
-        if self.any_audience {
-            v.validate_aud = false;
+        let audiences = if self.any_audience {
+            None
         } else {
-            v.set_audience(&self.audiences);
-            required.insert("aud".into());
+            required.add("aud");
+            Some(self.audiences.clone())
+        };
+        if self.subject.is_some() {
+            required.add("sub");
         }
-        if let Some(sub) = &self.subject {
-            v.sub = Some(sub.clone());
-            required.insert("sub".into());
+        ClaimRules {
+            issuers: self.issuers.clone(),
+            audiences,
+            subject: self.subject.clone(),
+            leeway: self.leeway,
+            validate_nbf: self.validate_nbf,
+            required,
         }
-        v.required_spec_claims = required;
-        v
     }
 }
