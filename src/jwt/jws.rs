@@ -101,7 +101,9 @@ impl<'t, 'h> Jws<'t, 'h> {
         }
         let message = &token[..header.len() + 1 + claims.len()];
         let json = b64(header, &mut buf.stack, &mut buf.heap)?;
-        let h: Header<'h> = serde_json::from_slice(json).map_err(|_| JwtError::Malformed)?;
+        // UTF-8 JSON (RFC 7515), the fields this does not read included.
+        let json = std::str::from_utf8(json).map_err(|_| JwtError::Malformed)?;
+        let h: Header<'h> = serde_json::from_str(json).map_err(|_| JwtError::Malformed)?;
         if h.crit.is_some() {
             return Err(JwtError::Malformed);
         }
@@ -261,9 +263,11 @@ pub(crate) fn verify<C: DeserializeOwned>(
     let mut stack = [0u8; CLAIMS_STACK];
     let mut heap = Vec::new();
     let json = b64(jws.claims, &mut stack, &mut heap)?;
-    let registered: Registered<'_> = serde_json::from_slice(json).map_err(|_| JwtError::InvalidClaims)?;
+    // UTF-8 JSON (RFC 7519), the claims no one reads included.
+    let json = std::str::from_utf8(json).map_err(|_| JwtError::InvalidClaims)?;
+    let registered: Registered<'_> = serde_json::from_str(json).map_err(|_| JwtError::InvalidClaims)?;
     rules.check(&registered, jsonwebtoken::get_current_timestamp())?;
-    serde_json::from_slice(json).map_err(|_| JwtError::InvalidClaims)
+    serde_json::from_str(json).map_err(|_| JwtError::InvalidClaims)
 }
 
 /// A registered claim: absent (or `null`, for the strings), of the wrong
@@ -805,6 +809,15 @@ mod tests {
             json!({"exp": jsonwebtoken::get_current_timestamp() + 60, "pad": "p".repeat(2 * CLAIMS_STACK)});
         let long = token(&long_header, &long_claims.to_string(), Algorithm::HS256, &enc);
         assert_eq!(ours(&long, key(), &rules).unwrap()["pad"].as_str().unwrap().len(), 2 * CLAIMS_STACK);
+        // Not UTF-8, in a header field or a claim that nothing reads.
+        let bad_header = format!("{}.{}", b64(b"{\"alg\":\"HS256\",\"jku\":\"\xea>\"}"), b64(exp.as_bytes()));
+        let sig = jsonwebtoken::crypto::sign(bad_header.as_bytes(), &enc, Algorithm::HS256).unwrap();
+        assert!(matches!(ours(&format!("{bad_header}.{sig}"), key(), &rules), Err(JwtError::Malformed)));
+        let now = jsonwebtoken::get_current_timestamp() + 60;
+        let bad_claims = [format!("{{\"exp\":{now},\"x\":\"").into_bytes(), vec![0xea, b'"', b'}']].concat();
+        let message = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(&bad_claims));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &enc, Algorithm::HS256).unwrap();
+        assert!(matches!(ours(&format!("{message}.{sig}"), key(), &rules), Err(JwtError::InvalidClaims)));
         // A signature longer than any HMAC.
         let (message, _) = good.rsplit_once('.').unwrap();
         let huge = format!("{message}.{}", b64(&[0u8; SIGNATURE_MAX + 3]));

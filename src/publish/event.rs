@@ -418,7 +418,9 @@ impl fmt::Debug for EventBuilder {
 }
 
 impl EventBuilder {
-    /// Set the `id` (default: a new UUID v4).
+    /// Set the `id` (default: a new UUID v4, its random bits from a
+    /// thread-local ChaCha generator seeded by the operating system: no
+    /// system call per event).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.inner.id = id.into();
         self
