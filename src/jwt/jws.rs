@@ -785,6 +785,28 @@ mod tests {
     }
 
     #[test]
+    fn each_hmac_algorithm_verifies_its_own_tokens_only() {
+        let rules = Rules { any_audience: true, ..Rules::default() };
+        let exp = json!({"exp": jsonwebtoken::get_current_timestamp() + 60}).to_string();
+        let algs = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+        for alg in algs {
+            let header = format!(r#"{{"alg":"{alg:?}"}}"#);
+            let t = token(&header, &exp, alg, &EncodingKey::from_secret(SECRET));
+            for key_alg in algs {
+                let res = ours(&t, JwtKey::hmac(SECRET, key_alg).unwrap(), &rules);
+                if key_alg == alg {
+                    assert!(res.is_ok(), "{alg:?}: {res:?}");
+                } else {
+                    assert!(matches!(res, Err(JwtError::AlgorithmMismatch)), "{alg:?} with a {key_alg:?} key");
+                }
+            }
+            // Same algorithm, another secret.
+            let other = JwtKey::hmac(b"another secret of 32 bytes or more", alg).unwrap();
+            assert!(matches!(ours(&t, other, &rules), Err(JwtError::BadSignature)), "{alg:?}");
+        }
+    }
+
+    #[test]
     fn structure_and_header_errors() {
         let rules = Rules { any_audience: true, ..Rules::default() };
         let key = || JwtKey::hmac(SECRET, Algorithm::HS256).unwrap();
