@@ -9,7 +9,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod classify;
 pub mod config;
