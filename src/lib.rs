@@ -10,6 +10,10 @@
 #![warn(unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Modules that are always present link to the layers they work with; with
+// only some features on, those layers do not exist. The all-features docs
+// (docs.rs, CI) keep every link checked.
+#![cfg_attr(not(feature = "full"), allow(rustdoc::broken_intra_doc_links))]
 
 pub mod classify;
 pub mod config;
