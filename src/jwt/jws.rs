@@ -186,8 +186,14 @@ impl Required {
         }
     }
 
+    /// Whether the claim `NAMES[i]` is required.
+    fn contains(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+
+    #[cfg(test)]
     fn has(self, name: &str) -> bool {
-        Self::NAMES.iter().position(|n| *n == name).is_some_and(|i| self.0 & (1 << i) != 0)
+        Self::NAMES.iter().position(|n| *n == name).is_some_and(|i| self.contains(i))
     }
 }
 
@@ -211,12 +217,13 @@ impl ClaimRules {
     fn check(&self, c: &Registered<'_>, now: u64) -> Result<(), JwtError> {
         // RFC 7519 gives each registered claim a type: a token with one of
         // another type is refused, whether or not that claim is checked.
-        if Required::NAMES.iter().any(|n| matches!(c.state(n), State::Invalid)) {
+        let states = c.states();
+        if states.iter().any(|s| matches!(s, State::Invalid)) {
             return Err(JwtError::InvalidClaims);
         }
-        for name in Required::NAMES {
-            if self.required.has(name) && matches!(c.state(name), State::Absent) {
-                return Err(JwtError::MissingClaim(name.into()));
+        for (i, state) in states.iter().enumerate() {
+            if self.required.contains(i) && matches!(state, State::Absent) {
+                return Err(JwtError::MissingClaim(Required::NAMES[i].into()));
             }
         }
         if let Field::Parsed(exp) = c.exp {
@@ -326,14 +333,9 @@ impl<T> Field<T> {
 }
 
 impl Registered<'_> {
-    fn state(&self, name: &str) -> State {
-        match name {
-            "exp" => self.exp.state(),
-            "nbf" => self.nbf.state(),
-            "sub" => self.sub.state(),
-            "iss" => self.iss.state(),
-            _ => self.aud.state(),
-        }
+    /// Each claim's state, in the order of [`Required::NAMES`].
+    fn states(&self) -> [State; 5] {
+        [self.exp.state(), self.nbf.state(), self.sub.state(), self.iss.state(), self.aud.state()]
     }
 }
 
@@ -348,18 +350,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Registered<'a> {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Registered<'a>, M::Error> {
                 let mut r = Registered::default();
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let first = match &*key {
+                        "exp" => set(&mut r.exp, map.next_value::<Numeric>()?.0),
+                        "nbf" => set(&mut r.nbf, map.next_value::<Numeric>()?.0),
+                        "sub" => set(&mut r.sub, map.next_value::<Text<'a>>()?.0),
+                        "iss" => set(&mut r.iss, map.next_value::<NameList<'a>>()?.0),
+                        "aud" => set(&mut r.aud, map.next_value::<NameList<'a>>()?.0),
+                        _ => map.next_value::<IgnoredAny>().map(|_| true)?,
+                    };
                     // A claim named twice: JSON parsers disagree on which one
                     // counts, so the token is refused.
-                    let dup = || de::Error::custom("duplicate claim");
-                    match &*key {
-                        "exp" => set(&mut r.exp, map.next_value::<Numeric>()?.0).map_err(|()| dup())?,
-                        "nbf" => set(&mut r.nbf, map.next_value::<Numeric>()?.0).map_err(|()| dup())?,
-                        "sub" => set(&mut r.sub, map.next_value::<Text<'a>>()?.0).map_err(|()| dup())?,
-                        "iss" => set(&mut r.iss, map.next_value::<NameList<'a>>()?.0).map_err(|()| dup())?,
-                        "aud" => set(&mut r.aud, map.next_value::<NameList<'a>>()?.0).map_err(|()| dup())?,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+                    if !first {
+                        return Err(de::Error::custom("duplicate claim"));
                     }
                 }
                 Ok(r)
@@ -369,12 +371,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Registered<'a> {
     }
 }
 
-fn set<T>(slot: &mut Field<T>, value: Field<T>) -> Result<(), ()> {
-    if !matches!(slot, Field::Absent) {
-        return Err(());
-    }
+/// Fill `slot` with `value`; `false` if it was filled before (a duplicate).
+fn set<T>(slot: &mut Field<T>, value: Field<T>) -> bool {
+    let first = matches!(slot, Field::Absent);
     *slot = value;
-    Ok(())
+    first
 }
 
 /// A NumericDate: an integer, or a finite non-negative number (rounded);
@@ -383,44 +384,11 @@ struct Numeric(Field<u64>);
 
 impl<'de> Deserialize<'de> for Numeric {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Numeric;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a NumericDate")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Numeric, E> {
-                Ok(Numeric(Field::Parsed(v)))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Numeric, E> {
-                Ok(Numeric(if v.is_finite() && v >= 0.0 && v < u64::MAX as f64 {
-                    Field::Parsed(v.round() as u64)
-                } else {
-                    Field::Invalid
-                }))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Numeric, E> {
-                Ok(Numeric(Field::Invalid))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Numeric, E> {
-                Ok(Numeric(Field::Invalid))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Numeric, E> {
-                Ok(Numeric(Field::Invalid))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Numeric, E> {
-                Ok(Numeric(Field::Invalid))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Numeric, A::Error> {
-                IgnoredAny.visit_seq(seq)?;
-                Ok(Numeric(Field::Invalid))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Numeric, A::Error> {
-                IgnoredAny.visit_map(map)?;
-                Ok(Numeric(Field::Invalid))
-            }
-        }
-        d.deserialize_any(V)
+        Ok(Numeric(match d.deserialize_any(Any(std::marker::PhantomData))? {
+            Value::U64(v) => Field::Parsed(v),
+            Value::F64(v) if v.is_finite() && v >= 0.0 && v < u64::MAX as f64 => Field::Parsed(v.round() as u64),
+            _ => Field::Invalid,
+        }))
     }
 }
 
@@ -447,7 +415,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for NameList<'a> {
             Value::Null => Field::Absent,
             Value::Str(s) => Field::Parsed(Names::One(s)),
             Value::Strs(v) => Field::Parsed(Names::Many(v)),
-            Value::Other => Field::Invalid,
+            _ => Field::Invalid,
         }))
     }
 }
@@ -456,6 +424,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for NameList<'a> {
 /// always consumed.
 enum Value<'a> {
     Null,
+    U64(u64),
+    F64(f64),
     Str(Cow<'a, str>),
     Strs(Vec<Cow<'a, str>>),
     Other,
@@ -486,14 +456,14 @@ impl<'de: 'a, 'a> Visitor<'de> for Any<'a> {
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Value<'a>, E> {
         Ok(Value::Other)
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Value<'a>, E> {
-        Ok(Value::Other)
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value<'a>, E> {
+        Ok(Value::U64(v))
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Value<'a>, E> {
         Ok(Value::Other)
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Value<'a>, E> {
-        Ok(Value::Other)
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value<'a>, E> {
+        Ok(Value::F64(v))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value<'a>, A::Error> {
         IgnoredAny.visit_map(map)?;
