@@ -9,6 +9,19 @@
 //!   vs with the server stack (metrics, correlation id, load shedding,
 //!   request timeout) — target: ≥ 0.97× the bare throughput.
 //!
+//! Each also runs the nearest stack built from existing crates, so the
+//! figures say what such a stack costs anyway:
+//!
+//! - client: tower-http `SetRequestId` (`x-correlation-id`, UUID v4), tower's
+//!   total timeout, tower's `Retry` with a `TpsBudget` (20 %) and a policy
+//!   that clones the request, tower-resilience's circuit breaker (count
+//!   window of 100: its time window rescans every call in it), tower's
+//!   `ConcurrencyLimit` (200) and attempt timeout. It has no metrics and no
+//!   `traceparent` (one header less on the wire than ours);
+//! - server: tower-http `SetRequestId` + `PropagateRequestId`, axum's
+//!   `HandleErrorLayer` over tower's `LoadShed` + `ConcurrencyLimit` (1024),
+//!   tower-http's `Timeout` (504). No metrics, no trace context.
+//!
 //! Everything — clients, the hyper upstream, the axum servers — runs on one
 //! current-thread runtime, so what is measured is the work of the request
 //! path (client, server and the loopback in the kernel) and not where two
@@ -21,13 +34,14 @@
 //! generator such as `wrk` does: opening a connection per batch fills the
 //! loopback with `TIME_WAIT` sockets and slows whichever subject runs later.
 //!
-//! Subjects alternate in one run; after criterion, a summary of alternating
-//! rounds (ABBA order) prints the medians and ratios.
+//! Subjects take turns in one run; after criterion, a summary of rounds in a
+//! rotating order prints the medians and the ratios to bare.
 //!
 //! Run: `cargo bench --features full --bench e2e`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -41,7 +55,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_mesh::stack::{ClientConfig, Preset, ServerConfig};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -150,7 +165,82 @@ async fn load(clients: &[HttpClient], uri: &str, n: usize) -> Duration {
     start.elapsed()
 }
 
-fn routers() -> (Router, Router) {
+type Req = Request<Full<Bytes>>;
+
+/// tower's retry policy doing what the stack's retry does on the success
+/// path: a deposit in the budget per call, a copy of the request kept for a
+/// retry; failures (5xx, errors) retried twice within the budget.
+#[derive(Clone)]
+struct TowerRetry {
+    budget: Arc<TpsBudget>,
+    retries: u32,
+}
+
+impl<B, E> tower::retry::Policy<Req, Response<B>, E> for TowerRetry {
+    type Future = tokio::time::Sleep;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Response<B>, E>) -> Option<Self::Future> {
+        if self.retries == 0 {
+            self.budget.deposit();
+        }
+        let failed = match result {
+            Ok(res) => res.status().is_server_error(),
+            Err(_) => true,
+        };
+        if !failed || self.retries >= 2 || !self.budget.withdraw() {
+            return None;
+        }
+        self.retries += 1;
+        Some(tokio::time::sleep(Duration::from_secs(1)))
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        let mut copy = Request::new(req.body().clone());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}
+
+fn breaker_error(e: tower_resilience::circuitbreaker::CircuitBreakerError<BoxError>) -> BoxError {
+    match e {
+        tower_resilience::circuitbreaker::CircuitBreakerError::Inner(e) => e,
+        open => Box::new(open),
+    }
+}
+
+/// The client stack built from tower, tower-http and tower-resilience (see
+/// the module docs).
+macro_rules! tower_client_stack {
+    ($client:expr) => {{
+        use tower_resilience::circuitbreaker::{CircuitBreakerLayer, SlidingWindowType};
+        let breaker = CircuitBreakerLayer::builder()
+            .sliding_window_type(SlidingWindowType::CountBased)
+            .sliding_window_size(100)
+            .build()
+            .unwrap();
+        let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+        ServiceBuilder::new()
+            .layer(tower_http::request_id::SetRequestIdLayer::new(
+                http::HeaderName::from_static("x-correlation-id"),
+                tower_http::request_id::MakeRequestUuid,
+            ))
+            .timeout(Duration::from_secs(10))
+            .layer(tower::retry::RetryLayer::new(TowerRetry { budget, retries: 0 }))
+            .map_err(breaker_error)
+            .layer(breaker)
+            .concurrency_limit(200)
+            .timeout(Duration::from_secs(3))
+            .service($client)
+    }};
+}
+
+/// Bare, with our server stack, with the tower / tower-http equivalent.
+fn routers() -> [Router; 3] {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     async fn handler() -> &'static str {
         "ok"
     }
@@ -158,12 +248,33 @@ fn routers() -> (Router, Router) {
     let mut cfg = ServerConfig::preset(Preset::Production);
     cfg.name = "bench".into();
     let layered = Router::new().route("/items", get(handler)).layer(cfg.stack().unwrap());
-    (bare, layered)
+    let id = http::HeaderName::from_static("x-correlation-id");
+    let tower = Router::new().route("/items", get(handler)).layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(id.clone(), MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(id))
+            .layer(axum::error_handling::HandleErrorLayer::new(|_: BoxError| async {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }))
+            .load_shed()
+            .concurrency_limit(1024)
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                Duration::from_secs(30),
+            )),
+    );
+    [bare, layered, tower]
 }
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// The medians of a subject's rounds.
+struct Rounds {
+    latency: Vec<f64>,
+    throughput: Vec<f64>,
 }
 
 fn main() {
@@ -174,15 +285,16 @@ fn main() {
     cfg.metrics = true;
     let bare = client();
     let stacked = ServiceBuilder::new().layer(cfg.http_stack().unwrap()).service(client());
-    // Warm both connections.
+    let tower = tower_client_stack!(client());
+    // Warm the connections.
     sequential(&rt, &bare, &uri, 100);
     sequential(&rt, &stacked, &uri, 100);
+    sequential(&rt, &tower, &uri, 100);
 
-    let (bare_router, layered_router) = routers();
-    let bare_uri = format!("http://{}/items", rt.block_on(serve(bare_router)));
-    let layered_uri = format!("http://{}/items", rt.block_on(serve(layered_router)));
-    let bare_clients = rt.block_on(clients(&bare_uri));
-    let layered_clients = rt.block_on(clients(&layered_uri));
+    let server_uris: Vec<String> =
+        routers().into_iter().map(|r| format!("http://{}/items", rt.block_on(serve(r)))).collect();
+    let server_clients: Vec<Vec<HttpClient>> = server_uris.iter().map(|u| rt.block_on(clients(u))).collect();
+    let server_names = ["bare axum", "server stack", "tower-http equivalent"];
 
     let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(5));
 
@@ -190,14 +302,14 @@ fn main() {
         let mut g = c.benchmark_group("e2e/client");
         g.bench_function("bare hyper-util", |b| b.iter_custom(|n| sequential(&rt, &bare, &uri, n)));
         g.bench_function("recommended stack", |b| b.iter_custom(|n| sequential(&rt, &stacked, &uri, n)));
+        g.bench_function("tower equivalent", |b| b.iter_custom(|n| sequential(&rt, &tower, &uri, n)));
         g.finish();
     }
     {
         let mut g = c.benchmark_group("e2e/server");
         g.throughput(Throughput::Elements(SERVER_BATCH as u64));
         g.sample_size(20);
-        for (name, u, cs) in [("bare axum", &bare_uri, &bare_clients), ("server stack", &layered_uri, &layered_clients)]
-        {
+        for ((name, u), cs) in server_names.iter().zip(&server_uris).zip(&server_clients) {
             g.bench_with_input(BenchmarkId::from_parameter(name), u, |b, u| {
                 b.iter_custom(|iters| {
                     rt.block_on(async move {
@@ -213,35 +325,33 @@ fn main() {
         g.finish();
     }
 
-    // Alternating rounds, ABBA, so drift hits both alike.
+    // Rounds in a rotating order, so drift hits every subject alike.
     let rounds = 12;
-    let (mut bare_lat, mut stack_lat) = (Vec::new(), Vec::new());
-    let (mut bare_tp, mut stack_tp) = (Vec::new(), Vec::new());
+    let mut subjects: Vec<Rounds> = (0..3).map(|_| Rounds { latency: Vec::new(), throughput: Vec::new() }).collect();
     let (n_seq, n_load) = (5_000, 10 * SERVER_BATCH);
     for round in 0..rounds {
-        let mut bare_round = || {
-            bare_lat.push(sequential(&rt, &bare, &uri, n_seq).as_secs_f64() * 1e6 / n_seq as f64);
-            bare_tp.push(n_load as f64 / rt.block_on(load(&bare_clients, &bare_uri, n_load)).as_secs_f64());
-        };
-        let mut stack_round = || {
-            stack_lat.push(sequential(&rt, &stacked, &uri, n_seq).as_secs_f64() * 1e6 / n_seq as f64);
-            stack_tp.push(n_load as f64 / rt.block_on(load(&layered_clients, &layered_uri, n_load)).as_secs_f64());
-        };
-        if round % 2 == 0 {
-            bare_round();
-            stack_round();
-        } else {
-            stack_round();
-            bare_round();
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let lat = match i {
+                0 => sequential(&rt, &bare, &uri, n_seq),
+                1 => sequential(&rt, &stacked, &uri, n_seq),
+                _ => sequential(&rt, &tower, &uri, n_seq),
+            };
+            subjects[i].latency.push(lat.as_secs_f64() * 1e6 / n_seq as f64);
+            let elapsed = rt.block_on(load(&server_clients[i], &server_uris[i], n_load));
+            subjects[i].throughput.push(n_load as f64 / elapsed.as_secs_f64());
         }
     }
-    let (bl, sl) = (median(&mut bare_lat), median(&mut stack_lat));
-    let (bt, st) = (median(&mut bare_tp), median(&mut stack_tp));
-    println!("\n== e2e summary ({rounds} alternating rounds, medians)");
-    println!(
-        "client: bare {bl:.1} µs/request, recommended stack {sl:.1} µs/request: {:+.1} % (target ≤ 3 %)",
-        (sl / bl - 1.0) * 100.0
-    );
-    println!("server: bare axum {bt:.0} req/s, server stack {st:.0} req/s: {:.3}× (target ≥ 0.97×)", st / bt);
+    let lat: Vec<f64> = subjects.iter_mut().map(|s| median(&mut s.latency)).collect();
+    let tp: Vec<f64> = subjects.iter_mut().map(|s| median(&mut s.throughput)).collect();
+    println!("\n== e2e summary ({rounds} rotating rounds, medians)");
+    println!("client: bare hyper-util {:.1} µs/request", lat[0]);
+    for (i, name) in [(1, "recommended stack"), (2, "tower equivalent")] {
+        println!("  {name}: {:.1} µs/request, {:+.1} % (target ≤ 3 %)", lat[i], (lat[i] / lat[0] - 1.0) * 100.0);
+    }
+    println!("server: bare axum {:.0} req/s", tp[0]);
+    for i in 1..3 {
+        println!("  {}: {:.0} req/s, {:.3}× (target ≥ 0.97×)", server_names[i], tp[i], tp[i] / tp[0]);
+    }
     c.final_summary();
 }
