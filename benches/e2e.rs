@@ -37,7 +37,10 @@
 //! Subjects take turns in one run; after criterion, a summary of rounds in a
 //! rotating order prints the medians and the ratios to bare.
 //!
-//! Run: `cargo bench --features full --bench e2e`.
+//! Run: `cargo bench --features full --bench e2e`. `scripts/count-e2e.sh`
+//! runs it in a counting mode under callgrind instead: instructions per
+//! request of every subject, and of the stack without each of its layers
+//! (counts, unlike wall time, do not drift between runs).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -247,6 +250,14 @@ fn routers() -> [Router; 3] {
     let bare = Router::new().route("/items", get(handler));
     let mut cfg = ServerConfig::preset(Preset::Production);
     cfg.name = "bench".into();
+    cfg.metrics &= !off("metrics");
+    cfg.correlation &= !off("correlation");
+    if off("shedding") {
+        cfg.max_concurrent_requests = None;
+    }
+    if off("timeout") {
+        cfg.timeout = None;
+    }
     let layered = Router::new().route("/items", get(handler)).layer(cfg.stack().unwrap());
     let id = http::HeaderName::from_static("x-correlation-id");
     let tower = Router::new().route("/items", get(handler)).layer(
@@ -277,14 +288,92 @@ struct Rounds {
     throughput: Vec<f64>,
 }
 
+/// Whether `E2E_OFF` (a comma-separated list) names `layer`: the counting
+/// mode measures the stack without it.
+fn off(layer: &str) -> bool {
+    std::env::var("E2E_OFF").is_ok_and(|v| v.split(',').any(|l| l.trim() == layer))
+}
+
+/// The `production` client stack, less the layers `E2E_OFF` names.
+fn client_config() -> ClientConfig {
+    let mut cfg = ClientConfig::preset(Preset::Production).named("bench");
+    cfg.metrics = !off("metrics");
+    cfg.correlation &= !off("correlation");
+    if off("retry") {
+        cfg.retry = None;
+    }
+    if off("breaker") {
+        cfg.circuit_breaker = None;
+    }
+    if off("bulkhead") {
+        cfg.bulkhead = None;
+    }
+    if off("attempt-timeout") {
+        cfg.timeout.attempt = None;
+    }
+    if off("total-timeout") {
+        cfg.timeout.total = None;
+    }
+    cfg
+}
+
+/// Counting mode (`E2E_COUNT=side:subject:n`, run under callgrind by
+/// `scripts/count-e2e.sh`): `n` requests of one subject and nothing else,
+/// so that the difference of two counts is the work of `n` requests.
+/// `side` is `client` (sequential round trips) or `server` (the concurrent
+/// load); `subject` is `bare`, `stack` or `tower`.
+fn count(spec: &str) {
+    let mut parts = spec.split(':');
+    let (Some(side), Some(subject), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("E2E_COUNT is side:subject:n, e.g. client:stack:1000");
+    };
+    let n: usize = n.parse().expect("E2E_COUNT: n is a number");
+    let i = match subject {
+        "bare" => 0,
+        "stack" => 1,
+        "tower" => 2,
+        other => panic!("E2E_COUNT: unknown subject {other} (bare, stack, tower)"),
+    };
+    let rt = runtime();
+    match side {
+        "client" => {
+            let uri = format!("http://{}/items", rt.block_on(upstream()));
+            match i {
+                0 => {
+                    sequential(&rt, &client(), &uri, n as u64);
+                }
+                1 => {
+                    let stacked = ServiceBuilder::new().layer(client_config().http_stack().unwrap()).service(client());
+                    sequential(&rt, &stacked, &uri, n as u64);
+                }
+                _ => {
+                    sequential(&rt, &tower_client_stack!(client()), &uri, n as u64);
+                }
+            }
+        }
+        "server" => {
+            let [router, ..] = {
+                let mut all = routers();
+                all.rotate_left(i);
+                all
+            };
+            let uri = format!("http://{}/items", rt.block_on(serve(router)));
+            let cs = rt.block_on(clients(&uri));
+            rt.block_on(load(&cs, &uri, n));
+        }
+        other => panic!("E2E_COUNT: unknown side {other} (client, server)"),
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("E2E_COUNT") {
+        return count(&spec);
+    }
     let rt = runtime();
     let up = rt.block_on(upstream());
     let uri = format!("http://{up}/items");
-    let mut cfg = ClientConfig::preset(Preset::Production).named("bench");
-    cfg.metrics = true;
     let bare = client();
-    let stacked = ServiceBuilder::new().layer(cfg.http_stack().unwrap()).service(client());
+    let stacked = ServiceBuilder::new().layer(client_config().http_stack().unwrap()).service(client());
     let tower = tower_client_stack!(client());
     // Warm the connections.
     sequential(&rt, &bare, &uri, 100);
