@@ -79,6 +79,9 @@ pub(crate) struct Incoming {
     /// The id was taken from the main header as it is: the request needs no
     /// rewrite.
     pub(crate) id_in_place: bool,
+    /// One of the alternative headers was present: remove them from the
+    /// request (the id goes under the main header only).
+    pub(crate) accept_seen: bool,
     /// The trace headers were invalid: remove them from the request.
     pub(crate) drop_trace_headers: bool,
     pub(crate) drop_tracestate: bool,
@@ -111,10 +114,11 @@ impl Shared {
     /// Read (or make) the request's context from its headers.
     #[inline]
     pub(crate) fn incoming(&self, headers: &HeaderMap) -> Incoming {
-        let (correlation_id, id_in_place) = self.read_id(headers);
+        let (correlation_id, id_in_place, accept_seen) = self.read_id(headers);
         let mut incoming = Incoming {
             ctx: RequestContext::new(correlation_id),
             id_in_place,
+            accept_seen,
             drop_trace_headers: false,
             drop_tracestate: false,
         };
@@ -124,23 +128,27 @@ impl Shared {
         incoming
     }
 
-    fn read_id(&self, headers: &HeaderMap) -> (CorrelationId, bool) {
+    /// The id in use, whether it is the main header's value as it stands, and
+    /// whether any alternative header was present.
+    fn read_id(&self, headers: &HeaderMap) -> (CorrelationId, bool, bool) {
         let mut rejected = None;
         if let Some(v) = headers.get(&self.header) {
             match CorrelationId::from_header_value_with(v, self.forbidden) {
                 Ok(id) => {
                     self.counters.ids[0].increment(1);
-                    return (id, true);
+                    return (id, true, false);
                 }
                 Err(e) => rejected = Some((e, &self.header)),
             }
         }
+        let mut accept_seen = false;
         for h in &self.accept {
             if let Some(v) = headers.get(h) {
+                accept_seen = true;
                 match CorrelationId::from_header_value_with(v, self.forbidden) {
                     Ok(id) => {
                         self.counters.ids[0].increment(1);
-                        return (id, false);
+                        return (id, false, true);
                     }
                     Err(e) => rejected = rejected.or(Some((e, h))),
                 }
@@ -162,7 +170,7 @@ impl Shared {
             }
             None => self.counters.ids[1].increment(1),
         }
-        (id, false)
+        (id, false, accept_seen)
     }
 
     fn read_trace(&self, headers: &HeaderMap, incoming: &mut Incoming) {

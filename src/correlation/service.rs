@@ -61,8 +61,10 @@ where
             // What the services below read is the id in use, never a
             // refused one.
             headers.insert(shared.header.clone(), ctx.correlation_id.as_header_value().clone());
-            for h in shared.accept_headers() {
-                headers.remove(h);
+            if incoming.accept_seen {
+                for h in shared.accept_headers() {
+                    headers.remove(h);
+                }
             }
         }
         if incoming.drop_trace_headers {
