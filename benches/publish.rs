@@ -137,11 +137,12 @@ fn nats(rt: &tokio::runtime::Runtime) -> Option<Broker> {
         })
         .await
         .unwrap();
-        let s = subject.clone();
-        let ours = Nats::builder(url.as_str()).subject(move |_| format!("{s}.x")).config(config()).build().unwrap();
+        // The same subject string, cloned per message, as the raw client does.
+        let s = format!("{subject}.x");
+        let ours = Nats::builder(url.as_str()).subject(move |_| s.clone()).config(config()).build().unwrap();
         ours.wait_connected().await.unwrap();
-        let s = subject.clone();
-        let stacked = Nats::builder(url.as_str()).subject(move |_| format!("{s}.x")).config(config()).build().unwrap();
+        let s = format!("{subject}.x");
+        let stacked = Nats::builder(url.as_str()).subject(move |_| s.clone()).config(config()).build().unwrap();
         stacked.wait_connected().await.unwrap();
         let cleanup_js = js.clone();
         Some(Broker {
