@@ -24,6 +24,19 @@
 //! | `mqtt` | MQTT (rumqttc), QoS 1 | the matching `PUBACK` |
 //! | `kafka` | Kafka (rdkafka), idempotent producer | the delivery report |
 //!
+//! # Under the resilience stack
+//!
+//! Each confirmation is already bounded by
+//! [`PublisherConfig::confirm_timeout`]: past it the connection counts as
+//! broken and the message is sent again after the reconnect. A
+//! `TimeoutLayer` above the retry layer bounds the whole publish (waiting
+//! for room, re-sends and retries included); a per-attempt one below it is
+//! rarely worth its cost. Every timeout layer registers and cancels a tokio
+//! timer per message: on a multi-thread runtime about 1,000 instructions
+//! (tower's `Timeout` costs the same), where the retry, circuit breaker and
+//! bulkhead layers add about 350 together — counted with callgrind on the
+//! Redis publisher, which spends about 40,500 per message on its own.
+//!
 //! # Metrics
 //!
 //! With `service` (the [name](PublisherConfig::name)) and `broker` labels:
