@@ -282,7 +282,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The medians of a subject's rounds.
+/// One subject's measurements, a value per round.
 struct Rounds {
     latency: Vec<f64>,
     throughput: Vec<f64>,
@@ -352,11 +352,7 @@ fn count(spec: &str) {
             }
         }
         "server" => {
-            let [router, ..] = {
-                let mut all = routers();
-                all.rotate_left(i);
-                all
-            };
+            let router = routers().into_iter().nth(i).expect("three routers");
             let uri = format!("http://{}/items", rt.block_on(serve(router)));
             let cs = rt.block_on(clients(&uri));
             rt.block_on(load(&cs, &uri, n));

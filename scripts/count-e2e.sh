@@ -43,12 +43,12 @@ printf '%-8s %-38s %14s %10s\n' side subject instructions "vs bare"
 for side in client server; do
   for subject in bare stack tower; do
     n=$(per_request "$side" "$subject")
-    [ "$subject" = bare ] && base[$side]=$n
+    if [ "$subject" = bare ]; then base[$side]=$n; fi
+    if [ "$subject" = stack ]; then base[${side}_stack]=$n; fi
     printf '%-8s %-38s %14d %+10d\n' "$side" "$subject" "$n" $((n - base[$side]))
-    [ "$subject" = stack ] && base[${side}_stack]=$n
   done
 done
-[ "${1:-}" = subjects ] && exit 0
+if [ "${1:-}" = subjects ]; then exit 0; fi
 
 echo
 printf '%-8s %-38s %14s %10s\n' side "stack without" instructions "layer adds"
