@@ -28,8 +28,7 @@ pin_project! {
         // Polled with the call's deadline (the timer's) current.
         #[pin]
         response: F,
-        #[pin]
-        sleep: Option<Sleep>,
+        sleep: Option<Pin<Box<Sleep>>>,
         deadline: Deadline,
         kind: TimeoutKind,
         after: Duration,
@@ -73,7 +72,7 @@ where
         if let Poll::Ready(res) = polled {
             return Poll::Ready(res.map_err(Into::into));
         }
-        let mut sleep = this.sleep;
+        let sleep = this.sleep;
         if sleep.is_none() {
             if covered {
                 // A timeout inside (a per-attempt one) is waiting with a timer
@@ -84,9 +83,9 @@ where
                 crate::deadline::report_covered(deadline, enclosing);
                 return Poll::Pending;
             }
-            sleep.set(Some(tokio::time::sleep_until(deadline.instant())));
+            *sleep = Some(Box::pin(tokio::time::sleep_until(deadline.instant())));
         }
-        match sleep.as_pin_mut().expect("the timer was just set").poll(cx) {
+        match sleep.as_mut().expect("the timer was just set").as_mut().poll(cx) {
             Poll::Pending => {
                 crate::deadline::report_covered(deadline, enclosing);
                 Poll::Pending
