@@ -9,7 +9,10 @@ use metrics::Counter;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::context::{with_current, RequestContext, TRACEPARENT, TRACESTATE, X_CORRELATION_ID};
+use super::context::{
+    with_current, RequestContext, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME, X_CORRELATION_ID,
+};
+use super::headers::Lookup;
 use super::id::{CorrelationId, MakeCorrelationId, UuidV7};
 use super::trace::TraceParent;
 
@@ -47,17 +50,27 @@ impl ClientShared {
         match ctx {
             Some(ctx) => {
                 self.propagated.increment(1);
+                // A `tracestate` the caller set is replaced or removed: found
+                // first (in one pass over a small map, see `Lookup`), so that
+                // a request without one is not searched for it again.
+                let has_tracestate =
+                    self.trace_context && Lookup::new(headers, [Some(&TRACESTATE_NAME)]).contains(0, &TRACESTATE);
                 headers.insert(self.header.clone(), ctx.correlation_id.as_header_value().clone());
                 if self.trace_context {
                     match &ctx.traceparent {
                         Some(tp) => {
                             headers.insert(TRACEPARENT, tp.child().to_header_value());
                             match &ctx.tracestate {
-                                Some(ts) => headers.insert(TRACESTATE, ts.as_header_value().clone()),
-                                None => headers.remove(TRACESTATE),
-                            };
+                                Some(ts) => {
+                                    headers.insert(TRACESTATE, ts.as_header_value().clone());
+                                }
+                                None if has_tracestate => {
+                                    headers.remove(TRACESTATE);
+                                }
+                                None => {}
+                            }
                         }
-                        None => self.fresh_trace(headers),
+                        None => self.fresh_trace(headers, has_tracestate),
                     }
                 }
             }
@@ -69,25 +82,32 @@ impl ClientShared {
     /// replace the rest with fresh ones.
     #[cold]
     fn outside_scope(&self, headers: &mut HeaderMap) {
-        let valid = headers.get(&self.header).is_some_and(|v| CorrelationId::from_header_value(v).is_ok());
-        if valid {
+        let (id_valid, parent_valid, has_tracestate) = {
+            let found = Lookup::new(headers, [Some(&self.header), Some(&TRACEPARENT_NAME), Some(&TRACESTATE_NAME)]);
+            (
+                found.get(0, &self.header).is_some_and(|v| CorrelationId::from_header_value(v).is_ok()),
+                found.get(1, &TRACEPARENT).is_some_and(|v| TraceParent::parse_bytes(v.as_bytes()).is_ok()),
+                found.contains(2, &TRACESTATE),
+            )
+        };
+        if id_valid {
             self.propagated.increment(1);
         } else {
             self.generated.increment(1);
             headers.insert(self.header.clone(), self.generator.make_correlation_id().into_header_value());
             tracing::trace!(service = &*self.name, "no request context: new correlation id for an outgoing request");
         }
-        if self.trace_context {
-            let valid = headers.get(TRACEPARENT).is_some_and(|v| TraceParent::parse_bytes(v.as_bytes()).is_ok());
-            if !valid {
-                self.fresh_trace(headers);
-            }
+        if self.trace_context && !parent_valid {
+            self.fresh_trace(headers, has_tracestate);
         }
     }
 
-    fn fresh_trace(&self, headers: &mut HeaderMap) {
+    /// A new trace, and no `tracestate` (it belonged to the trace replaced).
+    fn fresh_trace(&self, headers: &mut HeaderMap, has_tracestate: bool) {
         headers.insert(TRACEPARENT, TraceParent::generate(self.sample_new_traces).to_header_value());
-        headers.remove(TRACESTATE);
+        if has_tracestate {
+            headers.remove(TRACESTATE);
+        }
     }
 }
 

@@ -7,7 +7,10 @@ use http::{HeaderMap, HeaderName};
 use metrics::Counter;
 use tower_layer::Layer;
 
-use super::context::{RequestContext, TRACEPARENT, TRACESTATE, X_CORRELATION_ID, X_REQUEST_ID};
+use super::context::{
+    RequestContext, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME, X_CORRELATION_ID, X_REQUEST_ID,
+};
+use super::headers::Lookup;
 use super::id::{ByteSet, CorrelationId, MakeCorrelationId, UuidV7};
 use super::service::CorrelationIdService;
 use super::trace::{TraceParent, TraceState};
@@ -114,7 +117,8 @@ impl Shared {
     /// Read (or make) the request's context from its headers.
     #[inline]
     pub(crate) fn incoming(&self, headers: &HeaderMap) -> Incoming {
-        let (correlation_id, id_in_place, accept_seen) = self.read_id(headers);
+        let found = self.find(headers);
+        let (correlation_id, id_in_place, accept_seen) = self.read_id(&found);
         let mut incoming = Incoming {
             ctx: RequestContext::new(correlation_id),
             id_in_place,
@@ -123,16 +127,30 @@ impl Shared {
             drop_tracestate: false,
         };
         if self.trace_context {
-            self.read_trace(headers, &mut incoming);
+            self.read_trace(headers, &found, &mut incoming);
         }
         incoming
     }
 
-    /// The id in use, whether it is the main header's value as it stands, and
-    /// whether any alternative header was present.
-    fn read_id(&self, headers: &HeaderMap) -> (CorrelationId, bool, bool) {
+    fn find<'h>(&self, headers: &'h HeaderMap) -> Found<'h> {
+        if self.accept.len() > SCAN_MAX_ACCEPT {
+            return Found::by_lookups(headers);
+        }
+        let mut names = [None; 3 + SCAN_MAX_ACCEPT];
+        names[MAIN] = Some(&self.header);
+        if self.trace_context {
+            names[PARENT] = Some(&TRACEPARENT_NAME);
+            names[STATE] = Some(&TRACESTATE_NAME);
+        }
+        for (slot, h) in names[ACCEPT..].iter_mut().zip(&self.accept) {
+            *slot = Some(h);
+        }
+        Found::new(headers, names)
+    }
+
+    fn read_id(&self, found: &Found<'_>) -> (CorrelationId, bool, bool) {
         let mut rejected = None;
-        if let Some(v) = headers.get(&self.header) {
+        if let Some(v) = found.get(MAIN, &self.header) {
             match CorrelationId::from_header_value_with(v, self.forbidden) {
                 Ok(id) => {
                     self.counters.ids[0].increment(1);
@@ -142,8 +160,8 @@ impl Shared {
             }
         }
         let mut accept_seen = false;
-        for h in &self.accept {
-            if let Some(v) = headers.get(h) {
+        for (i, h) in self.accept.iter().enumerate() {
+            if let Some(v) = found.get(ACCEPT + i, h) {
                 accept_seen = true;
                 match CorrelationId::from_header_value_with(v, self.forbidden) {
                     Ok(id) => {
@@ -173,15 +191,15 @@ impl Shared {
         (id, false, accept_seen)
     }
 
-    fn read_trace(&self, headers: &HeaderMap, incoming: &mut Incoming) {
-        let parsed = headers.get(TRACEPARENT).map(|v| TraceParent::parse_bytes(v.as_bytes()));
+    fn read_trace(&self, headers: &HeaderMap, found: &Found<'_>, incoming: &mut Incoming) {
+        let parsed = found.get(PARENT, &TRACEPARENT).map(|v| TraceParent::parse_bytes(v.as_bytes()));
         let ctx = &mut incoming.ctx;
         match parsed {
             Some(Ok(tp)) => {
                 self.counters.traces[0].increment(1);
                 // This hop's span: same trace, a new id.
                 ctx.traceparent = Some(tp.child());
-                if headers.contains_key(TRACESTATE) {
+                if found.contains(STATE, &TRACESTATE) {
                     match TraceState::from_header_values(headers.get_all(TRACESTATE)) {
                         Ok(ts) => ctx.tracestate = (!ts.is_empty()).then_some(ts),
                         Err(reason) => {
@@ -201,12 +219,24 @@ impl Shared {
             None => {
                 self.counters.traces[1].increment(1);
                 // No tracestate without a traceparent.
-                incoming.drop_tracestate = headers.contains_key(TRACESTATE);
+                incoming.drop_tracestate = found.contains(STATE, &TRACESTATE);
                 ctx.traceparent = Some(TraceParent::generate(self.sample_new_traces));
             }
         }
     }
 }
+
+/// A scan keeps the values of at most this many alternative id headers; with
+/// more configured, the headers are looked up.
+const SCAN_MAX_ACCEPT: usize = 4;
+
+/// The headers the server layer reads: the main id header, `traceparent`,
+/// `tracestate`, then the alternative id headers.
+type Found<'h> = Lookup<'h, { 3 + SCAN_MAX_ACCEPT }>;
+const MAIN: usize = 0;
+const PARENT: usize = 1;
+const STATE: usize = 2;
+const ACCEPT: usize = 3;
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

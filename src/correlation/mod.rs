@@ -106,6 +106,7 @@ mod client;
 mod context;
 mod error;
 mod future;
+mod headers;
 mod id;
 mod layer;
 mod service;

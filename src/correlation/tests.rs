@@ -437,3 +437,50 @@ fn futures_and_services_are_send_and_sync() {
     send_sync(&CorrelationIdClientLayer::new().layer(recording()));
     send_sync(&RequestContext::generate());
 }
+
+/// `filler` headers of no interest, then `ours`: with many names a request's
+/// headers are looked up rather than searched in one pass.
+fn crowded_request(filler: usize, ours: &[(&str, &[u8])]) -> Request<()> {
+    let mut req = request(ours);
+    for i in 0..filler {
+        let name = http::HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap();
+        req.headers_mut().insert(name, HeaderValue::from_static("v"));
+    }
+    req
+}
+
+#[tokio::test]
+async fn small_and_large_header_maps_are_read_alike() {
+    for filler in [0, 3, 30] {
+        // Server: an alternative id, a trace with its state.
+        let req = crowded_request(
+            filler,
+            &[("x-request-id", b"lb-7"), ("traceparent", TP.as_bytes()), ("tracestate", b"k=v")],
+        );
+        let (res, seen) = serve(CorrelationIdLayer::new(), req).await;
+        assert_eq!(res["x-correlation-id"], "lb-7", "{filler} other headers");
+        assert!(!seen.headers.contains_key("x-request-id"));
+        let ctx = seen.extension.unwrap();
+        assert_eq!(ctx.traceparent.unwrap().trace_id(), TraceParent::parse(TP).unwrap().trace_id());
+        assert_eq!(ctx.tracestate.unwrap().as_str(), "k=v");
+        // A tracestate without a traceparent is dropped.
+        let (_, seen) = serve(CorrelationIdLayer::new(), crowded_request(filler, &[("tracestate", b"k=v")])).await;
+        assert!(!seen.headers.contains_key("tracestate"), "{filler} other headers");
+
+        // Client, inside and outside a scope: a stale tracestate is removed.
+        let client = CorrelationIdClientLayer::new().layer(echo_headers());
+        let ctx =
+            RequestContext::new(CorrelationId::parse("c-1").unwrap()).with_traceparent(TraceParent::generate(true));
+        let req = crowded_request(filler, &[("tracestate", b"stale=1")]);
+        let sent = ctx.scope(client.clone().oneshot(req)).await.unwrap();
+        assert_eq!(sent["x-correlation-id"], "c-1");
+        assert!(!sent.contains_key("tracestate"), "{filler} other headers");
+        let req =
+            crowded_request(filler, &[("x-correlation-id", b"job-1"), ("traceparent", b"bad"), ("tracestate", b"a=1")]);
+        let sent = client.oneshot(req).await.unwrap();
+        assert_eq!(sent["x-correlation-id"], "job-1");
+        assert!(TraceParent::parse(sent["traceparent"].to_str().unwrap()).is_ok());
+        assert!(!sent.contains_key("tracestate"), "{filler} other headers");
+        assert_eq!(sent.keys_len(), filler + 2);
+    }
+}
