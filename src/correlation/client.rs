@@ -50,11 +50,6 @@ impl ClientShared {
         match ctx {
             Some(ctx) => {
                 self.propagated.increment(1);
-                // A `tracestate` the caller set is replaced or removed: found
-                // first (in one pass over a small map, see `Lookup`), so that
-                // a request without one is not searched for it again.
-                let has_tracestate =
-                    self.trace_context && Lookup::new(headers, [Some(&TRACESTATE_NAME)]).contains(0, &TRACESTATE);
                 headers.insert(self.header.clone(), ctx.correlation_id.as_header_value().clone());
                 if self.trace_context {
                     match &ctx.traceparent {
@@ -64,13 +59,10 @@ impl ClientShared {
                                 Some(ts) => {
                                     headers.insert(TRACESTATE, ts.as_header_value().clone());
                                 }
-                                None if has_tracestate => {
-                                    headers.remove(TRACESTATE);
-                                }
-                                None => {}
+                                None => remove_tracestate(headers),
                             }
                         }
-                        None => self.fresh_trace(headers, has_tracestate),
+                        None => self.fresh_trace(headers),
                     }
                 }
             }
@@ -82,12 +74,12 @@ impl ClientShared {
     /// replace the rest with fresh ones.
     #[cold]
     fn outside_scope(&self, headers: &mut HeaderMap) {
-        let (id_valid, parent_valid, has_tracestate) = {
-            let found = Lookup::new(headers, [Some(&self.header), Some(&TRACEPARENT_NAME), Some(&TRACESTATE_NAME)]);
+        let (id_valid, parent_valid) = {
+            // One pass over a small map, see `Lookup`.
+            let found = Lookup::new(headers, [Some(&self.header), Some(&TRACEPARENT_NAME)]);
             (
                 found.get(0, &self.header).is_some_and(|v| CorrelationId::from_header_value(v).is_ok()),
                 found.get(1, &TRACEPARENT).is_some_and(|v| TraceParent::parse_bytes(v.as_bytes()).is_ok()),
-                found.contains(2, &TRACESTATE),
             )
         };
         if id_valid {
@@ -98,16 +90,23 @@ impl ClientShared {
             tracing::trace!(service = &*self.name, "no request context: new correlation id for an outgoing request");
         }
         if self.trace_context && !parent_valid {
-            self.fresh_trace(headers, has_tracestate);
+            self.fresh_trace(headers);
         }
     }
 
     /// A new trace, and no `tracestate` (it belonged to the trace replaced).
-    fn fresh_trace(&self, headers: &mut HeaderMap, has_tracestate: bool) {
+    fn fresh_trace(&self, headers: &mut HeaderMap) {
         headers.insert(TRACEPARENT, TraceParent::generate(self.sample_new_traces).to_header_value());
-        if has_tracestate {
-            headers.remove(TRACESTATE);
-        }
+        remove_tracestate(headers);
+    }
+}
+
+/// Remove a `tracestate` the caller set, if there is one: most requests have
+/// none, and finding that out in one pass over a small map (see `Lookup`)
+/// costs less than the hashed lookup of a removal.
+fn remove_tracestate(headers: &mut HeaderMap) {
+    if Lookup::new(headers, [Some(&TRACESTATE_NAME)]).contains(0, &TRACESTATE) {
+        headers.remove(TRACESTATE);
     }
 }
 

@@ -132,6 +132,8 @@ impl Shared {
         incoming
     }
 
+    /// The headers this layer reads, found in one pass over a small map
+    /// (see [`Lookup`]).
     fn find<'h>(&self, headers: &'h HeaderMap) -> Found<'h> {
         if self.accept.len() > SCAN_MAX_ACCEPT {
             return Found::by_lookups(headers);
@@ -148,6 +150,8 @@ impl Shared {
         Found::new(headers, names)
     }
 
+    /// The id in use, whether it is the main header's value as it stands, and
+    /// whether any alternative header was present.
     fn read_id(&self, found: &Found<'_>) -> (CorrelationId, bool, bool) {
         let mut rejected = None;
         if let Some(v) = found.get(MAIN, &self.header) {
