@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,14 +27,18 @@ use tower_mesh::retry::{Backoff, RetryLayer};
 struct Server {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    /// The accept loop.
     tasks: Option<JoinSet<()>>,
+    /// The connections' tasks (locked only to spawn or take them, never
+    /// across an await).
+    conns: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl Server {
     async fn start() -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut s = Server { addr, hits: Arc::default(), tasks: None };
+        let mut s = Server { addr, hits: Arc::default(), tasks: None, conns: Arc::default() };
         s.serve(listener);
         s
     }
@@ -43,12 +47,12 @@ impl Server {
         let mut tasks = JoinSet::new();
         let hits = self.hits.clone();
         let port = self.addr.port();
+        let conns = self.conns.clone();
         tasks.spawn(async move {
-            let mut conns = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let hits = hits.clone();
-                conns.spawn(async move {
+                conns.lock().unwrap().spawn(async move {
                     let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
                         hits.fetch_add(1, Ordering::Relaxed);
                         async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(port.to_string())))) }
@@ -61,9 +65,17 @@ impl Server {
         self.tasks = Some(tasks);
     }
 
-    /// Stop accepting and drop every open connection.
-    fn stop(&mut self) {
-        self.tasks = None;
+    /// Stop accepting and close every open connection; returns once none
+    /// can serve a request any more (an aborted task still finishes the poll
+    /// it is in, on another worker thread).
+    async fn stop(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        let mut conns = std::mem::take(&mut *self.conns.lock().unwrap());
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
     }
 
     async fn restart(&mut self) {
@@ -150,7 +162,7 @@ async fn a_stopped_endpoint_is_ejected_with_few_failures_and_gets_traffic_when_b
     assert!(hits.iter().all(|&h| h > 10), "all three serve: {hits:?}");
 
     // Stop one mid-run.
-    servers[1].stop();
+    servers[1].stop().await;
     let before = servers[1].hits();
     failed += burst(&svc, 240).await;
     assert!(failed <= 3, "{failed} requests failed after retries");
