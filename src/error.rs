@@ -107,6 +107,35 @@ pub(crate) fn downcast_mesh(e: &(dyn std::error::Error + 'static)) -> Option<Err
     None
 }
 
+/// What a request ended in when a layer refused it or ran out of time, as
+/// opposed to a failure: the stack's metrics count it apart (`rejected`,
+/// `timeout`).
+#[cfg(feature = "stack")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// An open circuit breaker or a full bulkhead turned it away.
+    Rejected,
+    /// A timeout ended it.
+    TimedOut,
+}
+
+/// The [`Refusal`] in `err`'s source chain, if any: the first tower-mesh
+/// error there that is one.
+#[cfg(feature = "stack")]
+pub(crate) fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<crate::circuit_breaker::CircuitOpen>() || e.is::<crate::bulkhead::BulkheadFull>() {
+            return Some(Refusal::Rejected);
+        }
+        if e.is::<crate::timeout::Elapsed>() {
+            return Some(Refusal::TimedOut);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Server-side layer that turns errors into responses: tower-mesh errors get
 /// their proper status (see the [module docs](self)), anything else a `500`
 /// (gRPC: `INTERNAL`). gRPC requests (`content-type: application/grpc…`) get a
@@ -223,7 +252,15 @@ where
                 let e: BoxError = e.into();
                 let answer = error_response(&*e).unwrap_or(ErrorResponse::INTERNAL);
                 tracing::debug!(error = %e, status = answer.status.as_u16(), "mapped error to response");
-                Poll::Ready(Ok(to_response(answer, *this.grpc)))
+                #[allow(unused_mut)]
+                let mut res = to_response(answer, *this.grpc);
+                // For the stack's metrics layer outside: a shed or timed-out
+                // request is counted as such, not as a failure by its status.
+                #[cfg(feature = "stack")]
+                if let Some(refusal) = refusal(&*e) {
+                    res.extensions_mut().insert(refusal);
+                }
+                Poll::Ready(Ok(res))
             }
         }
     }

@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::classify::{Classify, HttpClassifier, Outcome, OutcomeRecorder};
-use crate::error::BoxError;
+use crate::error::{refusal, BoxError, Refusal};
 
 /// Which side of a call the layer observes: the metric names start with
 /// `tower_mesh_client_` or `tower_mesh_server_`.
@@ -105,7 +105,9 @@ impl Handles {
 /// (`tower_mesh_server_*` on the server side), labelled `service`, `method`
 /// and `outcome` (`success`, `failure`, `ignored` as the classifier says;
 /// `rejected` for an open breaker or a full bulkhead, `timeout`, and
-/// `cancelled` when the caller dropped the call). With logging on, each call
+/// `cancelled` when the caller dropped the call). A request a server stack
+/// shed or timed out counts as `rejected` or `timeout` too, although its
+/// error mapping answered it with a `503` or `504`. With logging on, each call
 /// also emits a `tracing` debug event (never headers or bodies).
 ///
 /// It is the outermost layer of [`ClientStack`](super::ClientStack) and
@@ -248,18 +250,11 @@ impl<F, C> fmt::Debug for ObserveFuture<F, C> {
     }
 }
 
-fn error_outcome(e: &BoxError) -> Option<usize> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
-    while let Some(err) = cur {
-        if err.is::<crate::circuit_breaker::CircuitOpen>() || err.is::<crate::bulkhead::BulkheadFull>() {
-            return Some(REJECTED);
-        }
-        if err.is::<crate::timeout::Elapsed>() {
-            return Some(TIMEOUT);
-        }
-        cur = err.source();
+fn refusal_outcome(r: Refusal) -> usize {
+    match r {
+        Refusal::Rejected => REJECTED,
+        Refusal::TimedOut => TIMEOUT,
     }
-    None
 }
 
 impl<F, C, ResB, E> Future for ObserveFuture<F, C>
@@ -274,12 +269,16 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx)).map_err(Into::into);
         let call = this.call.take().expect("polled after completion");
-        let outcome = match &result {
-            Err(e) => match error_outcome(e) {
-                Some(o) => o,
-                None => outcome_index(call.shared.classifier.classify(Err(e))),
-            },
-            Ok(res) => match call.shared.classifier.classify(Ok(res)) {
+        // A layer's refusal, as an error or as the response a server stack's
+        // error mapping inside made of it (marked with it).
+        let refused = match &result {
+            Err(e) => refusal(&**e),
+            Ok(res) => res.extensions().get::<Refusal>().copied(),
+        };
+        let outcome = match (&result, refused) {
+            (_, Some(r)) => refusal_outcome(r),
+            (Err(e), None) => outcome_index(call.shared.classifier.classify(Err(e))),
+            (Ok(res), None) => match call.shared.classifier.classify(Ok(res)) {
                 Outcome::Deferred => {
                     // The answer comes with the end of the stream (gRPC trailers).
                     let Call { shared, method, start } = call;

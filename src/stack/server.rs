@@ -31,7 +31,8 @@ pub type ServerService<S> =
 /// `Router::layer` or a hyper server's service:
 ///
 /// - metrics `tower_mesh_server_requests_total` /
-///   `tower_mesh_server_request_duration_seconds` by method and outcome;
+///   `tower_mesh_server_request_duration_seconds` by method and outcome
+///   (a shed request is `rejected`, a timed-out one `timeout`);
 /// - the correlation id and trace context read (or made), echoed, and
 ///   current while the handler runs — also on the error responses below;
 /// - load shedding: beyond `max_concurrent_requests` in flight, `503` with

@@ -395,3 +395,43 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn server_metrics_tell_shed_and_timed_out_requests_apart() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut cfg = ServerConfig::preset(Preset::Testing);
+    cfg.name = "edge".into();
+    cfg.max_concurrent_requests = Some(1);
+    cfg.timeout = Some(Duration::from_millis(30));
+    let stack = metrics::with_local_recorder(&recorder, || cfg.stack().unwrap());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let mut svc = ServiceBuilder::new().layer(stack).service(service_fn(move |req: Request<String>| {
+        let g = g.clone();
+        async move {
+            match req.uri().path() {
+                "/hold" => g.notified().await,
+                "/slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+                "/boom" => return Ok(Response::builder().status(500).body(String::new()).unwrap()),
+                _ => {}
+            }
+            Ok::<_, Infallible>(Response::new(String::from("done")))
+        }
+    }));
+    let get = |path: &str| Request::get(path).body(String::new()).unwrap();
+    let held = tokio::spawn(svc.ready().await.unwrap().call(get("/hold")));
+    tokio::task::yield_now().await;
+    assert_eq!(svc.ready().await.unwrap().call(get("/x")).await.unwrap().status(), 503);
+    gate.notify_one();
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    assert_eq!(svc.ready().await.unwrap().call(get("/slow")).await.unwrap().status(), 504);
+    assert_eq!(svc.ready().await.unwrap().call(get("/boom")).await.unwrap().status(), 500);
+    let snap = snap(&snapshotter);
+    let requests =
+        |outcome| counter(&snap, "tower_mesh_server_requests_total", &[("service", "edge"), ("outcome", outcome)]);
+    assert_eq!(requests("rejected"), 1, "the shed request");
+    assert_eq!(requests("timeout"), 1, "the timed-out request");
+    assert_eq!(requests("failure"), 1, "the handler's 500");
+    assert_eq!(requests("success"), 1);
+}
