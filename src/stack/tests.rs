@@ -288,25 +288,33 @@ async fn disabled_sections_leave_the_layers_out() {
     svc.oneshot(Request::new(())).await.unwrap();
 }
 
+/// A handler under `stack`: `/hold` answers once `gate` is notified, `/slow`
+/// after 5 s, `/boom` with a 500, any other path at once with a 200.
+fn gated(
+    stack: ServerStack,
+    gate: Arc<tokio::sync::Notify>,
+) -> impl Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send + 'static> {
+    ServiceBuilder::new().layer(stack).service(service_fn(move |req: Request<String>| {
+        let gate = gate.clone();
+        async move {
+            match req.uri().path() {
+                "/hold" => gate.notified().await,
+                "/slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+                "/boom" => return Ok(Response::builder().status(500).body(String::new()).unwrap()),
+                _ => {}
+            }
+            Ok::<_, Infallible>(Response::new(String::from("done")))
+        }
+    }))
+}
+
 #[tokio::test]
 async fn server_stack_sheds_load_and_times_out() {
     let mut cfg = ServerConfig::preset(Preset::Testing);
     cfg.max_concurrent_requests = Some(1);
     cfg.timeout = Some(Duration::from_millis(50));
-    let stack = cfg.stack().unwrap();
     let gate = Arc::new(tokio::sync::Notify::new());
-    let g = gate.clone();
-    let mut svc = ServiceBuilder::new().layer(stack).service(service_fn(move |req: Request<String>| {
-        let g = g.clone();
-        async move {
-            match req.uri().path() {
-                "/hold" => g.notified().await,
-                "/slow" => tokio::time::sleep(Duration::from_secs(5)).await,
-                _ => {}
-            }
-            Ok::<_, Infallible>(Response::new(String::from("done")))
-        }
-    }));
+    let mut svc = gated(cfg.stack().unwrap(), gate.clone());
     let held = tokio::spawn(svc.ready().await.unwrap().call(Request::get("/hold").body(String::new()).unwrap()));
     tokio::task::yield_now().await;
     let shed = svc
@@ -406,19 +414,7 @@ async fn server_metrics_tell_shed_and_timed_out_requests_apart() {
     cfg.timeout = Some(Duration::from_millis(30));
     let stack = metrics::with_local_recorder(&recorder, || cfg.stack().unwrap());
     let gate = Arc::new(tokio::sync::Notify::new());
-    let g = gate.clone();
-    let mut svc = ServiceBuilder::new().layer(stack).service(service_fn(move |req: Request<String>| {
-        let g = g.clone();
-        async move {
-            match req.uri().path() {
-                "/hold" => g.notified().await,
-                "/slow" => tokio::time::sleep(Duration::from_secs(5)).await,
-                "/boom" => return Ok(Response::builder().status(500).body(String::new()).unwrap()),
-                _ => {}
-            }
-            Ok::<_, Infallible>(Response::new(String::from("done")))
-        }
-    }));
+    let mut svc = gated(stack, gate.clone());
     let get = |path: &str| Request::get(path).body(String::new()).unwrap();
     let held = tokio::spawn(svc.ready().await.unwrap().call(get("/hold")));
     tokio::task::yield_now().await;
