@@ -28,6 +28,9 @@ pin_project! {
         // Polled with the call's deadline (the timer's) current.
         #[pin]
         response: F,
+        // Behind a pointer: a `Sleep` is about 110 bytes, and every layer
+        // above moves this future as it wraps it, on every call; only a call
+        // that waits allocates it (and then registers it, which costs more).
         sleep: Option<Pin<Box<Sleep>>>,
         deadline: Deadline,
         kind: TimeoutKind,
