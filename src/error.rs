@@ -136,6 +136,17 @@ pub(crate) fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<Refusal
     None
 }
 
+/// `res`, the answer to `err`, marked with the error's [`Refusal`] if it is
+/// one: the stack's metrics layer outside counts a shed or timed-out request
+/// as such, not as a failure by its status.
+#[cfg(feature = "stack")]
+fn mark_refusal<B>(mut res: Response<B>, err: &(dyn std::error::Error + 'static)) -> Response<B> {
+    if let Some(refusal) = refusal(err) {
+        res.extensions_mut().insert(refusal);
+    }
+    res
+}
+
 /// Server-side layer that turns errors into responses: tower-mesh errors get
 /// their proper status (see the [module docs](self)), anything else a `500`
 /// (gRPC: `INTERNAL`). gRPC requests (`content-type: application/grpc…`) get a
@@ -252,14 +263,9 @@ where
                 let e: BoxError = e.into();
                 let answer = error_response(&*e).unwrap_or(ErrorResponse::INTERNAL);
                 tracing::debug!(error = %e, status = answer.status.as_u16(), "mapped error to response");
-                #[allow(unused_mut)]
-                let mut res = to_response(answer, *this.grpc);
-                // For the stack's metrics layer outside: a shed or timed-out
-                // request is counted as such, not as a failure by its status.
+                let res = to_response(answer, *this.grpc);
                 #[cfg(feature = "stack")]
-                if let Some(refusal) = refusal(&*e) {
-                    res.extensions_mut().insert(refusal);
-                }
+                let res = mark_refusal(res, &*e);
                 Poll::Ready(Ok(res))
             }
         }
