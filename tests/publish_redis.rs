@@ -203,6 +203,50 @@ async fn max_len_trims_and_errors_are_typed() {
     assert!(matches!(err, PublishError::InvalidEvent(_)), "{err}");
 }
 
+/// Messages handed in together go to Redis as one pipeline: a command the
+/// server refuses fails its own message only, and the others are appended,
+/// in order, each with its own confirmation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_fails_only_its_own_message() {
+    let Some(url) = url() else { return };
+    let ts = TestStream::new(&url);
+    let mut conn = ts.client.get_multiplexed_async_connection().await.unwrap();
+    let plain = format!("{}:plain", ts.key);
+    let _: () = conn.set(&plain, "x").await.unwrap();
+    let (good, bad) = (ts.key.clone(), plain.clone());
+    // Events of key k2 go to the plain key: WRONGTYPE.
+    let target = move |e: &Event| if e.partition_key() == Some("k2") { bad.clone() } else { good.clone() };
+    let mut publisher = Redis::builder(&url).stream(target).config(config()).build().unwrap();
+    publisher.wait_connected().await.unwrap();
+
+    let events: Vec<Event> = (0..40).map(|i| stack::context().sync_scope(|| stack::event(i, "redis-batch"))).collect();
+    let mut futs = Vec::new();
+    for e in &events {
+        // Ready at once (capacity to spare): no await yields, so the
+        // connection task gets these messages together.
+        futs.push(publisher.ready().await.unwrap().call(e.clone()));
+    }
+    let mut appended = Vec::new();
+    for (e, f) in events.iter().zip(futs) {
+        match f.await {
+            Ok(receipt) => {
+                assert_ne!(e.partition_key(), Some("k2"));
+                assert_eq!(receipt.event.id(), e.id());
+                appended.push(e.id().to_owned());
+            }
+            Err(err) => {
+                assert_eq!(e.partition_key(), Some("k2"), "{err}");
+                assert!(matches!(err, PublishError::Rejected { .. }), "{err}");
+                assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+            }
+        }
+    }
+    assert_eq!(appended.len(), 37, "3 of the 40 have key k2");
+    let (_, ids) = ts.consume().await;
+    assert_eq!(ids, appended, "every other message appended once, in order");
+    let _: () = conn.del(&plain).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_reaches_a_subscriber() {
     let Some(url) = url() else { return };

@@ -32,8 +32,9 @@ use crate::error::BoxError;
 /// is lost, with backoff), then [`publish`](Transport::publish) for every
 /// message in order, and waits for the returned confirmations. The state
 /// machine is polled by one thread at a time — the connection task or, right
-/// after handing over a message, the caller — always in the context of the
-/// runtime the publisher was started on.
+/// after handing over a message, the caller (unless the transport
+/// [batches](Transport::BATCHES)) — always in the context of the runtime the
+/// publisher was started on.
 ///
 /// Errors tell the publisher what to do: a [`PublishError::ConnectionLost`]
 /// or [`PublishError::ConfirmTimeout`] from `publish` or from a confirmation
@@ -59,6 +60,23 @@ pub trait Transport: Send + 'static {
         conn: &'a mut Self::Connection,
         msg: &'a Outgoing,
     ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a;
+
+    /// `true` when [`publish`](Transport::publish) only adds the message to
+    /// a batch that [`flush`](Transport::flush) sends. The publisher then
+    /// hands every message that is waiting to `publish` before it calls
+    /// `flush`, and lets its connection task do it (a caller does not send
+    /// its own message at once), so that the messages callers hand in
+    /// meanwhile go out together.
+    const BATCHES: bool = false;
+
+    /// Send the messages [`publish`](Transport::publish) added since the
+    /// last flush, in order. Called after one or more `publish` calls, when
+    /// no other message is waiting; a failure shows in the messages'
+    /// confirmations. Does nothing by default.
+    fn flush<'a>(&'a mut self, conn: &'a mut Self::Connection) -> impl Future<Output = ()> + Send + 'a {
+        let _ = conn;
+        std::future::ready(())
+    }
 }
 
 /// What a broker says about a confirmed message.
@@ -265,7 +283,9 @@ type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Acquir
 /// - **Sending**: `call` hands the message to the connection from the
 ///   caller's task when no other thread is doing the connection's work at
 ///   that moment (otherwise that thread takes it), so a message does not
-///   wait for the connection task to be scheduled.
+///   wait for the connection task to be scheduled. A transport that sends
+///   in batches ([`Transport::BATCHES`], Redis) is fed by the connection
+///   task instead: it takes every message waiting, then flushes them at once.
 ///
 /// Clones share the connection and the in-flight bound. The connection task
 /// ends when every clone is dropped and every accepted message is settled.
@@ -594,7 +614,10 @@ impl<T: Transport> Service<Event> for Publisher<T> {
         // queueing it does not wake the connection task for nothing: this
         // task hands it to the connection right away.
         let driver = &self.handles.driver;
-        let polling = driver.claim();
+        // A batching transport sends what the connection task collected:
+        // queueing the message wakes that task, which runs once this caller
+        // yields, after it has handed in whatever else it had.
+        let polling = !T::BATCHES && driver.claim();
         let sent = self.handles.tx.try_send(job);
         if polling {
             driver.run(true);
@@ -655,6 +678,8 @@ enum Step {
     Confirmed(u64, Result<Confirmation, PublishError>),
     Lost,
     Timeout,
+    /// Messages were published and no other one is waiting: flush them.
+    Flush,
 }
 
 struct Driver<T: Transport> {
@@ -801,6 +826,7 @@ impl<T: Transport> Driver<T> {
             // Send again what the last connection left unconfirmed, in order.
             let mut confirms = FuturesUnordered::new();
             let mut broken = false;
+            let mut unflushed = false;
             for seq in self.pending.seqs() {
                 let Some(job) = self.pending.get_mut(seq) else { continue };
                 if job.sends > self.config.max_resends {
@@ -811,7 +837,10 @@ impl<T: Transport> Driver<T> {
                 }
                 metrics::counter!("tower_mesh_publish_resent_total", &labels).increment(1);
                 match send(&mut self.transport, &mut conn, job, Instant::now()).await {
-                    Ok(fut) => confirms.push(Tagged { seq, fut }),
+                    Ok(fut) => {
+                        confirms.push(Tagged { seq, fut });
+                        unflushed = T::BATCHES;
+                    }
                     Err(e) if is_connection_error(&e) => {
                         broken = true;
                         break;
@@ -842,6 +871,9 @@ impl<T: Transport> Driver<T> {
                             Poll::Pending => {}
                         }
                     }
+                    if unflushed {
+                        return Poll::Ready(Step::Flush);
+                    }
                     if let Some(oldest) = self.pending.first() {
                         // The timer's deadline is never later than the oldest
                         // message's (deadlines only grow), so it is re-armed
@@ -869,6 +901,7 @@ impl<T: Transport> Driver<T> {
                             Ok(fut) => {
                                 confirms.push(Tagged { seq, fut });
                                 self.pending.insert(seq, job);
+                                unflushed = T::BATCHES;
                             }
                             Err(e) if is_connection_error(&e) => {
                                 self.pending.insert(seq, job);
@@ -892,6 +925,10 @@ impl<T: Transport> Driver<T> {
                                 return;
                             }
                         }
+                    }
+                    Step::Flush => {
+                        unflushed = false;
+                        self.transport.flush(&mut conn).await;
                     }
                     Step::Lost => broken = true,
                     Step::Timeout => {
@@ -1044,7 +1081,7 @@ mod tests {
         (fake, p)
     }
 
-    async fn ready(p: &mut Publisher<Fake>) {
+    async fn ready<T: Transport>(p: &mut Publisher<T>) {
         std::future::poll_fn(|cx| p.poll_ready(cx)).await.unwrap();
     }
 
@@ -1319,6 +1356,106 @@ mod tests {
         fake.release(|| Ok(Confirmation::default()));
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_ready_ok!(r.poll());
+    }
+
+    /// The fake broker, batching: `publish` only collects the message ids
+    /// that the next `flush` sends together.
+    #[derive(Clone, Default)]
+    struct Batching {
+        fake: Fake,
+        collected: Arc<Mutex<Vec<String>>>,
+        flushes: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Batching {
+        fn flushes(&self) -> Vec<Vec<String>> {
+            self.flushes.lock().unwrap().clone()
+        }
+    }
+
+    impl Transport for Batching {
+        const BROKER: &'static str = "fake";
+        const BATCHES: bool = true;
+        type Connection = ();
+        type Confirm = <Fake as Transport>::Confirm;
+
+        fn connect(&mut self, lost: LostSignal) -> impl Future<Output = Result<(), BoxError>> + Send {
+            self.collected.lock().unwrap().clear();
+            self.fake.connect(lost)
+        }
+
+        fn publish<'a>(
+            &'a mut self,
+            conn: &'a mut (),
+            msg: &'a Outgoing,
+        ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a {
+            self.collected.lock().unwrap().push(msg.event.id().to_owned());
+            self.fake.publish(conn, msg)
+        }
+
+        fn flush<'a>(&'a mut self, _conn: &'a mut ()) -> impl Future<Output = ()> + Send + 'a {
+            let batch = std::mem::take(&mut *self.collected.lock().unwrap());
+            assert!(!batch.is_empty(), "flushed with nothing published");
+            self.flushes.lock().unwrap().push(batch);
+            std::future::ready(())
+        }
+    }
+
+    fn ids(batches: &[&[u32]]) -> Vec<Vec<String>> {
+        batches.iter().map(|b| b.iter().map(|n| format!("e{n}")).collect()).collect()
+    }
+
+    /// With a batching transport the connection task sends the messages:
+    /// those a caller hands in before it yields go out in one flush, and a
+    /// message handed in later in the next.
+    #[tokio::test(start_paused = true)]
+    async fn a_batching_transport_gets_the_waiting_messages_in_one_flush() {
+        let b = Batching::default();
+        b.fake.st().up = true;
+        let mut p = Publisher::new(b.clone(), config(8)).unwrap();
+        p.wait_connected().await.unwrap();
+        let mut futs = Vec::new();
+        for n in 0..3 {
+            ready(&mut p).await;
+            futs.push(p.call(ev(n)));
+        }
+        assert!(b.fake.st().sent.is_empty(), "the caller does not send");
+        for f in futs {
+            assert_eq!(f.await.unwrap().sends, 1);
+        }
+        ready(&mut p).await;
+        assert_eq!(p.call(ev(3)).await.unwrap().event.id(), "e3");
+        assert_eq!(b.flushes(), ids(&[&[0, 1, 2], &[3]]));
+    }
+
+    /// After a reconnect the unconfirmed messages are sent again, flushed in
+    /// order before the messages handed in meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_batching_transport_gets_the_resent_messages_flushed_in_order() {
+        let b = Batching::default();
+        b.fake.st().up = true;
+        b.fake.st().hold = true;
+        let mut p = Publisher::new(b.clone(), config(8)).unwrap();
+        p.wait_connected().await.unwrap();
+        let mut futs = Vec::new();
+        for n in 0..3 {
+            ready(&mut p).await;
+            futs.push(p.call(ev(n)));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(b.flushes(), ids(&[&[0, 1, 2]]));
+        b.fake.st().hold = false;
+        b.fake.release(|| Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }));
+        ready(&mut p).await;
+        futs.push(p.call(ev(3)));
+        for (n, f) in futs.into_iter().enumerate() {
+            let r = f.await.unwrap();
+            assert_eq!((r.event.id(), r.sends), (format!("e{n}").as_str(), if n < 3 { 2 } else { 1 }));
+        }
+        let flushes = b.flushes();
+        assert_eq!(flushes[..1], ids(&[&[0, 1, 2]]));
+        // e3, handed in during the reconnect, may join the re-sent batch.
+        assert_eq!(flushes[1..].concat(), ["e0", "e1", "e2", "e3"]);
     }
 
     #[test]

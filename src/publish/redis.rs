@@ -19,10 +19,14 @@
 //! [`RedisBuilder::require_subscriber`] a message nobody received is
 //! [`PublishError::Unroutable`].
 //!
-//! Commands go over one multiplexed connection, pipelined in order. A broken
-//! connection fails the outstanding commands: the publisher reconnects with
-//! backoff and sends them again (at least once; a stream may then hold a
-//! message twice, with the same event id). A reply slower than
+//! Commands go over one multiplexed connection, in order. The messages that
+//! callers hand in while the publisher's connection task is busy are sent
+//! together, as one pipeline (one write and one request of the connection
+//! for all of them), each still with its own reply: a command the server
+//! refuses (`WRONGTYPE`...) fails its own message only. A broken connection
+//! fails the outstanding commands: the publisher reconnects with backoff and
+//! sends them again (at least once; a stream may then hold a message twice,
+//! with the same event id). A reply slower than
 //! [`PublisherConfig::confirm_timeout`] counts as a broken connection.
 //!
 //! ```no_run
@@ -47,13 +51,13 @@
 //! [redis-rs]: https://docs.rs/redis
 
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Cmd, RedisError, Value};
+use ::redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, Value};
 
 use super::{
     Confirmation, Event, InvalidEvent, LostSignal, Outgoing, PublishError, Publisher, PublisherConfig, Transport,
@@ -282,9 +286,11 @@ impl std::error::Error for SharedError {
     }
 }
 
-/// An open multiplexed Redis connection.
+/// An open multiplexed Redis connection, and the commands waiting for the
+/// next flush.
 pub struct RedisConnection {
     conn: MultiplexedConnection,
+    queued: Option<(Pipeline, Arc<Batch>)>,
 }
 
 impl fmt::Debug for RedisConnection {
@@ -293,21 +299,31 @@ impl fmt::Debug for RedisConnection {
     }
 }
 
-fn map_error(e: RedisError) -> PublishError {
+/// The error of a whole batch, for each of its messages.
+fn map_shared_error(e: &Arc<RedisError>) -> PublishError {
+    if let Some(e) = classify(e) {
+        return e;
+    }
+    PublishError::Client { broker: BROKER, source: Box::new(SharedError(e.clone())) }
+}
+
+/// A timeout, a broken connection or a refusal; `None` for any other error.
+fn classify(e: &RedisError) -> Option<PublishError> {
     if e.is_timeout() {
-        PublishError::ConfirmTimeout { broker: BROKER }
+        Some(PublishError::ConfirmTimeout { broker: BROKER })
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error() {
-        PublishError::ConnectionLost { broker: BROKER, attempts: 0 }
+        Some(PublishError::ConnectionLost { broker: BROKER, attempts: 0 })
     } else if e.code().is_some() {
         // The server refused the command (WRONGTYPE, OOM, NOPERM...).
-        PublishError::Rejected { broker: BROKER, reason: e.to_string() }
+        Some(PublishError::Rejected { broker: BROKER, reason: e.to_string() })
     } else {
-        PublishError::Client { broker: BROKER, source: Box::new(e) }
+        None
     }
 }
 
 impl Transport for Redis {
     const BROKER: &'static str = BROKER;
+    const BATCHES: bool = true;
     type Connection = RedisConnection;
     type Confirm = RedisConfirm;
 
@@ -322,48 +338,53 @@ impl Transport for Redis {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.confirm_timeout))
-            // Room for every unconfirmed message: a command must enter the
-            // connection's queue on its first poll (see `publish`). A full
-            // queue would hand out places in order but take the commands in
+            // Room for every unconfirmed message: a batch must enter the
+            // connection's queue on its first poll (see `flush`). A full
+            // queue would hand out places in order but take the batches in
             // the order their futures are polled again, which is not
             // publish order.
             .set_pipeline_buffer_size(self.max_in_flight.max(1));
         let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-        Ok(RedisConnection { conn })
+        Ok(RedisConnection { conn, queued: None })
     }
 
+    /// Adds the command to the batch that the next [`flush`](Transport::flush)
+    /// sends as one pipeline.
     fn publish<'a>(
         &'a mut self,
         conn: &'a mut RedisConnection,
         msg: &'a Outgoing,
     ) -> impl Future<Output = Result<RedisConfirm, PublishError>> + Send + 'a {
-        let command = self.command(msg);
+        let queued = self.command(msg).map(|(cmd, kind)| {
+            let (pipeline, batch) = conn.queued.get_or_insert_with(|| (Pipeline::new(), Arc::new(Batch::default())));
+            let index = pipeline.len();
+            pipeline.add_command(cmd);
+            RedisConfirm { batch: batch.clone(), index, kind, waiting: None }
+        });
+        std::future::ready(queued)
+    }
+
+    fn flush<'a>(&'a mut self, conn: &'a mut RedisConnection) -> impl Future<Output = ()> + Send + 'a {
+        let queued = conn.queued.take().map(|(pipeline, batch)| (pipeline, batch, conn.conn.clone()));
         async move {
-            let (cmd, kind) = command?;
-            let mut c = conn.conn.clone();
+            let Some((pipeline, batch, mut c)) = queued else { return };
+            let count = pipeline.len();
             // redis-rs's reply future is not nameable: one allocation per
-            // message, next to the command buffer it packs anyway.
+            // batch, next to the command buffer it packs anyway.
             // `unconstrained`: with tokio's cooperative budget spent, the
-            // first poll would return Pending without queueing the command,
-            // and a later message could overtake it.
-            let mut reply: ReplyFuture =
-                Box::pin(tokio::task::unconstrained(async move { c.send_packed_command(&cmd).await }));
-            // Poll once here so the command is queued on the connection now,
-            // in publish order, before the next message is handed over (the
-            // connection's queue has room for `max_in_flight` commands).
-            let early = poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await;
-            Ok(RedisConfirm {
-                reply: match early {
-                    Poll::Ready(r) => Reply::Done(Some(r)),
-                    Poll::Pending => Reply::Waiting(reply),
-                },
-                kind,
-            })
+            // first poll would return Pending without queueing the batch,
+            // and a later batch could overtake it.
+            let reply: ReplyFuture =
+                Box::pin(tokio::task::unconstrained(async move { c.send_packed_commands(&pipeline, 0, count).await }));
+            // Poll once here so the batch is queued on the connection now,
+            // in publish order, before the next one (the connection's queue
+            // has room for `max_in_flight` batches).
+            batch.start(reply);
         }
     }
 }
 
-type ReplyFuture = Pin<Box<dyn Future<Output = Result<Value, RedisError>> + Send>>;
+type ReplyFuture = Pin<Box<dyn Future<Output = Result<Vec<Value>, RedisError>> + Send>>;
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -371,15 +392,86 @@ enum Kind {
     PubSub { require_subscriber: bool },
 }
 
-enum Reply {
-    Waiting(ReplyFuture),
-    Done(Option<Result<Value, RedisError>>),
+/// The commands of one flush, sent as one pipeline, and their replies.
+///
+/// The reply future is polled with the batch itself as waker; waking it
+/// wakes the confirmations waiting on the batch, and the first of them to
+/// run polls the reply.
+#[derive(Default)]
+struct Batch {
+    state: Mutex<BatchState>,
+}
+
+#[derive(Default)]
+struct BatchState {
+    /// Set by the flush, until the reply came.
+    reply: Option<ReplyFuture>,
+    /// The replies, each taken by its confirmation.
+    done: Option<Result<Vec<Value>, Arc<RedisError>>>,
+    /// Confirmations polled before the reply came.
+    waiting: Vec<Waker>,
+    /// How many times `waiting` was emptied to wake them: a confirmation
+    /// polled again after that adds its waker again.
+    woken: u64,
+}
+
+impl Batch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queue the batch on the connection (its first poll) and keep its reply.
+    fn start(self: &Arc<Self>, reply: ReplyFuture) {
+        let mut state = self.lock();
+        state.reply = Some(reply);
+        if state.poll_reply(self) {
+            let waiting = state.take_waiting();
+            drop(state);
+            waiting.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+impl BatchState {
+    /// The waiting confirmations, to be woken once the lock is released.
+    fn take_waiting(&mut self) -> Vec<Waker> {
+        self.woken += 1;
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Poll the reply, with the batch as waker; `true` once it came.
+    fn poll_reply(&mut self, batch: &Arc<Batch>) -> bool {
+        let Some(reply) = &mut self.reply else { return self.done.is_some() };
+        let waker = Waker::from(batch.clone());
+        match reply.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Pending => false,
+            Poll::Ready(result) => {
+                self.reply = None;
+                self.done = Some(result.map_err(Arc::new));
+                true
+            }
+        }
+    }
+}
+
+impl Wake for Batch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let waiting = self.lock().take_waiting();
+        waiting.into_iter().for_each(Waker::wake);
+    }
 }
 
 /// Resolves on Redis's reply to one `XADD` or `PUBLISH`.
 pub struct RedisConfirm {
-    reply: Reply,
+    batch: Arc<Batch>,
+    index: usize,
     kind: Kind,
+    /// Its waker is among the batch's waiting ones since this many wake-ups.
+    waiting: Option<u64>,
 }
 
 impl fmt::Debug for RedisConfirm {
@@ -393,15 +485,28 @@ impl Future for RedisConfirm {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let result = match &mut this.reply {
-            Reply::Waiting(f) => ready!(f.as_mut().poll(cx)),
-            Reply::Done(r) => r.take().expect("RedisConfirm polled after completion"),
+        let mut state = this.batch.lock();
+        if !state.poll_reply(&this.batch) {
+            if this.waiting != Some(state.woken) {
+                state.waiting.push(cx.waker().clone());
+                this.waiting = Some(state.woken);
+            }
+            return Poll::Pending;
+        }
+        let waiting = state.take_waiting();
+        let result = match state.done.as_mut().expect("the reply came") {
+            Err(e) => Err(map_shared_error(e)),
+            Ok(values) => match values.get_mut(this.index) {
+                Some(value) => confirmation(this.kind, std::mem::replace(value, Value::Nil)),
+                None => Err(PublishError::Client {
+                    broker: BROKER,
+                    source: format!("Redis answered {} commands of a larger pipeline", values.len()).into(),
+                }),
+            },
         };
-        this.reply = Reply::Done(None);
-        Poll::Ready(match result {
-            Err(e) => Err(map_error(e)),
-            Ok(value) => confirmation(this.kind, value),
-        })
+        drop(state);
+        waiting.into_iter().for_each(Waker::wake);
+        Poll::Ready(result)
     }
 }
 
