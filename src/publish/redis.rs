@@ -588,6 +588,59 @@ mod tests {
         assert!(confirmation(Kind::PubSub { require_subscriber: false }, Value::Int(0)).is_ok());
     }
 
+    /// The confirmations of one batch, polled before and after it was
+    /// flushed: all are woken when the pipeline's reply comes, and each
+    /// takes its own command's reply; an error of the whole pipeline fails
+    /// every one of them.
+    #[test]
+    fn a_batch_wakes_every_confirmation_with_its_own_reply() {
+        use tokio_test::{assert_pending, assert_ready, task};
+        let confirm =
+            |batch: &Arc<Batch>, index| RedisConfirm { batch: batch.clone(), index, kind: Kind::Stream, waiting: None };
+
+        let batch = Arc::new(Batch::default());
+        let mut first = task::spawn(confirm(&batch, 0));
+        let mut second = task::spawn(confirm(&batch, 1));
+        // Polled before the flush: no reply to poll yet.
+        assert_pending!(first.poll());
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<Vec<Value>, RedisError>>();
+        batch.start(Box::pin(async move { rx.await.expect("sent") }));
+        assert_pending!(first.poll());
+        assert_pending!(second.poll());
+        assert_pending!(first.poll(), "polled again: its waker is kept once");
+        assert_eq!(batch.lock().waiting.len(), 2);
+        tx.send(Ok(vec![Value::BulkString(b"1-0".to_vec()), Value::ServerError(wrongtype())])).unwrap();
+        assert!(first.is_woken() && second.is_woken());
+        let err = assert_ready!(second.poll()).unwrap_err();
+        assert!(matches!(&err, PublishError::Rejected { reason, .. } if reason.contains("WRONGTYPE")), "{err}");
+        assert_eq!(assert_ready!(first.poll()).unwrap(), Confirmation::default());
+
+        // The pipeline failed as a whole, and came before anyone polled.
+        let batch = Arc::new(Batch::default());
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        batch.start(Box::pin(std::future::ready(Err(io))));
+        for index in 0..2 {
+            let err = assert_ready!(task::spawn(confirm(&batch, index)).poll()).unwrap_err();
+            assert!(matches!(err, PublishError::ConnectionLost { .. }), "{err}");
+        }
+
+        // Fewer replies than commands: the ones without are a client error.
+        let batch = Arc::new(Batch::default());
+        batch.start(Box::pin(std::future::ready(Ok(vec![Value::BulkString(b"1-0".to_vec())]))));
+        let err = assert_ready!(task::spawn(confirm(&batch, 1)).poll()).unwrap_err();
+        assert!(matches!(err, PublishError::Client { .. }), "{err}");
+    }
+
+    fn wrongtype() -> ::redis::ServerError {
+        let reply =
+            ::redis::parse_redis_value(b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")
+                .expect("a RESP error");
+        match reply {
+            Value::ServerError(e) => e,
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
     #[test]
     fn bad_url_is_an_error_not_a_panic() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
