@@ -112,10 +112,27 @@ impl Nats {
 /// `true` for a subject a message can be published to: non-empty tokens of
 /// printable ASCII without whitespace or wildcards.
 fn valid_subject(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 1024
-        && s.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
-        && s.bytes().all(|b| b.is_ascii_graphic())
+    if s.is_empty() || s.len() > 1024 {
+        return false;
+    }
+    // One pass over the bytes (it runs for every message): printable ASCII
+    // only, and no empty or wildcard token between the dots.
+    let mut token_start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if b == b'.' {
+            if !valid_token(&s.as_bytes()[token_start..i]) {
+                return false;
+            }
+            token_start = i + 1;
+        } else if !b.is_ascii_graphic() {
+            return false;
+        }
+    }
+    valid_token(&s.as_bytes()[token_start..])
+}
+
+fn valid_token(t: &[u8]) -> bool {
+    !t.is_empty() && t != b"*" && t != b">"
 }
 
 /// Builder of a [`NatsPublisher`].
@@ -285,6 +302,21 @@ mod tests {
         assert!(!valid_subject("orders..created"));
         assert!(!valid_subject("orders created"));
         assert!(!valid_subject(""));
+        assert!(!valid_subject("orders."));
+        assert!(!valid_subject(".orders"));
+        assert!(!valid_subject(&"a".repeat(1025)));
+    }
+
+    proptest::proptest! {
+        /// The one-pass check gives the answers of its definition.
+        #[test]
+        fn subject_check_follows_its_definition(s in "[a-z.*> \\t\\x00é]{0,12}") {
+            let defined = !s.is_empty()
+                && s.len() <= 1024
+                && s.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
+                && s.bytes().all(|b| b.is_ascii_graphic());
+            proptest::prop_assert_eq!(valid_subject(&s), defined);
+        }
     }
 
     #[test]
