@@ -16,6 +16,7 @@ use std::task::{ready, Context, Poll, Wake, Waker};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tower_service::Service;
@@ -47,7 +48,15 @@ pub trait Transport: Send + 'static {
     /// An open connection (and channel / session).
     type Connection: Send + 'static;
     /// Resolves when the broker confirms (or refuses) one message.
-    type Confirm: Future<Output = Result<Confirmation, PublishError>> + Send + 'static;
+    type Confirm: Future<Output = Result<Confirmation, PublishError>> + Unpin + Send + 'static;
+
+    /// `true` when the broker confirms the messages of a connection in the
+    /// order they were sent (Redis replies, MQTT `PUBACK`s, RabbitMQ
+    /// delivery tags). The publisher then polls only the oldest
+    /// confirmation, and keeps the others in a plain queue instead of giving
+    /// each a waker of its own (one allocation per message less). A
+    /// confirmation that comes early is only seen after the older ones.
+    const CONFIRMS_IN_ORDER: bool = false;
 
     /// Open a connection. Call [`LostSignal::fire`] (from the client's
     /// error / disconnect callback) when it breaks while idle.
@@ -672,6 +681,50 @@ impl<F: Future> Future for Tagged<F> {
     }
 }
 
+/// The confirmations the driver waits for, by sequence number.
+enum Confirms<F> {
+    /// The transport confirms in send order: polled from the oldest, with
+    /// the driver's own waker.
+    InOrder(VecDeque<(u64, F)>),
+    /// In any order: each polled with a waker of its own when it is woken.
+    Unordered(FuturesUnordered<Tagged<F>>),
+}
+
+impl<F: Future + Unpin> Confirms<F> {
+    fn new(in_order: bool) -> Self {
+        if in_order {
+            Confirms::InOrder(VecDeque::new())
+        } else {
+            Confirms::Unordered(FuturesUnordered::new())
+        }
+    }
+
+    fn push(&mut self, seq: u64, fut: F) {
+        match self {
+            Confirms::InOrder(queue) => queue.push_back((seq, fut)),
+            Confirms::Unordered(set) => set.push(Tagged { seq, fut }),
+        }
+    }
+
+    /// The next confirmation that came; `Pending` when none did (or none is
+    /// awaited).
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<(u64, F::Output)> {
+        match self {
+            Confirms::InOrder(queue) => {
+                let Some((seq, fut)) = queue.front_mut() else { return Poll::Pending };
+                let out = ready!(Pin::new(fut).poll(cx));
+                let seq = *seq;
+                queue.pop_front();
+                Poll::Ready((seq, out))
+            }
+            Confirms::Unordered(set) => match set.poll_next_unpin(cx) {
+                Poll::Ready(Some(next)) => Poll::Ready(next),
+                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
 enum Step {
     Job(Job),
     RxClosed,
@@ -824,7 +877,7 @@ impl<T: Transport> Driver<T> {
             // Armed before the re-sends below, so that it is due no later than any of them.
             let mut timer = Box::pin(tokio::time::sleep(self.config.confirm_timeout));
             // Send again what the last connection left unconfirmed, in order.
-            let mut confirms = FuturesUnordered::new();
+            let mut confirms = Confirms::new(T::CONFIRMS_IN_ORDER);
             let mut broken = false;
             let mut unflushed = false;
             for seq in self.pending.seqs() {
@@ -838,7 +891,7 @@ impl<T: Transport> Driver<T> {
                 metrics::counter!("tower_mesh_publish_resent_total", &labels).increment(1);
                 match send(&mut self.transport, &mut conn, job, Instant::now()).await {
                     Ok(fut) => {
-                        confirms.push(Tagged { seq, fut });
+                        confirms.push(seq, fut);
                         unflushed = T::BATCHES;
                     }
                     Err(e) if is_connection_error(&e) => {
@@ -858,11 +911,28 @@ impl<T: Transport> Driver<T> {
 
             while !broken {
                 let step = poll_fn(|cx| {
-                    if lost.poll(cx).is_ready() {
+                    // Each step looks only for work. The wakers are registered
+                    // once there is none left, just before waiting: a step
+                    // would register the same waker again (the driver is
+                    // always polled with its own).
+                    if lost.is_fired() {
                         return Poll::Ready(Step::Lost);
                     }
-                    if let Poll::Ready(Some((seq, res))) = confirms.poll_next_unpin(cx) {
+                    if let Poll::Ready((seq, res)) = confirms.poll_next(cx) {
                         return Poll::Ready(Step::Confirmed(seq, res));
+                    }
+                    if !rx_closed {
+                        match self.rx.try_recv() {
+                            Ok(job) => return Poll::Ready(Step::Job(job)),
+                            Err(TryRecvError::Disconnected) => return Poll::Ready(Step::RxClosed),
+                            Err(TryRecvError::Empty) => {}
+                        }
+                    }
+                    if unflushed {
+                        return Poll::Ready(Step::Flush);
+                    }
+                    if lost.poll(cx).is_ready() {
+                        return Poll::Ready(Step::Lost);
                     }
                     if !rx_closed {
                         match self.rx.poll_recv(cx) {
@@ -870,9 +940,6 @@ impl<T: Transport> Driver<T> {
                             Poll::Ready(None) => return Poll::Ready(Step::RxClosed),
                             Poll::Pending => {}
                         }
-                    }
-                    if unflushed {
-                        return Poll::Ready(Step::Flush);
                     }
                     if let Some(oldest) = self.pending.first() {
                         // The timer's deadline is never later than the oldest
@@ -899,7 +966,7 @@ impl<T: Transport> Driver<T> {
                         clock = None;
                         match sent {
                             Ok(fut) => {
-                                confirms.push(Tagged { seq, fut });
+                                confirms.push(seq, fut);
                                 self.pending.insert(seq, job);
                                 unflushed = T::BATCHES;
                             }
@@ -1456,6 +1523,92 @@ mod tests {
         assert_eq!(flushes[..1], ids(&[&[0, 1, 2]]));
         // e3, handed in during the reconnect, may join the re-sent batch.
         assert_eq!(flushes[1..].concat(), ["e0", "e1", "e2", "e3"]);
+    }
+
+    /// The fake broker, declaring its confirmations in send order.
+    #[derive(Clone, Default)]
+    struct Ordered(Fake);
+
+    impl Transport for Ordered {
+        const BROKER: &'static str = "fake";
+        const CONFIRMS_IN_ORDER: bool = true;
+        type Connection = ();
+        type Confirm = <Fake as Transport>::Confirm;
+
+        fn connect(&mut self, lost: LostSignal) -> impl Future<Output = Result<(), BoxError>> + Send {
+            self.0.connect(lost)
+        }
+
+        fn publish<'a>(
+            &'a mut self,
+            conn: &'a mut (),
+            msg: &'a Outgoing,
+        ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a {
+            self.0.publish(conn, msg)
+        }
+    }
+
+    /// Confirmations in send order are polled from the oldest: one that
+    /// comes early is seen once the older ones came, and each message
+    /// gets its own result.
+    #[tokio::test(start_paused = true)]
+    async fn in_order_confirmations_settle_from_the_oldest() {
+        let o = Ordered::default();
+        o.0.st().up = true;
+        o.0.st().hold = true;
+        let mut p = Publisher::new(o.clone(), config(8)).unwrap();
+        p.wait_connected().await.unwrap();
+        let mut futs = Vec::new();
+        for n in 0..3 {
+            ready(&mut p).await;
+            futs.push(task::spawn(p.call(ev(n))));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let held: Vec<_> = o.0.st().held.drain(..).collect();
+        let mut held = held.into_iter();
+        let (first, second, third) = (held.next().unwrap(), held.next().unwrap(), held.next().unwrap());
+        // The newest is confirmed first: it waits for the others.
+        third.send(Ok(Confirmation { sequence: Some(3), ..Default::default() })).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(futs.iter_mut().all(|f| f.poll().is_pending()));
+        second.send(Err(PublishError::Nacked { broker: "fake", reason: None })).unwrap();
+        first.send(Ok(Confirmation { sequence: Some(1), ..Default::default() })).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut results = futs.into_iter().map(|mut f| match f.poll() {
+            Poll::Ready(r) => r,
+            Poll::Pending => panic!("settled once the oldest came"),
+        });
+        assert_eq!(results.next().unwrap().unwrap().confirmation.sequence, Some(1));
+        assert!(matches!(results.next().unwrap(), Err(PublishError::Nacked { .. })));
+        assert_eq!(results.next().unwrap().unwrap().confirmation.sequence, Some(3));
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    /// A connection lost with in-order confirmations outstanding: every
+    /// unconfirmed message is sent again, in order, and confirmed once.
+    #[tokio::test(start_paused = true)]
+    async fn in_order_confirmations_survive_a_lost_connection() {
+        let o = Ordered::default();
+        o.0.st().up = true;
+        o.0.st().hold = true;
+        let mut p = Publisher::new(o.clone(), config(8)).unwrap();
+        p.wait_connected().await.unwrap();
+        let mut futs = Vec::new();
+        for n in 0..4 {
+            ready(&mut p).await;
+            futs.push(p.call(ev(n)));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The first is confirmed, then the connection breaks.
+        let first = o.0.st().held.remove(0);
+        first.send(Ok(Confirmation::default())).unwrap();
+        o.0.st().hold = false;
+        o.0.release(|| Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }));
+        let sends: Vec<_> = futures_util::future::join_all(futs).await.into_iter().map(|r| r.unwrap().sends).collect();
+        assert_eq!(sends, [1, 2, 2, 2]);
+        let st = o.0.st();
+        let resent: Vec<_> = st.sent[4..].iter().map(|(id, a)| (id.as_str(), *a)).collect();
+        assert_eq!(resent, [("e1", 1), ("e2", 1), ("e3", 1)]);
     }
 
     #[test]

@@ -307,6 +307,8 @@ async fn run(mut eventloop: EventLoop, waiters: Arc<Mutex<Waiters>>, lost: LostS
 
 impl Transport for Mqtt {
     const BROKER: &'static str = BROKER;
+    // A broker sends the PUBACKs of QoS 1 messages in the order it received them (MQTT 5, 4.6).
+    const CONFIRMS_IN_ORDER: bool = true;
     type Connection = MqttConnection;
     type Confirm = MqttConfirm;
 

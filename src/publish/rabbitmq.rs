@@ -227,6 +227,8 @@ fn map_error(e: lapin::Error) -> PublishError {
 
 impl Transport for RabbitMq {
     const BROKER: &'static str = BROKER;
+    // A channel confirms its messages in delivery-tag order.
+    const CONFIRMS_IN_ORDER: bool = true;
     type Connection = RabbitMqConnection;
     type Confirm = RabbitMqConfirm;
 

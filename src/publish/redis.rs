@@ -323,6 +323,8 @@ fn classify(e: &RedisError) -> Option<PublishError> {
 
 impl Transport for Redis {
     const BROKER: &'static str = BROKER;
+    // One connection answers its commands in order.
+    const CONFIRMS_IN_ORDER: bool = true;
     const BATCHES: bool = true;
     type Connection = RedisConnection;
     type Confirm = RedisConfirm;
