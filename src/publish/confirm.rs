@@ -1425,6 +1425,27 @@ mod tests {
         assert_ready_ok!(r.poll());
     }
 
+    /// A connected publisher over `transport`, whose fake broker is `fake`
+    /// (holding its confirmations back if `hold`), and the futures of
+    /// messages e0, e1... handed in at once.
+    async fn handed_in<T: Transport>(
+        transport: T,
+        fake: &Fake,
+        hold: bool,
+        n: u32,
+    ) -> (Publisher<T>, Vec<ResponseFuture>) {
+        fake.st().up = true;
+        fake.st().hold = hold;
+        let mut p = Publisher::new(transport, config(8)).unwrap();
+        p.wait_connected().await.unwrap();
+        let mut futs = Vec::new();
+        for i in 0..n {
+            ready(&mut p).await;
+            futs.push(p.call(ev(i)));
+        }
+        (p, futs)
+    }
+
     /// The fake broker, batching: `publish` only collects the message ids
     /// that the next `flush` sends together.
     #[derive(Clone, Default)]
@@ -1478,14 +1499,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batching_transport_gets_the_waiting_messages_in_one_flush() {
         let b = Batching::default();
-        b.fake.st().up = true;
-        let mut p = Publisher::new(b.clone(), config(8)).unwrap();
-        p.wait_connected().await.unwrap();
-        let mut futs = Vec::new();
-        for n in 0..3 {
-            ready(&mut p).await;
-            futs.push(p.call(ev(n)));
-        }
+        let (mut p, futs) = handed_in(b.clone(), &b.fake, false, 3).await;
         assert!(b.fake.st().sent.is_empty(), "the caller does not send");
         for f in futs {
             assert_eq!(f.await.unwrap().sends, 1);
@@ -1500,15 +1514,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batching_transport_gets_the_resent_messages_flushed_in_order() {
         let b = Batching::default();
-        b.fake.st().up = true;
-        b.fake.st().hold = true;
-        let mut p = Publisher::new(b.clone(), config(8)).unwrap();
-        p.wait_connected().await.unwrap();
-        let mut futs = Vec::new();
-        for n in 0..3 {
-            ready(&mut p).await;
-            futs.push(p.call(ev(n)));
-        }
+        let (mut p, mut futs) = handed_in(b.clone(), &b.fake, true, 3).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(b.flushes(), ids(&[&[0, 1, 2]]));
         b.fake.st().hold = false;
@@ -1554,15 +1560,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn in_order_confirmations_settle_from_the_oldest() {
         let o = Ordered::default();
-        o.0.st().up = true;
-        o.0.st().hold = true;
-        let mut p = Publisher::new(o.clone(), config(8)).unwrap();
-        p.wait_connected().await.unwrap();
-        let mut futs = Vec::new();
-        for n in 0..3 {
-            ready(&mut p).await;
-            futs.push(task::spawn(p.call(ev(n))));
-        }
+        let (p, futs) = handed_in(o.clone(), &o.0, true, 3).await;
+        let mut futs: Vec<_> = futs.into_iter().map(task::spawn).collect();
         tokio::time::sleep(Duration::from_millis(1)).await;
         let held: Vec<_> = o.0.st().held.drain(..).collect();
         let mut held = held.into_iter();
@@ -1589,15 +1588,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn in_order_confirmations_survive_a_lost_connection() {
         let o = Ordered::default();
-        o.0.st().up = true;
-        o.0.st().hold = true;
-        let mut p = Publisher::new(o.clone(), config(8)).unwrap();
-        p.wait_connected().await.unwrap();
-        let mut futs = Vec::new();
-        for n in 0..4 {
-            ready(&mut p).await;
-            futs.push(p.call(ev(n)));
-        }
+        let (_p, futs) = handed_in(o.clone(), &o.0, true, 4).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
         // The first is confirmed, then the connection breaks.
         let first = o.0.st().held.remove(0);
