@@ -53,7 +53,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::task::{Context, Poll, Wake, Waker};
 
 use ::redis::aio::MultiplexedConnection;
@@ -402,6 +403,11 @@ enum Kind {
 #[derive(Default)]
 struct Batch {
     state: Mutex<BatchState>,
+    /// Woken and not yet passed on to the waiting confirmations. Whoever
+    /// holds the lock passes it on after unlocking, so a wake-up that comes
+    /// while the reply is being polled (even from inside that poll, on the
+    /// same thread) never waits for the lock.
+    notified: AtomicBool,
 }
 
 #[derive(Default)]
@@ -427,6 +433,22 @@ impl Batch {
         let mut state = self.lock();
         state.reply = Some(reply);
         if state.poll_reply(self) {
+            self.notified.store(true, Ordering::Release);
+        }
+        drop(state);
+        self.wake_waiting();
+    }
+
+    /// Wake the waiting confirmations if the batch was woken, unless
+    /// another thread holds the lock (it does so once it let go).
+    fn wake_waiting(&self) {
+        while self.notified.load(Ordering::Acquire) {
+            let mut state = match self.state.try_lock() {
+                Ok(state) => state,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            self.notified.store(false, Ordering::Release);
             let waiting = state.take_waiting();
             drop(state);
             waiting.into_iter().for_each(Waker::wake);
@@ -462,8 +484,8 @@ impl Wake for Batch {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let waiting = self.lock().take_waiting();
-        waiting.into_iter().for_each(Waker::wake);
+        self.notified.store(true, Ordering::Release);
+        self.wake_waiting();
     }
 }
 
@@ -493,9 +515,12 @@ impl Future for RedisConfirm {
                 state.waiting.push(cx.waker().clone());
                 this.waiting = Some(state.woken);
             }
+            drop(state);
+            this.batch.wake_waiting();
             return Poll::Pending;
         }
-        let waiting = state.take_waiting();
+        // The others can take their replies now.
+        this.batch.notified.store(true, Ordering::Release);
         let result = match state.done.as_mut().expect("the reply came") {
             Err(e) => Err(map_shared_error(e)),
             Ok(values) => match values.get_mut(this.index) {
@@ -507,7 +532,7 @@ impl Future for RedisConfirm {
             },
         };
         drop(state);
-        waiting.into_iter().for_each(Waker::wake);
+        this.batch.wake_waiting();
         Poll::Ready(result)
     }
 }
@@ -625,6 +650,24 @@ mod tests {
             let err = assert_ready!(task::spawn(confirm(&batch, index)).poll()).unwrap_err();
             assert!(matches!(err, PublishError::ConnectionLost { .. }), "{err}");
         }
+
+        // A reply future that wakes its waker from inside its own poll (as a
+        // future out of cooperative budget does): no deadlock on the
+        // batch's lock, and the waiting confirmation is woken.
+        let batch = Arc::new(Batch::default());
+        let mut waiting = task::spawn(confirm(&batch, 0));
+        assert_pending!(waiting.poll());
+        let mut polls = 0;
+        batch.start(Box::pin(std::future::poll_fn(move |cx| {
+            polls += 1;
+            if polls == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(vec![Value::BulkString(b"2-0".to_vec())]))
+        })));
+        assert!(waiting.is_woken());
+        assert!(assert_ready!(waiting.poll()).is_ok());
 
         // Fewer replies than commands: the ones without are a client error.
         let batch = Arc::new(Batch::default());
