@@ -300,25 +300,18 @@ impl fmt::Debug for RedisConnection {
     }
 }
 
-/// The error of a whole batch, for each of its messages.
-fn map_shared_error(e: &Arc<RedisError>) -> PublishError {
-    if let Some(e) = classify(e) {
-        return e;
-    }
-    PublishError::Client { broker: BROKER, source: Box::new(SharedError(e.clone())) }
-}
-
-/// A timeout, a broken connection or a refusal; `None` for any other error.
-fn classify(e: &RedisError) -> Option<PublishError> {
+/// The error of a whole batch, for each of its messages: a timeout, a broken
+/// connection, a refusal, or a client error.
+fn map_error(e: &Arc<RedisError>) -> PublishError {
     if e.is_timeout() {
-        Some(PublishError::ConfirmTimeout { broker: BROKER })
+        PublishError::ConfirmTimeout { broker: BROKER }
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error() {
-        Some(PublishError::ConnectionLost { broker: BROKER, attempts: 0 })
+        PublishError::ConnectionLost { broker: BROKER, attempts: 0 }
     } else if e.code().is_some() {
         // The server refused the command (WRONGTYPE, OOM, NOPERM...).
-        Some(PublishError::Rejected { broker: BROKER, reason: e.to_string() })
+        PublishError::Rejected { broker: BROKER, reason: e.to_string() }
     } else {
-        None
+        PublishError::Client { broker: BROKER, source: Box::new(SharedError(e.clone())) }
     }
 }
 
@@ -522,7 +515,7 @@ impl Future for RedisConfirm {
         // The others can take their replies now.
         this.batch.notified.store(true, Ordering::Release);
         let result = match state.done.as_mut().expect("the reply came") {
-            Err(e) => Err(map_shared_error(e)),
+            Err(e) => Err(map_error(e)),
             Ok(values) => match values.get_mut(this.index) {
                 Some(value) => confirmation(this.kind, std::mem::replace(value, Value::Nil)),
                 None => Err(PublishError::Client {
