@@ -1425,18 +1425,17 @@ mod tests {
         assert_ready_ok!(r.poll());
     }
 
-    /// A connected publisher over `transport`, whose fake broker is `fake`
-    /// (holding its confirmations back if `hold`), and the futures of
-    /// messages e0, e1... handed in at once.
-    async fn handed_in<T: Transport>(
-        transport: T,
-        fake: &Fake,
+    /// A connected publisher over `transport` (its fake broker holding the
+    /// confirmations back if `hold`), and the futures of messages e0, e1...
+    /// handed in at once.
+    async fn handed_in<const B: bool, const O: bool>(
+        transport: &Declaring<B, O>,
         hold: bool,
         n: u32,
-    ) -> (Publisher<T>, Vec<ResponseFuture>) {
-        fake.st().up = true;
-        fake.st().hold = hold;
-        let mut p = Publisher::new(transport, config(8)).unwrap();
+    ) -> (Publisher<Declaring<B, O>>, Vec<ResponseFuture>) {
+        transport.fake.st().up = true;
+        transport.fake.st().hold = hold;
+        let mut p = Publisher::new(transport.clone(), config(8)).unwrap();
         p.wait_connected().await.unwrap();
         let mut futs = Vec::new();
         for i in 0..n {
@@ -1446,24 +1445,29 @@ mod tests {
         (p, futs)
     }
 
-    /// The fake broker, batching: `publish` only collects the message ids
-    /// that the next `flush` sends together.
+    /// The fake broker behind a transport that declares it batches (`B`:
+    /// `publish` only collects the message ids that the next `flush` sends
+    /// together) or confirms in send order (`O`).
     #[derive(Clone, Default)]
-    struct Batching {
+    struct Declaring<const B: bool, const O: bool> {
         fake: Fake,
         collected: Arc<Mutex<Vec<String>>>,
         flushes: Arc<Mutex<Vec<Vec<String>>>>,
     }
 
-    impl Batching {
+    type Batching = Declaring<true, false>;
+    type Ordered = Declaring<false, true>;
+
+    impl<const B: bool, const O: bool> Declaring<B, O> {
         fn flushes(&self) -> Vec<Vec<String>> {
             self.flushes.lock().unwrap().clone()
         }
     }
 
-    impl Transport for Batching {
+    impl<const B: bool, const O: bool> Transport for Declaring<B, O> {
         const BROKER: &'static str = "fake";
-        const BATCHES: bool = true;
+        const BATCHES: bool = B;
+        const CONFIRMS_IN_ORDER: bool = O;
         type Connection = ();
         type Confirm = <Fake as Transport>::Confirm;
 
@@ -1477,11 +1481,14 @@ mod tests {
             conn: &'a mut (),
             msg: &'a Outgoing,
         ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a {
-            self.collected.lock().unwrap().push(msg.event.id().to_owned());
+            if B {
+                self.collected.lock().unwrap().push(msg.event.id().to_owned());
+            }
             self.fake.publish(conn, msg)
         }
 
         fn flush<'a>(&'a mut self, _conn: &'a mut ()) -> impl Future<Output = ()> + Send + 'a {
+            assert!(B, "flushed a transport that does not batch");
             let batch = std::mem::take(&mut *self.collected.lock().unwrap());
             assert!(!batch.is_empty(), "flushed with nothing published");
             self.flushes.lock().unwrap().push(batch);
@@ -1499,7 +1506,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batching_transport_gets_the_waiting_messages_in_one_flush() {
         let b = Batching::default();
-        let (mut p, futs) = handed_in(b.clone(), &b.fake, false, 3).await;
+        let (mut p, futs) = handed_in(&b, false, 3).await;
         assert!(b.fake.st().sent.is_empty(), "the caller does not send");
         for f in futs {
             assert_eq!(f.await.unwrap().sends, 1);
@@ -1514,7 +1521,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batching_transport_gets_the_resent_messages_flushed_in_order() {
         let b = Batching::default();
-        let (mut p, mut futs) = handed_in(b.clone(), &b.fake, true, 3).await;
+        let (mut p, mut futs) = handed_in(&b, true, 3).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(b.flushes(), ids(&[&[0, 1, 2]]));
         b.fake.st().hold = false;
@@ -1531,39 +1538,16 @@ mod tests {
         assert_eq!(flushes[1..].concat(), ["e0", "e1", "e2", "e3"]);
     }
 
-    /// The fake broker, declaring its confirmations in send order.
-    #[derive(Clone, Default)]
-    struct Ordered(Fake);
-
-    impl Transport for Ordered {
-        const BROKER: &'static str = "fake";
-        const CONFIRMS_IN_ORDER: bool = true;
-        type Connection = ();
-        type Confirm = <Fake as Transport>::Confirm;
-
-        fn connect(&mut self, lost: LostSignal) -> impl Future<Output = Result<(), BoxError>> + Send {
-            self.0.connect(lost)
-        }
-
-        fn publish<'a>(
-            &'a mut self,
-            conn: &'a mut (),
-            msg: &'a Outgoing,
-        ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a {
-            self.0.publish(conn, msg)
-        }
-    }
-
     /// Confirmations in send order are polled from the oldest: one that
     /// comes early is seen once the older ones came, and each message
     /// gets its own result.
     #[tokio::test(start_paused = true)]
     async fn in_order_confirmations_settle_from_the_oldest() {
         let o = Ordered::default();
-        let (p, futs) = handed_in(o.clone(), &o.0, true, 3).await;
+        let (p, futs) = handed_in(&o, true, 3).await;
         let mut futs: Vec<_> = futs.into_iter().map(task::spawn).collect();
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let held: Vec<_> = o.0.st().held.drain(..).collect();
+        let held: Vec<_> = o.fake.st().held.drain(..).collect();
         let mut held = held.into_iter();
         let (first, second, third) = (held.next().unwrap(), held.next().unwrap(), held.next().unwrap());
         // The newest is confirmed first: it waits for the others.
@@ -1588,16 +1572,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn in_order_confirmations_survive_a_lost_connection() {
         let o = Ordered::default();
-        let (_p, futs) = handed_in(o.clone(), &o.0, true, 4).await;
+        let (_p, futs) = handed_in(&o, true, 4).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
         // The first is confirmed, then the connection breaks.
-        let first = o.0.st().held.remove(0);
+        let first = o.fake.st().held.remove(0);
         first.send(Ok(Confirmation::default())).unwrap();
-        o.0.st().hold = false;
-        o.0.release(|| Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }));
+        o.fake.st().hold = false;
+        o.fake.release(|| Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }));
         let sends: Vec<_> = futures_util::future::join_all(futs).await.into_iter().map(|r| r.unwrap().sends).collect();
         assert_eq!(sends, [1, 2, 2, 2]);
-        let st = o.0.st();
+        let st = o.fake.st();
         let resent: Vec<_> = st.sent[4..].iter().map(|(id, a)| (id.as_str(), *a)).collect();
         assert_eq!(resent, [("e1", 1), ("e2", 1), ("e3", 1)]);
     }
