@@ -42,6 +42,86 @@ use crate::error::BoxError;
 /// means the connection is broken — the publisher reconnects and sends every
 /// unconfirmed message again, in order. Any other error fails that message
 /// alone.
+///
+/// # Example
+///
+/// An in-memory broker that takes messages in batches and confirms them in
+/// order:
+///
+/// ```
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use std::sync::{Arc, Mutex};
+///
+/// use tokio::sync::oneshot;
+/// use tower::{Service, ServiceExt};
+/// use tower_mesh::publish::{
+///     Confirmation, Event, LostSignal, Outgoing, PublishError, Publisher, PublisherConfig, Transport,
+/// };
+/// use tower_mesh::BoxError;
+///
+/// type Reply = oneshot::Sender<Result<Confirmation, PublishError>>;
+///
+/// #[derive(Clone, Default)]
+/// struct Memory {
+///     batches: Arc<Mutex<Vec<Vec<String>>>>,
+/// }
+///
+/// /// The messages `publish` added since the last flush.
+/// #[derive(Default)]
+/// struct Session {
+///     batch: Vec<(String, Reply)>,
+/// }
+///
+/// impl Transport for Memory {
+///     const BROKER: &'static str = "memory";
+///     const BATCHES: bool = true;
+///     const CONFIRMS_IN_ORDER: bool = true;
+///     type Connection = Session;
+///     type Confirm = Pin<Box<dyn Future<Output = Result<Confirmation, PublishError>> + Send>>;
+///
+///     async fn connect(&mut self, _lost: LostSignal) -> Result<Session, BoxError> {
+///         Ok(Session::default())
+///     }
+///
+///     fn publish<'a>(
+///         &'a mut self,
+///         conn: &'a mut Session,
+///         msg: &'a Outgoing,
+///     ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a {
+///         let (tx, rx) = oneshot::channel();
+///         conn.batch.push((msg.event.id().to_owned(), tx));
+///         let lost = PublishError::ConnectionLost { broker: "memory", attempts: 0 };
+///         let confirm: Self::Confirm = Box::pin(async move { rx.await.unwrap_or(Err(lost)) });
+///         std::future::ready(Ok(confirm))
+///     }
+///
+///     fn flush<'a>(&'a mut self, conn: &'a mut Session) -> impl Future<Output = ()> + Send + 'a {
+///         let (ids, replies): (Vec<_>, Vec<_>) = conn.batch.drain(..).unzip();
+///         self.batches.lock().unwrap().push(ids);
+///         for (n, reply) in replies.into_iter().enumerate() {
+///             let _ = reply.send(Ok(Confirmation { sequence: Some(n as u64), ..Default::default() }));
+///         }
+///         std::future::ready(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let memory = Memory::default();
+/// let mut publisher = Publisher::new(memory.clone(), PublisherConfig::default()).unwrap();
+/// let mut receipts = Vec::new();
+/// for n in 0..3 {
+///     let event = Event::builder("/demo", "demo.created").id(format!("e{n}")).build().unwrap();
+///     receipts.push(publisher.ready().await.unwrap().call(event));
+/// }
+/// for (n, receipt) in receipts.into_iter().enumerate() {
+///     assert_eq!(receipt.await.unwrap().confirmation.sequence, Some(n as u64));
+/// }
+/// // Handed in without a pause in between: one batch.
+/// assert_eq!(*memory.batches.lock().unwrap(), [vec!["e0", "e1", "e2"]]);
+/// # }
+/// ```
 pub trait Transport: Send + 'static {
     /// Broker name for errors, metrics (`broker` label) and logs.
     const BROKER: &'static str;
