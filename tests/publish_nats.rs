@@ -41,19 +41,24 @@ struct TestStream {
 
 impl TestStream {
     async fn new(url: &str) -> TestStream {
+        TestStream::with(url, |_| {}).await
+    }
+
+    /// A stream whose configuration `tune` changes.
+    async fn with(url: &str, tune: impl FnOnce(&mut stream::Config)) -> TestStream {
         let client = async_nats::connect(url).await.unwrap();
         let js = jetstream::new(client);
         let run = correlation_uuid::Uuid::new_v4().simple().to_string();
         let name = format!("TOWER_MESH_TEST_{run}");
         let prefix = format!("towermesh.test.{run}");
-        js.create_stream(stream::Config {
+        let mut config = stream::Config {
             name: name.clone(),
             subjects: vec![format!("{prefix}.>")],
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        };
+        tune(&mut config);
+        js.create_stream(config).await.unwrap();
         TestStream { js, name, prefix }
     }
 
@@ -193,4 +198,35 @@ async fn duplicate_ids_are_dropped_and_unroutable_is_typed() {
         .await
         .unwrap_err();
     assert!(matches!(err, PublishError::InvalidEvent(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_refuses_only_the_messages_over_its_limit() {
+    let Some(url) = url() else { return };
+    // Five messages at most, and new ones are refused when it is full.
+    let ts = TestStream::with(&url, |c| {
+        c.max_messages = 5;
+        c.discard = stream::DiscardPolicy::New;
+    })
+    .await;
+    let mut publisher = builder(&url, &ts).build().unwrap();
+    // Handed in together: their acks come on one inbox, each to its own message.
+    let mut pending = Vec::new();
+    for n in 0..8 {
+        let event = Event::builder("/test", "t").id(format!("full-{n}")).partition_key("k").build().unwrap();
+        pending.push(publisher.ready().await.unwrap().call(event));
+    }
+    let mut stored = Vec::new();
+    for (n, receipt) in pending.into_iter().enumerate() {
+        match receipt.await {
+            Ok(r) => stored.push((n, r.confirmation.sequence)),
+            Err(PublishError::Nacked { reason: Some(reason), .. }) => {
+                assert!(reason.contains("maximum messages"), "{reason}");
+                assert!(n >= 5, "message {n} was refused although the stream had room");
+            }
+            Err(other) => panic!("message {n}: {other}"),
+        }
+    }
+    let want: Vec<_> = (0..5).map(|n| (n, Some(n as u64 + 1))).collect();
+    assert_eq!(stored, want, "the first five are stored, in order, each with its own sequence");
 }

@@ -29,16 +29,17 @@
 //!
 //! [async-nats]: https://docs.rs/async-nats
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
-use pin_project_lite::pin_project;
+use futures_util::Stream;
+use serde::Deserialize;
 
 use super::{
     Confirmation, Event, InvalidEvent, LostSignal, Outgoing, PublishError, Publisher, PublisherConfig, Transport,
@@ -63,6 +64,7 @@ pub struct Nats {
     stream: Option<stream::Config>,
     options: Arc<dyn Fn() -> async_nats::ConnectOptions + Send + Sync>,
     ack_timeout: std::time::Duration,
+    max_in_flight: usize,
 }
 
 impl fmt::Debug for Nats {
@@ -82,6 +84,7 @@ impl Nats {
                 stream: None,
                 options: Arc::new(async_nats::ConnectOptions::new),
                 ack_timeout: PublisherConfig::default().confirm_timeout,
+                max_in_flight: PublisherConfig::default().max_in_flight,
             },
             config: PublisherConfig { name: BROKER.into(), ..Default::default() },
         }
@@ -189,58 +192,204 @@ impl NatsBuilder {
 
     /// Start the publisher (inside a Tokio runtime); it connects in the background.
     pub fn build(mut self) -> Result<NatsPublisher, PublishError> {
-        // JetStream's ack timeout follows ours, so a missing ack reconnects and re-sends.
+        // JetStream API requests (creating the stream) time out with confirmations.
         self.transport.ack_timeout = self.config.confirm_timeout;
+        self.transport.max_in_flight = self.config.max_in_flight;
         Publisher::new(self.transport, self.config)
     }
 }
 
-/// An open NATS connection with its JetStream context.
+/// An open NATS connection: the client and the inbox the JetStream acks of
+/// its messages come to.
 pub struct NatsConnection {
-    js: jetstream::Context,
+    client: async_nats::Client,
+    /// `<inbox>.`: a message's reply subject is this followed by its number.
+    reply_prefix: String,
+    /// The number the next message gets.
+    next: u64,
+    acks: Arc<Mutex<Acks>>,
 }
 
 impl fmt::Debug for NatsConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatsConnection").finish_non_exhaustive()
+        f.debug_struct("NatsConnection").field("reply_prefix", &self.reply_prefix).finish_non_exhaustive()
     }
 }
 
-fn map_error(e: async_nats::jetstream::context::PublishError) -> PublishError {
-    match e.kind() {
-        PublishErrorKind::StreamNotFound => {
-            PublishError::Unroutable { broker: BROKER, code: None, reason: "no stream captures the subject".into() }
+/// The acks of one connection, read from its inbox subscription by the
+/// confirmation being polled, and kept by message number until taken.
+struct Acks<S = async_nats::Subscriber> {
+    inbox: S,
+    /// Number of the oldest message whose ack is awaited or kept.
+    base: u64,
+    /// One slot per message from `base` on.
+    slots: VecDeque<Slot>,
+    /// The subscription ended: the connection is gone.
+    closed: bool,
+}
+
+enum Slot {
+    Waiting,
+    Arrived(Result<Confirmation, PublishError>),
+    /// Taken, or its confirmation was dropped.
+    Gone,
+}
+
+impl<S: Stream<Item = async_nats::Message> + Unpin> Acks<S> {
+    fn new(inbox: S) -> Self {
+        Acks { inbox, base: 0, slots: VecDeque::new(), closed: false }
+    }
+
+    fn slot(&mut self, n: u64) -> Option<&mut Slot> {
+        let i = usize::try_from(n.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(i)
+    }
+
+    /// Message `n`'s result, once its ack has been read; `Pending` (with
+    /// `cx` woken by the next ack) until then.
+    fn poll_ack(&mut self, n: u64, cx: &mut Context<'_>) -> Poll<Result<Confirmation, PublishError>> {
+        loop {
+            if let Some(slot @ Slot::Arrived(_)) = self.slot(n) {
+                let Slot::Arrived(result) = std::mem::replace(slot, Slot::Gone) else { unreachable!() };
+                self.trim();
+                return Poll::Ready(result);
+            }
+            if self.closed {
+                return Poll::Ready(Err(PublishError::ConnectionLost { broker: BROKER, attempts: 0 }));
+            }
+            match Pin::new(&mut self.inbox).poll_next(cx) {
+                Poll::Ready(Some(msg)) => self.record(&msg),
+                Poll::Ready(None) => self.closed = true,
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        PublishErrorKind::TimedOut => PublishError::ConfirmTimeout { broker: BROKER },
-        PublishErrorKind::BrokenPipe => PublishError::ConnectionLost { broker: BROKER, attempts: 0 },
-        PublishErrorKind::MaxAckPending => PublishError::Nacked { broker: BROKER, reason: Some(e.to_string()) },
-        PublishErrorKind::WrongLastMessageId
-        | PublishErrorKind::WrongLastSequence
-        | PublishErrorKind::MaxPayloadExceeded => PublishError::Rejected { broker: BROKER, reason: e.to_string() },
-        _ => PublishError::Client { broker: BROKER, source: Box::new(e) },
+    }
+
+    /// Keep the ack in `msg` for the message its subject numbers (an ack
+    /// for no awaited message is dropped).
+    fn record(&mut self, msg: &async_nats::Message) {
+        let Some(n) = msg.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else { return };
+        if let Some(slot @ Slot::Waiting) = self.slot(n) {
+            *slot = Slot::Arrived(read_ack(msg));
+        }
+    }
+
+    fn forget(&mut self, n: u64) {
+        if let Some(slot) = self.slot(n) {
+            *slot = Slot::Gone;
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        while let Some(Slot::Gone) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+}
+
+fn lock(acks: &Mutex<Acks>) -> MutexGuard<'_, Acks> {
+    acks.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What JetStream answers to a publish: a `PublishAck` or an API error.
+#[derive(Deserialize)]
+struct AckReply {
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error: Option<jetstream::Error>,
+}
+
+/// The result a JetStream reply means.
+fn read_ack(msg: &async_nats::Message) -> Result<Confirmation, PublishError> {
+    if let Some(status) = msg.status {
+        if status == async_nats::StatusCode::NO_RESPONDERS {
+            return Err(PublishError::Unroutable {
+                broker: BROKER,
+                code: None,
+                reason: "no stream captures the subject".into(),
+            });
+        }
+        let reason = msg.description.clone().unwrap_or_else(|| format!("status {status}"));
+        return Err(PublishError::Client { broker: BROKER, source: reason.into() });
+    }
+    match serde_json::from_slice::<AckReply>(&msg.payload) {
+        Ok(AckReply { error: Some(e), .. }) => Err(api_error(e)),
+        Ok(AckReply { seq: Some(seq), duplicate, .. }) => {
+            Ok(Confirmation { sequence: Some(seq), partition: None, duplicate })
+        }
+        Ok(_) => Err(PublishError::Client { broker: BROKER, source: "a JetStream ack without a sequence".into() }),
+        Err(e) => Err(PublishError::Client { broker: BROKER, source: Box::new(e) }),
+    }
+}
+
+/// A JetStream API error for one message: a 5xx (the stream is full with
+/// `discard: new`, storage failed...) may pass later and is a
+/// [`Nacked`](PublishError::Nacked); any other is
+/// [`Rejected`](PublishError::Rejected).
+fn api_error(e: jetstream::Error) -> PublishError {
+    if e.code() >= 500 {
+        PublishError::Nacked { broker: BROKER, reason: Some(e.to_string()) }
+    } else {
+        PublishError::Rejected { broker: BROKER, reason: e.to_string() }
+    }
+}
+
+fn map_send_error(e: async_nats::PublishError) -> PublishError {
+    match e.kind() {
+        async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+            PublishError::Rejected { broker: BROKER, reason: e.to_string() }
+        }
+        async_nats::client::PublishErrorKind::InvalidSubject => PublishError::InvalidEvent(InvalidEvent::Invalid {
+            attribute: "type",
+            reason: "does not make a valid NATS subject",
+        }),
+        // The connection's command channel is closed.
+        _ => PublishError::ConnectionLost { broker: BROKER, attempts: 0 },
     }
 }
 
 impl Transport for Nats {
     const BROKER: &'static str = BROKER;
+    // Acks are read from one inbox by the oldest confirmation, which keeps
+    // any that come early for the younger ones.
+    const CONFIRMS_IN_ORDER: bool = true;
     type Connection = NatsConnection;
     type Confirm = NatsConfirm;
 
     async fn connect(&mut self, lost: LostSignal) -> Result<NatsConnection, BoxError> {
-        let options = (self.options)().event_callback(move |event| {
-            let lost = lost.clone();
-            async move {
-                if matches!(event, async_nats::Event::Disconnected | async_nats::Event::Closed) {
-                    lost.fire();
+        let options = (self.options)()
+            // Every ack of the in-flight messages fits in the inbox's queue;
+            // a full queue drops acks, so it counts as a lost connection.
+            .subscription_capacity(self.max_in_flight.max(DEFAULT_INBOX_CAPACITY))
+            // Subjects are checked here before they are sent.
+            .skip_subject_validation(true)
+            .event_callback(move |event| {
+                let lost = lost.clone();
+                async move {
+                    if matches!(
+                        event,
+                        async_nats::Event::Disconnected
+                            | async_nats::Event::Closed
+                            | async_nats::Event::SlowConsumer(_)
+                    ) {
+                        lost.fire();
+                    }
                 }
-            }
-        });
+            });
         let client = options.connect(self.url.as_str()).await?;
-        let js = jetstream::context::ContextBuilder::new().timeout(self.ack_timeout).build(client);
         if let Some(config) = &self.stream {
+            let js = jetstream::context::ContextBuilder::new().timeout(self.ack_timeout).build(client.clone());
             js.get_or_create_stream(config.clone()).await?;
         }
-        Ok(NatsConnection { js })
+        let mut reply_prefix = client.new_inbox();
+        let inbox = client.subscribe(format!("{reply_prefix}.*")).await?;
+        reply_prefix.push('.');
+        Ok(NatsConnection { client, reply_prefix, next: 0, acks: Arc::new(Mutex::new(Acks::new(inbox))) })
     }
 
     fn publish<'a>(
@@ -257,42 +406,74 @@ impl Transport for Nats {
                     reason: "does not make a valid NATS subject",
                 }));
             }
-            let ack = conn.js.publish_with_headers(subject, headers, msg.body.clone()).await.map_err(map_error)?;
-            Ok(NatsConfirm { inner: ack.into_future() })
+            let n = conn.next;
+            conn.next += 1;
+            let mut reply = String::with_capacity(conn.reply_prefix.len() + 20);
+            reply.push_str(&conn.reply_prefix);
+            reply.push_str(itoa::Buffer::new().format(n));
+            lock(&conn.acks).slots.push_back(Slot::Waiting);
+            // From here on, dropping the confirmation (on error, or with this
+            // future) frees the slot.
+            let confirm = NatsConfirm { acks: Arc::clone(&conn.acks), n, done: false };
+            conn.client
+                .publish_with_reply_and_headers(subject, reply, headers, msg.body.clone())
+                .await
+                .map_err(map_send_error)?;
+            Ok(confirm)
         }
     }
 }
 
-type AckFuture = <jetstream::context::PublishAckFuture as IntoFuture>::IntoFuture;
+/// async-nats's own subscription capacity.
+const DEFAULT_INBOX_CAPACITY: usize = 65_536;
 
-pin_project! {
-    /// Resolves on the JetStream `PublishAck` for one message.
-    pub struct NatsConfirm {
-        #[pin]
-        inner: AckFuture,
-    }
+/// Resolves on the JetStream `PublishAck` for one message.
+pub struct NatsConfirm {
+    acks: Arc<Mutex<Acks>>,
+    n: u64,
+    done: bool,
 }
 
 impl fmt::Debug for NatsConfirm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatsConfirm").finish_non_exhaustive()
+        f.debug_struct("NatsConfirm").field("n", &self.n).finish_non_exhaustive()
     }
 }
 
 impl Future for NatsConfirm {
     type Output = Result<Confirmation, PublishError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(self.project().inner.poll(cx)) {
-            Ok(ack) => Ok(Confirmation { sequence: Some(ack.sequence), partition: None, duplicate: ack.duplicate }),
-            Err(e) => Err(map_error(e)),
-        })
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let out = ready!(lock(&self.acks).poll_ack(self.n, cx));
+        self.done = true;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for NatsConfirm {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.acks).forget(self.n);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{Just, Strategy};
+
     use super::*;
+
+    trait TapSubject {
+        fn tap_subject(self, subject: &str) -> Self;
+    }
+
+    impl TapSubject for async_nats::Message {
+        fn tap_subject(mut self, subject: &str) -> Self {
+            self.subject = subject.into();
+            self
+        }
+    }
 
     #[test]
     fn subjects() {
@@ -316,6 +497,141 @@ mod tests {
                 && s.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
                 && s.bytes().all(|b| b.is_ascii_graphic());
             proptest::prop_assert_eq!(valid_subject(&s), defined);
+        }
+    }
+
+    /// An inbox whose acks the test hands in.
+    #[derive(Default)]
+    struct Inbox {
+        queue: VecDeque<async_nats::Message>,
+        closed: bool,
+    }
+
+    impl Stream for Inbox {
+        type Item = async_nats::Message;
+
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            match self.queue.pop_front() {
+                Some(m) => Poll::Ready(Some(m)),
+                None if self.closed => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn reply(n: u64, payload: &str) -> async_nats::Message {
+        async_nats::Message {
+            subject: format!("_INBOX.abc.{n}").into(),
+            reply: None,
+            payload: payload.to_owned().into(),
+            headers: None,
+            status: None,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    fn ack(n: u64, seq: u64) -> async_nats::Message {
+        reply(n, &format!(r#"{{"stream":"S","seq":{seq}}}"#))
+    }
+
+    /// `n` messages sent: a slot each.
+    fn sent(n: usize) -> Acks<Inbox> {
+        let mut acks = Acks::new(Inbox::default());
+        acks.slots.extend((0..n).map(|_| Slot::Waiting));
+        acks
+    }
+
+    fn poll(acks: &mut Acks<Inbox>, n: u64) -> Poll<Result<Confirmation, PublishError>> {
+        acks.poll_ack(n, &mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    fn sequence(p: Poll<Result<Confirmation, PublishError>>) -> Option<u64> {
+        match p {
+            Poll::Ready(Ok(c)) => c.sequence,
+            other => panic!("not confirmed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn acks_that_come_early_are_kept_for_their_message() {
+        let mut acks = sent(3);
+        acks.inbox.queue.extend([ack(2, 12), ack(1, 11)]);
+        // The oldest waits; reading the inbox kept the younger ones' acks.
+        assert!(poll(&mut acks, 0).is_pending());
+        assert!(acks.inbox.queue.is_empty());
+        acks.inbox.queue.push_back(ack(0, 10));
+        assert_eq!(sequence(poll(&mut acks, 0)), Some(10));
+        assert_eq!(sequence(poll(&mut acks, 1)), Some(11));
+        assert_eq!(sequence(poll(&mut acks, 2)), Some(12));
+        assert!(acks.slots.is_empty(), "taken slots are freed");
+        assert_eq!(acks.base, 3);
+    }
+
+    #[test]
+    fn a_dropped_confirmation_frees_its_slot_and_stray_acks_are_ignored() {
+        let mut acks = sent(3);
+        acks.forget(1);
+        assert_eq!(acks.slots.len(), 3, "a slot behind a waiting one stays");
+        // An ack for a forgotten message, for one never sent, and one that
+        // is not ours: none of them is kept.
+        acks.inbox.queue.extend([ack(1, 11), ack(7, 17), reply(0, "").tap_subject("_INBOX.abc.x")]);
+        assert!(poll(&mut acks, 0).is_pending());
+        assert!(matches!(acks.slots[1], Slot::Gone));
+        acks.forget(0);
+        assert_eq!((acks.base, acks.slots.len()), (2, 1), "the front is trimmed past every freed slot");
+        acks.inbox.queue.push_back(ack(2, 12));
+        assert_eq!(sequence(poll(&mut acks, 2)), Some(12));
+        assert!(acks.slots.is_empty());
+    }
+
+    #[test]
+    fn a_closed_inbox_loses_the_connection_but_keeps_acks_already_read() {
+        let mut acks = sent(2);
+        acks.inbox.queue.push_back(ack(1, 11));
+        acks.inbox.closed = true;
+        assert!(matches!(poll(&mut acks, 0), Poll::Ready(Err(PublishError::ConnectionLost { .. }))));
+        assert_eq!(sequence(poll(&mut acks, 1)), Some(11));
+    }
+
+    #[test]
+    fn replies_map_to_typed_results() {
+        let no_responders = async_nats::Message { status: Some(async_nats::StatusCode::NO_RESPONDERS), ..reply(0, "") };
+        assert!(matches!(read_ack(&no_responders), Err(PublishError::Unroutable { .. })));
+        let dup = read_ack(&reply(0, r#"{"stream":"S","seq":4,"duplicate":true}"#)).unwrap();
+        assert_eq!(dup, Confirmation { sequence: Some(4), partition: None, duplicate: true });
+        let full = r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#;
+        assert!(
+            matches!(read_ack(&reply(0, full)), Err(PublishError::Nacked { reason: Some(r), .. }) if r.contains("maximum messages"))
+        );
+        let wrong = r#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}"#;
+        assert!(
+            matches!(read_ack(&reply(0, wrong)), Err(PublishError::Rejected { reason, .. }) if reason.contains("wrong last sequence"))
+        );
+        for bad in ["", "{", r#"{"stream":"S"}"#] {
+            assert!(matches!(read_ack(&reply(0, bad)), Err(PublishError::Client { .. })), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever order the acks come in and whichever confirmations are
+        /// dropped, each kept message gets its own ack, and every slot is
+        /// freed once all are settled.
+        #[test]
+        fn every_message_gets_its_own_ack(
+            order in Just((0u64..24).collect::<Vec<_>>()).prop_shuffle(),
+            dropped in proptest::collection::vec(proptest::bool::weighted(0.2), 24),
+        ) {
+            let mut acks = sent(24);
+            for (n, _) in dropped.iter().enumerate().filter(|(_, d)| **d) {
+                acks.forget(n as u64);
+            }
+            acks.inbox.queue.extend(order.iter().map(|&n| ack(n, 100 + n)));
+            for n in (0..24u64).filter(|&n| !dropped[n as usize]) {
+                proptest::prop_assert_eq!(sequence(poll(&mut acks, n)), Some(100 + n));
+            }
+            proptest::prop_assert!(acks.slots.is_empty());
+            proptest::prop_assert_eq!(acks.base, 24);
         }
     }
 
