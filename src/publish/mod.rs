@@ -39,7 +39,9 @@
 //! about 34,900 instructions per message on its own (redis-rs's multiplexed
 //! connection sending the same commands one by one: about 36,500), and a
 //! stack of total timeout, retry, circuit breaker, bulkhead and attempt
-//! timeout adds about 2,000.
+//! timeout adds about 2,000. The NATS publisher, counted the same way:
+//! about 56,600 instructions per message, against 62,800 for async-nats's
+//! own JetStream publish-and-ack.
 //!
 //! # Metrics
 //!

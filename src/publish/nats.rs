@@ -9,7 +9,23 @@
 //!
 //! Headers: `Nats-Msg-Id`, `content-type`, every CloudEvents attribute as
 //! `ce-<name>` (NATS binding), `traceparent` and `tracestate` unprefixed.
-//! A subject no stream captures is [`PublishError::Unroutable`].
+//! A subject no stream captures is [`PublishError::Unroutable`]; a JetStream
+//! error reply is [`PublishError::Nacked`] when its code is 5xx (a full
+//! stream with `discard: new`, a storage failure: it may pass later) and
+//! [`PublishError::Rejected`] otherwise (a wrong expected sequence...).
+//!
+//! Acks come to one inbox per connection: the publisher subscribes to
+//! `<inbox>.*` once and publishes each message with the reply subject
+//! `<inbox>.<n>`, `n` numbering the connection's messages. The oldest
+//! unconfirmed message's confirmation reads the inbox and keeps the acks
+//! that come early for the younger ones. This is the request-reply that
+//! async-nats's `jetstream::Context::publish` makes, without its per-message
+//! inbox name, reply channel, timer and boxed future; the missing-ack
+//! timeout is the publisher's own [`confirm_timeout`](PublisherConfig::confirm_timeout).
+//! The connection's subscription capacity is raised to `max_in_flight` when
+//! it is smaller; should its queue still overflow (a slow consumer drops
+//! acks), the connection counts as lost and unconfirmed messages are sent
+//! again.
 //!
 //! ```no_run
 //! use tower::ServiceExt;
@@ -63,7 +79,7 @@ pub struct Nats {
     subject: SubjectFn,
     stream: Option<stream::Config>,
     options: Arc<dyn Fn() -> async_nats::ConnectOptions + Send + Sync>,
-    ack_timeout: std::time::Duration,
+    api_timeout: std::time::Duration,
     max_in_flight: usize,
 }
 
@@ -83,7 +99,7 @@ impl Nats {
                 subject: Arc::new(|e: &Event| e.ty().to_owned()),
                 stream: None,
                 options: Arc::new(async_nats::ConnectOptions::new),
-                ack_timeout: PublisherConfig::default().confirm_timeout,
+                api_timeout: PublisherConfig::default().confirm_timeout,
                 max_in_flight: PublisherConfig::default().max_in_flight,
             },
             config: PublisherConfig { name: BROKER.into(), ..Default::default() },
@@ -193,7 +209,7 @@ impl NatsBuilder {
     /// Start the publisher (inside a Tokio runtime); it connects in the background.
     pub fn build(mut self) -> Result<NatsPublisher, PublishError> {
         // JetStream API requests (creating the stream) time out with confirmations.
-        self.transport.ack_timeout = self.config.confirm_timeout;
+        self.transport.api_timeout = self.config.confirm_timeout;
         self.transport.max_in_flight = self.config.max_in_flight;
         Publisher::new(self.transport, self.config)
     }
@@ -383,7 +399,7 @@ impl Transport for Nats {
             });
         let client = options.connect(self.url.as_str()).await?;
         if let Some(config) = &self.stream {
-            let js = jetstream::context::ContextBuilder::new().timeout(self.ack_timeout).build(client.clone());
+            let js = jetstream::context::ContextBuilder::new().timeout(self.api_timeout).build(client.clone());
             js.get_or_create_stream(config.clone()).await?;
         }
         let mut reply_prefix = client.new_inbox();
