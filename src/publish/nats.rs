@@ -265,10 +265,14 @@ impl<S: Stream<Item = async_nats::Message> + Unpin> Acks<S> {
     /// `cx` woken by the next ack) until then.
     fn poll_ack(&mut self, n: u64, cx: &mut Context<'_>) -> Poll<Result<Confirmation, PublishError>> {
         loop {
-            if let Some(slot @ Slot::Arrived(_)) = self.slot(n) {
-                let Slot::Arrived(result) = std::mem::replace(slot, Slot::Gone) else { unreachable!() };
-                self.trim();
-                return Poll::Ready(result);
+            if let Some(slot) = self.slot(n) {
+                match std::mem::replace(slot, Slot::Gone) {
+                    Slot::Arrived(result) => {
+                        self.trim();
+                        return Poll::Ready(result);
+                    }
+                    waiting => *slot = waiting,
+                }
             }
             if self.closed {
                 return Poll::Ready(Err(PublishError::ConnectionLost { broker: BROKER, attempts: 0 }));
