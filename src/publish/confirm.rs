@@ -32,10 +32,11 @@ use crate::error::BoxError;
 /// task: it calls [`connect`](Transport::connect) (again after a connection
 /// is lost, with backoff), then [`publish`](Transport::publish) for every
 /// message in order, and waits for the returned confirmations. The state
-/// machine is polled by one thread at a time — the connection task or, right
-/// after handing over a message, the caller (unless the transport
-/// [batches](Transport::BATCHES)) — always in the context of the runtime the
-/// publisher was started on.
+/// machine is polled by one thread at a time — the connection task or a
+/// caller: right after handing over a message or, when the transport
+/// [batches](Transport::BATCHES), at the first poll of its response future
+/// that has to wait — always in the context of the runtime the publisher
+/// was started on.
 ///
 /// Errors tell the publisher what to do: a [`PublishError::ConnectionLost`]
 /// or [`PublishError::ConfirmTimeout`] from `publish` or from a confirmation
@@ -153,9 +154,11 @@ pub trait Transport: Send + 'static {
     /// `true` when [`publish`](Transport::publish) only adds the message to
     /// a batch that [`flush`](Transport::flush) sends. The publisher then
     /// hands every message that is waiting to `publish` before it calls
-    /// `flush`, and lets its connection task do it (a caller does not send
-    /// its own message at once), so that the messages callers hand in
-    /// meanwhile go out together.
+    /// `flush`. A caller does not send its own message as it hands it in,
+    /// so that the messages it hands in before it waits go out together:
+    /// the first poll of a response future that has to wait sends the batch
+    /// (unless the connection task is at it), as does the connection task,
+    /// woken by the first message handed in.
     const BATCHES: bool = false;
 
     /// Send the messages [`publish`](Transport::publish) added since the
@@ -703,16 +706,17 @@ impl<T: Transport> Service<Event> for Publisher<T> {
         // queueing it does not wake the connection task for nothing: this
         // task hands it to the connection right away.
         let driver = &self.handles.driver;
-        // A batching transport sends what the connection task collected:
-        // queueing the message wakes that task, which runs once this caller
-        // yields, after it has handed in whatever else it had.
+        // A batching transport sends the messages collected by the time a
+        // caller waits: its response future's first poll that has to wait
+        // runs the driver (or the connection task does, woken by the queued
+        // message, if it runs first).
         let polling = !T::BATCHES && driver.claim();
         let sent = self.handles.tx.try_send(job);
         if polling {
             driver.run(true);
         }
         match sent {
-            Ok(()) => ResponseFuture { rx: Some(rx), err: None },
+            Ok(()) => ResponseFuture { rx: Some(rx), err: None, driver: T::BATCHES.then(|| driver.clone()) },
             // Capacity equals the permits, so the channel is never full.
             Err(_) => ResponseFuture::failed(PublishError::Closed),
         }
@@ -720,16 +724,25 @@ impl<T: Transport> Service<Event> for Publisher<T> {
 }
 
 /// Response future of [`Publisher`]: resolves on the broker's confirmation.
-#[derive(Debug)]
 pub struct ResponseFuture {
     rx: Option<oneshot::Receiver<Result<Receipt, PublishError>>>,
     err: Option<PublishError>,
+    /// A batching transport's driver, which the first poll that has to wait
+    /// runs (unless it is running already), to send the batch of what the
+    /// callers handed in by then.
+    driver: Option<Arc<DriverCell>>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").field("rx", &self.rx).field("err", &self.err).finish_non_exhaustive()
+    }
 }
 
 impl ResponseFuture {
     /// A future that fails at once.
     pub fn failed(err: PublishError) -> Self {
-        ResponseFuture { rx: None, err: Some(err) }
+        ResponseFuture { rx: None, err: Some(err), driver: None }
     }
 }
 
@@ -737,8 +750,22 @@ impl Future for ResponseFuture {
     type Output = Result<Receipt, PublishError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.rx {
-            Some(rx) => Poll::Ready(ready!(Pin::new(rx).poll(cx)).unwrap_or(Err(PublishError::Closed))),
+        let this = &mut *self;
+        match &mut this.rx {
+            Some(rx) => {
+                if let Poll::Ready(res) = Pin::new(&mut *rx).poll(cx) {
+                    return Poll::Ready(res.unwrap_or(Err(PublishError::Closed)));
+                }
+                // The caller is about to wait: it sends the batch itself
+                // instead of waking the connection task for it.
+                if let Some(driver) = this.driver.take() {
+                    if driver.claim() {
+                        driver.run(true);
+                        return Pin::new(rx).poll(cx).map(|res| res.unwrap_or(Err(PublishError::Closed)));
+                    }
+                }
+                Poll::Pending
+            }
             None => Poll::Ready(Err(self.err.take().unwrap_or(PublishError::Closed))),
         }
     }
@@ -1594,6 +1621,30 @@ mod tests {
         ready(&mut p).await;
         assert_eq!(p.call(ev(3)).await.unwrap().event.id(), "e3");
         assert_eq!(b.flushes(), ids(&[&[0, 1, 2], &[3]]));
+    }
+
+    /// A caller whose response future has to wait sends the batch itself
+    /// (every message handed in by then), without waiting for the
+    /// connection task to be scheduled; a second waiting caller finds
+    /// nothing left to send.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_caller_sends_the_batch_itself() {
+        let b = Batching::default();
+        let (_p, futs) = handed_in(&b, true, 3).await;
+        let mut futs: Vec<_> = futs.into_iter().map(task::spawn).collect();
+        assert!(b.flushes().is_empty(), "handing in sends nothing");
+        // Nothing has yielded since: the connection task has not run.
+        assert!(futs[0].poll().is_pending());
+        assert_eq!(b.flushes(), ids(&[&[0, 1, 2]]));
+        assert!(futs[1].poll().is_pending());
+        assert!(futs[2].poll().is_pending());
+        assert_eq!(b.flushes().len(), 1, "sent once");
+        b.fake.release(|| Ok(Confirmation::default()));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for mut f in futs {
+            assert!(f.is_woken());
+            assert_ready_ok!(f.poll());
+        }
     }
 
     /// After a reconnect the unconfirmed messages are sent again, flushed in

@@ -20,8 +20,8 @@
 //! [`PublishError::Unroutable`].
 //!
 //! Commands go over one multiplexed connection, in order. The messages that
-//! callers hand in while the publisher's connection task is busy are sent
-//! together, as one pipeline (one write and one request of the connection
+//! callers hand in before one of them waits (or while the publisher is busy
+//! sending) are sent together, as one pipeline (one write and one request of the connection
 //! for all of them), each still with its own reply: a command the server
 //! refuses (`WRONGTYPE`...) fails its own message only. A broken connection
 //! fails the outstanding commands: the publisher reconnects with backoff and
