@@ -64,6 +64,9 @@ use crate::error::BoxError;
 
 const BROKER: &str = "nats";
 
+/// async-nats's own subscription capacity.
+const DEFAULT_INBOX_CAPACITY: usize = 65_536;
+
 /// Header name prefix of the CloudEvents attributes (NATS binding).
 pub const HEADER_PREFIX: &str = "ce-";
 
@@ -154,6 +157,13 @@ fn valid_token(t: &[u8]) -> bool {
     !t.is_empty() && t != b"*" && t != b">"
 }
 
+fn invalid_subject() -> PublishError {
+    PublishError::InvalidEvent(InvalidEvent::Invalid {
+        attribute: "type",
+        reason: "does not make a valid NATS subject",
+    })
+}
+
 /// Builder of a [`NatsPublisher`].
 pub struct NatsBuilder {
     transport: Nats,
@@ -221,8 +231,6 @@ pub struct NatsConnection {
     client: async_nats::Client,
     /// `<inbox>.`: a message's reply subject is this followed by its number.
     reply_prefix: String,
-    /// The number the next message gets.
-    next: u64,
     acks: Arc<Mutex<Acks>>,
 }
 
@@ -254,6 +262,12 @@ enum Slot {
 impl<S: Stream<Item = async_nats::Message> + Unpin> Acks<S> {
     fn new(inbox: S) -> Self {
         Acks { inbox, base: 0, slots: VecDeque::new(), closed: false }
+    }
+
+    /// A slot for the next message; its number.
+    fn add(&mut self) -> u64 {
+        self.slots.push_back(Slot::Waiting);
+        self.base + self.slots.len() as u64 - 1
     }
 
     fn slot(&mut self, n: u64) -> Option<&mut Slot> {
@@ -364,10 +378,7 @@ fn map_send_error(e: async_nats::PublishError) -> PublishError {
         async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
             PublishError::Rejected { broker: BROKER, reason: e.to_string() }
         }
-        async_nats::client::PublishErrorKind::InvalidSubject => PublishError::InvalidEvent(InvalidEvent::Invalid {
-            attribute: "type",
-            reason: "does not make a valid NATS subject",
-        }),
+        async_nats::client::PublishErrorKind::InvalidSubject => invalid_subject(),
         // The connection's command channel is closed.
         _ => PublishError::ConnectionLost { broker: BROKER, attempts: 0 },
     }
@@ -409,7 +420,7 @@ impl Transport for Nats {
         let mut reply_prefix = client.new_inbox();
         let inbox = client.subscribe(format!("{reply_prefix}.*")).await?;
         reply_prefix.push('.');
-        Ok(NatsConnection { client, reply_prefix, next: 0, acks: Arc::new(Mutex::new(Acks::new(inbox))) })
+        Ok(NatsConnection { client, reply_prefix, acks: Arc::new(Mutex::new(Acks::new(inbox))) })
     }
 
     fn publish<'a>(
@@ -421,20 +432,15 @@ impl Transport for Nats {
         let headers = Nats::headers(msg);
         async move {
             if !valid_subject(&subject) {
-                return Err(PublishError::InvalidEvent(InvalidEvent::Invalid {
-                    attribute: "type",
-                    reason: "does not make a valid NATS subject",
-                }));
+                return Err(invalid_subject());
             }
-            let n = conn.next;
-            conn.next += 1;
-            let mut reply = String::with_capacity(conn.reply_prefix.len() + 20);
-            reply.push_str(&conn.reply_prefix);
-            reply.push_str(itoa::Buffer::new().format(n));
-            lock(&conn.acks).slots.push_back(Slot::Waiting);
+            let n = lock(&conn.acks).add();
             // From here on, dropping the confirmation (on error, or with this
             // future) frees the slot.
             let confirm = NatsConfirm { acks: Arc::clone(&conn.acks), n, done: false };
+            let mut reply = String::with_capacity(conn.reply_prefix.len() + 20);
+            reply.push_str(&conn.reply_prefix);
+            reply.push_str(itoa::Buffer::new().format(n));
             conn.client
                 .publish_with_reply_and_headers(subject, reply, headers, msg.body.clone())
                 .await
@@ -443,9 +449,6 @@ impl Transport for Nats {
         }
     }
 }
-
-/// async-nats's own subscription capacity.
-const DEFAULT_INBOX_CAPACITY: usize = 65_536;
 
 /// Resolves on the JetStream `PublishAck` for one message.
 pub struct NatsConfirm {
@@ -483,17 +486,6 @@ mod tests {
     use proptest::prelude::{Just, Strategy};
 
     use super::*;
-
-    trait TapSubject {
-        fn tap_subject(self, subject: &str) -> Self;
-    }
-
-    impl TapSubject for async_nats::Message {
-        fn tap_subject(mut self, subject: &str) -> Self {
-            self.subject = subject.into();
-            self
-        }
-    }
 
     #[test]
     fn subjects() {
@@ -555,10 +547,12 @@ mod tests {
         reply(n, &format!(r#"{{"stream":"S","seq":{seq}}}"#))
     }
 
-    /// `n` messages sent: a slot each.
-    fn sent(n: usize) -> Acks<Inbox> {
+    /// `n` messages sent: a slot each, numbered from 0.
+    fn sent(n: u64) -> Acks<Inbox> {
         let mut acks = Acks::new(Inbox::default());
-        acks.slots.extend((0..n).map(|_| Slot::Waiting));
+        for i in 0..n {
+            assert_eq!(acks.add(), i);
+        }
         acks
     }
 
@@ -595,7 +589,11 @@ mod tests {
         assert_eq!(acks.slots.len(), 3, "a slot behind a waiting one stays");
         // An ack for a forgotten message, for one never sent, and one that
         // is not ours: none of them is kept.
-        acks.inbox.queue.extend([ack(1, 11), ack(7, 17), reply(0, "").tap_subject("_INBOX.abc.x")]);
+        acks.inbox.queue.extend([
+            ack(1, 11),
+            ack(7, 17),
+            async_nats::Message { subject: "_INBOX.abc.x".into(), ..reply(0, "") },
+        ]);
         assert!(poll(&mut acks, 0).is_pending());
         assert!(matches!(acks.slots[1], Slot::Gone));
         acks.forget(0);
