@@ -753,18 +753,16 @@ impl Future for ResponseFuture {
         let this = &mut *self;
         match &mut this.rx {
             Some(rx) => {
-                if let Poll::Ready(res) = Pin::new(&mut *rx).poll(cx) {
-                    return Poll::Ready(res.unwrap_or(Err(PublishError::Closed)));
-                }
+                let mut polled = Pin::new(&mut *rx).poll(cx);
                 // The caller is about to wait: it sends the batch itself
                 // instead of waking the connection task for it.
-                if let Some(driver) = this.driver.take() {
+                if let (Poll::Pending, Some(driver)) = (&polled, this.driver.take()) {
                     if driver.claim() {
                         driver.run(true);
-                        return Pin::new(rx).poll(cx).map(|res| res.unwrap_or(Err(PublishError::Closed)));
+                        polled = Pin::new(&mut *rx).poll(cx);
                     }
                 }
-                Poll::Pending
+                polled.map(|res| res.unwrap_or(Err(PublishError::Closed)))
             }
             None => Poll::Ready(Err(self.err.take().unwrap_or(PublishError::Closed))),
         }

@@ -21,8 +21,8 @@
 //!
 //! Commands go over one multiplexed connection, in order. The messages that
 //! callers hand in before one of them waits (or while the publisher is busy
-//! sending) are sent together, as one pipeline (one write and one request of the connection
-//! for all of them), each still with its own reply: a command the server
+//! sending) are sent together, as one pipeline (one write and one request
+//! of the connection for all of them), each still with its own reply: a command the server
 //! refuses (`WRONGTYPE`...) fails its own message only. A broken connection
 //! fails the outstanding commands: the publisher reconnects with backoff and
 //! sends them again (at least once; a stream may then hold a message twice,
