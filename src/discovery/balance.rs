@@ -159,6 +159,10 @@ pub(crate) struct Table {
     outlier: OutlierConfig,
     base: Instant,
     rr: AtomicUsize,
+    /// Held while an ejection is decided and made, so the cap check and the
+    /// ejection are one step; shared by the tables of one service (a refresh
+    /// keeps it).
+    eject_gate: Arc<Mutex<()>>,
 }
 
 /// State shared by all clones of one layer.
@@ -194,7 +198,8 @@ impl Shared {
         if let Some(route) = routes.get_mut(service) {
             if route.rx.has_changed().unwrap_or(false) {
                 let res = route.rx.borrow_and_update().clone();
-                route.table = self.table(route.table.service.clone(), res.endpoints(), res.is_stale());
+                let gate = route.table.eject_gate.clone();
+                route.table = self.table_with_gate(route.table.service.clone(), res.endpoints(), res.is_stale(), gate);
             }
             return Ok(route.table.clone());
         }
@@ -214,6 +219,17 @@ impl Shared {
     /// Build a table for `service`, keeping the statistics of endpoints that
     /// stay (so a refresh does not forget load or ejections).
     pub(crate) fn table(&self, service: Arc<str>, endpoints: &[Authority], stale: bool) -> Arc<Table> {
+        self.table_with_gate(service, endpoints, stale, Arc::default())
+    }
+
+    /// [`table`](Self::table), sharing the ejection gate of the service's previous table.
+    fn table_with_gate(
+        &self,
+        service: Arc<str>,
+        endpoints: &[Authority],
+        stale: bool,
+        eject_gate: Arc<Mutex<()>>,
+    ) -> Arc<Table> {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.retain(|_, w| w.strong_count() > 0);
         let endpoints: Vec<Arc<EndpointStats>> = endpoints
@@ -241,6 +257,7 @@ impl Shared {
             outlier: self.outlier,
             base: self.base,
             rr: AtomicUsize::new(0),
+            eject_gate,
         })
     }
 }
@@ -315,12 +332,28 @@ impl Table {
         if run < cfg.consecutive_failures || e.ejected(now_ns) {
             return;
         }
+        // The cap check and the ejection are one step: a failure deciding
+        // while another one is at it leaves its endpoint to its next failure
+        // (its run of failures stays over the threshold) rather than wait or
+        // count ejections not yet made.
+        let _gate = match self.eject_gate.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if e.ejected(now_ns) {
+            return;
+        }
         // Cap: never more than the allowed share, and never the last endpoint.
         let n = self.endpoints.len();
         let ejected = self.endpoints.iter().filter(|x| x.ejected(now_ns)).count();
         let allowed = ((n as f64 * cfg.max_ejection_percent / 100.0).floor() as usize).min(n.saturating_sub(1));
         if ejected >= allowed {
             return;
+        }
+        #[cfg(test)]
+        if let Some(hook) = tests::BETWEEN_CHECK_AND_EJECT.with(|h| h.borrow_mut().take()) {
+            hook();
         }
         let times = e.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let dur = cfg.base_ejection.saturating_mul(times).min(cfg.max_ejection);
@@ -349,5 +382,70 @@ impl Table {
     pub(crate) fn ejected(&self, now: Instant) -> Vec<Authority> {
         let now_ns = self.now_ns(now);
         self.endpoints.iter().filter(|e| e.ejected(now_ns)).map(|e| e.authority.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use http::uri::Authority;
+    use tokio::time::Instant;
+
+    use super::{Balance, OutlierConfig, Shared, Table};
+
+    thread_local! {
+        /// Run once between an ejection's cap check and the ejection itself:
+        /// where a concurrent failure would interleave.
+        pub(super) static BETWEEN_CHECK_AND_EJECT: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    fn table(n: usize, percent: f64) -> Arc<Table> {
+        let outlier =
+            OutlierConfig { consecutive_failures: 1, max_ejection_percent: percent, ..OutlierConfig::default() };
+        let shared = Shared::new("test".into(), Balance::RoundRobin, outlier);
+        let endpoints: Vec<Authority> = (0..n).map(|i| format!("10.0.0.{i}:80").parse().unwrap()).collect();
+        shared.table("s".into(), &endpoints, false)
+    }
+
+    fn fail(table: &Table, i: usize) {
+        table.start(i);
+        table.finish(i, Instant::now(), Some(true));
+    }
+
+    #[test]
+    fn a_failure_interleaved_between_the_cap_check_and_the_ejection_does_not_eject_past_the_cap() {
+        // 4 endpoints at 25 %: one ejection allowed.
+        let t = table(4, 25.0);
+        let other = t.clone();
+        BETWEEN_CHECK_AND_EJECT.with(|h| *h.borrow_mut() = Some(Box::new(move || fail(&other, 1))));
+        fail(&t, 0);
+        assert_eq!(t.ejected(Instant::now()), vec![t.endpoints[0].authority.clone()], "only the first decision ejects");
+        // The deferred endpoint keeps failing: still no room.
+        fail(&t, 1);
+        assert_eq!(t.ejected(Instant::now()).len(), 1);
+    }
+
+    #[test]
+    fn concurrent_failures_on_many_threads_never_eject_past_the_cap() {
+        for _ in 0..200 {
+            let t = table(10, 30.0);
+            let barrier = Arc::new(std::sync::Barrier::new(10));
+            let threads: Vec<_> = (0..10)
+                .map(|i| {
+                    let (t, barrier) = (t.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        fail(&t, i);
+                    })
+                })
+                .collect();
+            for th in threads {
+                th.join().unwrap();
+            }
+            let ejected = t.ejected(Instant::now()).len();
+            assert!((1..=3).contains(&ejected), "{ejected} of 10 ejected at a 30 % cap");
+        }
     }
 }
