@@ -15,7 +15,12 @@ use crate::BoxError;
 /// Endpoints of a Consul service: the instances passing their health checks,
 /// from `GET /v1/health/service/<name>?passing&index=<i>&wait=<w>` — a
 /// blocking query that returns as soon as the set changes (or after `wait`),
-/// resumed from the `X-Consul-Index` it answered.
+/// resumed from the `X-Consul-Index` it answered. As Consul's documentation
+/// requires, an index of 0 is taken as 1 (a query with index 0 returns at once,
+/// so it would never block), and an index that goes backwards resets the next
+/// query to index 0. A query that gets no answer within `wait + wait/16 + 10 s`
+/// fails; a failure marks the endpoints stale (the last set keeps serving) and
+/// retries with backoff. The default client sets TCP keepalive.
 ///
 /// ```no_run
 /// use tower_mesh::discovery::{ConsulSource, Registry};
@@ -99,8 +104,7 @@ impl ConsulSource {
                     Ok((next, endpoints)) => {
                         delay.reset();
                         registry.set(&service, endpoints);
-                        // A lower index means Consul's state was reset: start over.
-                        index = if next < index { 0 } else { next };
+                        index = next_index(index, next);
                     }
                     Err(e) => failed(&registry, &service, "consul", e, &mut delay).await,
                 }
@@ -121,13 +125,30 @@ impl ConsulSource {
             req.headers_mut().insert("x-consul-token", t.parse()?);
         }
         let fetch = self.client.fetch(req, 8 << 20);
-        let (headers, body) = tokio::time::timeout(self.wait + Duration::from_secs(10), fetch).await??;
+        // Consul adds up to `wait / 16` to spread wake-ups; allow for it and the network.
+        let (headers, body) =
+            tokio::time::timeout(self.wait + self.wait / 16 + Duration::from_secs(10), fetch).await??;
         let next = headers
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or("missing or invalid X-Consul-Index")?;
         Ok((next, parse_entries(&body)?))
+    }
+}
+
+/// The index of the next blocking query, after an answer with index `next`
+/// to one with `index`, by the rules of Consul's blocking-query documentation:
+/// an index below 1 is taken as 1 (Consul should never answer one, and a
+/// query with index 0 does not block: a busy loop), and an index lower than
+/// the last one means Consul's state was reset (a restore, a new leader), so
+/// the next query starts over from 0.
+pub(crate) fn next_index(index: u64, next: u64) -> u64 {
+    let next = next.max(1);
+    if next < index {
+        0
+    } else {
+        next
     }
 }
 
@@ -142,4 +163,19 @@ pub(crate) fn parse_entries(body: &[u8]) -> Result<Vec<Authority>, BoxError> {
             Ok(format!("{host}:{}", e.service.port).parse::<Authority>()?)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_index;
+
+    #[test]
+    fn consul_index_rules() {
+        assert_eq!(next_index(0, 7), 7, "follows the answer");
+        assert_eq!(next_index(7, 7), 7, "a timeout keeps the index");
+        assert_eq!(next_index(0, 0), 1, "0 is taken as 1");
+        assert_eq!(next_index(7, 0), 0, "backwards: start over");
+        assert_eq!(next_index(1, 0), 1, "after a reset, 0 stays 1: no busy loop of non-blocking queries");
+        assert_eq!(next_index(9, 4), 0, "backwards: start over");
+    }
 }

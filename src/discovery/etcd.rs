@@ -12,15 +12,24 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::registry::Registry;
-use super::source::{failed, HttpClient, Lines, RetryDelay, SourceTask};
+use super::source::{failed, open_watch, watch_idle, HttpClient, Lines, RetryDelay, SourceTask, WatchIdle};
 use crate::BoxError;
 
 /// Endpoints kept in etcd as keys under a prefix whose values are `host:port`
 /// (e.g. `/services/orders/i-1 = 10.0.0.7:8080`): listed with
 /// `POST /v3/kv/range`, then followed with `POST /v3/watch` from the next
 /// revision, through etcd's JSON (gRPC-gateway) API — plain HTTP and JSON, so
-/// no protobuf compiler is needed to build tower-mesh. A compacted or broken
-/// watch lists again.
+/// no protobuf compiler is needed to build tower-mesh.
+///
+/// The watch asks for progress notifications and the source keeps the
+/// revision of every event and notification: a watch that ends or breaks is
+/// resumed from the next revision, and only a compacted or cancelled one lists
+/// again. A watch silent for the [idle timeout](Self::idle_timeout) (default
+/// 20 minutes) is taken for a dead connection and reconnected; a failed
+/// reconnect, or a second silent watch in a row, marks the endpoints stale
+/// (the last set keeps serving) and retries with backoff. The default client
+/// sets TCP keepalive, which fails a connection to a vanished host in about a
+/// minute.
 ///
 /// ```no_run
 /// use tower_mesh::discovery::{EtcdSource, Registry};
@@ -37,7 +46,11 @@ pub struct EtcdSource {
     base: Uri,
     prefix: Vec<u8>,
     client: HttpClient,
+    idle: Duration,
 }
+
+/// Default idle timeout of a watch: two of etcd's default progress-notification intervals.
+const DEFAULT_IDLE: Duration = Duration::from_secs(20 * 60);
 
 #[derive(Deserialize)]
 struct RangeResponse {
@@ -57,6 +70,8 @@ struct Kv {
     key: String,
     #[serde(default)]
     value: Option<String>,
+    #[serde(default)]
+    mod_revision: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -68,11 +83,15 @@ struct WatchLine {
 #[derive(Deserialize)]
 struct WatchResult {
     #[serde(default)]
+    header: Option<Header>,
+    #[serde(default)]
     events: Vec<Event>,
     #[serde(default)]
     compact_revision: Option<String>,
     #[serde(default)]
     canceled: bool,
+    #[serde(default)]
+    created: bool,
 }
 
 #[derive(Deserialize)]
@@ -98,7 +117,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 impl EtcdSource {
     /// Follow the keys under `prefix` on the etcd at `base` (e.g. `http://127.0.0.1:2379`).
     pub fn new(base: Uri, prefix: impl Into<String>) -> Self {
-        EtcdSource { base, prefix: prefix.into().into_bytes(), client: HttpClient::default() }
+        EtcdSource { base, prefix: prefix.into().into_bytes(), client: HttpClient::default(), idle: DEFAULT_IDLE }
     }
 
     /// The HTTP client (default: plain HTTP).
@@ -114,21 +133,75 @@ impl EtcdSource {
             .body(Full::new(Bytes::from(body.to_string())))?)
     }
 
+    /// Longest a watch may stay silent — no event and no progress
+    /// notification — before the source takes its connection for dead and
+    /// reconnects, resuming from the last revision it saw (default 20
+    /// minutes: two of etcd's default 10-minute progress-notification
+    /// intervals, `--experimental-watch-progress-notify-interval`; lower it
+    /// with that interval). A second silent watch in a row marks the
+    /// endpoints stale and backs off. Also bounds the wait for a watch's
+    /// response head. Zero is taken as one millisecond.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle.max(Duration::from_millis(1));
+        self
+    }
+
     /// Start following, publishing into `registry` under `service`.
     pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
         registry.register(service);
         let service = service.to_owned();
         SourceTask::spawn(async move {
             let mut delay = RetryDelay::new();
+            // The listed-and-watched state; `None` lists (again).
+            let mut state: Option<State> = None;
+            let mut silent_in_row = 0u32;
             loop {
-                if let Err(e) = self.list_and_watch(&registry, &service, &mut delay).await {
-                    failed(&registry, &service, "etcd", e, &mut delay).await;
+                let st = match &mut state {
+                    Some(st) => st,
+                    None => match self.list(&registry, &service).await {
+                        Ok(st) => {
+                            delay.reset();
+                            state.insert(st)
+                        }
+                        Err(e) => {
+                            failed(&registry, &service, "etcd", e, &mut delay).await;
+                            continue;
+                        }
+                    },
+                };
+                let result = self.watch(st, &registry, &service, &mut delay).await;
+                if st.heard {
+                    silent_in_row = 0;
+                }
+                match result {
+                    Ok(WatchEnd::Closed) => {
+                        tracing::debug!(service, revision = st.revision, "etcd watch ended; resuming");
+                    }
+                    Ok(WatchEnd::Relist) => {
+                        tracing::debug!(
+                            service,
+                            revision = st.revision,
+                            "etcd watch compacted or cancelled; listing again"
+                        );
+                        state = None;
+                    }
+                    Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
+                        silent_in_row += 1;
+                        watch_idle(&service, "etcd", self.idle, &st.revision.to_string());
+                    }
+                    Err(e) => {
+                        if e.is::<WatchIdle>() {
+                            silent_in_row += 1;
+                        }
+                        failed(&registry, &service, "etcd", e, &mut delay).await;
+                    }
                 }
             }
         })
     }
 
-    async fn list_and_watch(&self, registry: &Registry, service: &str, delay: &mut RetryDelay) -> Result<(), BoxError> {
+    /// Read the keys and publish them.
+    async fn list(&self, registry: &Registry, service: &str) -> Result<State, BoxError> {
         let range = self.post(
             "/v3/kv/range",
             serde_json::json!({ "key": B64.encode(&self.prefix), "range_end": B64.encode(prefix_end(&self.prefix)) }),
@@ -141,43 +214,86 @@ impl EtcdSource {
             apply(&mut keys, service, Some(kv));
         }
         registry.set(service, keys.values().cloned());
-        delay.reset();
+        Ok(State { revision, keys, heard: false })
+    }
 
+    /// Watch from the revision after `st.revision` until the stream ends,
+    /// keeping `st` up to date.
+    async fn watch(
+        &self,
+        st: &mut State,
+        registry: &Registry,
+        service: &str,
+        delay: &mut RetryDelay,
+    ) -> Result<WatchEnd, BoxError> {
+        st.heard = false;
         let watch = self.post(
             "/v3/watch",
             serde_json::json!({ "create_request": {
                 "key": B64.encode(&self.prefix),
                 "range_end": B64.encode(prefix_end(&self.prefix)),
-                "start_revision": (revision + 1).to_string(),
+                "start_revision": (st.revision + 1).to_string(),
+                "progress_notify": true,
             }}),
         )?;
-        let mut lines = Lines::new(self.client.send(watch).await?.into_body());
-        while let Some(line) = lines.next().await? {
+        let mut lines = Lines::new(open_watch(&self.client, watch, self.idle).await?.into_body());
+        while let Some(line) = lines.next_within(self.idle).await? {
             let line: WatchLine = serde_json::from_slice(&line)?;
             if let Some(err) = line.error {
                 return Err(format!("etcd watch error: {err}").into());
             }
             let Some(result) = line.result else { continue };
+            let first = !std::mem::replace(&mut st.heard, true);
+            delay.reset();
             if result.canceled || result.compact_revision.as_deref().is_some_and(|r| r != "0") {
                 // Compacted past our revision, or cancelled: list again.
-                return Ok(());
+                return Ok(WatchEnd::Relist);
             }
-            if result.events.is_empty() {
-                continue;
-            }
+            let changed = !result.events.is_empty();
             for ev in result.events {
+                if let Some(rev) = ev.kv.mod_revision.as_deref().and_then(|r| r.parse::<u64>().ok()) {
+                    st.revision = st.revision.max(rev);
+                }
                 if ev.kind.as_deref() == Some("DELETE") {
                     if let Ok(k) = B64.decode(&ev.kv.key) {
-                        keys.remove(&String::from_utf8_lossy(&k).into_owned());
+                        st.keys.remove(&String::from_utf8_lossy(&k).into_owned());
                     }
                 } else {
-                    apply(&mut keys, service, Some(ev.kv));
+                    apply(&mut st.keys, service, Some(ev.kv));
                 }
             }
-            registry.set(service, keys.values().cloned());
+            // A progress notification (no events, not the creation answer,
+            // whose header is the store's revision before the watch caught
+            // up) carries the revision every event up to has been sent.
+            if !changed && !result.created {
+                if let Some(rev) = result.header.and_then(|h| h.revision).and_then(|r| r.parse::<u64>().ok()) {
+                    st.revision = st.revision.max(rev);
+                }
+            }
+            if changed || first {
+                // An event, or the first line of a live watch (which clears a stale mark).
+                registry.set(service, st.keys.values().cloned());
+            }
         }
-        Ok(())
+        Ok(WatchEnd::Closed)
     }
+}
+
+/// What the source knows between watches.
+struct State {
+    /// The last revision seen (of the list, an event or a progress notification).
+    revision: u64,
+    keys: BTreeMap<String, Authority>,
+    /// The current watch has sent a line.
+    heard: bool,
+}
+
+/// How a watch ended without an error.
+enum WatchEnd {
+    /// The stream ended: resume from the last revision.
+    Closed,
+    /// Compacted past the revision, or cancelled: list again.
+    Relist,
 }
 
 /// Put a key/value into the map; a value that is not `host:port` is skipped with a warning.

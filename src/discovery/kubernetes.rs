@@ -10,13 +10,24 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::registry::Registry;
-use super::source::{failed, HttpClient, Lines, RetryDelay, SourceTask};
+use super::source::{
+    failed, open_watch, watch_idle, HttpClient, Lines, RetryDelay, SourceTask, StatusError, WatchIdle,
+};
 use crate::BoxError;
 
 /// Endpoints of a Kubernetes Service: the ready addresses of its
 /// `discovery.k8s.io/v1` EndpointSlices (label
 /// `kubernetes.io/service-name`), listed once and then watched
-/// (`?watch=1&resourceVersion=…`), relisting when the watch expires.
+/// (`?watch=1&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion=…`).
+///
+/// The source keeps the resource version of every event and BOOKMARK; when a
+/// watch ends (the server's `timeoutSeconds`, a broken connection) it watches
+/// again from there, without listing. Only `410 Gone` — as the HTTP status or
+/// an `ERROR` event with code 410 — lists again. A watch silent for the
+/// [idle timeout](Self::idle_timeout) (default 3 minutes) is taken for a dead
+/// connection and reconnected; a failed reconnect, or a second silent watch
+/// in a row, marks the endpoints stale (the last set keeps serving) and
+/// retries with backoff. The default client sets TCP keepalive.
 ///
 /// It speaks the API over the given [`HttpClient`]: a real API server needs
 /// HTTPS, so pass a TLS-capable client and the service-account token
@@ -44,6 +55,33 @@ pub struct KubernetesSource {
     port_name: Option<String>,
     token: Option<String>,
     client: HttpClient,
+    idle: Duration,
+}
+
+/// Default idle timeout of a watch: three of the API server's bookmark
+/// intervals (it sends a bookmark about every minute to a watch that asked
+/// for them and set `timeoutSeconds`).
+const DEFAULT_IDLE: Duration = Duration::from_secs(180);
+
+/// How long each watch asks the server to run (`timeoutSeconds`) before it
+/// ends the stream cleanly and the source resumes it.
+const WATCH_TIMEOUT_SECS: u64 = 300;
+
+/// What the source knows between watches.
+struct State {
+    /// The resource version of the last list, event or bookmark.
+    rv: String,
+    slices: BTreeMap<String, Vec<Authority>>,
+    /// The current watch has sent a line.
+    heard: bool,
+}
+
+/// How a watch ended without an error.
+enum WatchEnd {
+    /// The server closed the stream: resume from the last resource version.
+    Closed,
+    /// 410 Gone: list again.
+    Gone,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +150,7 @@ impl KubernetesSource {
             port_name: None,
             token: None,
             client: HttpClient::default(),
+            idle: DEFAULT_IDLE,
         }
     }
 
@@ -133,17 +172,64 @@ impl KubernetesSource {
         self
     }
 
+    /// Longest a watch may stay silent — no event and no bookmark — before
+    /// the source takes its connection for dead and reconnects, resuming from
+    /// the last resource version (default 3 minutes: three of the API
+    /// server's one-minute bookmark intervals). A second silent watch in a
+    /// row marks the endpoints stale and backs off. Also bounds the wait for
+    /// a watch's response head. Zero is taken as one millisecond.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle.max(Duration::from_millis(1));
+        self
+    }
+
     /// Start listing and watching, publishing into `registry` under `service`.
     pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
         registry.register(service);
         let service = service.to_owned();
         SourceTask::spawn(async move {
             let mut delay = RetryDelay::new();
+            // The listed-and-watched state; `None` lists (again).
+            let mut state: Option<State> = None;
+            let mut silent_in_row = 0u32;
             loop {
-                match self.list_and_watch(&registry, &service, &mut delay).await {
-                    // The watch ended normally (expired): list again at once.
-                    Ok(()) => {}
-                    Err(e) => failed(&registry, &service, "kubernetes", e, &mut delay).await,
+                let st = match &mut state {
+                    Some(st) => st,
+                    None => match self.list(&registry, &service).await {
+                        Ok(st) => {
+                            delay.reset();
+                            state.insert(st)
+                        }
+                        Err(e) => {
+                            failed(&registry, &service, "kubernetes", e, &mut delay).await;
+                            continue;
+                        }
+                    },
+                };
+                let result = self.watch(st, &registry, &service, &mut delay).await;
+                if st.heard {
+                    silent_in_row = 0;
+                }
+                match result {
+                    // The server ended the watch (its `timeoutSeconds`): resume.
+                    Ok(WatchEnd::Closed) => {
+                        tracing::debug!(service, resource_version = %st.rv, "kubernetes watch ended; resuming");
+                    }
+                    // 410 Gone: the resource version is too old to resume from.
+                    Ok(WatchEnd::Gone) => {
+                        tracing::debug!(service, resource_version = %st.rv, "kubernetes resource version expired; listing again");
+                        state = None;
+                    }
+                    Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
+                        silent_in_row += 1;
+                        watch_idle(&service, "kubernetes", self.idle, &st.rv);
+                    }
+                    Err(e) => {
+                        if e.is::<WatchIdle>() {
+                            silent_in_row += 1;
+                        }
+                        failed(&registry, &service, "kubernetes", e, &mut delay).await;
+                    }
                 }
             }
         })
@@ -166,7 +252,8 @@ impl KubernetesSource {
         Ok(req)
     }
 
-    async fn list_and_watch(&self, registry: &Registry, service: &str, delay: &mut RetryDelay) -> Result<(), BoxError> {
+    /// List the slices and publish them.
+    async fn list(&self, registry: &Registry, service: &str) -> Result<State, BoxError> {
         let (_, body) =
             tokio::time::timeout(Duration::from_secs(30), self.client.fetch(self.request("")?, 16 << 20)).await??;
         let list: SliceList = serde_json::from_slice(&body)?;
@@ -175,37 +262,64 @@ impl KubernetesSource {
             slices.insert(s.metadata.name.clone(), self.endpoints_of(&s));
         }
         registry.set(service, union(&slices));
-        delay.reset();
+        Ok(State { rv: list.metadata.resource_version, slices, heard: false })
+    }
 
-        let mut rv = list.metadata.resource_version;
-        let watch = self.request(&format!("&watch=1&allowWatchBookmarks=true&resourceVersion={rv}"))?;
-        let body = self.client.send(watch).await?.into_body();
-        let mut lines = Lines::new(body);
-        while let Some(line) = lines.next().await? {
+    /// Watch from `st.rv` until the stream ends, keeping `st` up to date.
+    async fn watch(
+        &self,
+        st: &mut State,
+        registry: &Registry,
+        service: &str,
+        delay: &mut RetryDelay,
+    ) -> Result<WatchEnd, BoxError> {
+        st.heard = false;
+        let query =
+            format!("&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT_SECS}&resourceVersion={}", st.rv);
+        let res = match open_watch(&self.client, self.request(&query)?, self.idle).await {
+            Ok(res) => res,
+            Err(e) if e.downcast_ref::<StatusError>().is_some_and(|e| e.status == http::StatusCode::GONE) => {
+                return Ok(WatchEnd::Gone)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut lines = Lines::new(res.into_body());
+        while let Some(line) = lines.next_within(self.idle).await? {
             let ev: WatchEvent = serde_json::from_slice(&line)?;
+            let first = !std::mem::replace(&mut st.heard, true);
             match ev.kind.as_str() {
                 "ADDED" | "MODIFIED" | "DELETED" => {
                     let slice: Slice = serde_json::from_value(ev.object)?;
-                    rv = slice.metadata.resource_version.clone();
+                    st.rv = slice.metadata.resource_version.clone();
                     if ev.kind == "DELETED" {
-                        slices.remove(&slice.metadata.name);
+                        st.slices.remove(&slice.metadata.name);
                     } else {
-                        slices.insert(slice.metadata.name.clone(), self.endpoints_of(&slice));
+                        st.slices.insert(slice.metadata.name.clone(), self.endpoints_of(&slice));
                     }
-                    registry.set(service, union(&slices));
+                    registry.set(service, union(&st.slices));
                 }
                 "BOOKMARK" => {
                     if let Some(v) = ev.object.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()) {
-                        rv = v.to_owned();
+                        st.rv = v.to_owned();
+                    }
+                    if first {
+                        // The watch is live: the set is current again (clears a stale mark).
+                        registry.set(service, union(&st.slices));
                     }
                 }
-                // 410 Gone and the like: the resource version expired; relist.
-                "ERROR" => return Ok(()),
+                "ERROR" => {
+                    // A `Status` object: 410 Gone means the resource version expired.
+                    if ev.object.get("code").and_then(|c| c.as_u64()) == Some(410) {
+                        return Ok(WatchEnd::Gone);
+                    }
+                    let message = ev.object.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
+                    return Err(format!("kubernetes watch error: {message}").into());
+                }
                 other => return Err(format!("unexpected watch event type `{other}`").into()),
             }
+            delay.reset();
         }
-        tracing::debug!(service, resource_version = %rv, "kubernetes watch ended; relisting");
-        Ok(())
+        Ok(WatchEnd::Closed)
     }
 
     fn endpoints_of(&self, slice: &Slice) -> Vec<Authority> {

@@ -43,10 +43,38 @@ impl fmt::Debug for HttpClient {
 
 #[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 impl Default for HttpClient {
+    /// Plain HTTP with TCP keepalive (first probe after 30 s idle, then every
+    /// 10 s, 3 probes: a dead peer fails the connection in about a minute)
+    /// and a 10 s connect timeout.
     fn default() -> Self {
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(default_connector());
         HttpClient::new(client)
     }
+}
+
+/// TCP keepalive idle time of the default connector.
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+/// TCP keepalive probe interval of the default connector.
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// TCP keepalive probes before the default connector's connection fails.
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The connector of the default client: TCP keepalive, so a peer that
+/// vanished without closing (a dead host, a dropped NAT entry) fails a
+/// long-lived watch instead of leaving it waiting for ever.
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) fn default_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_keepalive(Some(KEEPALIVE_TIME));
+    connector.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    connector.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    connector.set_nodelay(true);
+    connector
 }
 
 #[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
@@ -100,14 +128,38 @@ impl HttpClient {
     }
 }
 
+/// An API answered with a non-2xx status.
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+#[derive(Debug)]
+pub(crate) struct StatusError {
+    pub(crate) status: http::StatusCode,
+    excerpt: String,
+}
+
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+impl fmt::Display for StatusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {}: {}", self.status, self.excerpt)
+    }
+}
+
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+impl std::error::Error for StatusError {}
+
 /// Fail on a non-2xx status, with a short excerpt of the body.
 #[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
 async fn check_status(res: Response<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
     if !res.status().is_success() {
         let status = res.status();
-        let body = collect_limited(res.into_body(), 512).await.unwrap_or_default();
-        let excerpt = String::from_utf8_lossy(&body);
-        return Err(format!("HTTP {status}: {}", excerpt.trim()).into());
+        // The excerpt is bounded in time too: a server that sends an error
+        // status and then stalls does not hold the source.
+        let body = tokio::time::timeout(Duration::from_secs(5), collect_limited(res.into_body(), 512))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let excerpt = String::from_utf8_lossy(&body).trim().to_owned();
+        return Err(Box::new(StatusError { status, excerpt }));
     }
     Ok(res)
 }
@@ -207,6 +259,16 @@ impl Lines {
         Lines { body, buf: BytesMut::new() }
     }
 
+    /// The next line, or [`WatchIdle`] when none is complete within `idle`
+    /// (the watch may be on a dead connection).
+    pub(crate) async fn next_within(&mut self, idle: Duration) -> Result<Option<Bytes>, BoxError> {
+        match tokio::time::timeout(idle, self.next()).await {
+            Ok(line) => line,
+            Err(_) => Err(Box::new(WatchIdle(idle))),
+        }
+    }
+
+    /// The next line (cancel-safe: a line is taken from the buffer only when returned).
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
@@ -241,4 +303,43 @@ impl Lines {
             }
         }
     }
+}
+
+/// A watch sent nothing — no event, bookmark or progress notification — for
+/// its idle timeout.
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+#[cfg_attr(not(any(feature = "discovery-etcd", feature = "discovery-k8s")), allow(dead_code))]
+#[derive(Debug)]
+pub(crate) struct WatchIdle(pub(crate) Duration);
+
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+impl std::fmt::Display for WatchIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "watch silent for {:?} (idle timeout)", self.0)
+    }
+}
+
+#[cfg(any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s"))]
+impl std::error::Error for WatchIdle {}
+
+/// Send a watch request: its response head must come within `idle` too.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) async fn open_watch(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+    idle: Duration,
+) -> Result<Response<BoxBody>, BoxError> {
+    match tokio::time::timeout(idle, client.send(req)).await {
+        Ok(res) => res,
+        Err(_) => Err(Box::new(WatchIdle(idle))),
+    }
+}
+
+/// A watch went silent: count it and say so; the caller reconnects at once,
+/// resuming from the last version it saw.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) fn watch_idle(service: &str, kind: &'static str, idle: Duration, resume_from: &str) {
+    metrics::counter!("tower_mesh_discovery_watch_idle_total", "service" => service.to_owned(), "source" => kind)
+        .increment(1);
+    tracing::warn!(service, source = kind, idle = ?idle, resume_from, "discovery watch silent past its idle timeout; reconnecting");
 }
