@@ -250,3 +250,207 @@ async fn kubernetes_lists_then_watches_endpoint_slices() {
     // The relist's answer (slices a and b) replaces the watched state.
     wait_for(&registry, "orders", &["10.0.1.1:8080", "10.0.2.1:8080"]).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Watch robustness: resume, 410, idle timeout; Consul index rules
+// ---------------------------------------------------------------------------------------------
+
+/// Wait (up to 20 s: the machine may be loaded) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of query parameter `name` in `query`.
+fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+}
+
+/// A body of these lines (each newline-terminated), then open and silent
+/// (`hang`) or ended.
+fn lines_body(lines: Vec<String>, hang: bool) -> Response<Body> {
+    let frames = futures::stream::iter(lines.into_iter().map(|l| Ok::<_, Infallible>(Frame::data(Bytes::from(l + "\n")))));
+    Response::new(if hang {
+        StreamBody::new(futures::StreamExt::chain(frames, futures::stream::pending())).boxed()
+    } else {
+        StreamBody::new(frames).boxed()
+    })
+}
+
+/// A fake API server for EndpointSlices: `list` answers each list with
+/// (resourceVersion, slices); `watch` answers the n-th watch (from 0). It
+/// records each request's query, in order.
+async fn k8s_server<L, W>(list: L, watch: W) -> (SocketAddr, Arc<Mutex<Vec<String>>>)
+where
+    L: Fn(usize) -> (u32, Vec<String>) + Send + Sync + 'static,
+    W: Fn(usize) -> Response<Body> + Send + Sync + 'static,
+{
+    let requests = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (reqs, list, watch) = (requests.clone(), Arc::new(list), Arc::new(watch));
+    let addr = serve(move |req: Request<Incoming>| {
+        let (reqs, list, watch) = (reqs.clone(), list.clone(), watch.clone());
+        async move {
+            let q = req.uri().query().unwrap_or("").to_owned();
+            let (lists, watches) = {
+                let mut reqs = reqs.lock().unwrap();
+                let watches = reqs.iter().filter(|r| r.contains("watch=1")).count();
+                let lists = reqs.len() - watches;
+                reqs.push(q.clone());
+                (lists, watches)
+            };
+            if q.contains("watch=1") {
+                return watch(watches);
+            }
+            let (rv, items) = list(lists);
+            Response::new(full(format!(
+                r#"{{"kind":"EndpointSliceList","apiVersion":"discovery.k8s.io/v1","metadata":{{"resourceVersion":"{rv}"}},"items":[{}]}}"#,
+                items.join(",")
+            )))
+        }
+    })
+    .await;
+    (addr, requests)
+}
+
+fn bookmark(rv: u32) -> String {
+    format!(
+        r#"{{"type":"BOOKMARK","object":{{"kind":"EndpointSlice","apiVersion":"discovery.k8s.io/v1","metadata":{{"resourceVersion":"{rv}"}}}}}}"#
+    )
+}
+
+fn status(code: u16) -> Response<Body> {
+    Response::builder().status(code).body(full(r#"{"kind":"Status","code":0}"#.into())).unwrap()
+}
+
+#[tokio::test]
+async fn kubernetes_watch_ending_after_a_bookmark_resumes_from_it_without_listing() {
+    let (addr, requests) = k8s_server(
+        |_| (100, vec![slice("orders-a", 90, &[("10.0.1.1", true)], 8080)]),
+        |n| match n {
+            // An event, a bookmark, then the server ends the watch (its timeoutSeconds).
+            0 => lines_body(
+                vec![
+                    format!(r#"{{"type":"MODIFIED","object":{}}}"#, slice("orders-a", 120, &[("10.0.1.2", true)], 8080)),
+                    bookmark(150),
+                ],
+                false,
+            ),
+            _ => lines_body(vec![], true),
+        },
+    )
+    .await;
+    let registry = Registry::new();
+    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
+        .port_name("http")
+        .spawn(registry.clone(), "orders");
+    wait_for(&registry, "orders", &["10.0.1.2:8080"]).await;
+    eventually("a second watch", || requests.lock().unwrap().len() >= 3).await;
+
+    let requests = requests.lock().unwrap().clone();
+    assert!(!requests[0].contains("watch=1"), "first a list: {requests:?}");
+    assert_eq!(param(&requests[1], "resourceVersion"), Some("100"), "the watch starts at the list's version");
+    assert_eq!(param(&requests[1], "allowWatchBookmarks"), Some("true"));
+    assert!(requests[2].contains("watch=1"), "the ended watch is resumed, not relisted: {requests:?}");
+    assert_eq!(param(&requests[2], "resourceVersion"), Some("150"), "resumed from the bookmark's version");
+    assert_eq!(registry.resolution("orders").unwrap().endpoints().len(), 1, "the watched state is kept");
+}
+
+#[tokio::test]
+async fn kubernetes_watch_error_resumes_and_410_gone_lists_again() {
+    let (addr, requests) = k8s_server(
+        |n| match n {
+            0 => (100, vec![slice("orders-a", 90, &[("10.0.1.1", true)], 8080)]),
+            _ => (200, vec![slice("orders-a", 190, &[("10.0.1.9", true)], 8080)]),
+        },
+        |n| match n {
+            // A server error: resume the watch from the same version.
+            0 => status(500),
+            // The version has expired.
+            1 => status(410),
+            _ => lines_body(vec![], true),
+        },
+    )
+    .await;
+    let registry = Registry::new();
+    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
+        .port_name("http")
+        .spawn(registry.clone(), "orders");
+    eventually("list, watch, watch, list, watch", || requests.lock().unwrap().len() >= 5).await;
+    wait_for(&registry, "orders", &["10.0.1.9:8080"]).await;
+
+    let requests = requests.lock().unwrap().clone();
+    let watch_rv: Vec<Option<&str>> = requests
+        .iter()
+        .take(5)
+        .map(|q| if q.contains("watch=1") { param(q, "resourceVersion") } else { None })
+        .collect();
+    assert_eq!(watch_rv, [None, Some("100"), Some("100"), None, Some("200")], "requests: {requests:?}");
+    assert!(!registry.resolution("orders").unwrap().is_stale());
+}
+
+#[tokio::test]
+async fn kubernetes_silent_watch_reconnects_after_the_idle_timeout_and_goes_stale_when_it_cannot() {
+    let (addr, requests) = k8s_server(
+        |_| (100, vec![slice("orders-a", 90, &[("10.0.1.1", true)], 8080)]),
+        |n| match n {
+            // Accepted, a bookmark, then silence on an open connection.
+            0 => lines_body(vec![bookmark(120)], true),
+            // The server is gone.
+            _ => status(503),
+        },
+    )
+    .await;
+    let registry = Registry::new();
+    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
+        .port_name("http")
+        .idle_timeout(Duration::from_millis(300))
+        .spawn(registry.clone(), "orders");
+    wait_for(&registry, "orders", &["10.0.1.1:8080"]).await;
+
+    eventually("a reconnect after the idle timeout", || requests.lock().unwrap().len() >= 3).await;
+    let reqs = requests.lock().unwrap().clone();
+    assert!(reqs[2].contains("watch=1"), "reconnected, not relisted: {reqs:?}");
+    assert_eq!(param(&reqs[2], "resourceVersion"), Some("120"), "from the last bookmark");
+
+    eventually("marked stale", || registry.resolution("orders").unwrap().is_stale()).await;
+    assert_eq!(registry.resolution("orders").unwrap().endpoints().len(), 1, "last known set kept");
+    assert!(requests.lock().unwrap().iter().skip(1).all(|q| q.contains("watch=1")), "never relisted");
+}
+
+#[tokio::test]
+async fn consul_index_zero_is_taken_as_one_and_a_backwards_index_resets_to_zero() {
+    // The X-Consul-Index of each answer, in order; then the queries block.
+    const INDEXES: [u64; 4] = [0, 5, 3, 9];
+    let queries = Arc::new(Mutex::new(Vec::<String>::new()));
+    let qs = queries.clone();
+    let addr = serve(move |req: Request<Incoming>| {
+        let qs = qs.clone();
+        async move {
+            let n = {
+                let mut qs = qs.lock().unwrap();
+                qs.push(req.uri().query().unwrap_or("").to_owned());
+                qs.len() - 1
+            };
+            let Some(index) = INDEXES.get(n) else {
+                return futures::future::pending().await;
+            };
+            Response::builder()
+                .header("x-consul-index", index.to_string())
+                .body(full(format!("[{}]", consul_entry("10.1.10.12", "", 8000))))
+                .unwrap()
+        }
+    })
+    .await;
+    let registry = Registry::new();
+    let _task = ConsulSource::new(format!("http://{addr}").parse().unwrap(), "redis")
+        .wait(Duration::from_secs(60))
+        .spawn(registry.clone(), "redis");
+    eventually("five queries", || queries.lock().unwrap().len() >= 5).await;
+    let queries = queries.lock().unwrap().clone();
+    let index: Vec<&str> = queries.iter().take(5).map(|q| param(q, "index").unwrap()).collect();
+    // 0 → 1 (never a non-blocking 0 in a loop); 5 → 5; 3 < 5 → 0; 9 → 9.
+    assert_eq!(index, ["0", "1", "5", "0", "9"], "queries: {queries:?}");
+}
