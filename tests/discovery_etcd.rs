@@ -183,7 +183,9 @@ async fn silent_etcd() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex
                             s.push((path.clone(), json));
                             watches
                         };
-                        let header = |rev: u32| format!(r#"{{"cluster_id":"1","member_id":"2","revision":"{rev}","raft_term":"2"}}"#);
+                        let header = |rev: u32| {
+                            format!(r#"{{"cluster_id":"1","member_id":"2","revision":"{rev}","raft_term":"2"}}"#)
+                        };
                         let res: Body = match (path.as_str(), watches) {
                             ("/v3/kv/range", _) => Full::new(bytes::Bytes::from(format!(
                                 r#"{{"header":{},"kvs":[{{"key":"{}","create_revision":"10","mod_revision":"10","version":"1","value":"{}"}}],"count":"1"}}"#,

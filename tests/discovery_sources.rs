@@ -272,7 +272,8 @@ fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 /// A body of these lines (each newline-terminated), then open and silent
 /// (`hang`) or ended.
 fn lines_body(lines: Vec<String>, hang: bool) -> Response<Body> {
-    let frames = futures::stream::iter(lines.into_iter().map(|l| Ok::<_, Infallible>(Frame::data(Bytes::from(l + "\n")))));
+    let frames =
+        futures::stream::iter(lines.into_iter().map(|l| Ok::<_, Infallible>(Frame::data(Bytes::from(l + "\n")))));
     Response::new(if hang {
         StreamBody::new(futures::StreamExt::chain(frames, futures::stream::pending())).boxed()
     } else {
@@ -333,7 +334,10 @@ async fn kubernetes_watch_ending_after_a_bookmark_resumes_from_it_without_listin
             // An event, a bookmark, then the server ends the watch (its timeoutSeconds).
             0 => lines_body(
                 vec![
-                    format!(r#"{{"type":"MODIFIED","object":{}}}"#, slice("orders-a", 120, &[("10.0.1.2", true)], 8080)),
+                    format!(
+                        r#"{{"type":"MODIFIED","object":{}}}"#,
+                        slice("orders-a", 120, &[("10.0.1.2", true)], 8080)
+                    ),
                     bookmark(150),
                 ],
                 false,

@@ -343,3 +343,25 @@ pub(crate) fn watch_idle(service: &str, kind: &'static str, idle: Duration, resu
         .increment(1);
     tracing::warn!(service, source = kind, idle = ?idle, resume_from, "discovery watch silent past its idle timeout; reconnecting");
 }
+
+#[cfg(all(test, any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s")))]
+mod tests {
+    use super::{default_connector, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES, KEEPALIVE_TIME};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn the_default_connector_sets_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+        let io = default_connector().oneshot(uri).await.unwrap();
+        let sock = socket2::SockRef::from(io.inner());
+        assert!(sock.keepalive().unwrap(), "SO_KEEPALIVE");
+        #[cfg(any(target_os = "linux", target_os = "macos"))]
+        {
+            assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_TIME);
+            assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        }
+        assert!(sock.tcp_nodelay().unwrap());
+    }
+}
