@@ -20,7 +20,29 @@
 //! classifier decides each call's outcome; an endpoint failing
 //! `consecutive_failures` times in a row is ejected for a time that grows with
 //! each ejection, never more than `max_ejection_percent` of the endpoints at
-//! once, and then gets traffic again.
+//! once, and then gets traffic again. The cap check and the ejection are one
+//! step per service: when two endpoints reach their threshold at the same
+//! moment, one decision is made and the other endpoint is considered again at
+//! its next failure, so concurrent failures never eject past the cap.
+//!
+//! **Watching sources** keep what they learnt and resume instead of starting
+//! over, and never wait for ever on a dead connection:
+//!
+//! | source | resumes from | lists again on | idle timeout (default) |
+//! |---|---|---|---|
+//! | Kubernetes | the `resourceVersion` of the last event or BOOKMARK (`allowWatchBookmarks=true`, `timeoutSeconds=300`) | `410 Gone` (status or `ERROR` event) | 3 min: three one-minute bookmark intervals |
+//! | etcd | the revision after the last event or progress notification (`progress_notify`) | compaction, cancellation | 20 min: two of etcd's 10-minute progress intervals |
+//! | Consul | the `X-Consul-Index` answered (0 taken as 1; one lower than before restarts from 0) | — | `wait + wait/16 + 10 s` per blocking query |
+//!
+//! A watch silent (no event, bookmark or progress notification) for its
+//! idle timeout — set with `idle_timeout` on the source — is taken for a dead
+//! connection: the source reconnects at once from where it was. A reconnect
+//! that fails, or a second silent watch in a row, marks the endpoints stale
+//! (the last set keeps serving) and retries with backoff (100 ms doubling to
+//! 10 s); the next line a live watch sends clears the mark. The default
+//! [`HttpClient`] sets TCP keepalive (30 s idle, then a probe every 10 s, 3
+//! probes), so a vanished peer fails the connection in about a minute even
+//! between heartbeats.
 //!
 //! For tonic, [`Registry::feed_changes`] feeds the same endpoint changes into
 //! the sender of `Channel::balance_channel`.
@@ -54,8 +76,11 @@
 //! Metrics (label `service` = the logical service):
 //! `tower_mesh_discovery_endpoints` (gauge), `tower_mesh_discovery_stale`
 //! (gauge, 1 while the source is failing), `tower_mesh_discovery_ejections_total`,
-//! `tower_mesh_discovery_no_endpoints_total`. Endpoint-set changes and
-//! ejections are `tracing` events.
+//! `tower_mesh_discovery_no_endpoints_total`; per source (labels `service`,
+//! `source`): `tower_mesh_discovery_source_errors_total` and
+//! `tower_mesh_discovery_watch_idle_total` (watches reconnected after their
+//! idle timeout). Endpoint-set changes, ejections, source failures and silent
+//! watches are `tracing` events.
 
 mod balance;
 #[cfg(feature = "discovery-consul")]
