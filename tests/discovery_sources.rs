@@ -458,3 +458,36 @@ async fn consul_index_zero_is_taken_as_one_and_a_backwards_index_resets_to_zero(
     // 0 → 1 (never a non-blocking 0 in a loop); 5 → 5; 3 < 5 → 0; 9 → 9.
     assert_eq!(index, ["0", "1", "5", "0", "9"], "queries: {queries:?}");
 }
+
+#[tokio::test]
+async fn kubernetes_second_silent_watch_in_a_row_marks_stale_and_a_live_one_clears_it() {
+    let live = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let l = live.clone();
+    let (addr, requests) = k8s_server(
+        |_| (100, vec![slice("orders-a", 90, &[("10.0.1.1", true)], 8080)]),
+        move |n| match n {
+            0 => lines_body(vec![bookmark(120)], true),
+            // Accepted, but nothing ever comes — until the server is fixed.
+            _ if !l.load(std::sync::atomic::Ordering::SeqCst) => lines_body(vec![], true),
+            _ => lines_body(vec![bookmark(130)], true),
+        },
+    )
+    .await;
+    let registry = Registry::new();
+    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
+        .port_name("http")
+        .idle_timeout(Duration::from_millis(300))
+        .spawn(registry.clone(), "orders");
+    wait_for(&registry, "orders", &["10.0.1.1:8080"]).await;
+
+    eventually("marked stale after two silent watches", || registry.resolution("orders").unwrap().is_stale()).await;
+    {
+        let reqs = requests.lock().unwrap();
+        assert!(reqs.len() >= 3, "{reqs:?}");
+        assert!(reqs.iter().skip(2).all(|q| param(q, "resourceVersion") == Some("120")), "{reqs:?}");
+    }
+    live.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("a live watch clears the stale mark", || !registry.resolution("orders").unwrap().is_stale()).await;
+    assert_eq!(registry.resolution("orders").unwrap().endpoints().len(), 1);
+    assert_eq!(requests.lock().unwrap().iter().filter(|q| !q.contains("watch=1")).count(), 1, "never relisted");
+}

@@ -176,6 +176,10 @@ impl EtcdSource {
                 match result {
                     Ok(WatchEnd::Closed) => {
                         tracing::debug!(service, revision = st.revision, "etcd watch ended; resuming");
+                        if !st.heard {
+                            // Ended without a line: do not spin on a server that closes at once.
+                            tokio::time::sleep(delay.next()).await;
+                        }
                     }
                     Ok(WatchEnd::Relist) => {
                         tracing::debug!(

@@ -214,6 +214,10 @@ impl KubernetesSource {
                     // The server ended the watch (its `timeoutSeconds`): resume.
                     Ok(WatchEnd::Closed) => {
                         tracing::debug!(service, resource_version = %st.rv, "kubernetes watch ended; resuming");
+                        if !st.heard {
+                            // Ended without a line: do not spin on a server that closes at once.
+                            tokio::time::sleep(delay.next()).await;
+                        }
                     }
                     // 410 Gone: the resource version is too old to resume from.
                     Ok(WatchEnd::Gone) => {
@@ -309,7 +313,10 @@ impl KubernetesSource {
                 }
                 "ERROR" => {
                     // A `Status` object: 410 Gone means the resource version expired.
-                    if ev.object.get("code").and_then(|c| c.as_u64()) == Some(410) {
+                    let reason = ev.object.get("reason").and_then(|r| r.as_str());
+                    if ev.object.get("code").and_then(|c| c.as_u64()) == Some(410)
+                        || matches!(reason, Some("Expired" | "Gone"))
+                    {
                         return Ok(WatchEnd::Gone);
                     }
                     let message = ev.object.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
