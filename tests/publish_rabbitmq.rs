@@ -76,7 +76,7 @@ fn header(h: &FieldTable, name: &str) -> Option<String> {
     }
 }
 
-/// Consume until `want` distinct event ids arrived (or nothing comes for 20 s).
+/// Consume until `want` distinct event ids arrived (or nothing comes for [`services::PATIENCE`]).
 /// Returns (id, partition key, seq) in arrival order, and the number of copies.
 async fn consume(ch: &Channel, queue: &str, want: usize) -> (Vec<stack::Seen>, usize) {
     let mut consumer = ch
@@ -92,7 +92,7 @@ async fn consume(ch: &Channel, queue: &str, want: usize) -> (Vec<stack::Seen>, u
     let mut ids = HashMap::new();
     let mut copies = 0;
     while ids.len() < want {
-        let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(20), consumer.next()).await else { break };
+        let Ok(Some(delivery)) = tokio::time::timeout(services::PATIENCE, consumer.next()).await else { break };
         let d = delivery.unwrap();
         let props = &d.properties;
         let h = props.headers().clone().unwrap_or_default();

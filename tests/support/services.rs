@@ -11,6 +11,11 @@
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+/// How long a test's own client waits for something that should come (the
+/// next consumed message, a reply) before it gives up. Generous: the tests
+/// run on loaded machines, and only a lost message should stop them.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
 /// Set to `1` (CI) to make a missing service a test failure instead of a skip.
 pub const REQUIRE_ENV: &str = "TOWER_MESH_REQUIRE_SERVICES";
 
@@ -45,7 +50,7 @@ pub fn require_service(name: &str, env_var: &str, default_addr: &str) -> Option<
     let found = hp
         .to_socket_addrs()
         .ok()
-        .and_then(|addrs| addrs.into_iter().find(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok()));
+        .and_then(|addrs| addrs.into_iter().find(|a| TcpStream::connect_timeout(a, Duration::from_secs(10)).is_ok()));
     match found {
         Some(addr) => Some(addr),
         None if services_required() => {
@@ -352,18 +357,20 @@ pub mod stack {
         assert!(unavailable >= 1, "typed Unavailable errors before the breaker opened");
         assert!(opened, "the breaker opened");
         proxy.set_refusing(false);
-        let mut recovered = false;
-        for i in 0..300 {
-            match svc.ready().await.unwrap().call(event(1000 + i, name)).await {
-                Ok(r) => {
-                    assert!(!r.confirmation.duplicate);
-                    recovered = true;
-                    break;
+        // Until a call succeeds (bounded only by the generous PATIENCE).
+        let recover = async {
+            for i in 1000.. {
+                match svc.ready().await.unwrap().call(event(i, name)).await {
+                    Ok(r) => return r,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-        }
-        assert!(recovered, "publishing works again once the broker is reachable");
+            unreachable!()
+        };
+        let r = tokio::time::timeout(super::PATIENCE, recover)
+            .await
+            .expect("publishing works again once the broker is reachable");
+        assert!(!r.confirmation.duplicate);
         assert!(proxy.accepted() >= 1);
     }
 }
