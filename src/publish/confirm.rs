@@ -380,6 +380,10 @@ struct Job {
     sends: u32,
     /// When `call` handed it in.
     queued_at: Instant,
+    /// Handed in while connected: it waits for the next connection however
+    /// long that takes (like a message already sent), instead of failing
+    /// after [`outage_wait`](PublisherConfig::outage_wait).
+    accepted_connected: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -723,6 +727,7 @@ impl<T: Transport> Service<Event> for Publisher<T> {
             sent_at: None,
             sends: 0,
             queued_at: Instant::now(),
+            accepted_connected: self.handles.shared.state() == ConnectionState::Connected,
             _permit: permit,
         };
         // Become the driver's poller before queueing the message, so that
@@ -1235,8 +1240,14 @@ impl<T: Transport> Driver<T> {
         rx_closed
     }
 
-    /// Fail the waiting messages that have waited
-    /// [`outage_wait`](PublisherConfig::outage_wait) with
+    /// When the waiting message `job` fails, unless the connection is back:
+    /// `None` for one accepted while connected (it waits).
+    fn due(&self, job: &Job) -> Option<Instant> {
+        (!job.accepted_connected).then(|| job.queued_at + self.config.outage_wait)
+    }
+
+    /// Fail the waiting messages handed in while not connected that have
+    /// waited [`outage_wait`](PublisherConfig::outage_wait), with
     /// [`PublishError::Unavailable`], and drop those whose callers gave up
     /// (none was ever sent).
     fn expire_backlog(&mut self) {
@@ -1247,12 +1258,12 @@ impl<T: Transport> Driver<T> {
         let before = self.backlog.len();
         self.backlog.retain(|job| !job.reply.is_closed());
         self.abandoned(before - self.backlog.len());
-        while let Some(job) = self.backlog.front() {
-            if job.queued_at + self.config.outage_wait > now {
-                break;
+        for job in std::mem::take(&mut self.backlog) {
+            if self.due(&job).is_some_and(|due| due <= now) {
+                settle(&self.shared, &self.metrics, job, Err(self.shared.unavailable()), now);
+            } else {
+                self.backlog.push_back(job);
             }
-            let job = self.backlog.pop_front().expect("present");
-            settle(&self.shared, &self.metrics, job, Err(self.shared.unavailable()), now);
         }
     }
 
@@ -1262,7 +1273,7 @@ impl<T: Transport> Driver<T> {
     async fn wait_down(&mut self, wake_at: Instant, mut rx_closed: bool) -> bool {
         let mut sleep = Box::pin(tokio::time::sleep_until(wake_at));
         loop {
-            let due = self.backlog.front().map(|job| job.queued_at + self.config.outage_wait);
+            let due = self.backlog.iter().filter_map(|job| self.due(job)).min();
             sleep.as_mut().reset(due.map_or(wake_at, |due| due.min(wake_at)));
             let arrived = poll_fn(|cx| {
                 if !rx_closed {
@@ -1556,6 +1567,7 @@ mod tests {
             sent_at: None,
             sends: 0,
             queued_at: Instant::now(),
+            accepted_connected: false,
             _permit: permit,
         }
     }
