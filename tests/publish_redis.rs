@@ -300,3 +300,56 @@ async fn pubsub_reaches_a_subscriber() {
     let err = nobody.ready().await.unwrap().call(Event::builder("/t", "t").build().unwrap()).await.unwrap_err();
     assert!(matches!(err, PublishError::Unroutable { .. }), "{err}");
 }
+
+/// Issue 23.8: with `outage_wait`, a producer that publishes as fast as it
+/// can while the broker is down is held at `max_in_flight` by `poll_ready`
+/// (it does not burn its events on fast failures), and once the broker is
+/// back every event is delivered, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_wait_holds_a_producer_until_the_broker_is_back() {
+    let Some(url) = url() else { return };
+    let ts = TestStream::new(&url);
+    let proxy = Proxy::start(services::host_port(&url)).await;
+    proxy.set_refusing(true);
+    const WINDOW: usize = 64;
+    const EVENTS: usize = 1_000;
+    let cfg = PublisherConfig { max_in_flight: WINDOW, outage_wait: services::PATIENCE, ..config() };
+    let publisher = builder(&via(&url, proxy.addr()), &ts).config(cfg).build().unwrap();
+    assert!(publisher.wait_connected().await.is_err(), "down at start");
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let producer = tokio::spawn({
+        let (mut publisher, issued) = (publisher.clone(), issued.clone());
+        async move {
+            let mut receipts = Vec::new();
+            for i in 0..EVENTS {
+                let event = stack::context().sync_scope(|| stack::event(i, "redis-outage"));
+                receipts.push(publisher.ready().await.unwrap().call(event));
+                issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            futures::future::join_all(receipts).await
+        }
+    });
+    let held = async {
+        while issued.load(std::sync::atomic::Ordering::SeqCst) < WINDOW {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(services::PATIENCE, held).await.expect("the producer handed in a window of events");
+    assert_eq!(publisher.in_flight(), WINDOW, "a full window waits for the broker");
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), WINDOW, "and the producer waits for room");
+    proxy.set_refusing(false);
+    let receipts = producer.await.unwrap();
+    for r in &receipts {
+        let r = r.as_ref().unwrap_or_else(|e| panic!("publish failed: {e}"));
+        assert_eq!(r.sends, 1, "never sent before the broker came back");
+    }
+    let (seen, ids) = ts.consume().await;
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), EVENTS, "all there");
+    assert_eq!(ids.len(), EVENTS, "each once");
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for s in &seen {
+        if let Some(prev) = last.insert(&s.key, s.seq) {
+            assert!(s.seq > prev, "key {} out of order", s.key);
+        }
+    }
+}
