@@ -41,8 +41,10 @@ use crate::error::BoxError;
 /// Errors tell the publisher what to do: a [`PublishError::ConnectionLost`]
 /// or [`PublishError::ConfirmTimeout`] from `publish` or from a confirmation
 /// means the connection is broken — the publisher reconnects and sends every
-/// unconfirmed message again, in order. Any other error fails that message
-/// alone.
+/// unconfirmed message again, in order (a re-send if it was
+/// [written](Transport::written) to the broken connection, else a first
+/// send; a `publish` that failed did not hand its message over). Any other
+/// error fails that message alone.
 ///
 /// # Example
 ///
@@ -303,13 +305,16 @@ impl LostSignal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionState {
     /// Connecting (first time or after a loss); no attempt has failed yet.
-    /// `poll_ready` waits.
+    /// `poll_ready` is ready (given in-flight room); a message handed in
+    /// waits in its response future for the connection.
     Connecting,
     /// Connected: `poll_ready` waits only for in-flight capacity.
     Connected,
     /// The last connection attempt failed; reconnecting in the background.
     /// `poll_ready` is ready and calls fail at once with
-    /// [`PublishError::Unavailable`], so a circuit breaker above sees them.
+    /// [`PublishError::Unavailable`], so a circuit breaker above sees them —
+    /// unless [`outage_wait`](PublisherConfig::outage_wait) is set: then
+    /// calls are accepted (up to `max_in_flight`) and wait for the broker.
     Down,
 }
 
@@ -395,19 +400,24 @@ type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Acquir
 ///
 /// - **Backpressure**: at most [`max_in_flight`](PublisherConfig::max_in_flight)
 ///   messages are unconfirmed at once; `poll_ready` waits for capacity.
-/// - **Connection state**: `poll_ready` waits while connecting; once a
-///   connection attempt has failed it is ready and calls fail at once with
-///   [`PublishError::Unavailable`] (see [`ConnectionState`]).
+/// - **Connection state**: `poll_ready` never waits for a connection: a
+///   message handed in while connecting waits in its response future (which
+///   a timeout above bounds); once a connection attempt has failed, calls
+///   fail at once with [`PublishError::Unavailable`], or wait up to
+///   [`outage_wait`](PublisherConfig::outage_wait) (see [`ConnectionState`]).
 /// - **At least once**: a broken connection is re-established in the
 ///   background with [backoff](PublisherConfig::reconnect), and every
 ///   unconfirmed message is sent again, in order, with the same event id
-///   (brokers that de-duplicate by id drop the copy). A message is failed with
-///   [`PublishError::ConnectionLost`] only after
-///   [`max_resends`](PublisherConfig::max_resends) re-sends — never dropped
-///   silently.
+///   (brokers that de-duplicate by id drop the copy) — counted as a re-send
+///   ([`Receipt::sends`]) only if it had been written to the broken
+///   connection. A message is failed with [`PublishError::ConnectionLost`]
+///   only after [`max_resends`](PublisherConfig::max_resends) re-sends —
+///   never dropped silently.
 /// - **Cancellation**: dropping the response future does not un-send the
-///   message (it is already on its way); its capacity is released when the
-///   broker confirms it.
+///   message; its capacity is released when the broker confirms it. A
+///   message written to a connection that broke is re-sent even if its
+///   caller gave up; one never written whose caller gave up is dropped while
+///   the broker is unreachable (see [the rules](super#faults-the-rules)).
 ///
 /// - **Sending**: `call` hands the message to the connection from the
 ///   caller's task when no other thread is doing the connection's work at
