@@ -183,8 +183,7 @@ pub trait Transport: Send + 'static {
     /// sent on the next connection as if for the first time. The default,
     /// `true`, is right for a transport that cannot tell (at least once);
     /// RabbitMQ knows which frames reached the socket.
-    fn written(confirm: &mut Self::Confirm) -> bool {
-        let _ = confirm;
+    fn written(_confirm: &mut Self::Confirm) -> bool {
         true
     }
 }
@@ -417,7 +416,7 @@ type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Acquir
 ///   message; its capacity is released when the broker confirms it. A
 ///   message written to a connection that broke is re-sent even if its
 ///   caller gave up; one never written whose caller gave up is dropped while
-///   the broker is unreachable (see [the rules](super#faults-the-rules)).
+///   the broker is unreachable (see [the rules](crate::publish#faults-the-rules)).
 ///
 /// - **Sending**: `call` hands the message to the connection from the
 ///   caller's task when no other thread is doing the connection's work at
