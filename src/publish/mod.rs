@@ -37,8 +37,11 @@
 //!   in the publisher, or, for RabbitMQ, in lapin's frame queue) is sent on
 //!   the next connection as a first send: it is not counted as a re-send and
 //!   uses none of [`max_resends`](PublisherConfig::max_resends).
-//!   RabbitMQ reports exactly which frames reached the socket; the other
-//!   transports count a message handed to their client as written.
+//!   RabbitMQ reports which messages' frames reached the socket (after a
+//!   [`confirm_timeout`](PublisherConfig::confirm_timeout) on a connection
+//!   that still looks open, a write still under way counts as not written);
+//!   the other transports count a message handed to their client as
+//!   written.
 //! - **Drop only what was never sent**: a message never written anywhere
 //!   whose caller gave up is dropped while the broker is unreachable
 //!   (`tower_mesh_publish_abandoned_total`).
