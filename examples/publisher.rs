@@ -2,8 +2,16 @@
 //! resilience stack, with a dead-letter queue, and print the confirmations.
 //!
 //! ```text
-//! cargo run --example publisher --features rabbitmq,nats,timeout,retry,circuit-breaker,bulkhead -- [rabbitmq|nats] [count]
+//! cargo run --example publisher --features rabbitmq,nats,timeout,retry,circuit-breaker,bulkhead -- [rabbitmq|nats] [count] [outage-wait-seconds]
 //! ```
+//!
+//! With `outage-wait-seconds`, the publisher **waits for the broker** that
+//! long when it is down (`PublisherConfig::outage_wait`) instead of failing
+//! calls at once: stop the broker while it runs and the events wait, at most
+//! 256 of them (`max_in_flight`, so a faster producer is held back by
+//! `poll_ready`), then go out once, in order, when it is back; an event still
+//! unsent after the wait fails with `Unavailable` and is dead-lettered. The
+//! total timeout is set above the wait.
 //!
 //! Broker addresses: `TOWER_MESH_RABBITMQ_URL` (default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`), `TOWER_MESH_NATS_URL` (default
@@ -19,7 +27,8 @@ use tower_mesh::correlation::RequestContext;
 use tower_mesh::publish::nats::Nats;
 use tower_mesh::publish::rabbitmq::RabbitMq;
 use tower_mesh::publish::{
-    DeadLetterLayer, DeadLettered, Event, PublishClassifier, PublishError, Publisher, Receipt, Transport,
+    DeadLetterLayer, DeadLettered, Event, PublishClassifier, PublishError, Publisher, PublisherConfig, Receipt,
+    Transport,
 };
 use tower_mesh::retry::{Backoff, Jitter, RetryLayer};
 use tower_mesh::timeout::TimeoutLayer;
@@ -29,6 +38,9 @@ async fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let broker = args.next().unwrap_or_else(|| "rabbitmq".into());
     let count: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(10);
+    let outage_wait = Duration::from_secs(args.next().map(|s| s.parse()).transpose()?.unwrap_or(0));
+    // Fail fast while the broker is down (0, the default), or wait for it that long.
+    let config = PublisherConfig { max_in_flight: 256, outage_wait, ..Default::default() };
 
     match broker.as_str() {
         "rabbitmq" => {
@@ -38,9 +50,10 @@ async fn main() -> Result<(), BoxError> {
                 eprintln!("start one (e.g. `docker run -p 5672:5672 rabbitmq`) or set TOWER_MESH_RABBITMQ_URL");
                 std::process::exit(2);
             }
-            let orders = RabbitMq::builder(url.as_str()).exchange("tower-mesh.example").build()?;
-            let dead = RabbitMq::builder(url.as_str()).exchange("tower-mesh.example.dlx").build()?;
-            run("RabbitMQ", &url, orders, dead, count).await
+            let orders =
+                RabbitMq::builder(url.as_str()).exchange("tower-mesh.example").config(config.clone()).build()?;
+            let dead = RabbitMq::builder(url.as_str()).exchange("tower-mesh.example.dlx").config(config).build()?;
+            run("RabbitMQ", &url, orders, dead, count, outage_wait).await
         }
         "nats" => {
             let url = env_or("TOWER_MESH_NATS_URL", "nats://127.0.0.1:4222");
@@ -59,12 +72,14 @@ async fn main() -> Result<(), BoxError> {
                         format!("tower-mesh.unrouted.{}", e.ty())
                     }
                 })
+                .config(config.clone())
                 .build()?;
             let dead = Nats::builder(url.as_str())
                 .stream_config(limits("TOWER_MESH_EXAMPLE_DLQ", "tower-mesh.example-dlq.>"))
                 .subject(|e: &Event| format!("tower-mesh.example-dlq.{}", e.ty()))
+                .config(config)
                 .build()?;
-            run("NATS", &url, orders, dead, count).await
+            run("NATS", &url, orders, dead, count, outage_wait).await
         }
         other => {
             eprintln!("unknown broker `{other}`: use `rabbitmq` or `nats`");
@@ -79,6 +94,7 @@ async fn run<T, D>(
     orders: Publisher<T>,
     dead: Publisher<D>,
     count: usize,
+    outage_wait: Duration,
 ) -> Result<(), BoxError>
 where
     T: Transport,
@@ -92,9 +108,10 @@ where
     }
     println!("connected to {name} at {}", redact(url));
 
-    // Issue 7's retry policy: 1 s × 2.0, 3 attempts, 10 s max.
+    // Issue 7's retry policy: 1 s × 2.0, 3 attempts, 10 s max. The total
+    // timeout covers a wait for the broker, if the publisher waits.
     let mut svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_secs(30)))
+        .layer(TimeoutLayer::new(Duration::from_secs(30) + outage_wait))
         .layer(DeadLetterLayer::new(dead).name("orders"))
         .layer(
             RetryLayer::builder()
@@ -107,7 +124,7 @@ where
         )
         .layer(CircuitBreakerLayer::builder().name("orders").classifier(PublishClassifier).build()?)
         .layer(BulkheadLayer::new(256))
-        .layer(TimeoutLayer::per_attempt(Duration::from_secs(5)))
+        .layer(TimeoutLayer::per_attempt(Duration::from_secs(5) + outage_wait))
         .service(orders);
 
     // The request being handled: its correlation id and trace go into every event.

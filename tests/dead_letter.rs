@@ -76,7 +76,7 @@ async fn next_dead_letter(ch: &Channel, queue: &str) -> (Event, Option<String>) 
         )
         .await
         .unwrap();
-    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
+    let d = tokio::time::timeout(services::PATIENCE, consumer.next()).await.unwrap().unwrap().unwrap();
     let header = d.properties.headers().as_ref().and_then(|h| match h.inner().get("cloudEvents:deadletterreason") {
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,

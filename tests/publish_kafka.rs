@@ -60,7 +60,8 @@ fn builder(bootstrap: &str, topic: &str) -> KafkaBuilder {
 }
 
 /// Every message of `topic` (all partitions from the beginning) until
-/// `want` distinct events arrived or 10 s of silence; checks the headers of
+/// `want` distinct events arrived (or nothing came for
+/// [`services::PATIENCE`]); checks the headers of
 /// each. Returns every copy, in per-partition order.
 async fn consume(bootstrap: &str, topic: &str, want: usize) -> Vec<stack::Seen> {
     let consumer: StreamConsumer = ClientConfig::new()
@@ -78,7 +79,7 @@ async fn consume(bootstrap: &str, topic: &str, want: usize) -> Vec<stack::Seen> 
     let mut ids = HashSet::new();
     let mut keys: HashMap<String, i32> = HashMap::new();
     while ids.len() < want {
-        let Ok(m) = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await else { break };
+        let Ok(m) = tokio::time::timeout(services::PATIENCE, consumer.recv()).await else { break };
         let m = m.unwrap();
         let event = Event::from_structured_json(m.payload().expect("a body")).expect("a CloudEvents JSON body");
         let headers = m.headers().expect("headers");

@@ -90,13 +90,13 @@ impl Subscriber {
         Subscriber { prefix, rx, task }
     }
 
-    /// Messages until `want` distinct events arrived (or 10 s of silence);
+    /// Messages until `want` distinct events arrived (or nothing came for [`services::PATIENCE`]);
     /// checks the properties of each. Returns every copy, in arrival order.
     async fn consume(&mut self, want: usize) -> Vec<stack::Seen> {
         let mut seen = Vec::new();
         let mut ids = HashSet::new();
         while ids.len() < want {
-            let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(10), self.rx.recv()).await else { break };
+            let Ok(Some(r)) = tokio::time::timeout(services::PATIENCE, self.rx.recv()).await else { break };
             let get = |k: &str| r.props.get(k).map(String::as_str);
             assert_eq!(get("id"), Some(r.event.id()));
             assert_eq!(get("type"), Some(r.event.ty()));

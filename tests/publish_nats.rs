@@ -46,8 +46,16 @@ impl TestStream {
 
     /// A stream whose configuration `tune` changes.
     async fn with(url: &str, tune: impl FnOnce(&mut stream::Config)) -> TestStream {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = jetstream::new(client);
+        // The test's own client waits as long as it takes (async-nats's
+        // defaults, 5 s and 10 s, are real-time margins on a loaded machine).
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(services::PATIENCE)
+            .request_timeout(Some(services::PATIENCE))
+            .connect(url)
+            .await
+            .unwrap();
+        let mut js = jetstream::new(client);
+        js.set_timeout(services::PATIENCE);
         let run = correlation_uuid::Uuid::new_v4().simple().to_string();
         let name = format!("TOWER_MESH_TEST_{run}");
         let prefix = format!("towermesh.test.{run}");
@@ -73,7 +81,7 @@ impl TestStream {
         let mut seen = Vec::new();
         let mut ids = HashSet::new();
         while seen.len() < want {
-            let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await else { break };
+            let Ok(Some(m)) = tokio::time::timeout(services::PATIENCE, messages.next()).await else { break };
             let m = m.unwrap();
             let h = m.headers.clone().expect("headers");
             let event = Event::from_structured_json(&m.payload).expect("a CloudEvents JSON body");

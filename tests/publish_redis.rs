@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use redis::streams::StreamRangeReply;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, AsyncConnectionConfig};
 use tower::{Service, ServiceExt};
 use tower_mesh::publish::redis::{Redis, RedisBuilder, BODY_FIELD};
 use tower_mesh::publish::{Event, PublishError, PublisherConfig, ReconnectBackoff};
@@ -50,11 +50,19 @@ impl TestStream {
         TestStream { client: redis::Client::open(url).unwrap(), key: format!("towermesh:test:{run}") }
     }
 
+    /// A connection of the test's own, without redis-rs's default response
+    /// (500 ms) and connection (1 s) timeouts: on a loaded machine a reply
+    /// may take longer, and the test must not fail for it.
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let config = AsyncConnectionConfig::new().set_response_timeout(None).set_connection_timeout(None);
+        self.client.get_multiplexed_async_connection_with_config(&config).await.unwrap()
+    }
+
     /// Every entry in the stream, in stream order, as consumed events; checks
     /// the attribute fields of each. Returns the events and the event id of
     /// every entry (duplicates included).
     async fn consume(&self) -> (Vec<stack::Seen>, Vec<String>) {
-        let mut conn = self.client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = self.conn().await;
         let mut seen = Vec::new();
         let mut ids = Vec::new();
         let mut start = "-".to_owned();
@@ -104,6 +112,18 @@ fn config() -> PublisherConfig {
 fn builder(url: &str, ts: &TestStream) -> RedisBuilder {
     let key = ts.key.clone();
     Redis::builder(url).stream(move |_: &Event| key.clone()).config(config())
+}
+
+/// The test's own connection waits for a slow reply: a `BLPOP` that the
+/// server answers only after a second (past redis-rs's default 500 ms
+/// response timeout, which failed a consumer on a busy machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tests_client_waits_for_a_slow_reply() {
+    let Some(url) = url() else { return };
+    let ts = TestStream::new(&url);
+    let mut conn = ts.conn().await;
+    let reply: Option<(String, String)> = conn.blpop(format!("{}:empty", ts.key), 1.0).await.unwrap();
+    assert_eq!(reply, None, "nothing to pop: the server answers nil after its 1 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +203,7 @@ async fn max_len_trims_and_errors_are_typed() {
     for i in 0..2000 {
         publisher.ready().await.unwrap().call(stack::event(i, "redis-trim")).await.unwrap();
     }
-    let mut conn = ts.client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = ts.conn().await;
     let len: usize = conn.xlen(&ts.key).await.unwrap();
     // Approximate trimming keeps at least 10 and drops whole nodes (100 entries by default).
     assert!((10..2000).contains(&len), "stream trimmed to about 10 entries, has {len}");
@@ -210,7 +230,7 @@ async fn max_len_trims_and_errors_are_typed() {
 async fn a_refused_command_fails_only_its_own_message() {
     let Some(url) = url() else { return };
     let ts = TestStream::new(&url);
-    let mut conn = ts.client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = ts.conn().await;
     let plain = format!("{}:plain", ts.key);
     let _: () = conn.set(&plain, "x").await.unwrap();
     let (good, bad) = (ts.key.clone(), plain.clone());
@@ -264,7 +284,7 @@ async fn pubsub_reaches_a_subscriber() {
 
     let mut messages = pubsub.on_message();
     use futures::StreamExt;
-    let msg = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.unwrap().unwrap();
+    let msg = tokio::time::timeout(services::PATIENCE, messages.next()).await.unwrap().unwrap();
     let got = Event::from_structured_json(msg.get_payload_bytes()).unwrap();
     assert_eq!(got.id(), event.id());
     assert_eq!(got.correlation_id(), Some("req-7f3a"));
@@ -279,4 +299,57 @@ async fn pubsub_reaches_a_subscriber() {
         .unwrap();
     let err = nobody.ready().await.unwrap().call(Event::builder("/t", "t").build().unwrap()).await.unwrap_err();
     assert!(matches!(err, PublishError::Unroutable { .. }), "{err}");
+}
+
+/// Issue 23.8: with `outage_wait`, a producer that publishes as fast as it
+/// can while the broker is down is held at `max_in_flight` by `poll_ready`
+/// (it does not burn its events on fast failures), and once the broker is
+/// back every event is delivered, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_wait_holds_a_producer_until_the_broker_is_back() {
+    let Some(url) = url() else { return };
+    let ts = TestStream::new(&url);
+    let proxy = Proxy::start(services::host_port(&url)).await;
+    proxy.set_refusing(true);
+    const WINDOW: usize = 64;
+    const EVENTS: usize = 1_000;
+    let cfg = PublisherConfig { max_in_flight: WINDOW, outage_wait: services::PATIENCE, ..config() };
+    let publisher = builder(&via(&url, proxy.addr()), &ts).config(cfg).build().unwrap();
+    assert!(publisher.wait_connected().await.is_err(), "down at start");
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let producer = tokio::spawn({
+        let (mut publisher, issued) = (publisher.clone(), issued.clone());
+        async move {
+            let mut receipts = Vec::new();
+            for i in 0..EVENTS {
+                let event = stack::context().sync_scope(|| stack::event(i, "redis-outage"));
+                receipts.push(publisher.ready().await.unwrap().call(event));
+                issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            futures::future::join_all(receipts).await
+        }
+    });
+    let held = async {
+        while issued.load(std::sync::atomic::Ordering::SeqCst) < WINDOW {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(services::PATIENCE, held).await.expect("the producer handed in a window of events");
+    assert_eq!(publisher.in_flight(), WINDOW, "a full window waits for the broker");
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), WINDOW, "and the producer waits for room");
+    proxy.set_refusing(false);
+    let receipts = producer.await.unwrap();
+    for r in &receipts {
+        let r = r.as_ref().unwrap_or_else(|e| panic!("publish failed: {e}"));
+        assert_eq!(r.sends, 1, "never sent before the broker came back");
+    }
+    let (seen, ids) = ts.consume().await;
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), EVENTS, "all there");
+    assert_eq!(ids.len(), EVENTS, "each once");
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for s in &seen {
+        if let Some(prev) = last.insert(&s.key, s.seq) {
+            assert!(s.seq > prev, "key {} out of order", s.key);
+        }
+    }
 }

@@ -28,6 +28,17 @@ pub struct PublisherConfig {
     pub connect_timeout: Duration,
     /// Delay between connection attempts.
     pub reconnect: ReconnectBackoff,
+    /// How long a message may wait for the broker while it cannot be
+    /// reached. Zero (the default): once a connection attempt has failed,
+    /// calls fail at once with
+    /// [`PublishError::Unavailable`](super::PublishError::Unavailable) (for a
+    /// circuit breaker above), and so do the messages that were waiting for
+    /// that attempt. Otherwise calls are accepted while the broker is down,
+    /// up to [`max_in_flight`](Self::max_in_flight) (so `poll_ready` holds a
+    /// producer back), sent in order once it is back, and each one still
+    /// unsent after this long fails with `Unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub outage_wait: Duration,
     /// Structured (JSON envelope, default) or binary (data as body, attributes as headers).
     pub mode: ContentMode,
 }
@@ -41,6 +52,7 @@ impl Default for PublisherConfig {
             confirm_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             reconnect: ReconnectBackoff::default(),
+            outage_wait: Duration::ZERO,
             mode: ContentMode::Structured,
         }
     }

@@ -41,8 +41,10 @@ use crate::error::BoxError;
 /// Errors tell the publisher what to do: a [`PublishError::ConnectionLost`]
 /// or [`PublishError::ConfirmTimeout`] from `publish` or from a confirmation
 /// means the connection is broken — the publisher reconnects and sends every
-/// unconfirmed message again, in order. Any other error fails that message
-/// alone.
+/// unconfirmed message again, in order (a re-send if it was
+/// [written](Transport::written) to the broken connection, else a first
+/// send; a `publish` that failed did not hand its message over). Any other
+/// error fails that message alone.
 ///
 /// # Example
 ///
@@ -169,6 +171,21 @@ pub trait Transport: Send + 'static {
         let _ = conn;
         std::future::ready(())
     }
+
+    /// Whether the message of `confirm` was written to its connection.
+    /// Asked when the connection broke before the message was confirmed: of
+    /// a confirmation still pending, or one that failed with the connection
+    /// error (never polled again after that).
+    ///
+    /// A message that was written may be stored by the broker: the publisher
+    /// sends it again and counts the send ([`Receipt::sends`],
+    /// [`max_resends`](PublisherConfig::max_resends)). One that was not is
+    /// sent on the next connection as if for the first time. The default,
+    /// `true`, is right for a transport that cannot tell (at least once);
+    /// RabbitMQ knows which frames reached the socket.
+    fn written(_confirm: &mut Self::Confirm) -> bool {
+        true
+    }
 }
 
 /// What a broker says about a confirmed message.
@@ -226,8 +243,22 @@ pub struct Receipt {
     pub broker: &'static str,
     /// What the broker said.
     pub confirmation: Confirmation,
-    /// How many times the message was sent (more than 1 after a reconnect).
+    /// How many connections the message was written to: 1, or more when a
+    /// connection broke after the message was written and before the broker
+    /// confirmed it, and the publisher sent it again. The broker may hold
+    /// that many copies (unless it drops copies by event id, as JetStream
+    /// and an idempotent Kafka producer do). A message that never reached a
+    /// broken connection is not counted again.
     pub sends: u32,
+}
+
+impl Receipt {
+    /// `true` when the message was sent more than once
+    /// ([`sends`](Receipt::sends) > 1): the broker may have stored a copy
+    /// (same event id) besides the confirmed one.
+    pub fn resent(&self) -> bool {
+        self.sends > 1
+    }
 }
 
 /// Tells a [`Publisher`] that its connection broke while idle. Cheap to
@@ -273,13 +304,16 @@ impl LostSignal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionState {
     /// Connecting (first time or after a loss); no attempt has failed yet.
-    /// `poll_ready` waits.
+    /// `poll_ready` is ready (given in-flight room); a message handed in
+    /// waits in its response future for the connection.
     Connecting,
     /// Connected: `poll_ready` waits only for in-flight capacity.
     Connected,
     /// The last connection attempt failed; reconnecting in the background.
     /// `poll_ready` is ready and calls fail at once with
-    /// [`PublishError::Unavailable`], so a circuit breaker above sees them.
+    /// [`PublishError::Unavailable`], so a circuit breaker above sees them —
+    /// unless [`outage_wait`](PublisherConfig::outage_wait) is set: then
+    /// calls are accepted (up to `max_in_flight`) and wait for the broker.
     Down,
 }
 
@@ -346,7 +380,14 @@ struct Job {
     reply: oneshot::Sender<Result<Receipt, PublishError>>,
     /// When the message was last handed to a connection (set by `send`).
     sent_at: Option<Instant>,
+    /// How many connections it was written to.
     sends: u32,
+    /// When `call` handed it in.
+    queued_at: Instant,
+    /// Handed in while connected: it waits for the next connection however
+    /// long that takes (like a message already sent), instead of failing
+    /// after [`outage_wait`](PublisherConfig::outage_wait).
+    accepted_connected: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -358,19 +399,24 @@ type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Acquir
 ///
 /// - **Backpressure**: at most [`max_in_flight`](PublisherConfig::max_in_flight)
 ///   messages are unconfirmed at once; `poll_ready` waits for capacity.
-/// - **Connection state**: `poll_ready` waits while connecting; once a
-///   connection attempt has failed it is ready and calls fail at once with
-///   [`PublishError::Unavailable`] (see [`ConnectionState`]).
+/// - **Connection state**: `poll_ready` never waits for a connection: a
+///   message handed in while connecting waits in its response future (which
+///   a timeout above bounds); once a connection attempt has failed, calls
+///   fail at once with [`PublishError::Unavailable`], or wait up to
+///   [`outage_wait`](PublisherConfig::outage_wait) (see [`ConnectionState`]).
 /// - **At least once**: a broken connection is re-established in the
 ///   background with [backoff](PublisherConfig::reconnect), and every
 ///   unconfirmed message is sent again, in order, with the same event id
-///   (brokers that de-duplicate by id drop the copy). A message is failed with
-///   [`PublishError::ConnectionLost`] only after
-///   [`max_resends`](PublisherConfig::max_resends) re-sends — never dropped
-///   silently.
+///   (brokers that de-duplicate by id drop the copy) — counted as a re-send
+///   ([`Receipt::sends`]) only if it had been written to the broken
+///   connection. A message is failed with [`PublishError::ConnectionLost`]
+///   only after [`max_resends`](PublisherConfig::max_resends) re-sends —
+///   never dropped silently.
 /// - **Cancellation**: dropping the response future does not un-send the
-///   message (it is already on its way); its capacity is released when the
-///   broker confirms it.
+///   message; its capacity is released when the broker confirms it. A
+///   message written to a connection that broke is re-sent even if its
+///   caller gave up; one never written whose caller gave up is dropped while
+///   the broker is unreachable (see [the rules](crate::publish#faults-the-rules)).
 ///
 /// - **Sending**: `call` hands the message to the connection from the
 ///   caller's task when no other thread is doing the connection's work at
@@ -388,7 +434,6 @@ pub struct Publisher<T: Transport> {
     permit: Option<OwnedSemaphorePermit>,
     /// Waiting for capacity (slow path only: the fast path takes a permit without allocating).
     acquiring: Option<Acquiring>,
-    waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     mode: ContentMode,
     _transport: std::marker::PhantomData<fn() -> T>,
 }
@@ -399,6 +444,8 @@ struct Handles {
     semaphore: Arc<Semaphore>,
     shared: Arc<Shared>,
     driver: Arc<DriverCell>,
+    /// [`PublisherConfig::outage_wait`] is not zero: messages wait while down.
+    waits_while_down: bool,
 }
 
 /// The connection task's future, shared by the task and the publisher's
@@ -540,7 +587,6 @@ impl<T: Transport> Clone for Publisher<T> {
             handles: self.handles.clone(),
             permit: None,
             acquiring: None,
-            waiting: None,
             mode: self.mode,
             _transport: std::marker::PhantomData,
         }
@@ -585,14 +631,15 @@ impl<T: Transport> Publisher<T> {
             shared: shared.clone(),
             config: config.clone(),
             pending: Pending::default(),
+            backlog: VecDeque::new(),
         };
         let driver = DriverCell::new(driver.run(), handle.clone());
         handle.spawn(driver.clone().run_task());
+        let waits_while_down = !config.outage_wait.is_zero();
         Ok(Publisher {
-            handles: Arc::new(Handles { tx, semaphore, shared, driver }),
+            handles: Arc::new(Handles { tx, semaphore, shared, driver, waits_while_down }),
             permit: None,
             acquiring: None,
-            waiting: None,
             mode: config.mode,
             _transport: std::marker::PhantomData,
         })
@@ -623,30 +670,9 @@ impl<T: Transport> Publisher<T> {
         self.handles.tx.max_capacity() - self.handles.semaphore.available_permits()
     }
 
-    /// Wait while connecting. `Ready(true)` when connected, `Ready(false)` when down.
-    fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        loop {
-            if let Some(waiting) = &mut self.waiting {
-                waiting.as_mut().enable();
-            }
-            match self.handles.shared.state() {
-                ConnectionState::Connected => {
-                    self.waiting = None;
-                    return Poll::Ready(true);
-                }
-                ConnectionState::Down => {
-                    self.waiting = None;
-                    return Poll::Ready(false);
-                }
-                ConnectionState::Connecting => match &mut self.waiting {
-                    None => self.waiting = Some(Box::pin(self.handles.shared.changed.clone().notified_owned())),
-                    Some(waiting) => {
-                        ready!(waiting.as_mut().poll(cx));
-                        self.waiting = None;
-                    }
-                },
-            }
-        }
+    /// Down, and calls fail at once instead of waiting for the broker.
+    fn fails_fast(&self) -> bool {
+        !self.handles.waits_while_down && self.handles.shared.state() == ConnectionState::Down
     }
 }
 
@@ -656,8 +682,12 @@ impl<T: Transport> Service<Event> for Publisher<T> {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if !ready!(self.poll_connected(cx)) {
+        // Readiness waits only for capacity, never for a connection: a
+        // message handed in while connecting waits in its response future,
+        // which a timeout above bounds.
+        if self.permit.is_none() && self.fails_fast() {
             // Down: ready, `call` fails fast.
+            self.acquiring = None;
             return Poll::Ready(Ok(()));
         }
         if self.permit.is_none() {
@@ -686,22 +716,29 @@ impl<T: Transport> Service<Event> for Publisher<T> {
     }
 
     fn call(&mut self, event: Event) -> Self::Future {
+        if self.fails_fast() {
+            self.permit = None;
+            return ResponseFuture::failed(self.handles.shared.unavailable());
+        }
         let permit = match self.permit.take() {
             Some(p) => p,
-            None => {
-                if self.handles.shared.state() != ConnectionState::Connected {
-                    return ResponseFuture::failed(self.handles.shared.unavailable());
+            None => match self.handles.semaphore.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    return ResponseFuture::failed(PublishError::Overloaded { broker: self.handles.shared.broker })
                 }
-                match self.handles.semaphore.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        return ResponseFuture::failed(PublishError::Overloaded { broker: self.handles.shared.broker })
-                    }
-                }
-            }
+            },
         };
         let (reply, rx) = oneshot::channel();
-        let job = Job { out: Outgoing::new(event, self.mode), reply, sent_at: None, sends: 0, _permit: permit };
+        let job = Job {
+            out: Outgoing::new(event, self.mode),
+            reply,
+            sent_at: None,
+            sends: 0,
+            queued_at: Instant::now(),
+            accepted_connected: self.handles.shared.state() == ConnectionState::Connected,
+            _permit: permit,
+        };
         // Become the driver's poller before queueing the message, so that
         // queueing it does not wake the connection task for nothing: this
         // task hands it to the connection right away.
@@ -769,20 +806,30 @@ impl Future for ResponseFuture {
     }
 }
 
-pin_project_lite::pin_project! {
-    struct Tagged<F> {
-        seq: u64,
-        #[pin]
-        fut: F,
-    }
+/// What a confirmation gives: the message's result and, for a connection
+/// error, whether the message had been written ([`Transport::written`]).
+type ConfirmResult = Result<Confirmation, PublishError>;
+
+/// Whether the message of a confirmation was written to its connection.
+type WrittenFn<F> = fn(&mut F) -> bool;
+
+/// A confirmation with its message's sequence number.
+struct Tagged<F> {
+    seq: u64,
+    fut: F,
+    written: WrittenFn<F>,
 }
 
-impl<F: Future> Future for Tagged<F> {
-    type Output = (u64, F::Output);
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let out = ready!(this.fut.poll(cx));
-        Poll::Ready((*this.seq, out))
+impl<F: Future<Output = ConfirmResult> + Unpin> Future for Tagged<F> {
+    type Output = (u64, ConfirmResult, bool);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let out = ready!(Pin::new(&mut this.fut).poll(cx));
+        let written = match &out {
+            Err(e) if is_connection_error(e) => (this.written)(&mut this.fut),
+            _ => true,
+        };
+        Poll::Ready((this.seq, out, written))
     }
 }
 
@@ -790,42 +837,60 @@ impl<F: Future> Future for Tagged<F> {
 enum Confirms<F> {
     /// The transport confirms in send order: polled from the oldest, with
     /// the driver's own waker.
-    InOrder(VecDeque<(u64, F)>),
+    InOrder(VecDeque<(u64, F)>, WrittenFn<F>),
     /// In any order: each polled with a waker of its own when it is woken.
-    Unordered(FuturesUnordered<Tagged<F>>),
+    Unordered(FuturesUnordered<Tagged<F>>, WrittenFn<F>),
 }
 
-impl<F: Future + Unpin> Confirms<F> {
-    fn new(in_order: bool) -> Self {
+impl<F: Future<Output = ConfirmResult> + Unpin> Confirms<F> {
+    fn new(in_order: bool, written: WrittenFn<F>) -> Self {
         if in_order {
-            Confirms::InOrder(VecDeque::new())
+            Confirms::InOrder(VecDeque::new(), written)
         } else {
-            Confirms::Unordered(FuturesUnordered::new())
+            Confirms::Unordered(FuturesUnordered::new(), written)
         }
     }
 
     fn push(&mut self, seq: u64, fut: F) {
         match self {
-            Confirms::InOrder(queue) => queue.push_back((seq, fut)),
-            Confirms::Unordered(set) => set.push(Tagged { seq, fut }),
+            Confirms::InOrder(queue, _) => queue.push_back((seq, fut)),
+            Confirms::Unordered(set, written) => set.push(Tagged { seq, fut, written: *written }),
         }
     }
 
-    /// The next confirmation that came; `Pending` when none did (or none is
+    /// The next confirmation that came, and whether its message was written
+    /// (see [`Transport::written`]); `Pending` when none did (or none is
     /// awaited).
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<(u64, F::Output)> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<(u64, ConfirmResult, bool)> {
         match self {
-            Confirms::InOrder(queue) => {
+            Confirms::InOrder(queue, written) => {
                 let Some((seq, fut)) = queue.front_mut() else { return Poll::Pending };
-                let out = ready!(Pin::new(fut).poll(cx));
+                let out = ready!(Pin::new(&mut *fut).poll(cx));
+                let was_written = match &out {
+                    Err(e) if is_connection_error(e) => written(fut),
+                    _ => true,
+                };
                 let seq = *seq;
                 queue.pop_front();
-                Poll::Ready((seq, out))
+                Poll::Ready((seq, out, was_written))
             }
-            Confirms::Unordered(set) => match set.poll_next_unpin(cx) {
+            Confirms::Unordered(set, _) => match set.poll_next_unpin(cx) {
                 Poll::Ready(Some(next)) => Poll::Ready(next),
                 Poll::Ready(None) | Poll::Pending => Poll::Pending,
             },
+        }
+    }
+
+    /// The sequence numbers of the messages still unconfirmed that were not
+    /// written to the connection (asked as it breaks).
+    fn unwritten(&mut self) -> Vec<u64> {
+        match self {
+            Confirms::InOrder(queue, written) => {
+                queue.iter_mut().filter_map(|(seq, fut)| (!written(fut)).then_some(*seq)).collect()
+            }
+            Confirms::Unordered(set, written) => {
+                set.iter_mut().filter_map(|t| (!written(&mut t.fut)).then_some(t.seq)).collect()
+            }
         }
     }
 }
@@ -833,7 +898,9 @@ impl<F: Future + Unpin> Confirms<F> {
 enum Step {
     Job(Job),
     RxClosed,
-    Confirmed(u64, Result<Confirmation, PublishError>),
+    /// A confirmation came; the flag says whether the message was written
+    /// (for a connection error).
+    Confirmed(u64, ConfirmResult, bool),
     Lost,
     Timeout,
     /// Messages were published and no other one is waiting: flush them.
@@ -846,6 +913,10 @@ struct Driver<T: Transport> {
     shared: Arc<Shared>,
     config: PublisherConfig,
     pending: Pending,
+    /// Messages never sent, taken while not connected (to fail them after
+    /// [`outage_wait`](PublisherConfig::outage_wait)): sent first, in order,
+    /// once connected.
+    backlog: VecDeque<Job>,
     metrics: SettleMetrics,
 }
 
@@ -952,11 +1023,12 @@ impl<T: Transport> Driver<T> {
         let mut next_seq: u64 = 0;
         let mut rx_closed = false;
         let labels = [("service", self.shared.name.to_string()), ("broker", self.shared.broker.to_string())];
+        let resent = metrics::counter!("tower_mesh_publish_resent_total", &labels);
         loop {
             // Connect, with backoff.
             let mut failures = 0u32;
             let (mut conn, lost) = loop {
-                if rx_closed && self.pending.is_empty() {
+                if rx_closed && self.pending.is_empty() && self.backlog.is_empty() {
                     return;
                 }
                 let lost = LostSignal::default();
@@ -970,32 +1042,49 @@ impl<T: Transport> Driver<T> {
                 metrics::counter!("tower_mesh_publish_connect_failures_total", &labels).increment(1);
                 *self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(err));
                 self.shared.set_state(ConnectionState::Down);
-                // Callers that gave up no longer need their messages.
-                self.pending.retain(|job| !job.reply.is_closed());
+                // A message that was never written and whose caller gave up
+                // is dropped; one that was written is kept to be sent again
+                // (the broker may have it, and its caller was told nothing).
+                let before = self.pending.len();
+                self.pending.retain(|job| job.sends > 0 || !job.reply.is_closed());
+                self.abandoned(before - self.pending.len());
+                // The messages handed in meanwhile wait here (never sent),
+                // each at most `outage_wait`.
+                rx_closed = self.take_queued(rx_closed);
+                self.expire_backlog();
                 let delay = self.config.reconnect.delay(failures);
                 failures = failures.saturating_add(1);
-                tokio::time::sleep(delay).await;
-                rx_closed = rx_closed || (self.rx.is_closed() && self.rx.is_empty());
+                let wake_at = Instant::now() + delay;
+                rx_closed = self.wait_down(wake_at, rx_closed).await;
             };
             self.shared.set_state(ConnectionState::Connected);
 
             // Armed before the re-sends below, so that it is due no later than any of them.
             let mut timer = Box::pin(tokio::time::sleep(self.config.confirm_timeout));
-            // Send again what the last connection left unconfirmed, in order.
-            let mut confirms = Confirms::new(T::CONFIRMS_IN_ORDER);
+            // Send again what the last connection left unconfirmed, in order:
+            // a re-send if it was written, else a first send.
+            let mut confirms = Confirms::new(T::CONFIRMS_IN_ORDER, T::written);
             let mut broken = false;
             let mut unflushed = false;
             for seq in self.pending.seqs() {
                 let Some(job) = self.pending.get_mut(seq) else { continue };
+                if job.sends == 0 && job.reply.is_closed() {
+                    drop(self.pending.remove(seq));
+                    self.abandoned(1);
+                    continue;
+                }
                 if job.sends > self.config.max_resends {
                     let job = self.pending.remove(seq).expect("present");
                     let err = PublishError::ConnectionLost { broker: self.shared.broker, attempts: job.sends };
                     settle(&self.shared, &self.metrics, job, Err(err), Instant::now());
                     continue;
                 }
-                metrics::counter!("tower_mesh_publish_resent_total", &labels).increment(1);
+                let again = job.sends > 0;
                 match send(&mut self.transport, &mut conn, job, Instant::now()).await {
                     Ok(fut) => {
+                        if again {
+                            resent.increment(1);
+                        }
                         confirms.push(seq, fut);
                         unflushed = T::BATCHES;
                     }
@@ -1023,8 +1112,12 @@ impl<T: Transport> Driver<T> {
                     if lost.is_fired() {
                         return Poll::Ready(Step::Lost);
                     }
-                    if let Poll::Ready((seq, res)) = confirms.poll_next(cx) {
-                        return Poll::Ready(Step::Confirmed(seq, res));
+                    if let Poll::Ready((seq, res, written)) = confirms.poll_next(cx) {
+                        return Poll::Ready(Step::Confirmed(seq, res, written));
+                    }
+                    // Messages that waited for the connection go first, in order.
+                    if let Some(job) = self.backlog.pop_front() {
+                        return Poll::Ready(Step::Job(job));
                     }
                     if !rx_closed {
                         match self.rx.try_recv() {
@@ -1076,6 +1169,7 @@ impl<T: Transport> Driver<T> {
                                 unflushed = T::BATCHES;
                             }
                             Err(e) if is_connection_error(&e) => {
+                                // Not handed over: sent on the next connection, as a first send.
                                 self.pending.insert(seq, job);
                                 broken = true;
                             }
@@ -1088,12 +1182,15 @@ impl<T: Transport> Driver<T> {
                             return;
                         }
                     }
-                    Step::Confirmed(seq, res) => {
+                    Step::Confirmed(seq, res, written) => {
                         if matches!(&res, Err(e) if is_connection_error(e)) {
+                            if !written {
+                                self.unwritten(seq);
+                            }
                             broken = true;
                         } else if let Some(job) = self.pending.remove(seq) {
                             settle(&self.shared, &self.metrics, job, res, now(&mut clock));
-                            if rx_closed && self.pending.is_empty() {
+                            if rx_closed && self.pending.is_empty() && self.backlog.is_empty() {
                                 return;
                             }
                         }
@@ -1109,11 +1206,102 @@ impl<T: Transport> Driver<T> {
                     }
                 }
             }
+            // The messages the broken connection never got are not counted
+            // as sent: the next connection gets them as first sends.
+            for seq in confirms.unwritten() {
+                self.unwritten(seq);
+            }
             tracing::warn!(service = %self.shared.name, broker = self.shared.broker, unconfirmed = self.pending.len(), "publisher connection lost; reconnecting");
             metrics::counter!("tower_mesh_publish_reconnects_total", &labels).increment(1);
             drop(confirms);
             drop(conn);
             self.shared.set_state(ConnectionState::Connecting);
+        }
+    }
+
+    /// The message `seq` turned out not to have reached the connection it
+    /// was handed to: that send does not count.
+    fn unwritten(&mut self, seq: u64) {
+        if let Some(job) = self.pending.get_mut(seq) {
+            job.sends = job.sends.saturating_sub(1);
+        }
+    }
+
+    /// Count `n` messages dropped unsent because their callers gave up.
+    fn abandoned(&self, n: usize) {
+        if n > 0 {
+            tracing::debug!(service = %self.shared.name, broker = self.shared.broker, messages = n, "dropped messages never sent whose callers gave up");
+            metrics::counter!("tower_mesh_publish_abandoned_total", "service" => self.shared.name.to_string(), "broker" => self.shared.broker)
+                .increment(n as u64);
+        }
+    }
+
+    /// Move the messages handed in to the backlog, while not connected;
+    /// returns whether every publisher handle is gone.
+    fn take_queued(&mut self, mut rx_closed: bool) -> bool {
+        while !rx_closed {
+            match self.rx.try_recv() {
+                Ok(job) => self.backlog.push_back(job),
+                Err(TryRecvError::Disconnected) => rx_closed = true,
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        rx_closed
+    }
+
+    /// When the waiting message `job` fails, unless the connection is back:
+    /// `None` for one accepted while connected (it waits).
+    fn due(&self, job: &Job) -> Option<Instant> {
+        (!job.accepted_connected).then(|| job.queued_at + self.config.outage_wait)
+    }
+
+    /// Fail the waiting messages handed in while not connected that have
+    /// waited [`outage_wait`](PublisherConfig::outage_wait), with
+    /// [`PublishError::Unavailable`], and drop those whose callers gave up
+    /// (none was ever sent).
+    fn expire_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let before = self.backlog.len();
+        self.backlog.retain(|job| !job.reply.is_closed());
+        self.abandoned(before - self.backlog.len());
+        for job in std::mem::take(&mut self.backlog) {
+            if self.due(&job).is_some_and(|due| due <= now) {
+                settle(&self.shared, &self.metrics, job, Err(self.shared.unavailable()), now);
+            } else {
+                self.backlog.push_back(job);
+            }
+        }
+    }
+
+    /// While down, until `wake_at` (the next connection attempt): take the
+    /// messages handed in and fail each that waited its `outage_wait`.
+    /// Returns whether every publisher handle is gone.
+    async fn wait_down(&mut self, wake_at: Instant, mut rx_closed: bool) -> bool {
+        let mut sleep = Box::pin(tokio::time::sleep_until(wake_at));
+        loop {
+            let due = self.backlog.iter().filter_map(|job| self.due(job)).min();
+            sleep.as_mut().reset(due.map_or(wake_at, |due| due.min(wake_at)));
+            let arrived = poll_fn(|cx| {
+                if !rx_closed {
+                    if let Poll::Ready(job) = self.rx.poll_recv(cx) {
+                        return Poll::Ready(Some(job));
+                    }
+                }
+                sleep.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            match arrived {
+                Some(Some(job)) => self.backlog.push_back(job),
+                Some(None) => rx_closed = true,
+                None => {}
+            }
+            self.expire_backlog();
+            if Instant::now() >= wake_at || (rx_closed && self.pending.is_empty() && self.backlog.is_empty()) {
+                return rx_closed;
+            }
         }
     }
 }
@@ -1130,9 +1318,14 @@ async fn send<T: Transport>(
     now: Instant,
 ) -> Result<T::Confirm, PublishError> {
     job.out.attempt = job.sends;
-    job.sends += 1;
     job.sent_at = Some(now);
-    transport.publish(conn, &job.out).await
+    let handed = transport.publish(conn, &job.out).await;
+    // Counted once handed over; not when it failed (it never reached the
+    // connection), nor, later, if the transport says it was not written.
+    if handed.is_ok() {
+        job.sends += 1;
+    }
+    handed
 }
 
 fn settle(shared: &Shared, m: &SettleMetrics, job: Job, res: Result<Confirmation, PublishError>, now: Instant) {
@@ -1171,6 +1364,26 @@ mod tests {
         sent: Vec<(String, u32)>,
         held: Vec<Reply>,
         lost: Option<LostSignal>,
+        /// `publish` refuses these ids once each (the connection broke
+        /// before the message was handed over).
+        refuse: Vec<String>,
+        /// The confirmations of these ids say their message was not written.
+        unwritten: Vec<String>,
+        /// Connection attempts never finish (a blackholed broker).
+        hang: bool,
+    }
+
+    /// A confirmation of the fake broker, and whether its message was written.
+    struct FakeConfirm {
+        fut: Pin<Box<dyn Future<Output = Result<Confirmation, PublishError>> + Send>>,
+        written: bool,
+    }
+
+    impl Future for FakeConfirm {
+        type Output = Result<Confirmation, PublishError>;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.fut.as_mut().poll(cx)
+        }
     }
 
     #[derive(Clone, Default)]
@@ -1190,18 +1403,28 @@ mod tests {
     impl Transport for Fake {
         const BROKER: &'static str = "fake";
         type Connection = ();
-        type Confirm = Pin<Box<dyn Future<Output = Result<Confirmation, PublishError>> + Send>>;
+        type Confirm = FakeConfirm;
 
         fn connect(&mut self, lost: LostSignal) -> impl Future<Output = Result<(), BoxError>> + Send {
             let mut st = self.st();
             st.connects += 1;
+            let hang = st.hang;
             let res = if st.up {
                 st.lost = Some(lost);
                 Ok(())
             } else {
                 Err("connection refused".into())
             };
-            std::future::ready(res)
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                res
+            }
+        }
+
+        fn written(confirm: &mut FakeConfirm) -> bool {
+            confirm.written
         }
 
         fn publish<'a>(
@@ -1210,8 +1433,12 @@ mod tests {
             msg: &'a Outgoing,
         ) -> impl Future<Output = Result<Self::Confirm, PublishError>> + Send + 'a {
             let mut st = self.st();
+            if let Some(i) = st.refuse.iter().position(|id| id == msg.event.id()) {
+                st.refuse.remove(i);
+                return std::future::ready(Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }));
+            }
             st.sent.push((msg.event.id().to_owned(), msg.attempt));
-            let confirm: Self::Confirm = if st.hold {
+            let fut: Pin<Box<dyn Future<Output = _> + Send>> = if st.hold {
                 let (tx, rx) = oneshot::channel();
                 st.held.push(tx);
                 Box::pin(async move {
@@ -1221,7 +1448,7 @@ mod tests {
                 let seq = st.sent.len() as u64;
                 Box::pin(std::future::ready(Ok(Confirmation { sequence: Some(seq), ..Default::default() })))
             };
-            std::future::ready(Ok(confirm))
+            std::future::ready(Ok(FakeConfirm { fut, written: !st.unwritten.iter().any(|id| id == msg.event.id()) }))
         }
     }
 
@@ -1343,7 +1570,15 @@ mod tests {
     fn job(n: u32) -> Job {
         let (reply, _) = oneshot::channel();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        Job { out: Outgoing::new(ev(n), ContentMode::Structured), reply, sent_at: None, sends: 0, _permit: permit }
+        Job {
+            out: Outgoing::new(ev(n), ContentMode::Structured),
+            reply,
+            sent_at: None,
+            sends: 0,
+            queued_at: Instant::now(),
+            accepted_connected: false,
+            _permit: permit,
+        }
     }
 
     #[test]
@@ -1592,6 +1827,10 @@ mod tests {
             self.fake.publish(conn, msg)
         }
 
+        fn written(confirm: &mut Self::Confirm) -> bool {
+            Fake::written(confirm)
+        }
+
         fn flush<'a>(&'a mut self, _conn: &'a mut ()) -> impl Future<Output = ()> + Send + 'a {
             assert!(B, "flushed a transport that does not batch");
             let batch = std::mem::take(&mut *self.collected.lock().unwrap());
@@ -1713,6 +1952,198 @@ mod tests {
         let st = o.fake.st();
         let resent: Vec<_> = st.sent[4..].iter().map(|(id, a)| (id.as_str(), *a)).collect();
         assert_eq!(resent, [("e1", 1), ("e2", 1), ("e3", 1)]);
+    }
+
+    /// Break the fake's connection: every held confirmation fails with a
+    /// connection error.
+    fn cut(fake: &Fake) {
+        fake.release(|| Err(PublishError::ConnectionLost { broker: "fake", attempts: 0 }));
+    }
+
+    /// A message written to a connection that broke is sent again although
+    /// its caller gave up, even when the reconnect fails first (the broker
+    /// may hold it; the rule: re-send what was written, drop only what was
+    /// never sent).
+    #[tokio::test(start_paused = true)]
+    async fn a_written_message_whose_caller_gave_up_is_sent_again_after_an_outage() {
+        let (fake, mut p) = connected(8, true).await;
+        ready(&mut p).await;
+        drop(p.call(ev(1)));
+        assert_eq!(fake.st().sent, [("e1".to_owned(), 0)]);
+        // The broker goes away with the connection: the reconnect fails.
+        fake.st().up = false;
+        cut(&fake);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(p.state(), ConnectionState::Down);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fake.st().up = true;
+        fake.st().hold = false;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(p.state(), ConnectionState::Connected);
+        assert_eq!(fake.st().sent, [("e1".to_owned(), 0), ("e1".to_owned(), 1)], "re-sent, as a re-send");
+        assert_eq!(p.in_flight(), 0, "confirmed, its capacity released");
+    }
+
+    /// A message the connection never got (it broke as the message was
+    /// handed over) is dropped if its caller gave up meanwhile; one whose
+    /// caller still waits goes on the next connection as a first send.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_never_written_is_sent_once_or_dropped_if_abandoned() {
+        let (fake, mut p) = connected(8, false).await;
+        fake.st().refuse = vec!["e1".into(), "e2".into()];
+        fake.st().up = false;
+        ready(&mut p).await;
+        let kept = p.call(ev(1));
+        ready(&mut p).await;
+        drop(p.call(ev(2)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fake.st().up = true;
+        let r = kept.await.unwrap();
+        assert_eq!((r.sends, r.resent()), (1, false), "written once: not a re-send");
+        assert_eq!(fake.st().sent, [("e1".to_owned(), 0)], "e2 never sent: its caller gave up");
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    /// Confirmations whose messages the transport says were never written
+    /// to the broken connection (still queued in the client) are not counted:
+    /// those messages are sent once more as first sends, and do not use up
+    /// `max_resends`; a written one counts as a re-send.
+    #[tokio::test(start_paused = true)]
+    async fn messages_a_broken_connection_never_wrote_are_not_counted_as_resent() {
+        async fn check<const O: bool>() {
+            let d = Declaring::<false, O>::default();
+            d.fake.st().unwritten = vec!["e1".into(), "e2".into(), "e3".into()];
+            let (mut p, mut futs) = handed_in(&d, true, 1).await;
+            for n in 1..4 {
+                ready(&mut p).await;
+                futs.push(p.call(ev(n)));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            // More cuts than max_resends (2): the unwritten ones never fail for it.
+            for _ in 0..3 {
+                cut(&d.fake);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            d.fake.st().hold = false;
+            d.fake.st().unwritten.clear();
+            cut(&d.fake);
+            let mut sends = Vec::new();
+            for f in futs {
+                match f.await {
+                    Ok(r) => sends.push(Some(r.sends)),
+                    Err(PublishError::ConnectionLost { attempts, .. }) => sends.push(Some(100 + attempts)),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            // e0 was written each time: it hit max_resends (3 sends). e1..e3
+            // were never written until the last connection: sent once.
+            assert_eq!(sends, [Some(103), Some(1), Some(1), Some(1)], "in order: {O}");
+            let st = d.fake.st();
+            assert!(st.sent.iter().filter(|(id, _)| id != "e0").all(|(_, attempt)| *attempt == 0), "{:?}", st.sent);
+        }
+        check::<true>().await;
+        check::<false>().await;
+    }
+
+    /// While the first connection is being made (a broker that accepts and
+    /// never answers), readiness does not wait for it: the message waits in
+    /// its response future, which a 1 s timeout above bounds — the call
+    /// fails with the timeout's typed error at 1 s, not after the 5 s
+    /// connect timeout.
+    #[cfg(feature = "timeout")]
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_above_bounds_a_call_made_while_connecting() {
+        use tower::ServiceExt;
+        use tower_layer::Layer;
+        let fake = Fake::default();
+        fake.st().up = true;
+        fake.st().hang = true;
+        let p = Publisher::new(fake.clone(), PublisherConfig::default()).unwrap();
+        let mut svc = crate::timeout::TimeoutLayer::new(Duration::from_secs(1)).layer(p.clone());
+        let start = Instant::now();
+        let err = svc.ready().await.unwrap().call(ev(1)).await.unwrap_err();
+        let elapsed = err.downcast_ref::<crate::timeout::Elapsed>().expect("the timeout's error");
+        assert_eq!(elapsed.kind(), crate::timeout::TimeoutKind::Total);
+        // Paused time: the instant the timeout fired, not the wall clock.
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        assert!(fake.st().sent.is_empty());
+        assert_eq!(p.state(), ConnectionState::Connecting);
+    }
+
+    /// Without `outage_wait`, a message handed in while connecting fails
+    /// with `Unavailable` as soon as that attempt fails.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_handed_in_while_connecting_fails_when_the_attempt_fails() {
+        let fake = Fake::default();
+        let mut p = Publisher::new(fake.clone(), config(8)).unwrap();
+        assert_eq!(p.state(), ConnectionState::Connecting);
+        ready(&mut p).await;
+        let err = p.call(ev(1)).await.unwrap_err();
+        assert!(matches!(err, PublishError::Unavailable { .. }), "{err}");
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    fn waiting(max_in_flight: usize, wait: Duration) -> PublisherConfig {
+        PublisherConfig { outage_wait: wait, ..config(max_in_flight) }
+    }
+
+    /// With `outage_wait`, messages handed in while the broker is down wait
+    /// for it (holding in-flight capacity, so `poll_ready` stops a producer
+    /// at `max_in_flight`) and go out once, in order, when it is back.
+    #[tokio::test(start_paused = true)]
+    async fn outage_wait_holds_messages_until_the_broker_is_back() {
+        let fake = Fake::default();
+        let mut p = Publisher::new(fake.clone(), waiting(3, Duration::from_secs(60))).unwrap();
+        assert!(p.wait_connected().await.is_err());
+        let mut futs = Vec::new();
+        for n in 0..3 {
+            ready(&mut p).await;
+            futs.push(task::spawn(p.call(ev(n))));
+        }
+        let mut r = task::spawn(std::future::poll_fn(|cx| p.poll_ready(cx)));
+        assert_pending!(r.poll(), "no room: the producer waits");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(futs.iter_mut().all(|f| f.poll().is_pending()), "still waiting after 30 s");
+        assert!(fake.st().sent.is_empty());
+        fake.st().up = true;
+        for (n, f) in futs.into_iter().enumerate() {
+            let r = f.await.unwrap();
+            assert_eq!((r.event.id(), r.sends), (format!("e{n}").as_str(), 1));
+        }
+        assert!(r.is_woken());
+        assert_ready_ok!(r.poll());
+        let sent: Vec<_> = fake.st().sent.iter().map(|(id, a)| (id.clone(), *a)).collect();
+        assert_eq!(sent, [("e0".into(), 0), ("e1".into(), 0), ("e2".into(), 0)]);
+    }
+
+    /// A message still unsent after `outage_wait` fails with `Unavailable`
+    /// (at that time, between connection attempts), and one whose caller
+    /// gave up meanwhile is never sent.
+    #[tokio::test(start_paused = true)]
+    async fn outage_wait_fails_a_message_after_its_wait() {
+        let fake = Fake::default();
+        let cfg = PublisherConfig {
+            reconnect: ReconnectBackoff {
+                initial: Duration::from_secs(10),
+                multiplier: 2.0,
+                max: Duration::from_secs(10),
+            },
+            ..waiting(4, Duration::from_secs(2))
+        };
+        let mut p = Publisher::new(fake.clone(), cfg).unwrap();
+        assert!(p.wait_connected().await.is_err());
+        ready(&mut p).await;
+        drop(p.call(ev(0)));
+        ready(&mut p).await;
+        let start = Instant::now();
+        let err = p.call(ev(1)).await.unwrap_err();
+        assert!(matches!(err, PublishError::Unavailable { .. }), "{err}");
+        assert_eq!(Instant::now() - start, Duration::from_secs(2), "failed when its wait ended");
+        fake.st().up = true;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(p.state(), ConnectionState::Connected);
+        assert!(fake.st().sent.is_empty(), "neither was sent");
+        assert_eq!(p.in_flight(), 0);
     }
 
     #[test]

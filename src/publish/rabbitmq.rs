@@ -46,7 +46,6 @@ use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm};
-use pin_project_lite::pin_project;
 
 use super::{Confirmation, Event, LostSignal, Outgoing, PublishError, Publisher, PublisherConfig, Transport};
 use crate::error::BoxError;
@@ -261,51 +260,116 @@ impl Transport for RabbitMq {
         Ok(RabbitMqConnection { channel, _connection: connection })
     }
 
+    /// Queues the message's frames on the channel and returns at once: the
+    /// write to the socket and the broker's confirm are both awaited in the
+    /// confirmation, so the next message is queued without waiting for this
+    /// one's write (waiting for each write, one message at a time, left most
+    /// of the in-flight messages queued in the publisher).
     fn publish<'a>(
         &'a mut self,
         conn: &'a mut RabbitMqConnection,
         msg: &'a Outgoing,
     ) -> impl Future<Output = Result<RabbitMqConfirm, PublishError>> + Send + 'a {
         let routing_key = (self.routing_key)(&msg.event);
-        let props = RabbitMq::properties(msg, self.persistent);
-        let options = BasicPublishOptions { mandatory: self.mandatory, ..Default::default() };
-        let exchange = self.exchange.clone();
-        async move {
-            if routing_key.len() > 255 {
-                return Err(PublishError::InvalidEvent(super::InvalidEvent::Invalid {
-                    attribute: "type",
-                    reason: "routing key longer than 255 bytes",
-                }));
+        let res = if routing_key.len() > 255 {
+            Err(PublishError::InvalidEvent(super::InvalidEvent::Invalid {
+                attribute: "type",
+                reason: "routing key longer than 255 bytes",
+            }))
+        } else {
+            let props = RabbitMq::properties(msg, self.persistent);
+            let options = BasicPublishOptions { mandatory: self.mandatory, ..Default::default() };
+            let (channel, exchange, body) = (conn.channel.clone(), self.exchange.clone(), msg.body.clone());
+            let mut write: Writing = Box::pin(async move {
+                channel.basic_publish(exchange, ShortString::from(routing_key), options, &body, props).await
+            });
+            // The first poll queues the frames (in publish order) and waits
+            // for their write.
+            match write.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop())) {
+                Poll::Pending => Ok(RabbitMqConfirm { state: State::Writing(write) }),
+                Poll::Ready(Ok(confirm)) => Ok(RabbitMqConfirm { state: State::Confirming(confirm) }),
+                // Not queued: never written.
+                Poll::Ready(Err(e)) => Err(map_error(e)),
             }
-            let confirm = conn
-                .channel
-                .basic_publish(exchange, ShortString::from(routing_key), options, &msg.body, props)
-                .await
-                .map_err(map_error)?;
-            Ok(RabbitMqConfirm { inner: confirm })
-        }
+        };
+        std::future::ready(res)
+    }
+
+    fn written(confirm: &mut RabbitMqConfirm) -> bool {
+        confirm.written()
     }
 }
 
-pin_project! {
-    /// Resolves on RabbitMQ's publisher confirm for one message.
-    pub struct RabbitMqConfirm {
-        #[pin]
-        inner: PublisherConfirm,
-    }
+/// A message's `basic.publish`: resolves once its frames are written to the
+/// socket, with the publisher confirm to wait for.
+type Writing = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+enum State {
+    /// The frames are queued on the channel, not yet all written.
+    Writing(Writing),
+    /// Written: waiting for the broker's confirm.
+    Confirming(PublisherConfirm),
+    /// Settled; `written` says whether the frames reached the socket.
+    Done { written: bool },
+}
+
+/// Resolves on RabbitMQ's publisher confirm for one message (after its
+/// frames are written to the socket).
+pub struct RabbitMqConfirm {
+    state: State,
 }
 
 impl fmt::Debug for RabbitMqConfirm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitMqConfirm").finish_non_exhaustive()
+        let state = match self.state {
+            State::Writing(_) => "writing",
+            State::Confirming(_) => "confirming",
+            State::Done { .. } => "done",
+        };
+        f.debug_struct("RabbitMqConfirm").field("state", &state).finish()
+    }
+}
+
+impl RabbitMqConfirm {
+    /// Whether the frames were all written to the socket, as far as lapin
+    /// has said (a write that has not completed by now counts as not
+    /// written: asked when the connection broke).
+    fn written(&mut self) -> bool {
+        if let State::Writing(write) = &mut self.state {
+            self.state = match write.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop())) {
+                Poll::Pending => return false,
+                Poll::Ready(Ok(confirm)) => State::Confirming(confirm),
+                Poll::Ready(Err(_)) => State::Done { written: false },
+            };
+        }
+        match self.state {
+            State::Writing(_) => false,
+            State::Confirming(_) => true,
+            State::Done { written } => written,
+        }
     }
 }
 
 impl Future for RabbitMqConfirm {
     type Output = Result<Confirmation, PublishError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(self.project().inner.poll(cx)) {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let State::Writing(write) = &mut this.state {
+            match ready!(write.as_mut().poll(cx)) {
+                Ok(confirm) => this.state = State::Confirming(confirm),
+                Err(e) => {
+                    this.state = State::Done { written: false };
+                    return Poll::Ready(Err(map_error(e)));
+                }
+            }
+        }
+        let State::Confirming(confirm) = &mut this.state else {
+            return Poll::Ready(Err(PublishError::Closed));
+        };
+        let res = ready!(Pin::new(confirm).poll(cx));
+        this.state = State::Done { written: true };
+        Poll::Ready(match res {
             Ok(lapin::Confirmation::Ack(None)) => Ok(Confirmation::default()),
             Ok(lapin::Confirmation::Ack(Some(returned))) => Err(PublishError::Unroutable {
                 broker: BROKER,

@@ -11,6 +11,11 @@
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+/// How long a test's own client waits for something that should come (the
+/// next consumed message, a reply) before it gives up. Generous: the tests
+/// run on loaded machines, and only a lost message should stop them.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
 /// Set to `1` (CI) to make a missing service a test failure instead of a skip.
 pub const REQUIRE_ENV: &str = "TOWER_MESH_REQUIRE_SERVICES";
 
@@ -45,7 +50,7 @@ pub fn require_service(name: &str, env_var: &str, default_addr: &str) -> Option<
     let found = hp
         .to_socket_addrs()
         .ok()
-        .and_then(|addrs| addrs.into_iter().find(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok()));
+        .and_then(|addrs| addrs.into_iter().find(|a| TcpStream::connect_timeout(a, Duration::from_secs(10)).is_ok()));
     match found {
         Some(addr) => Some(addr),
         None if services_required() => {
@@ -74,12 +79,14 @@ mod tests {
 
 /// A TCP proxy between a client and a service, to simulate faults without
 /// touching the shared service: [`cut`](proxy::Proxy::cut) closes every open
-/// connection, [`set_refusing`](proxy::Proxy::set_refusing) closes new ones at once.
+/// connection, [`set_refusing`](proxy::Proxy::set_refusing) closes new ones at once,
+/// [`set_stalled`](proxy::Proxy::set_stalled) swallows what clients send.
 pub mod proxy {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::watch;
 
@@ -89,7 +96,30 @@ pub mod proxy {
         refusing: Arc<AtomicBool>,
         generation: watch::Sender<u64>,
         accepted: Arc<AtomicUsize>,
+        stalled: Arc<AtomicBool>,
+        received: Arc<AtomicUsize>,
         task: tokio::task::JoinHandle<()>,
+    }
+
+    /// Client to service: forwards what it reads, or drops it while
+    /// `stalled`; counts the bytes read in `received`.
+    async fn upstream_copy(
+        mut from: tokio::net::tcp::ReadHalf<'_>,
+        mut to: tokio::net::tcp::WriteHalf<'_>,
+        stalled: &AtomicBool,
+        received: &AtomicUsize,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            received.fetch_add(n, Ordering::SeqCst);
+            if !stalled.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
     }
 
     impl Proxy {
@@ -99,12 +129,16 @@ pub mod proxy {
             let addr = listener.local_addr().unwrap();
             let refusing = Arc::new(AtomicBool::new(false));
             let accepted = Arc::new(AtomicUsize::new(0));
+            let stalled = Arc::new(AtomicBool::new(false));
+            let received = Arc::new(AtomicUsize::new(0));
             let (generation, _) = watch::channel(0u64);
             let upstream = upstream.to_owned();
             let task = tokio::spawn({
                 let refusing = refusing.clone();
                 let accepted = accepted.clone();
                 let generation = generation.clone();
+                let stalled = stalled.clone();
+                let received = received.clone();
                 async move {
                     loop {
                         let Ok((mut client, _)) = listener.accept().await else { return };
@@ -115,11 +149,16 @@ pub mod proxy {
                         accepted.fetch_add(1, Ordering::SeqCst);
                         let mut cut = generation.subscribe();
                         let upstream = upstream.clone();
+                        let (stalled, received) = (stalled.clone(), received.clone());
                         tokio::spawn(async move {
                             let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
                             cut.mark_unchanged();
+                            let (client_read, mut client_write) = client.split();
+                            let (mut server_read, server_write) = server.split();
+                            // Either direction ending closes both.
                             tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = upstream_copy(client_read, server_write, &stalled, &received) => {}
+                                _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
                                 _ = cut.changed() => {}
                             }
                             // Dropping both sockets cuts the connection.
@@ -127,7 +166,7 @@ pub mod proxy {
                     }
                 }
             });
-            Proxy { addr, refusing, generation, accepted, task }
+            Proxy { addr, refusing, generation, accepted, stalled, received, task }
         }
 
         /// The address clients connect to.
@@ -146,6 +185,19 @@ pub mod proxy {
             if refusing {
                 self.cut();
             }
+        }
+
+        /// While `true`, what clients send is read (and counted) but not
+        /// forwarded: the service never sees it, and a client's writes still
+        /// complete. The stream is broken from there on: cut the connections
+        /// before un-stalling.
+        pub fn set_stalled(&self, stalled: bool) {
+            self.stalled.store(stalled, Ordering::SeqCst);
+        }
+
+        /// Bytes read from clients so far (forwarded or not).
+        pub fn received(&self) -> usize {
+            self.received.load(Ordering::SeqCst)
         }
 
         /// Connections forwarded so far.
@@ -182,6 +234,13 @@ pub mod stack {
     use tower_mesh::publish::{Event, PublishClassifier, PublishError, Receipt};
     use tower_mesh::retry::{Backoff, Jitter, RetryLayer};
     use tower_mesh::timeout::TimeoutLayer;
+
+    /// (A build check: these tests link the crate of this tree, whose
+    /// publisher has `outage_wait` and `Receipt::resent`.)
+    const _: fn(&Receipt) -> bool = |r| {
+        let _ = tower_mesh::publish::PublisherConfig::default().outage_wait;
+        r.resent()
+    };
 
     /// Events in the full-stack test.
     pub const N: usize = 10_000;
@@ -352,18 +411,20 @@ pub mod stack {
         assert!(unavailable >= 1, "typed Unavailable errors before the breaker opened");
         assert!(opened, "the breaker opened");
         proxy.set_refusing(false);
-        let mut recovered = false;
-        for i in 0..300 {
-            match svc.ready().await.unwrap().call(event(1000 + i, name)).await {
-                Ok(r) => {
-                    assert!(!r.confirmation.duplicate);
-                    recovered = true;
-                    break;
+        // Until a call succeeds (bounded only by the generous PATIENCE).
+        let recover = async {
+            for i in 1000.. {
+                match svc.ready().await.unwrap().call(event(i, name)).await {
+                    Ok(r) => return r,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-        }
-        assert!(recovered, "publishing works again once the broker is reachable");
+            unreachable!()
+        };
+        let r = tokio::time::timeout(super::PATIENCE, recover)
+            .await
+            .expect("publishing works again once the broker is reachable");
+        assert!(!r.confirmation.duplicate);
         assert!(proxy.accepted() >= 1);
     }
 }
