@@ -281,6 +281,19 @@ fn max_wait_in_half_open_applies_as_of_its_end_without_a_timer() {
     assert!(rest <= Duration::from_secs(10) - Duration::from_millis(19), "{rest:?}");
 }
 
+/// Every preset bounds half-open, so a long probe cannot hold it forever.
+#[cfg(feature = "stack")]
+#[test]
+fn every_preset_bounds_half_open() {
+    use crate::stack::{ClientConfig, Preset};
+    assert_eq!(CircuitBreakerConfig::default().max_wait_in_half_open, Duration::from_secs(60));
+    for preset in [Preset::Development, Preset::Testing, Preset::Production] {
+        let breaker = ClientConfig::preset(preset).circuit_breaker.unwrap();
+        assert!(!breaker.max_wait_in_half_open.is_zero(), "{preset}");
+        assert!(breaker.max_wait_in_half_open > ClientConfig::preset(preset).timeout.total.unwrap(), "{preset}");
+    }
+}
+
 /// A call admitted in one closed period and failing in a later one (after
 /// open -> half-open -> closed) is not counted in the new window.
 #[tokio::test(start_paused = true)]
