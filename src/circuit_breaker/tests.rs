@@ -281,6 +281,39 @@ fn max_wait_in_half_open_applies_as_of_its_end_without_a_timer() {
     assert!(rest <= Duration::from_secs(10) - Duration::from_millis(19), "{rest:?}");
 }
 
+/// A body that stalls past a body-covering timeout below the breaker fails
+/// with the timeout error, and the breaker records a failure then (the head
+/// was a success); a body that ends is a success.
+#[cfg(feature = "timeout")]
+#[tokio::test(start_paused = true)]
+async fn a_body_timing_out_below_is_a_failure() {
+    use http_body_util::BodyExt;
+    type Frames = futures::stream::BoxStream<'static, Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>;
+    let inner = tower::service_fn(|stall: bool| async move {
+        let first = futures::stream::iter([Ok(http_body::Frame::data(bytes::Bytes::from_static(b"x")))]);
+        let rest: Frames =
+            if stall { Box::pin(futures::stream::pending()) } else { Box::pin(futures::stream::empty()) };
+        let frames: Frames = Box::pin(futures::StreamExt::chain(first, rest));
+        Ok::<_, BoxError>(http::Response::new(http_body_util::StreamBody::new(frames)))
+    });
+    let breaker = CircuitBreakerLayer::builder().count_window(4).minimum_calls(4).build().unwrap();
+    let breaker = breaker.with_classifier(crate::classify::HttpClassifier::new());
+    let h = breaker.handle();
+    let timeout = crate::timeout::TimeoutLayer::per_attempt(Duration::from_secs(1)).cover_body();
+    let mut svc = tower::ServiceBuilder::new().layer(breaker).layer(timeout).service(inner);
+
+    let body = svc.ready().await.unwrap().call(false).await.unwrap().into_body();
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "x");
+    assert_eq!((h.metrics().calls, h.metrics().failures), (1, 0));
+
+    let mut body = svc.ready().await.unwrap().call(true).await.unwrap().into_body();
+    assert!(body.frame().await.unwrap().is_ok());
+    assert_eq!(h.metrics().calls, 1, "not decided before the body ends");
+    let e = body.frame().await.unwrap().unwrap_err();
+    assert!(e.is::<crate::timeout::Elapsed>(), "{e}");
+    assert_eq!((h.metrics().calls, h.metrics().failures), (2, 1));
+}
+
 /// Every preset bounds half-open, so a long probe cannot hold it forever.
 #[cfg(feature = "stack")]
 #[test]

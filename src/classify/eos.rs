@@ -62,6 +62,10 @@ pub enum EosEvent<'a> {
     End(Option<&'a HeaderMap>),
     /// The body returned an error.
     Error,
+    /// The body did not end before its deadline (a
+    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) covering the body,
+    /// feature `timeout`).
+    Timeout,
 }
 
 type Watcher = Box<dyn FnOnce(EosEvent<'_>) + Send>;
@@ -69,9 +73,10 @@ type Watcher = Box<dyn FnOnce(EosEvent<'_>) + Send>;
 /// Placed in the response extensions by [`ClassifyEosLayer`]; classifiers
 /// register watchers on it in [`Classify::defer`](super::Classify::defer).
 ///
-/// Watchers run once, when the body ends or fails. If the body is dropped
-/// first, the watchers are dropped unrun (their [`OutcomeRecorder`]s then
-/// record [`Outcome::Cancelled`]).
+/// Watchers run once, when the body ends, fails or times out (whichever
+/// body wrapper sharing the slot sees it first reports it). If the body is
+/// dropped first, the watchers are dropped unrun (their [`OutcomeRecorder`]s
+/// then record [`Outcome::Cancelled`]).
 #[derive(Clone, Default)]
 pub struct EosSlot(Arc<Mutex<Vec<Watcher>>>);
 
@@ -89,7 +94,8 @@ impl EosSlot {
         list.push(Box::new(f));
     }
 
-    fn fire(&self, event: EosEvent<'_>) {
+    /// Run the watchers (once: later calls find none).
+    pub(crate) fn fire(&self, event: EosEvent<'_>) {
         let watchers = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         // The lock is released before the watchers run.
         for w in watchers {
