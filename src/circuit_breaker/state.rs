@@ -476,6 +476,15 @@ impl fmt::Debug for Shared {
     }
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = g.expiry.take() {
+            task.abort();
+        }
+    }
+}
+
 impl Shared {
     /// `name` names the breaker in logs and errors; `labels` label its metrics.
     pub(crate) fn new(name: Arc<str>, labels: Vec<Label>, settings: Settings, listeners: Vec<Listener>) -> Self {

@@ -281,12 +281,13 @@ fn max_wait_in_half_open_applies_as_of_its_end_without_a_timer() {
     assert!(rest <= Duration::from_secs(10) - Duration::from_millis(19), "{rest:?}");
 }
 
-/// A body that stalls past a body-covering timeout below the breaker fails
+/// A body that stalls past a body-covering timeout (below the breaker, or
+/// above it with a `ClassifyEosLayer` below) fails
 /// with the timeout error, and the breaker records a failure then (the head
 /// was a success); a body that ends is a success.
 #[cfg(feature = "timeout")]
 #[tokio::test(start_paused = true)]
-async fn a_body_timing_out_below_is_a_failure() {
+async fn a_body_timing_out_is_a_failure_for_the_breaker() {
     use http_body_util::BodyExt;
     type Frames = futures::stream::BoxStream<'static, Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>;
     let inner = tower::service_fn(|stall: bool| async move {
@@ -312,6 +313,23 @@ async fn a_body_timing_out_below_is_a_failure() {
     let e = body.frame().await.unwrap().unwrap_err();
     assert!(e.is::<crate::timeout::Elapsed>(), "{e}");
     assert_eq!((h.metrics().calls, h.metrics().failures), (2, 1));
+
+    // A total timeout covering the body above the breaker: the breaker sees
+    // the timeout through the slot of a `ClassifyEosLayer` below it.
+    let breaker = CircuitBreakerLayer::builder().count_window(4).minimum_calls(4).build().unwrap();
+    let breaker = breaker.with_classifier(crate::classify::HttpClassifier::new());
+    let h = breaker.handle();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(crate::timeout::TimeoutLayer::new(Duration::from_secs(1)).cover_body())
+        .layer(breaker)
+        .layer(crate::classify::ClassifyEosLayer::new())
+        .service(inner);
+    let mut body = svc.ready().await.unwrap().call(true).await.unwrap().into_body();
+    assert!(body.frame().await.unwrap().is_ok());
+    let e = body.frame().await.unwrap().unwrap_err();
+    let e = e.downcast::<crate::timeout::Elapsed>().unwrap();
+    assert_eq!(e.kind(), crate::timeout::TimeoutKind::Total);
+    assert_eq!((h.metrics().calls, h.metrics().failures), (1, 1));
 }
 
 /// Every preset bounds half-open, so a long probe cannot hold it forever.
