@@ -176,7 +176,11 @@ impl<B: Body> Body for EosBody<B> {
 /// Place it directly around the transport (hyper client, tonic `Channel`),
 /// below the circuit breaker and retry layers. It allocates one small shared
 /// slot per response, which is why it is opt-in: unary gRPC errors arrive as
-/// trailers-only responses and are classified without it.
+/// trailers-only responses and are classified without it. With it, an
+/// [`HttpClassifier`](super::HttpClassifier) also decides a successful
+/// response at the end of its body (a body error is then a failure), and a
+/// body timeout above (a [`TimeoutLayer`](crate::timeout::TimeoutLayer)
+/// covering the body) reports through its slot.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClassifyEosLayer;
 

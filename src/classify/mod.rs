@@ -12,7 +12,7 @@
 //! | classifier | for | failure when |
 //! |---|---|---|
 //! | [`ResultClassifier`] | any `Result` | `Err` |
-//! | [`HttpClassifier`] | `http::Response<B>` | 5xx, 429, 408 (configurable) or `Err` |
+//! | [`HttpClassifier`] | `http::Response<B>` | 5xx, 429, 408 (configurable) or `Err`; with a watched body ([`EosSlot`]), a body error or timeout |
 //! | [`GrpcClassifier`] | gRPC over `http::Response<B>` | `grpc-status` in a failure set, in headers or (with [`ClassifyEosLayer`]) trailers |
 //! | [`TowerHttpClassifier`] | any tower-http [`ClassifyResponse`](tower_http::classify::ClassifyResponse) | its failure class |
 //! | [`FnClassifier`] | anything | a closure says so |
