@@ -177,6 +177,12 @@ fn run_model(kind: Kind, steps: Vec<(u8, u64, u64)>) -> Result<(), TestCaseError
             now += adv;
             model.expire(now);
             prop_assert_eq!(h.state(), model.state, "step {}: {:?}", i, model);
+            if model.state == CircuitState::Open {
+                // The open wait counts from the trip (for a half-open max
+                // wait, from its end, however late it is noticed).
+                let rest = Duration::from_millis(model.open_until.saturating_sub(now));
+                prop_assert_eq!(h.retry_after(), Some(rest), "step {}: {:?}", i, model);
+            }
             if model.state == CircuitState::Closed {
                 let w = model.window(now);
                 let m = h.metrics();
