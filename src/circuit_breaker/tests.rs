@@ -218,6 +218,11 @@ async fn max_wait_in_half_open_reopens_on_time_without_a_call() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
+    // This runtime runs the expiry task on this thread, under this subscriber.
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let layer = metrics::with_local_recorder(&recorder, || {
@@ -251,6 +256,8 @@ async fn max_wait_in_half_open_reopens_on_time_without_a_call() {
         vec![(Closed, HalfOpen, since), (HalfOpen, Open, since + Duration::from_secs(5))]
     );
     assert_eq!(gauge(), Some(Open as u8 as f64));
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("circuit breaker state change") && text.contains("from=\"half_open\" to=\"open\""), "{text}");
     assert_eq!(h.state(), Open);
     assert_eq!(h.metrics().state, Open);
     // The open wait (10 s) started at the end of the max wait.
@@ -263,6 +270,20 @@ async fn max_wait_in_half_open_reopens_on_time_without_a_call() {
     // The old probe finishing now counts for nothing in the new period.
     drop(held);
     assert_eq!(h.metrics().calls, 1);
+}
+
+/// A log sink for a `tracing` subscriber.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Without a runtime (so without the expiry timer) the end of the max wait

@@ -311,10 +311,12 @@ mod tests {
 /// `CircuitOpen`, a full bulkhead's `BulkheadFull` — out of the count
 /// ([`Outcome::Ignored`]) and asks `C` about everything else.
 ///
-/// Give it to a breaker above a bulkhead (a full bulkhead is this process's
-/// load, not a failure of the dependency) and to a retry layer above a
-/// breaker (retrying a rejection at once only adds load; the caller gets it
-/// fast). The configured stack (module `stack`, feature `stack`) does both.
+/// Give it to a retry layer above a breaker (retrying a rejection at once
+/// only adds load; the caller gets it fast). A circuit breaker needs no
+/// wrapping: it leaves these rejections out of its count by default (see
+/// `count_rejections` in the circuit breaker's builder, feature
+/// `circuit-breaker`). The configured stack (module `stack`, feature
+/// `stack`) wraps the classifiers of both.
 ///
 /// ```
 /// use tower_mesh::classify::{Classify, HttpClassifier, IgnoreRejections, Outcome};
