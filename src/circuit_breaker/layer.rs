@@ -184,6 +184,12 @@ impl<C> CircuitBreakerBuilder<C> {
     }
     /// Longest time in half-open: probes that have not concluded by then
     /// re-open the breaker at that moment (default 60 s; zero: unlimited).
+    ///
+    /// Entering half-open in a tokio runtime spawns a task that makes the
+    /// change on time. In a runtime built without timers the change is made
+    /// when the breaker is next used or observed instead, after the one
+    /// panic message tokio prints when asked for a timer there — unless the
+    /// program aborts on panic: build its runtime with timers.
     pub fn max_wait_in_half_open(mut self, d: Duration) -> Self {
         self.config.max_wait_in_half_open = d;
         self
