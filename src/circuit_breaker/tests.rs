@@ -366,6 +366,21 @@ fn every_preset_bounds_half_open() {
     }
 }
 
+/// In a runtime without timers no expiry task can be armed (and asking for
+/// one is not repeated); the end of the max wait is applied when observed.
+#[test]
+fn max_wait_in_half_open_in_a_runtime_without_timers() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let _enter = rt.enter();
+    let layer = builder().max_wait_in_half_open(Duration::from_millis(1)).build().unwrap();
+    let h = layer.handle();
+    for _ in 0..2 {
+        h.transition_to_half_open();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(h.state(), CircuitState::Open);
+    }
+}
+
 /// A call admitted in one closed period and failing in a later one (after
 /// open -> half-open -> closed) is not counted in the new window.
 #[tokio::test(start_paused = true)]
