@@ -75,12 +75,20 @@ pub struct CircuitBreakerConfig {
     pub max_wait_in_open: Duration,
     /// Probe calls admitted in half-open (default 10).
     pub permitted_calls_in_half_open: usize,
-    /// Longest time in half-open before going back to open if the probes
-    /// have not concluded (default 0 = unlimited).
+    /// Longest time in half-open: if the probes have not concluded by then
+    /// (a probe streaming a long response holds its slot until the body
+    /// ends), the breaker re-opens at that moment and the open wait starts
+    /// from it (default 60 s; 0 = unlimited, as in resilience4j).
     #[serde(with = "humantime_serde")]
     pub max_wait_in_half_open: Duration,
     /// How a call whose future was dropped is counted (default: ignored).
     pub cancel_policy: CancelPolicy,
+    /// Count the stack's own rejections coming from below — a full
+    /// bulkhead's `BulkheadFull`, another breaker's [`CircuitOpen`](super::CircuitOpen),
+    /// found anywhere in the error's source chain — as failures, when the
+    /// classifier says they are (default false: they are ignored, being this
+    /// process's load rather than the dependency's failures).
+    pub count_rejections: bool,
 }
 
 impl Default for CircuitBreakerConfig {
@@ -97,8 +105,9 @@ impl Default for CircuitBreakerConfig {
             wait_in_open_multiplier: 1.0,
             max_wait_in_open: Duration::ZERO,
             permitted_calls_in_half_open: 10,
-            max_wait_in_half_open: Duration::ZERO,
+            max_wait_in_half_open: Duration::from_secs(60),
             cancel_policy: CancelPolicy::Ignore,
+            count_rejections: false,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::state::{Rec, Shared};
+use super::state::{Rec, Shared, Ticket};
 use crate::classify::{Classify, Outcome, OutcomeRecorder};
 use crate::stripe;
 use crate::BoxError;
@@ -19,8 +19,7 @@ mod sealed {
     /// and the classifier.
     pub trait Holder {
         type Classifier;
-        fn shared(&self) -> &super::Shared;
-        fn shared_arc(&self) -> std::sync::Arc<super::Shared>;
+        fn shared(&self) -> &std::sync::Arc<super::Shared>;
         fn classifier(&self) -> &Self::Classifier;
     }
 }
@@ -106,11 +105,8 @@ impl<C> fmt::Debug for BreakerRef<C> {
 impl<C> Holder for BreakerRef<C> {
     type Classifier = C;
     #[inline]
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &Arc<Shared> {
         &self.0.shared
-    }
-    fn shared_arc(&self) -> Arc<Shared> {
-        self.0.shared.clone()
     }
     #[inline]
     fn classifier(&self) -> &C {
@@ -153,11 +149,8 @@ impl<C> fmt::Debug for KeyedRef<C> {
 impl<C> Holder for KeyedRef<C> {
     type Classifier = C;
     #[inline]
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &Arc<Shared> {
         &self.shared
-    }
-    fn shared_arc(&self) -> Arc<Shared> {
-        self.shared.clone()
     }
     #[inline]
     fn classifier(&self) -> &C {
@@ -172,18 +165,18 @@ impl<C> Holder for KeyedRef<C> {
 pub(crate) struct Recording {
     /// When the call started, if calls are timed.
     start: Option<Instant>,
-    epoch: u32,
+    ticket: Ticket,
     /// Admitted and not yet recorded.
     pending: bool,
 }
 
 impl Recording {
-    const NONE: Recording = Recording { start: None, epoch: 0, pending: false };
+    const NONE: Recording = Recording { start: None, ticket: Ticket { period: 0, probe: false }, pending: false };
 
     #[inline]
-    fn new(shared: &Shared, epoch: u32) -> Self {
+    fn new(shared: &Shared, ticket: Ticket) -> Self {
         let start = if shared.settings.measure { Some(Instant::now()) } else { None };
-        Recording { start, epoch, pending: true }
+        Recording { start, ticket, pending: true }
     }
 
     #[inline]
@@ -201,7 +194,7 @@ impl Recording {
             (Some(start), Some(now)) => Some(now.saturating_duration_since(start)),
             _ => None,
         };
-        shared.record(rec, elapsed, now, self.epoch);
+        shared.record(rec, elapsed, now, self.ticket);
     }
 }
 
@@ -278,8 +271,8 @@ impl<F, H: Holder> ResponseFuture<F, H> {
     #[inline]
     pub(crate) fn admit(holder: H, call: impl FnOnce() -> F) -> Self {
         match holder.shared().acquire() {
-            Ok(epoch) => {
-                let recording = Recording::new(holder.shared(), epoch);
+            Ok(ticket) => {
+                let recording = Recording::new(holder.shared(), ticket);
                 ResponseFuture { kind: Kind::Called { fut: call() }, recording, holder }
             }
             Err(err) => {
@@ -303,29 +296,39 @@ where
         match this.kind.project() {
             KindProj::Rejected { err } => Poll::Ready(Err(err.take().expect("ResponseFuture polled after completion"))),
             KindProj::Called { fut } => {
-                let mut result = ready!(fut.poll(cx));
-                if this.recording.pending {
-                    let (shared, classifier) = (this.holder.shared(), this.holder.classifier());
-                    match classifier.classify(result.as_ref()) {
-                        // The outcome comes with the response body: hand it
-                        // a recording of its own.
-                        Outcome::Deferred => match result.as_mut() {
-                            Ok(res) => {
-                                let recording = std::mem::replace(this.recording, Recording::NONE);
-                                let mut deferred = Deferred { shared: this.holder.shared_arc(), recording };
-                                let recorder = OutcomeRecorder::new(move |o| deferred.finish(o));
-                                if let Err(recorder) = classifier.defer(res, recorder) {
-                                    recorder.record(Outcome::Success);
-                                }
-                            }
-                            Err(_) => {
-                                this.recording.finish(shared, Outcome::Failure(crate::classify::FailureKind::Error))
-                            }
-                        },
-                        o => this.recording.finish(shared, o),
-                    }
+                let result = ready!(fut.poll(cx));
+                if !this.recording.pending {
+                    return Poll::Ready(result.map_err(Into::into));
                 }
-                Poll::Ready(result.map_err(Into::into))
+                let (shared, classifier) = (this.holder.shared(), this.holder.classifier());
+                let outcome = classifier.classify(result.as_ref());
+                let mut result = result.map_err(Into::into);
+                match outcome {
+                    // The stack's own rejections from below (a full bulkhead,
+                    // another open breaker) are this process's load, not the
+                    // dependency's failures: not counted unless asked.
+                    Outcome::Failure(_)
+                        if !shared.settings.count_rejections
+                            && result.as_ref().is_err_and(crate::classify::is_rejection) =>
+                    {
+                        this.recording.finish(shared, Outcome::Ignored)
+                    }
+                    // The outcome comes with the response body: hand it
+                    // a recording of its own.
+                    Outcome::Deferred => match result.as_mut() {
+                        Ok(res) => {
+                            let recording = std::mem::replace(this.recording, Recording::NONE);
+                            let mut deferred = Deferred { shared: shared.clone(), recording };
+                            let recorder = OutcomeRecorder::new(move |o| deferred.finish(o));
+                            if let Err(recorder) = classifier.defer(res, recorder) {
+                                recorder.record(Outcome::Success);
+                            }
+                        }
+                        Err(_) => this.recording.finish(shared, Outcome::Failure(crate::classify::FailureKind::Error)),
+                    },
+                    o => this.recording.finish(shared, o),
+                }
+                Poll::Ready(result)
             }
         }
     }

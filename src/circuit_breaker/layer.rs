@@ -182,9 +182,23 @@ impl<C> CircuitBreakerBuilder<C> {
         self.config.permitted_calls_in_half_open = n;
         self
     }
-    /// Longest time in half-open before re-opening (zero: unlimited).
+    /// Longest time in half-open: probes that have not concluded by then
+    /// re-open the breaker at that moment (default 60 s; zero: unlimited).
+    ///
+    /// Entering half-open in a tokio runtime spawns a task that makes the
+    /// change on time. In a runtime built without timers the change is made
+    /// when the breaker is next used or observed instead, after the one
+    /// panic message tokio prints when asked for a timer there — unless the
+    /// program aborts on panic: build its runtime with timers.
     pub fn max_wait_in_half_open(mut self, d: Duration) -> Self {
         self.config.max_wait_in_half_open = d;
+        self
+    }
+    /// Count the stack's own rejections from below (`BulkheadFull`,
+    /// [`CircuitOpen`](super::CircuitOpen)) as failures when the classifier
+    /// says they are (default false: ignored).
+    pub fn count_rejections(mut self, on: bool) -> Self {
+        self.config.count_rejections = on;
         self
     }
     /// How a dropped call is counted.
@@ -237,8 +251,10 @@ impl CircuitBreakerHandle {
     }
     /// The current state. Open -> half-open happens lazily, on the next call
     /// after the wait, so this may still say `Open` after the wait elapsed.
+    /// Half-open -> open at the end of `max_wait_in_half_open` happens on
+    /// time: this says `Open` from that moment.
     pub fn state(&self) -> CircuitState {
-        self.shared.state()
+        self.shared.observed_state()
     }
     /// When open: the rest of the wait.
     pub fn retry_after(&self) -> Option<Duration> {

@@ -10,14 +10,23 @@
 //! **half-open**, which admits `permitted_calls_in_half_open` probes; when they
 //! have all completed their rates decide: below the thresholds it closes (with
 //! a fresh window), otherwise it opens again (with a longer wait if a
-//! multiplier is set). With `max_wait_in_half_open`, probes that have not
-//! concluded in time re-open the breaker.
+//! multiplier is set). With `max_wait_in_half_open` (default 60 s), probes
+//! that have not concluded in time — a probe whose outcome is recorded at the
+//! end of a long stream holds its slot until then — re-open the breaker at
+//! the end of the max wait, and the open wait counts from that moment: a
+//! task armed on entering half-open makes the change on time (state, the
+//! state gauge, the transition counter, the `tracing` event and the
+//! listeners all see it then, with no call needed); without a tokio runtime
+//! with timers, the change is applied when the breaker is next used or
+//! observed ([`CircuitBreakerHandle::state`], `metrics`, `retry_after`), as
+//! of the same moment. A probe that concludes after that moment counts for
+//! nothing.
 //!
 //! | state | admits | records | leaves by |
 //! |---|---|---|---|
 //! | closed | all | window | rates ≥ threshold → open |
 //! | open | none (`retry_after` = rest of the wait) | — | wait elapsed → half-open (lazily, on the next call) |
-//! | half-open | `permitted_calls_in_half_open` probes | probes only | all probes done → closed / open; max wait → open |
+//! | half-open | `permitted_calls_in_half_open` probes | probes only | all probes done → closed / open; end of max wait → open (on time) |
 //! | disabled | all | nothing | manual transition |
 //! | forced-open | none | — | manual transition |
 //! | metrics-only | all | window | manual transition |
@@ -27,7 +36,20 @@
 //! body ends, `Cancelled` (the response future or body dropped) is mapped by
 //! the [`CancelPolicy`](crate::classify::CancelPolicy) (default: ignored, so a
 //! dropped probe frees its slot and half-open cannot get stuck). Slowness is
-//! the duration from `call` to the outcome (end of stream for deferred calls).
+//! the duration from `call` to the outcome (end of stream for deferred calls);
+//! a call is slow when it takes `slow_call_duration` or longer.
+//!
+//! A call counts only for the period — the run of one state between two
+//! transitions — it was admitted in: a call admitted while closed that ends
+//! after the breaker opened (and maybe closed again) is not recorded, nor is
+//! a probe of an earlier half-open period.
+//!
+//! The stack's own rejections coming from below — a full bulkhead's
+//! `BulkheadFull`, another breaker's [`CircuitOpen`], anywhere in the error's
+//! source chain — are not counted even when the classifier calls them
+//! failures: they are this process's load, not the dependency's failures.
+//! [`count_rejections(true)`](CircuitBreakerBuilder::count_rejections) counts
+//! them again.
 //!
 //! Slow-call detection is off unless `slow_call_duration` is set (as in
 //! tower-resilience): timing a call costs two clock reads, which would be most
@@ -55,10 +77,23 @@
 //! rejected call simply does not use the readiness it was given (the inner
 //! service stays ready for the next call).
 //!
-//! Differences from resilience4j: a call admitted in one state and finishing
-//! in another is only counted if it was admitted in the current closed period
-//! (calls admitted before opening are not counted by half-open; probes of an
-//! old half-open period are dropped).
+//! Differences from resilience4j:
+//!
+//! - a call counts only for the period it was admitted in (above);
+//!   resilience4j records a call in whatever state the breaker is in when
+//!   the call ends;
+//! - a call is slow at `slow_call_duration` or longer (`>=`); resilience4j's
+//!   `slowCallDurationThreshold` counts calls longer than it (`>`);
+//! - half-open decides once all `permitted_calls_in_half_open` probes have
+//!   concluded; resilience4j decides as soon as
+//!   `min(minimumNumberOfCalls, permittedNumberOfCallsInHalfOpenState)`
+//!   probes have;
+//! - `max_wait_in_half_open` defaults to 60 s (resilience4j: 0, unlimited);
+//! - slow-call detection is off unless `slow_call_duration` is set
+//!   (resilience4j: 60 s);
+//! - the stack's own rejections from below are not failures by default.
+//!
+//! The settings correspond as follows (same role, semantics as above):
 //!
 //! | resilience4j | tower-mesh |
 //! |---|---|

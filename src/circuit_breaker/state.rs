@@ -1,11 +1,14 @@
 //! The shared state machine and the sliding windows.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Label};
+use tokio::runtime::{Handle, Id};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::closer::{Closer, FastPath, MAX_SEC as FAST_MAX_SEC};
@@ -100,6 +103,15 @@ pub struct CircuitMetrics {
     pub slow_call_rate: Option<f64>,
     /// Calls rejected since the breaker was built.
     pub not_permitted: u64,
+}
+
+/// What an admitted call holds: the period (the run of one state between two
+/// transitions) it was admitted in, and whether it holds a half-open probe
+/// slot of that period. A call counts only for the period it was admitted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    pub(crate) period: u32,
+    pub(crate) probe: bool,
 }
 
 /// What a finished call counts as.
@@ -313,6 +325,9 @@ pub(crate) struct Settings {
     pub(crate) permitted_in_half_open: u32,
     pub(crate) max_wait_in_half_open: Duration,
     pub(crate) cancel_policy: CancelPolicy,
+    /// Count the stack's own rejections (`CircuitOpen`, `BulkheadFull`) from
+    /// below as failures (default: ignored).
+    pub(crate) count_rejections: bool,
 }
 
 impl Settings {
@@ -334,6 +349,7 @@ impl Settings {
             permitted_in_half_open: c.permitted_calls_in_half_open.min(u32::MAX as usize) as u32,
             max_wait_in_half_open: c.max_wait_in_half_open,
             cancel_policy: c.cancel_policy,
+            count_rejections: c.count_rejections,
         }
     }
 
@@ -368,6 +384,11 @@ struct Inner {
     clean: bool,
     /// Time windows: the timer ending the second [`Shared::fast`] is open for.
     closer: Closer,
+    /// In half-open with a max wait: the task that re-opens the breaker at
+    /// the end of the max wait (aborted when half-open ends before).
+    expiry: Option<AbortHandle>,
+    /// A runtime found to have no timers (no expiry task is armed there).
+    no_timers: Option<Id>,
 }
 
 #[derive(Debug)]
@@ -428,7 +449,9 @@ pub struct Shared {
     /// that leaves the window clean opens it again for the current second.
     fast: Arc<FastPath>,
     pub(crate) settings: Settings,
-    state: AtomicU8,
+    /// The state (low 8 bits) and the period it began (`Inner::epoch`, above):
+    /// one word, so a call reads both at once.
+    state: AtomicU64,
     /// True while the breaker is closed (or metrics-only) with a full count
     /// window holding no failure and no slow call: recording a fast success
     /// then changes nothing (the ring stays all successes), so it is skipped
@@ -453,6 +476,15 @@ impl fmt::Debug for Shared {
     }
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = g.expiry.take() {
+            task.abort();
+        }
+    }
+}
+
 impl Shared {
     /// `name` names the breaker in logs and errors; `labels` label its metrics.
     pub(crate) fn new(name: Arc<str>, labels: Vec<Label>, settings: Settings, listeners: Vec<Listener>) -> Self {
@@ -469,13 +501,15 @@ impl Shared {
                 half_open: HalfOpen { free: 0, totals: Totals::default(), since: now },
                 clean: false,
                 closer: Closer::None,
+                expiry: None,
+                no_timers: None,
             }),
             clean: AtomicBool::new(false),
             window_base: matches!(settings.window, SlidingWindow::Time(_)).then_some(now),
             fast: Arc::new(FastPath::new()),
             name,
             settings,
-            state: AtomicU8::new(CircuitState::Closed as u8),
+            state: AtomicU64::new(pack(1, CircuitState::Closed)),
             not_permitted: AtomicU64::new(0),
             metrics,
             labels,
@@ -517,44 +551,60 @@ impl Shared {
         self.fast.is_guarded()
     }
 
+    /// The state as stored (see [`Shared::observed_state`] for the state
+    /// with a due half-open expiry applied).
     #[inline]
     pub(crate) fn state(&self) -> CircuitState {
-        CircuitState::from_u8(self.state.load(Ordering::Acquire))
+        unpack(self.state.load(Ordering::Acquire)).1
     }
 
-    /// Admission. `Ok(0)`: a normal call; `Ok(epoch)`: a half-open probe
-    /// holding a slot of that half-open period.
+    /// The state, after applying the end of the half-open max wait if it has
+    /// passed (as the expiry timer would have, at that moment).
+    pub(crate) fn observed_state(&self) -> CircuitState {
+        let state = self.state();
+        if state != CircuitState::HalfOpen || self.settings.max_wait_in_half_open.is_zero() {
+            return state;
+        }
+        let now = Instant::now();
+        let mut g = self.lock();
+        let change = self.expire_half_open(&mut g, now);
+        let state = g.state;
+        drop(g);
+        if let Some(c) = change {
+            self.notify(&c);
+        }
+        state
+    }
+
+    /// Admission: the call's [`Ticket`], or the rejection.
     #[inline]
-    pub(crate) fn acquire(&self) -> Result<u32, CircuitOpen> {
-        if self.state().admits_all() {
-            return Ok(0);
+    pub(crate) fn acquire(self: &Arc<Self>) -> Result<Ticket, CircuitOpen> {
+        let (period, state) = unpack(self.state.load(Ordering::Acquire));
+        if state.admits_all() {
+            return Ok(Ticket { period, probe: false });
         }
         self.acquire_slow()
     }
 
     #[cold]
-    fn acquire_slow(&self) -> Result<u32, CircuitOpen> {
+    fn acquire_slow(self: &Arc<Self>) -> Result<Ticket, CircuitOpen> {
         let now = Instant::now();
         let mut g = self.lock();
-        let change = match g.state {
-            CircuitState::Open if now >= g.open_until => {
-                Some(self.transition(&mut g, CircuitState::HalfOpen, now, None))
-            }
-            CircuitState::HalfOpen
-                if !self.settings.max_wait_in_half_open.is_zero()
-                    && now >= g.half_open.since + self.settings.max_wait_in_half_open =>
-            {
-                let t = g.half_open.totals;
-                let rates = (t.calls > 0).then(|| t.rates());
-                Some(self.transition(&mut g, CircuitState::Open, now, rates))
-            }
-            _ => None,
+        // The end of the max wait in half-open, as of that moment; then the
+        // end of the open wait, as of this call.
+        let expired = self.expire_half_open(&mut g, now);
+        let probing = if g.state == CircuitState::Open && now >= g.open_until {
+            let c = self.transition(&mut g, CircuitState::HalfOpen, now, None);
+            self.arm_expiry(&mut g);
+            Some(c)
+        } else {
+            None
         };
         let result = match g.state {
-            s if s.admits_all() => Ok(0),
+            s if s.admits_all() => Ok(Ticket { period: g.epoch, probe: false }),
             CircuitState::HalfOpen if g.half_open.free > 0 => {
                 g.half_open.free -= 1;
-                Ok(g.epoch)
+                Ok(Ticket { period: g.epoch, probe: true })
             }
             state => Err(CircuitOpen {
                 name: self.name.clone(),
@@ -563,8 +613,8 @@ impl Shared {
             }),
         };
         drop(g);
-        if let Some(c) = change {
-            self.notify(&c);
+        for c in [expired, probing].iter().flatten() {
+            self.notify(c);
         }
         if result.is_err() {
             self.not_permitted.fetch_add(1, Ordering::Relaxed);
@@ -573,13 +623,78 @@ impl Shared {
         result
     }
 
-    /// Record a finished call that was admitted with `epoch` (see [`acquire`]).
+    /// If the breaker is half-open and its max wait has passed by `now`,
+    /// re-open it as of the end of the max wait (the open wait counts from
+    /// then), as the expiry timer does; the change to notify.
+    fn expire_half_open(&self, g: &mut Inner, now: Instant) -> Option<StateChange> {
+        let max = self.settings.max_wait_in_half_open;
+        if g.state != CircuitState::HalfOpen || max.is_zero() {
+            return None;
+        }
+        let deadline = g.half_open.since + max;
+        if now < deadline {
+            return None;
+        }
+        let t = g.half_open.totals;
+        let rates = (t.calls > 0).then(|| t.rates());
+        Some(self.transition(g, CircuitState::Open, deadline, rates))
+    }
+
+    /// Just entered half-open: with a max wait, arm a task that re-opens the
+    /// breaker when it ends, so the state, the metrics and the listeners see
+    /// the change on time even when no call comes. Without a tokio runtime
+    /// (or timers), the change is applied when the breaker is next used or
+    /// observed ([`Shared::observed_state`]), as of the same moment.
+    fn arm_expiry(self: &Arc<Self>, g: &mut Inner) {
+        let max = self.settings.max_wait_in_half_open;
+        if g.state != CircuitState::HalfOpen || max.is_zero() {
+            return;
+        }
+        let Ok(handle) = Handle::try_current() else { return };
+        if g.no_timers == Some(handle.id()) {
+            return;
+        }
+        // `sleep_until` panics in a runtime built without timers (there is
+        // no other way to ask): that runtime is remembered.
+        let deadline = g.half_open.since + max;
+        let Ok(sleep) = catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(deadline))) else {
+            g.no_timers = Some(handle.id());
+            return;
+        };
+        let (weak, period) = (Arc::downgrade(self), g.epoch);
+        let task = handle.spawn(async move {
+            sleep.await;
+            if let Some(shared) = weak.upgrade() {
+                shared.expire_on_timer(period);
+            }
+        });
+        if let Some(old) = g.expiry.replace(task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// The expiry task of half-open period `period` woke.
+    fn expire_on_timer(&self, period: u32) {
+        let now = Instant::now();
+        let mut g = self.lock();
+        if g.epoch != period {
+            return;
+        }
+        g.expiry = None;
+        let change = self.expire_half_open(&mut g, now);
+        drop(g);
+        if let Some(c) = change {
+            self.notify(&c);
+        }
+    }
+
+    /// Record a finished call that was admitted with `ticket` (see [`acquire`]).
     /// `elapsed` is the call's duration when calls are timed
     /// ([`Settings::measure`]), and `now` then the current time (else a
     /// time window reads it when it needs it: not for a success counted by a
     /// guarded [`FastPath`]).
     #[inline]
-    pub(crate) fn record(&self, rec: Rec, elapsed: Option<Duration>, now: Option<Instant>, epoch: u32) {
+    pub(crate) fn record(&self, rec: Rec, elapsed: Option<Duration>, now: Option<Instant>, ticket: Ticket) {
         let mut slow = false;
         if let Some(elapsed) = elapsed {
             self.metrics.duration.record(elapsed.as_secs_f64());
@@ -593,32 +708,41 @@ impl Shared {
             Rec::Failure => self.metrics.failure.increment(1),
             Rec::Ignored => self.metrics.ignored.increment(1),
         }
-        if epoch == 0
-            && (rec == Rec::Ignored
+        if !ticket.probe {
+            if rec == Rec::Ignored {
+                return;
+            }
+            // A call admitted in an earlier period (before a trip, a manual
+            // transition) counts for nothing now.
+            let (period, state) = unpack(self.state.load(Ordering::Acquire));
+            if period != ticket.period
+                || state == CircuitState::Disabled
                 || (rec == Rec::Success && !slow && self.clean.load(Ordering::Acquire))
-                || self.state() == CircuitState::Disabled)
-        {
-            return;
-        }
-        if epoch == 0 && rec == Rec::Success && !slow {
-            if let Some(base) = self.window_base {
-                if self.fast.count(base, now) {
-                    return;
+            {
+                return;
+            }
+            if rec == Rec::Success && !slow {
+                if let Some(base) = self.window_base {
+                    if self.fast.count(base, now) {
+                        return;
+                    }
                 }
             }
         }
-        self.record_locked(rec, slow, now, epoch);
+        self.record_locked(rec, slow, now, ticket);
     }
 
-    fn record_locked(&self, rec: Rec, slow: bool, now: Option<Instant>, epoch: u32) {
+    fn record_locked(&self, rec: Rec, slow: bool, now: Option<Instant>, ticket: Ticket) {
         let failed = rec == Rec::Failure;
         let mut g = self.lock();
         // Untimed count-window calls read no clock; a transition (rare) does.
         let stamp = || now.unwrap_or_else(Instant::now);
         let mut change = None;
-        if epoch != 0 {
-            // A probe: only counts for the half-open period it was admitted in.
-            if g.state == CircuitState::HalfOpen && g.epoch == epoch {
+        if ticket.probe {
+            // A probe: only counts for the half-open period it was admitted
+            // in, and not once that period's max wait is over.
+            change = self.expire_half_open(&mut g, stamp());
+            if g.state == CircuitState::HalfOpen && g.epoch == ticket.period {
                 if rec == Rec::Ignored {
                     g.half_open.free += 1;
                 } else {
@@ -630,7 +754,10 @@ impl Shared {
                     }
                 }
             }
-        } else if rec != Rec::Ignored && matches!(g.state, CircuitState::Closed | CircuitState::MetricsOnly) {
+        } else if rec != Rec::Ignored
+            && g.epoch == ticket.period
+            && matches!(g.state, CircuitState::Closed | CircuitState::MetricsOnly)
+        {
             g.window.record(now, failed, slow);
             let t = g.window.totals(now);
             if g.state == CircuitState::Closed && t.calls >= self.settings.minimum_calls && self.settings.exceeded(t) {
@@ -673,8 +800,11 @@ impl Shared {
         let from = g.state;
         g.state = to;
         self.set_clean(g, false);
-        // 0 marks "not a probe"; epochs only need to differ between periods.
-        g.epoch = g.epoch.checked_add(1).unwrap_or(1);
+        if let Some(task) = g.expiry.take() {
+            task.abort();
+        }
+        // Periods only need to differ between neighbours.
+        g.epoch = g.epoch.wrapping_add(1);
         match to {
             CircuitState::Open => {
                 g.trips = g.trips.saturating_add(1);
@@ -691,7 +821,7 @@ impl Shared {
                 g.window.clear(now);
             }
         }
-        self.state.store(to as u8, Ordering::Release);
+        self.state.store(pack(g.epoch, to), Ordering::Release);
         self.metrics.state.set(to as u8 as f64);
         StateChange {
             name: self.name.clone(),
@@ -721,7 +851,7 @@ impl Shared {
 
     /// Manual transition (from the handle). `None` when already in `to`
     /// (except `reset`, which always resets).
-    pub(crate) fn manual(&self, to: CircuitState, force: bool) {
+    pub(crate) fn manual(self: &Arc<Self>, to: CircuitState, force: bool) {
         let now = Instant::now();
         let mut g = self.lock();
         if g.state == to && !force {
@@ -731,6 +861,7 @@ impl Shared {
             g.trips = 0;
         }
         let c = self.transition(&mut g, to, now, None);
+        self.arm_expiry(&mut g);
         drop(g);
         self.notify(&c);
     }
@@ -738,12 +869,13 @@ impl Shared {
     pub(crate) fn snapshot(&self) -> CircuitMetrics {
         let now = Instant::now();
         let mut g = self.lock();
+        let change = self.expire_half_open(&mut g, now);
         let (t, min) = match g.state {
             CircuitState::HalfOpen => (g.half_open.totals, self.settings.permitted_in_half_open),
             _ => (g.window.totals(Some(now)), self.settings.minimum_calls),
         };
         let rates = (t.calls >= min && t.calls > 0).then(|| t.rates());
-        CircuitMetrics {
+        let m = CircuitMetrics {
             state: g.state,
             calls: t.calls,
             failures: t.failures,
@@ -751,12 +883,32 @@ impl Shared {
             failure_rate: rates.map(|r| r.0),
             slow_call_rate: rates.map(|r| r.1),
             not_permitted: self.not_permitted.load(Ordering::Relaxed),
+        };
+        drop(g);
+        if let Some(c) = change {
+            self.notify(&c);
         }
+        m
     }
 
     /// When the breaker, now open, will admit probes again.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
-        let g = self.lock();
-        (g.state == CircuitState::Open).then(|| g.open_until.saturating_duration_since(Instant::now()))
+        let now = Instant::now();
+        let mut g = self.lock();
+        let change = self.expire_half_open(&mut g, now);
+        let after = (g.state == CircuitState::Open).then(|| g.open_until.saturating_duration_since(now));
+        drop(g);
+        if let Some(c) = change {
+            self.notify(&c);
+        }
+        after
     }
+}
+
+fn pack(period: u32, state: CircuitState) -> u64 {
+    (period as u64) << 8 | state as u8 as u64
+}
+
+fn unpack(word: u64) -> (u32, CircuitState) {
+    ((word >> 8) as u32, CircuitState::from_u8(word as u8))
 }

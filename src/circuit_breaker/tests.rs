@@ -209,6 +209,233 @@ async fn max_wait_in_half_open_reopens() {
     assert_eq!(h.retry_after(), Some(Duration::from_secs(10)));
 }
 
+/// A probe that never concludes (a long stream) holds its slot; at the end
+/// of the max wait the breaker re-opens by itself — state, gauge and
+/// listeners see it at that moment, without any call — and the open wait
+/// counts from that moment, so a call one open wait later gets a probe.
+#[tokio::test(start_paused = true)]
+async fn max_wait_in_half_open_reopens_on_time_without_a_call() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // This runtime runs the expiry task on this thread, under this subscriber.
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        builder()
+            .max_wait_in_half_open(Duration::from_secs(5))
+            .on_state_change(move |c| s.lock().unwrap().push((c.from, c.to, tokio::time::Instant::now())))
+            .build()
+            .unwrap()
+    });
+    let gauge = || {
+        snapshotter.snapshot().into_vec().into_iter().find_map(|(k, _, _, v)| match v {
+            DebugValue::Gauge(g) if k.key().name() == "tower_mesh_circuit_breaker_state" => Some(g.into_inner()),
+            _ => None,
+        })
+    };
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    h.transition_to_half_open();
+    let since = tokio::time::Instant::now();
+    // Both probes taken: one answers at once, the other streams for a minute.
+    assert!(call(&mut svc, 0, 0).await.is_ok());
+    let mut held = tokio_test::task::spawn(svc.ready().await.unwrap().call((0, 60_000)));
+    assert!(held.poll().is_pending());
+    assert!(is_open(&call(&mut svc, 0, 0).await), "every probe slot is taken");
+
+    // Just past the end of the max wait, with no call in between.
+    sleep(Duration::from_millis(5_001)).await;
+    use CircuitState::*;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(Closed, HalfOpen, since), (HalfOpen, Open, since + Duration::from_secs(5))]
+    );
+    assert_eq!(gauge(), Some(Open as u8 as f64));
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("circuit breaker state change") && text.contains("from=\"half_open\" to=\"open\""), "{text}");
+    assert_eq!(h.state(), Open);
+    assert_eq!(h.metrics().state, Open);
+    // The open wait (10 s) started at the end of the max wait.
+    assert_eq!(h.retry_after(), Some(Duration::from_millis(9_999)));
+
+    // One open wait after the max wait ended, a call gets a probe.
+    sleep(Duration::from_millis(9_999)).await;
+    assert!(call(&mut svc, 0, 0).await.is_ok());
+    assert_eq!(h.state(), HalfOpen);
+    // The old probe finishing now counts for nothing in the new period.
+    drop(held);
+    assert_eq!(h.metrics().calls, 1);
+}
+
+/// A log sink for a `tracing` subscriber.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Without a runtime (so without the expiry timer) the end of the max wait
+/// is applied when the breaker is observed, as of the moment it ended.
+#[test]
+fn max_wait_in_half_open_applies_as_of_its_end_without_a_timer() {
+    let layer = builder().max_wait_in_half_open(Duration::from_millis(1)).build().unwrap();
+    let h = layer.handle();
+    h.transition_to_half_open();
+    // Real time, outside any runtime: only a lower bound on the time passed.
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(h.state(), CircuitState::Open);
+    let rest = h.retry_after().unwrap();
+    // Counted from the end of the max wait (1 ms after entering half-open),
+    // not from this observation (20 ms or more after it).
+    assert!(rest <= Duration::from_secs(10) - Duration::from_millis(19), "{rest:?}");
+}
+
+/// A body that stalls past a body-covering timeout (below the breaker, or
+/// above it with a `ClassifyEosLayer` below) fails
+/// with the timeout error, and the breaker records a failure then (the head
+/// was a success); a body that ends is a success.
+#[cfg(feature = "timeout")]
+#[tokio::test(start_paused = true)]
+async fn a_body_timing_out_is_a_failure_for_the_breaker() {
+    use http_body_util::BodyExt;
+    type Frames = futures::stream::BoxStream<'static, Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>;
+    let inner = tower::service_fn(|stall: bool| async move {
+        let first = futures::stream::iter([Ok(http_body::Frame::data(bytes::Bytes::from_static(b"x")))]);
+        let rest: Frames =
+            if stall { Box::pin(futures::stream::pending()) } else { Box::pin(futures::stream::empty()) };
+        let frames: Frames = Box::pin(futures::StreamExt::chain(first, rest));
+        Ok::<_, BoxError>(http::Response::new(http_body_util::StreamBody::new(frames)))
+    });
+    let breaker = CircuitBreakerLayer::builder().count_window(4).minimum_calls(4).build().unwrap();
+    let breaker = breaker.with_classifier(crate::classify::HttpClassifier::new());
+    let h = breaker.handle();
+    let timeout = crate::timeout::TimeoutLayer::per_attempt(Duration::from_secs(1)).cover_body();
+    let mut svc = tower::ServiceBuilder::new().layer(breaker).layer(timeout).service(inner);
+
+    let body = svc.ready().await.unwrap().call(false).await.unwrap().into_body();
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "x");
+    assert_eq!((h.metrics().calls, h.metrics().failures), (1, 0));
+
+    let mut body = svc.ready().await.unwrap().call(true).await.unwrap().into_body();
+    assert!(body.frame().await.unwrap().is_ok());
+    assert_eq!(h.metrics().calls, 1, "not decided before the body ends");
+    let e = body.frame().await.unwrap().unwrap_err();
+    assert!(e.is::<crate::timeout::Elapsed>(), "{e}");
+    assert_eq!((h.metrics().calls, h.metrics().failures), (2, 1));
+
+    // A total timeout covering the body above the breaker: the breaker sees
+    // the timeout through the slot of a `ClassifyEosLayer` below it.
+    let breaker = CircuitBreakerLayer::builder().count_window(4).minimum_calls(4).build().unwrap();
+    let breaker = breaker.with_classifier(crate::classify::HttpClassifier::new());
+    let h = breaker.handle();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(crate::timeout::TimeoutLayer::new(Duration::from_secs(1)).cover_body())
+        .layer(breaker)
+        .layer(crate::classify::ClassifyEosLayer::new())
+        .service(inner);
+    let mut body = svc.ready().await.unwrap().call(true).await.unwrap().into_body();
+    assert!(body.frame().await.unwrap().is_ok());
+    let e = body.frame().await.unwrap().unwrap_err();
+    let e = e.downcast::<crate::timeout::Elapsed>().unwrap();
+    assert_eq!(e.kind(), crate::timeout::TimeoutKind::Total);
+    assert_eq!((h.metrics().calls, h.metrics().failures), (1, 1));
+}
+
+/// Every preset bounds half-open, so a long probe cannot hold it forever.
+#[cfg(feature = "stack")]
+#[test]
+fn every_preset_bounds_half_open() {
+    use crate::stack::{ClientConfig, Preset};
+    assert_eq!(CircuitBreakerConfig::default().max_wait_in_half_open, Duration::from_secs(60));
+    for preset in [Preset::Development, Preset::Testing, Preset::Production] {
+        let breaker = ClientConfig::preset(preset).circuit_breaker.unwrap();
+        assert!(!breaker.max_wait_in_half_open.is_zero(), "{preset}");
+        assert!(breaker.max_wait_in_half_open > ClientConfig::preset(preset).timeout.total.unwrap(), "{preset}");
+    }
+}
+
+/// In a runtime without timers no expiry task can be armed (and asking for
+/// one is not repeated); the end of the max wait is applied when observed.
+#[test]
+fn max_wait_in_half_open_in_a_runtime_without_timers() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let _enter = rt.enter();
+    let layer = builder().max_wait_in_half_open(Duration::from_millis(1)).build().unwrap();
+    let h = layer.handle();
+    for _ in 0..2 {
+        h.transition_to_half_open();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(h.state(), CircuitState::Open);
+    }
+}
+
+/// A call admitted in one closed period and failing in a later one (after
+/// open -> half-open -> closed) is not counted in the new window.
+#[tokio::test(start_paused = true)]
+async fn a_call_counts_only_for_the_period_it_was_admitted_in() {
+    let layer = builder().build().unwrap();
+    let h = layer.handle();
+    let mut svc = layer.layer(inner());
+    // Admitted while closed; fails after 30 s.
+    let mut old = tokio_test::task::spawn(svc.ready().await.unwrap().call((1, 30_000)));
+    assert!(old.poll().is_pending());
+    for _ in 0..4 {
+        let _ = call(&mut svc, 1, 0).await;
+    }
+    assert_eq!(h.state(), CircuitState::Open);
+    advance(Duration::from_secs(10)).await;
+    for _ in 0..2 {
+        assert!(call(&mut svc, 0, 0).await.is_ok());
+    }
+    assert_eq!(h.state(), CircuitState::Closed);
+    advance(Duration::from_secs(20)).await;
+    assert!(old.await.is_err());
+    let m = h.metrics();
+    assert_eq!((m.state, m.calls, m.failures), (CircuitState::Closed, 0, 0));
+    // A call of the current period is counted.
+    let _ = call(&mut svc, 1, 0).await;
+    assert_eq!((h.metrics().calls, h.metrics().failures), (1, 1));
+}
+
+/// A full bulkhead below is this process's load: the default classifier's
+/// failure is ignored; `count_rejections(true)` counts it again.
+#[cfg(feature = "bulkhead")]
+#[tokio::test(start_paused = true)]
+async fn rejections_from_below_are_ignored_unless_counted() {
+    use crate::bulkhead::{BulkheadFull, BulkheadLayer};
+    for count in [false, true] {
+        let breaker = CircuitBreakerLayer::builder().count_window(4).minimum_calls(4).count_rejections(count);
+        let breaker = breaker.build().unwrap();
+        let h = breaker.handle();
+        let bulkhead = BulkheadLayer::builder().max_concurrent_calls(1).max_wait(Duration::ZERO).build().unwrap();
+        let mut svc = tower::ServiceBuilder::new().layer(breaker).layer(bulkhead).service(inner());
+        let mut busy = tokio_test::task::spawn(svc.ready().await.unwrap().call((0, 60_000)));
+        assert!(busy.poll().is_pending());
+        for _ in 0..4 {
+            let e = call(&mut svc, 0, 0).await.unwrap_err();
+            assert!(e.is::<BulkheadFull>(), "{e}");
+        }
+        let m = h.metrics();
+        if count {
+            assert_eq!((m.state, m.failures), (CircuitState::Open, 4));
+        } else {
+            assert_eq!((m.state, m.calls), (CircuitState::Closed, 0));
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn special_states_and_callbacks() {
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -62,6 +62,10 @@ pub enum EosEvent<'a> {
     End(Option<&'a HeaderMap>),
     /// The body returned an error.
     Error,
+    /// The body did not end before its deadline (a
+    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) covering the body,
+    /// feature `timeout`).
+    Timeout,
 }
 
 type Watcher = Box<dyn FnOnce(EosEvent<'_>) + Send>;
@@ -69,9 +73,10 @@ type Watcher = Box<dyn FnOnce(EosEvent<'_>) + Send>;
 /// Placed in the response extensions by [`ClassifyEosLayer`]; classifiers
 /// register watchers on it in [`Classify::defer`](super::Classify::defer).
 ///
-/// Watchers run once, when the body ends or fails. If the body is dropped
-/// first, the watchers are dropped unrun (their [`OutcomeRecorder`]s then
-/// record [`Outcome::Cancelled`]).
+/// Watchers run once, when the body ends, fails or times out (whichever
+/// body wrapper sharing the slot sees it first reports it). If the body is
+/// dropped first, the watchers are dropped unrun (their [`OutcomeRecorder`]s
+/// then record [`Outcome::Cancelled`]).
 #[derive(Clone, Default)]
 pub struct EosSlot(Arc<Mutex<Vec<Watcher>>>);
 
@@ -89,7 +94,8 @@ impl EosSlot {
         list.push(Box::new(f));
     }
 
-    fn fire(&self, event: EosEvent<'_>) {
+    /// Run the watchers (once: later calls find none).
+    pub(crate) fn fire(&self, event: EosEvent<'_>) {
         let watchers = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         // The lock is released before the watchers run.
         for w in watchers {
@@ -170,7 +176,11 @@ impl<B: Body> Body for EosBody<B> {
 /// Place it directly around the transport (hyper client, tonic `Channel`),
 /// below the circuit breaker and retry layers. It allocates one small shared
 /// slot per response, which is why it is opt-in: unary gRPC errors arrive as
-/// trailers-only responses and are classified without it.
+/// trailers-only responses and are classified without it. With it, an
+/// [`HttpClassifier`](super::HttpClassifier) also decides a successful
+/// response at the end of its body (a body error is then a failure), and a
+/// body timeout above (a [`TimeoutLayer`](crate::timeout::TimeoutLayer)
+/// covering the body) reports through its slot.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClassifyEosLayer;
 

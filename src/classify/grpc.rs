@@ -174,6 +174,7 @@ impl GrpcClassifier {
             EosEvent::End(Some(trailers)) => self.classify_code(grpc_status(trailers).unwrap_or(GrpcCode::Unknown)),
             EosEvent::End(None) => self.classify_code(GrpcCode::Unknown),
             EosEvent::Error => Outcome::Failure(FailureKind::Error),
+            EosEvent::Timeout => Outcome::Failure(FailureKind::Timeout),
         }
     }
 }

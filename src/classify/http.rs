@@ -2,7 +2,7 @@ use std::ops::RangeInclusive;
 
 use http::{Response, StatusCode};
 
-use super::{Classify, FailureKind, Outcome};
+use super::{Classify, EosEvent, EosSlot, FailureKind, Outcome, OutcomeRecorder};
 
 /// A set of HTTP status codes (100–999) stored as a fixed bitmap: membership
 /// tests are a shift and a mask, with no allocation.
@@ -125,11 +125,35 @@ impl HttpClassifier {
 }
 
 impl<B, E> Classify<Response<B>, E> for HttpClassifier {
+    /// The status decides; but a success whose body is watched (an
+    /// [`EosSlot`] in the extensions: [`ClassifyEosLayer`](super::ClassifyEosLayer)
+    /// or a [`TimeoutLayer`](crate::timeout::TimeoutLayer) covering the body
+    /// below) is [`Outcome::Deferred`] to the end of the body: a body that
+    /// fails or times out is then a failure.
     #[inline]
     fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
         match result {
-            Ok(res) => self.classify_status(res.status()),
+            Ok(res) => match self.classify_status(res.status()) {
+                Outcome::Success if res.extensions().get::<EosSlot>().is_some() => Outcome::Deferred,
+                o => o,
+            },
             Err(_) => Outcome::Failure(FailureKind::Error),
+        }
+    }
+
+    fn defer(&self, response: &mut Response<B>, recorder: OutcomeRecorder) -> Result<(), OutcomeRecorder> {
+        match response.extensions().get::<EosSlot>() {
+            Some(slot) => {
+                slot.watch(move |event| {
+                    recorder.record(match event {
+                        EosEvent::End(_) => Outcome::Success,
+                        EosEvent::Error => Outcome::Failure(FailureKind::Error),
+                        EosEvent::Timeout => Outcome::Failure(FailureKind::Timeout),
+                    })
+                });
+                Ok(())
+            }
+            None => Err(recorder),
         }
     }
 }
@@ -163,6 +187,24 @@ mod tests {
         // moving back from ignored to failure works
         let c = c.failure(StatusCode::BAD_REQUEST);
         assert!(c.classify_status(StatusCode::BAD_REQUEST).is_failure());
+    }
+
+    #[test]
+    fn a_watched_body_decides_a_success() {
+        use std::sync::{Arc, Mutex};
+        let c = HttpClassifier::new();
+        let mut res = Response::new(());
+        res.extensions_mut().insert(EosSlot::default());
+        assert_eq!(Classify::<_, ()>::classify(&c, Ok(&res)), Outcome::Deferred);
+        let seen = Arc::new(Mutex::new(None));
+        let s = seen.clone();
+        let recorder = OutcomeRecorder::new(move |o| *s.lock().unwrap() = Some(o));
+        assert!(Classify::<_, ()>::defer(&c, &mut res, recorder).is_ok());
+        res.extensions().get::<EosSlot>().unwrap().fire(EosEvent::Timeout);
+        assert_eq!(*seen.lock().unwrap(), Some(Outcome::Failure(FailureKind::Timeout)));
+        // A failure status needs no body.
+        *res.status_mut() = StatusCode::BAD_GATEWAY;
+        assert!(Classify::<_, ()>::classify(&c, Ok(&res)).is_failure());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | classifier | for | failure when |
 //! |---|---|---|
 //! | [`ResultClassifier`] | any `Result` | `Err` |
-//! | [`HttpClassifier`] | `http::Response<B>` | 5xx, 429, 408 (configurable) or `Err` |
+//! | [`HttpClassifier`] | `http::Response<B>` | 5xx, 429, 408 (configurable) or `Err`; with a watched body ([`EosSlot`]), a body error or timeout |
 //! | [`GrpcClassifier`] | gRPC over `http::Response<B>` | `grpc-status` in a failure set, in headers or (with [`ClassifyEosLayer`]) trailers |
 //! | [`TowerHttpClassifier`] | any tower-http [`ClassifyResponse`](tower_http::classify::ClassifyResponse) | its failure class |
 //! | [`FnClassifier`] | anything | a closure says so |
@@ -311,10 +311,12 @@ mod tests {
 /// `CircuitOpen`, a full bulkhead's `BulkheadFull` — out of the count
 /// ([`Outcome::Ignored`]) and asks `C` about everything else.
 ///
-/// Give it to a breaker above a bulkhead (a full bulkhead is this process's
-/// load, not a failure of the dependency) and to a retry layer above a
-/// breaker (retrying a rejection at once only adds load; the caller gets it
-/// fast). The configured stack (module `stack`, feature `stack`) does both.
+/// Give it to a retry layer above a breaker (retrying a rejection at once
+/// only adds load; the caller gets it fast). A circuit breaker needs no
+/// wrapping: it leaves these rejections out of its count by default (see
+/// `count_rejections` in the circuit breaker's builder, feature
+/// `circuit-breaker`). The configured stack (module `stack`, feature
+/// `stack`) wraps the classifiers of both.
 ///
 /// ```
 /// use tower_mesh::classify::{Classify, HttpClassifier, IgnoreRejections, Outcome};
@@ -327,7 +329,7 @@ mod tests {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IgnoreRejections<C>(pub C);
 
-fn is_rejection(e: &BoxError) -> bool {
+pub(crate) fn is_rejection(e: &BoxError) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
     while let Some(err) = cur {
         #[cfg(feature = "circuit-breaker")]

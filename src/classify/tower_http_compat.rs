@@ -80,6 +80,7 @@ where
                     Err(class) => Outcome::Failure(class.into()),
                 },
                 EosEvent::Error => Outcome::Failure(FailureKind::Error),
+                EosEvent::Timeout => Outcome::Failure(FailureKind::Timeout),
             };
             recorder.record(outcome);
         });

@@ -25,6 +25,7 @@ use crate::timeout::TimeoutConfig;
 /// | breaker minimum calls | 10 | 2 | 20 |
 /// | breaker window | 20 calls | 20 calls | 60 s |
 /// | breaker wait in open | 5 s | 1 s | 30 s, growing ×2 to 5 min |
+/// | breaker max wait in half-open | 60 s | 10 s | 60 s |
 /// | timeouts (attempt / total) | 10 s / 30 s | 2 s / 5 s | 3 s / 10 s |
 /// | retry | 2 retries, 1 s ×2.0, ≤ 10 s | 2 retries, 10 ms ×2.0, ≤ 100 ms | 2 retries, 1 s ×2.0, ≤ 10 s, budget 20 % |
 /// | per-call log events | on | off | off |
@@ -201,6 +202,7 @@ impl ClientConfig {
                 breaker.sliding_window = SlidingWindow::Count(20);
                 breaker.wait_in_open = Duration::from_secs(1);
                 breaker.permitted_calls_in_half_open = 2;
+                breaker.max_wait_in_half_open = Duration::from_secs(10);
             }
             Preset::Production => {
                 breaker.sliding_window = SlidingWindow::Time(Duration::from_secs(60));

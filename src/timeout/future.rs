@@ -46,6 +46,14 @@ impl<F: Future> ResponseFuture<F> {
     }
 }
 
+impl<F> ResponseFuture<F> {
+    /// What a body bound by the same deadline needs: the deadline, the kind
+    /// and timeout its error reports, and the reporter.
+    pub(crate) fn body_timer(&self) -> (tokio::time::Instant, TimeoutKind, Duration, Reporter) {
+        (self.deadline.instant(), self.kind, self.after, self.reporter.clone())
+    }
+}
+
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")

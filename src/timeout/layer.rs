@@ -41,6 +41,7 @@ impl Shared {
 }
 
 /// Reports a timeout: see [`Shared::reporter`].
+#[derive(Clone)]
 pub(crate) struct Reporter {
     counter: Counter,
     name: Option<Arc<str>>,
@@ -188,6 +189,37 @@ impl TimeoutLayer {
     pub fn carry_in_request(mut self, carry: bool) -> Self {
         self.carry = carry;
         self
+    }
+
+    /// Let the deadline cover the response body as well as its head: the
+    /// services answer `http::Response<TimeoutBody<B>>`, whose body fails
+    /// with [`Elapsed`] if the deadline passes before it ends (see
+    /// [`TimeoutBody`](super::TimeoutBody) and the [module docs](super)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http_body_util::BodyExt;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_mesh::timeout::{Elapsed, TimeoutLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // A head at once, then a body that never ends.
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(TimeoutLayer::new(Duration::from_secs(2)).cover_body())
+    ///     .service_fn(|_: http::Request<()>| async {
+    ///         let body = http_body_util::StreamBody::new(futures::stream::pending::<
+    ///             Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    ///         >());
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    ///     });
+    /// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+    /// let err = res.into_body().collect().await.unwrap_err();
+    /// assert_eq!(err.downcast_ref::<Elapsed>().unwrap().timeout(), Duration::from_secs(2));
+    /// # }
+    /// ```
+    pub fn cover_body(self) -> super::BodyTimeoutLayer {
+        super::BodyTimeoutLayer::new(self)
     }
 
     /// The configured timeout.

@@ -38,6 +38,31 @@
 //! inner future is polled before the timer, so a response ready at the same
 //! instant as the deadline wins.
 //!
+//! # Response bodies
+//!
+//! A [`TimeoutLayer`] times the call up to the response **head**: once the
+//! head has arrived in time, the body is not timed, so a stream may run as
+//! long as the server sends it. [`TimeoutLayer::cover_body`] makes a layer
+//! ([`BodyTimeoutLayer`], for `http::Response` services) whose deadline also
+//! covers the body: the response's body is a [`TimeoutBody`] that yields an
+//! [`Elapsed`] error (same kind and timeout as for the head) if the deadline
+//! passes while it waits for its next frame, and then ends. The deadline is
+//! the layer's own — the per-attempt one below a retry layer (which already
+//! ends by the total deadline), the total one above it — so a total timeout
+//! covering the body bounds the whole exchange, retries and body included.
+//!
+//! A [`TimeoutBody`] reports how the body ended (trailers, error, timeout)
+//! to the response's [`EosSlot`](crate::classify::EosSlot), putting one in
+//! the extensions if there is none: a circuit breaker **above** it whose
+//! classifier watches bodies ([`HttpClassifier`](crate::classify::HttpClassifier),
+//! [`GrpcClassifier`](crate::classify::GrpcClassifier)) then records the call
+//! at the end of the body, and a body that times out as a failure
+//! ([`FailureKind::Timeout`](crate::classify::FailureKind::Timeout)). For a
+//! breaker to see a timeout of a body timed *above* it (a total timeout
+//! above the retry layer), put a [`ClassifyEosLayer`](crate::classify::ClassifyEosLayer)
+//! below the breaker: the body timeout reports through the slot it made.
+//! The configured stack (feature `stack`) times response heads only.
+//!
 //! Servers answer [`Elapsed`] with `504` / gRPC `DEADLINE_EXCEEDED` (see
 //! [`ServerErrorLayer`](crate::error::ServerErrorLayer)).
 //!
@@ -75,12 +100,14 @@
 //! # }
 //! ```
 
+mod body;
 mod config;
 mod error;
 mod future;
 mod layer;
 mod service;
 
+pub use body::{BodyTimeout, BodyTimeoutFuture, BodyTimeoutLayer, TimeoutBody};
 pub use config::{TimeoutConfig, TimeoutLayers};
 pub use error::{Elapsed, TimeoutKind};
 pub use future::ResponseFuture;

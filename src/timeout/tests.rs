@@ -2,7 +2,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_test::mock;
 
 use super::*;
@@ -335,4 +335,63 @@ async fn elapsed_counter_is_recorded() {
     let outer = Deadline::after(Duration::from_millis(1));
     assert!(outer.scope(svc.oneshot(())).await.is_err());
     assert_eq!(value("total"), Some(DebugValue::Counter(1)));
+}
+
+/// A body that stalls: `frames` data frames at once, then nothing, ever.
+fn stalling_body(frames: usize) -> impl http_body::Body<Data = bytes::Bytes, Error = Infallible> + Unpin {
+    use futures::StreamExt;
+    let data = futures::stream::iter((0..frames).map(|_| Ok(http_body::Frame::data(bytes::Bytes::from_static(b"x")))));
+    http_body_util::StreamBody::new(data.chain(futures::stream::pending()))
+}
+
+/// By default the body is not timed; with `cover_body` a body that stalls
+/// past the deadline yields an `Elapsed` (and then ends), and the frames
+/// before it pass through.
+#[tokio::test(start_paused = true)]
+async fn a_body_stalling_past_the_deadline_times_out_when_covered() {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    let svc =
+        tower::service_fn(|_: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(stalling_body(1))) });
+
+    // Head only: the body just waits.
+    let res = TimeoutLayer::new(Duration::from_secs(1)).layer(svc).oneshot(http::Request::new(())).await.unwrap();
+    let mut body = res.into_body();
+    assert!(body.frame().await.unwrap().is_ok());
+    assert!(tokio::time::timeout(Duration::from_secs(3600), body.frame()).await.is_err(), "not timed");
+
+    let layer = TimeoutLayer::per_attempt(Duration::from_secs(1)).name("b").cover_body();
+    let res = layer.layer(svc).oneshot(http::Request::new(())).await.unwrap();
+    assert!(res.extensions().get::<crate::classify::EosSlot>().is_some(), "the body's end is reported");
+    let mut body = res.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    let start = tokio::time::Instant::now();
+    let e = elapsed(body.frame().await.unwrap().unwrap_err());
+    assert_eq!(e, Elapsed::new(TimeoutKind::Attempt, Duration::from_secs(1)));
+    assert_eq!(start.elapsed(), Duration::from_secs(1), "at the deadline set when the call was made");
+    assert!(body.is_end_stream());
+    assert!(body.frame().await.is_none());
+}
+
+/// A body that ends in time passes through with its trailers, and nothing
+/// times out afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_body_ending_in_time_is_untouched() {
+    use http_body_util::BodyExt;
+    let svc = tower::service_fn(|_: http::Request<()>| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let body =
+            http_body_util::Full::new(bytes::Bytes::from_static(b"hi")).with_trailers(async { Some(Ok(trailers)) });
+        Ok::<_, Infallible>(http::Response::new(body))
+    });
+    let res = TimeoutLayer::new(Duration::from_secs(1))
+        .cover_body()
+        .layer(svc)
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "hi");
 }

@@ -70,12 +70,20 @@ impl Model {
         }
     }
 
+    /// Half-open ends at the end of its max wait, whenever that is noticed:
+    /// the open wait starts from that moment.
+    fn expire(&mut self, now: u64) {
+        let end = self.half_open_since + MAX_HALF_OPEN_MS;
+        if self.state == CircuitState::HalfOpen && now >= end {
+            self.go(CircuitState::Open, end);
+        }
+    }
+
     /// `Some(probe)` if admitted.
     fn acquire(&mut self, now: u64) -> Option<bool> {
+        self.expire(now);
         if self.state == CircuitState::Open && now >= self.open_until {
             self.go(CircuitState::HalfOpen, now);
-        } else if self.state == CircuitState::HalfOpen && now >= self.half_open_since + MAX_HALF_OPEN_MS {
-            self.go(CircuitState::Open, now);
         }
         match self.state {
             CircuitState::Closed => Some(false),
@@ -107,6 +115,7 @@ impl Model {
     fn record(&mut self, probe: bool, outcome: u8, dur: u64, now: u64) {
         let (failed, slow) = (outcome == 1, dur >= SLOW_MS);
         if probe {
+            self.expire(now);
             if self.state != CircuitState::HalfOpen {
                 return;
             }
@@ -166,7 +175,14 @@ fn run_model(kind: Kind, steps: Vec<(u8, u64, u64)>) -> Result<(), TestCaseError
             }
             advance(Duration::from_millis(adv)).await;
             now += adv;
+            model.expire(now);
             prop_assert_eq!(h.state(), model.state, "step {}: {:?}", i, model);
+            if model.state == CircuitState::Open {
+                // The open wait counts from the trip (for a half-open max
+                // wait, from its end, however late it is noticed).
+                let rest = Duration::from_millis(model.open_until.saturating_sub(now));
+                prop_assert_eq!(h.retry_after(), Some(rest), "step {}: {:?}", i, model);
+            }
             if model.state == CircuitState::Closed {
                 let w = model.window(now);
                 let m = h.metrics();
