@@ -327,7 +327,7 @@ mod tests {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IgnoreRejections<C>(pub C);
 
-fn is_rejection(e: &BoxError) -> bool {
+pub(crate) fn is_rejection(e: &BoxError) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
     while let Some(err) = cur {
         #[cfg(feature = "circuit-breaker")]

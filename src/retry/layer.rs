@@ -1,5 +1,6 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use metrics::Counter;
 use tower_layer::Layer;
@@ -14,6 +15,9 @@ pub(crate) struct Shared {
     pub(crate) budget: Option<RetryBudget>,
     // Needed only once a call failed: kept here, out of every response future.
     pub(crate) backoff: Backoff,
+    // The jitter's generator when the backoff is seeded; locked only to draw
+    // one delay.
+    rng: Option<Mutex<fastrand::Rng>>,
     pub(crate) retry_if: Option<fn(&FailureKind) -> bool>,
     pub(crate) attempts: Counter,
     pub(crate) retries: Counter,
@@ -36,8 +40,21 @@ impl Shared {
             exhausted: metrics::counter!("tower_mesh_retry_exhausted_total", "service" => label),
             name,
             budget,
+            rng: backoff.seed.map(|seed| Mutex::new(fastrand::Rng::with_seed(seed))),
             backoff,
             retry_if,
+        }
+    }
+
+    /// The backoff delay before retry number `retry`, with the seeded
+    /// generator if there is one.
+    pub(crate) fn delay(&self, retry: u32, previous: Duration) -> Duration {
+        match &self.rng {
+            Some(rng) => {
+                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+                self.backoff.delay_with(retry, previous, || rng.f64())
+            }
+            None => self.backoff.delay(retry, previous),
         }
     }
 }
@@ -193,6 +210,7 @@ impl<C, P> RetryBuilder<C, P> {
         self.config.backoff.multiplier = backoff.multiplier;
         self.config.backoff.max_delay = backoff.max_delay;
         self.config.backoff.jitter = backoff.jitter;
+        self.config.backoff.seed = backoff.seed;
         self
     }
 

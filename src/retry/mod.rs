@@ -69,6 +69,7 @@
 mod backoff;
 mod budget;
 mod config;
+mod error;
 mod future;
 mod layer;
 mod request;
@@ -77,9 +78,12 @@ mod service;
 pub use self::backoff::{Backoff, Jitter};
 pub use self::budget::{BudgetToken, RetryBudget};
 pub use self::config::{BackoffConfig, BudgetConfig, RetryConfig};
+pub use self::error::RetryRejected;
 pub use self::future::ResponseFuture;
 pub use self::layer::{RetryBuilder, RetryLayer};
-pub use self::request::{CloneRequests, HttpRequests, Pushback, ReplayBody, RetryRequests};
+pub use self::request::{
+    CloneRequests, GrpcRequests, HttpRequests, InvalidIdempotent, Pushback, ReplayBody, RetryRequests,
+};
 pub use self::service::Retry;
 
 #[cfg(test)]
