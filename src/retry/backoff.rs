@@ -98,7 +98,8 @@ impl Backoff {
         self.initial
     }
 
-    /// The longest delay (also the cap on server pushback).
+    /// The longest delay of the backoff (server pushback is honoured even
+    /// when longer).
     pub fn max_delay(&self) -> Duration {
         self.max_delay
     }
