@@ -54,8 +54,9 @@ pin_project! {
         // no retry left). During a backoff it is the request about to be sent.
         copy: Option<Req>,
         // How the last attempt failed, once one was retried: kept for the
-        // error of a retry the stack's own protection rejects.
-        last: Option<LastFailure<S::Error>>,
+        // error of a retry the stack's own protection rejects. Boxed, like
+        // the backoff state: only a retried call pays for it.
+        last: Option<Box<LastFailure<S::Error>>>,
         token: Option<BudgetToken>,
         retries: u32,
         previous_delay: Duration,
@@ -121,7 +122,15 @@ where
                     // safe to repeat after this failure: never retried.
                     match this.copy.as_ref() {
                         Some(copy) if s.requests.may_retry(copy, &kind, pushback) => {}
-                        _ => return Poll::Ready(result),
+                        Some(_) => {
+                            tracing::debug!(
+                                service = %s.shared.name,
+                                failure = %kind,
+                                "not retrying: the server may have processed the request"
+                            );
+                            return Poll::Ready(result);
+                        }
+                        None => return Poll::Ready(result),
                     }
                     let Some(service) = this.shared.service() else { return Poll::Ready(result) };
                     let delay = match pushback {
@@ -165,10 +174,10 @@ where
                     );
                     // The failed response (and its connection) is released
                     // here, before the wait; an error is kept.
-                    *this.last = Some(match result {
+                    *this.last = Some(Box::new(match result {
                         Ok(_) => LastFailure::Response(kind),
                         Err(e) => LastFailure::Error(kind, e),
-                    });
+                    }));
                     let retry = Pending { sleep: tokio::time::sleep(delay), slept: delay.is_zero(), service };
                     this.state.set(State::Retrying { retry: Box::pin(retry) });
                 }
