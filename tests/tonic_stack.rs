@@ -224,6 +224,21 @@ async fn a_call_the_server_may_have_processed_is_sent_once_unless_marked_idempot
     assert_eq!(h.faults.retries(), 4);
 }
 
+#[tokio::test]
+async fn a_refused_connection_is_retried_the_call_never_left() {
+    // A port nobody listens on (bound, then freed).
+    let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let mut h = Harness::with_channel(Arc::new(Faults::default()), channel, &[FAST_RETRY, PATIENT_BREAKER]);
+    let status = h.check(REGISTERED).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The health check is not marked idempotent, yet retried: no server
+    // could have processed it.
+    let c = h.counters();
+    assert_eq!(c.get("tower_mesh_retry_retries_total", ""), 2);
+    assert_eq!(c.get("tower_mesh_retry_exhausted_total", ""), 1);
+}
+
 // --- the client ------------------------------------------------------------
 
 type GrpcService = BoxCloneService<http::Request<Body>, http::Response<EosBody<Body>>, Status>;
@@ -242,6 +257,12 @@ impl Harness {
     async fn start(lines: &[&str]) -> Harness {
         let faults = Arc::new(Faults::default());
         let addr = start_server(faults.clone()).await;
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Harness::with_channel(faults, channel, lines)
+    }
+
+    /// A client of `channel` (`faults` counts what its server sees).
+    fn with_channel(faults: Arc<Faults>, channel: Channel, lines: &[&str]) -> Harness {
         let toml = format!("preset = \"testing\"\n[client.health]\ncorrelation = false\n{}\n", lines.join("\n"));
         let client = MeshConfig::from_toml_str(&toml).unwrap().client("health").unwrap();
         // The metric handles are registered when the stack is built: with a
@@ -250,7 +271,6 @@ impl Harness {
         let metrics = recorder.snapshotter();
         let stack = metrics::with_local_recorder(&recorder, || client.grpc_stack()).unwrap();
         let breaker = stack.breaker().unwrap();
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let svc = ServiceBuilder::new()
             .map_err(to_status)
             .layer(AsyncFilterLayer::new(buffer_request))

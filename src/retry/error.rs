@@ -100,3 +100,13 @@ pub(crate) fn after_retry<E: 'static>(err: E, last: Option<Box<LastFailure<E>>>,
     }
     slot.expect("the error is put back")
 }
+
+/// `err` as a `dyn Error` when its type is one the retry layer can read: a
+/// [`BoxError`] (the configured stack's), or an `std::io::Error`.
+pub(crate) fn as_error<E: 'static>(err: &E) -> Option<&(dyn std::error::Error + 'static)> {
+    let any = err as &dyn Any;
+    if let Some(e) = any.downcast_ref::<BoxError>() {
+        return Some(&**e);
+    }
+    any.downcast_ref::<std::io::Error>().map(|e| e as _)
+}

@@ -10,9 +10,9 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::budget::BudgetToken;
-use super::error::{after_retry, LastFailure};
+use super::error::{after_retry, as_error, LastFailure};
 use super::service::RetryShared;
-use super::{Pushback, RetryRequests};
+use super::{AttemptFailure, Pushback, RetryRequests};
 use crate::classify::{Classify, Outcome};
 use crate::deadline::Deadline;
 
@@ -120,8 +120,15 @@ where
                     };
                     // Not replayable (a POST, a streaming body ...), or not
                     // safe to repeat after this failure: never retried.
+                    let failure = match &result {
+                        Ok(_) => AttemptFailure::new(kind, pushback),
+                        Err(e) => match as_error(e) {
+                            Some(e) => AttemptFailure::new(kind, pushback).with_error(e),
+                            None => AttemptFailure::new(kind, pushback),
+                        },
+                    };
                     match this.copy.as_ref() {
-                        Some(copy) if s.requests.may_retry(copy, &kind, pushback) => {}
+                        Some(copy) if s.requests.may_retry(copy, &failure) => {}
                         Some(_) => {
                             tracing::debug!(
                                 service = %s.shared.name,

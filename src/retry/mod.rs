@@ -38,9 +38,9 @@
 //!   partially replayed.
 //! * **Safe repeats for gRPC** — [`GrpcRequests`] follows gRPC's retry design
 //!   (gRFC A6): a call is retried only when the server did not process it
-//!   (`UNAVAILABLE`, or `RESOURCE_EXHAUSTED` with pushback), never after
-//!   `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`, a transport error or a
-//!   per-attempt timeout — unless its method is marked
+//!   (`UNAVAILABLE`, `RESOURCE_EXHAUSTED` with pushback, a connection
+//!   refused), never after `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`,
+//!   another transport error or a per-attempt timeout — unless its method is marked
 //!   [idempotent](GrpcRequests::idempotent) by its full path.
 //! * **Rejected retries** — when the stack's own protection (an open circuit
 //!   breaker, a full bulkhead) turns a retry away, the caller gets a
@@ -99,7 +99,7 @@ pub use self::error::RetryRejected;
 pub use self::future::ResponseFuture;
 pub use self::layer::{RetryBuilder, RetryLayer};
 pub use self::request::{
-    CloneRequests, GrpcRequests, HttpRequests, InvalidIdempotent, Pushback, ReplayBody, RetryRequests,
+    AttemptFailure, CloneRequests, GrpcRequests, HttpRequests, InvalidIdempotent, Pushback, ReplayBody, RetryRequests,
 };
 pub use self::service::Retry;
 

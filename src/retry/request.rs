@@ -39,13 +39,66 @@ pub trait RetryRequests<Req, Res> {
         Pushback::None
     }
 
-    /// Whether a request whose attempt failed with `failure` may be sent
-    /// again (`copy` is the copy about to be sent; `pushback` what the
-    /// response said, [`Pushback::None`] for an error). Asked only for a
-    /// failure the classifier and `retry_if` would retry. Default: yes.
-    fn may_retry(&self, copy: &Req, failure: &FailureKind, pushback: Pushback) -> bool {
-        let _ = (copy, failure, pushback);
+    /// Whether a request whose attempt failed as `failure` says may be sent
+    /// again (`copy` is the copy about to be sent). Asked only for a failure
+    /// the classifier and `retry_if` would retry. Default: yes.
+    fn may_retry(&self, copy: &Req, failure: &AttemptFailure<'_>) -> bool {
+        let _ = (copy, failure);
         true
+    }
+}
+
+/// What is known of a failed attempt when the retry layer asks
+/// [`RetryRequests::may_retry`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptFailure<'a> {
+    kind: FailureKind,
+    pushback: Pushback,
+    error: Option<&'a (dyn std::error::Error + 'static)>,
+}
+
+impl<'a> AttemptFailure<'a> {
+    /// A failure of this kind, with what the response said about retrying
+    /// ([`Pushback::None`] for an error).
+    pub fn new(kind: FailureKind, pushback: Pushback) -> Self {
+        AttemptFailure { kind, pushback, error: None }
+    }
+
+    /// The attempt ended in this error.
+    pub fn with_error(mut self, error: &'a (dyn std::error::Error + 'static)) -> Self {
+        self.error = Some(error);
+        self
+    }
+
+    /// The classifier's kind.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// What the response said about retrying.
+    pub fn pushback(&self) -> Pushback {
+        self.pushback
+    }
+
+    /// The attempt's error, when it ended in one the retry layer can read
+    /// (a [`BoxError`](crate::BoxError), as in the configured stack, or an
+    /// `std::io::Error`).
+    pub fn error(&self) -> Option<&'a (dyn std::error::Error + 'static)> {
+        self.error
+    }
+
+    /// Whether the request never reached the server: the error's chain
+    /// holds an I/O error of kind `ConnectionRefused` (a connection that
+    /// could not be opened, as hyper-util and tonic report it).
+    pub fn not_sent(&self) -> bool {
+        let mut cur = self.error;
+        while let Some(e) = cur {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
     }
 }
 
@@ -261,10 +314,11 @@ impl std::error::Error for InvalidIdempotent {}
 ///   any failure the classifier reports (`UNAVAILABLE`, `DEADLINE_EXCEEDED`,
 ///   `INTERNAL`, `UNKNOWN`, errors, per-attempt timeouts, …);
 /// * any other method only when the server did not process the call:
-///   `UNAVAILABLE`, or `RESOURCE_EXHAUSTED` with server pushback
-///   (`grpc-retry-pushback-ms`). Never after `DEADLINE_EXCEEDED`,
-///   `INTERNAL`, `UNKNOWN`, a transport error or a per-attempt timeout: the
-///   server may have done the work.
+///   `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with server pushback
+///   (`grpc-retry-pushback-ms`), or a connection refused
+///   ([`AttemptFailure::not_sent`]). Never after `DEADLINE_EXCEEDED`,
+///   `INTERNAL`, `UNKNOWN`, another transport error or a per-attempt
+///   timeout: the server may have done the work.
 ///
 /// Only bodies in memory and at most `max_body` bytes (default 64 KiB) are
 /// kept for replay (buffer tonic's body first); anything else is sent once.
@@ -273,12 +327,13 @@ impl std::error::Error for InvalidIdempotent {}
 ///
 /// ```
 /// use tower_mesh::classify::{FailureKind, GrpcCode};
-/// use tower_mesh::retry::{GrpcRequests, Pushback, RetryRequests};
+/// use tower_mesh::retry::{AttemptFailure, GrpcRequests, Pushback, RetryRequests};
 ///
 /// let p = GrpcRequests::new().idempotent("/orders.v1.Orders/GetOrder").unwrap();
 /// let call = |path: &str| http::Request::post(path).body(String::new()).unwrap();
 /// let may = |path: &str, code| {
-///     RetryRequests::<_, http::Response<()>>::may_retry(&p, &call(path), &FailureKind::Grpc(code), Pushback::None)
+///     let failure = AttemptFailure::new(FailureKind::Grpc(code), Pushback::None);
+///     RetryRequests::<_, http::Response<()>>::may_retry(&p, &call(path), &failure)
 /// };
 /// assert!(may("/orders.v1.Orders/CreateOrder", GrpcCode::Unavailable));
 /// assert!(!may("/orders.v1.Orders/CreateOrder", GrpcCode::DeadlineExceeded));
@@ -351,14 +406,14 @@ impl<B: ReplayBody, ResB> RetryRequests<Request<B>, Response<ResB>> for GrpcRequ
         pushback_from_headers(res.headers())
     }
 
-    fn may_retry(&self, copy: &Request<B>, failure: &FailureKind, pushback: Pushback) -> bool {
+    fn may_retry(&self, copy: &Request<B>, failure: &AttemptFailure<'_>) -> bool {
         if self.is_idempotent(copy.uri().path()) {
             return true;
         }
-        match failure {
+        match failure.kind() {
             FailureKind::Grpc(GrpcCode::Unavailable) => true,
-            FailureKind::Grpc(GrpcCode::ResourceExhausted) => matches!(pushback, Pushback::After(_)),
-            _ => false,
+            FailureKind::Grpc(GrpcCode::ResourceExhausted) => matches!(failure.pushback(), Pushback::After(_)),
+            _ => failure.not_sent(),
         }
     }
 }
@@ -463,7 +518,7 @@ mod tests {
             .unwrap();
         let call = |path: &str| Request::post(path).body(Bytes::new()).unwrap();
         let may = |path: &str, kind: FailureKind, pushback| {
-            RetryRequests::<_, Response<()>>::may_retry(&p, &call(path), &kind, pushback)
+            RetryRequests::<_, Response<()>>::may_retry(&p, &call(path), &AttemptFailure::new(kind, pushback))
         };
         let create = "/orders.v1.Orders/CreateOrder";
         let grpc = FailureKind::Grpc;
@@ -479,6 +534,29 @@ mod tests {
             assert!(may(path, grpc(GrpcCode::DeadlineExceeded), Pushback::None), "{path}");
             assert!(may(path, FailureKind::Timeout, Pushback::None), "{path}");
         }
+        // A connection refused: the call never left; a reset: it may have been processed.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let refused_io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let may_err = |e: &(dyn std::error::Error + 'static)| {
+            let f = AttemptFailure::new(FailureKind::Error, Pushback::None).with_error(e);
+            RetryRequests::<_, Response<()>>::may_retry(&p, &call(create), &f)
+        };
+        assert!(may_err(&refused_io));
+        assert!(!may_err(&reset));
+        #[derive(Debug)]
+        struct Connect(std::io::Error);
+        impl fmt::Display for Connect {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("connect error")
+            }
+        }
+        impl std::error::Error for Connect {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert!(may_err(&Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))), "found in the chain");
+        assert!(!may_err(&Connect(std::io::Error::from(std::io::ErrorKind::TimedOut))));
         assert!(!may("/orders.v1.Orders/GetOrders", FailureKind::Timeout, Pushback::None), "exact match");
         assert!(!may("/stock.v1.StockX/Count", FailureKind::Timeout, Pushback::None), "service match");
         for bad in

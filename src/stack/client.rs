@@ -213,12 +213,12 @@ impl ClientConfig {
     /// [`ClassifyEosLayer`](crate::classify::ClassifyEosLayer) under it for
     /// trailers). Retries as gRPC's retry design (gRFC A6) says is safe
     /// ([`GrpcRequests`]): a call is retried only when the server did not
-    /// process it — `UNAVAILABLE`, or `RESOURCE_EXHAUSTED` with
-    /// `grpc-retry-pushback-ms` — never after `DEADLINE_EXCEEDED`,
-    /// `INTERNAL`, `UNKNOWN`, a transport error or a per-attempt timeout,
-    /// unless its method is named in `retry.idempotent` (full paths,
-    /// `/orders.v1.Orders/GetOrder`, or `/orders.v1.Orders/*`); those are
-    /// retried after any failure. The request body must be replayable
+    /// process it — `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with
+    /// `grpc-retry-pushback-ms`, a connection refused — never after
+    /// `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`, another transport error
+    /// or a per-attempt timeout, unless its method is named in
+    /// `retry.idempotent` (full paths, `/orders.v1.Orders/GetOrder`, or
+    /// `/orders.v1.Orders/*`); those are retried after any failure. The request body must be replayable
     /// (buffer tonic's body first, as `examples/tonic_client.rs` does),
     /// otherwise it is sent once.
     pub fn grpc_stack(&self) -> Result<ClientStack<GrpcClassifier, GrpcRequests>, StackError> {

@@ -56,11 +56,12 @@
 //!   `503`, an error, a per-attempt timeout.
 //! - [`ClientConfig::grpc_stack`]: as gRPC's retry design (gRFC A6) says, a
 //!   call is retried only when the server did not process it —
-//!   `UNAVAILABLE`, or `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms` —
-//!   never after `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`, a transport
-//!   error or a per-attempt timeout, unless its method is named in
-//!   `retry.idempotent` by full path (`/orders.v1.Orders/GetOrder`, or
-//!   `/orders.v1.Orders/*` for a whole service).
+//!   `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`, a
+//!   connection refused — never after `DEADLINE_EXCEEDED`, `INTERNAL`,
+//!   `UNKNOWN`, another transport error or a per-attempt timeout, unless
+//!   its method is named in `retry.idempotent` by full path
+//!   (`/orders.v1.Orders/GetOrder`, or `/orders.v1.Orders/*` for a whole
+//!   service).
 //! - `Retry-After` and `grpc-retry-pushback-ms` are waited out in full, even
 //!   beyond the backoff's `max_delay`; when the wait would end after the
 //!   total timeout, no retry is made and the caller gets the server's answer
