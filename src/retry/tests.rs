@@ -309,6 +309,26 @@ async fn grpc_calls_are_retried_only_when_the_server_did_not_process_them() {
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_grpc_call_whose_connection_was_refused_is_retried() {
+    use crate::BoxError;
+    for (kind, expected) in [(std::io::ErrorKind::ConnectionRefused, 2), (std::io::ErrorKind::ConnectionReset, 1)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let svc = service_fn(move |_req: Request<Full<Bytes>>| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Err::<Response<Full<Bytes>>, BoxError>(Box::new(std::io::Error::from(kind))),
+                    _ => Ok(grpc("0")),
+                }
+            }
+        });
+        let _ = grpc_layer(GrpcRequests::new()).layer(svc).oneshot(grpc_call("/orders.v1.Orders/CreateOrder")).await;
+        assert_eq!(calls.load(Ordering::SeqCst), expected, "{kind:?}");
+    }
+}
+
 #[cfg(feature = "timeout")]
 #[tokio::test(start_paused = true)]
 async fn a_per_attempt_timeout_is_retried_only_for_idempotent_grpc_methods() {
