@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::{Backoff, Jitter, RetryBudget};
 use crate::config::{check_nonzero, check_range, ConfigError};
 
+/// The longest server pushback waited for, by default.
+pub(crate) const DEFAULT_MAX_PUSHBACK: Duration = Duration::from_secs(300);
+
 /// Retry configuration, deserializable with `serde` (durations as `"250ms"`,
 /// `"1s"`).
 ///
@@ -29,6 +32,11 @@ pub struct RetryConfig {
     pub backoff: BackoffConfig,
     /// Optional retry budget shared by all clones of the layer.
     pub budget: Option<BudgetConfig>,
+    /// The longest server pushback (`Retry-After`, `grpc-retry-pushback-ms`)
+    /// waited for; a server asking for longer gets no retry, and the caller
+    /// its answer at once. Default 5 minutes (Envoy's limit).
+    #[serde(with = "humantime_serde")]
+    pub max_pushback: Duration,
     /// Requests the caller declares safe to repeat after *any* failure, on
     /// top of the protocol's own: gRPC full method paths
     /// (`/orders.v1.Orders/GetOrder`, or `/orders.v1.Orders/*` for every
@@ -81,6 +89,7 @@ impl Default for RetryConfig {
             max_retries: 3,
             backoff: BackoffConfig::default(),
             budget: None,
+            max_pushback: DEFAULT_MAX_PUSHBACK,
             idempotent: Vec::new(),
         }
     }
@@ -120,6 +129,7 @@ impl RetryConfig {
                 seed: None,
             },
             budget: None,
+            max_pushback: DEFAULT_MAX_PUSHBACK,
             idempotent: Vec::new(),
         }
     }

@@ -142,14 +142,23 @@ where
                     let Some(service) = this.shared.service() else { return Poll::Ready(result) };
                     let delay = match pushback {
                         Pushback::Stop => return Poll::Ready(result),
-                        // The server said when: never sooner, even past `max_delay`.
+                        // The server said when: never sooner, even past
+                        // `max_delay`; longer than `max_pushback`: no retry.
+                        Pushback::After(d) if d > s.shared.max_pushback => {
+                            tracing::debug!(
+                                service = %s.shared.name,
+                                pushback_ms = d.as_millis() as u64,
+                                "not retrying: the server asks for a longer wait than max_pushback"
+                            );
+                            return Poll::Ready(result);
+                        }
                         Pushback::After(d) => d,
                         Pushback::None => s.shared.delay(*this.retries, *this.previous_delay),
                     };
                     // Never sleep past the deadline of an enclosing timeout:
                     // give up with this result instead.
                     if let Some(deadline) = Deadline::current() {
-                        if Instant::now() + delay >= deadline.instant() {
+                        if Instant::now().checked_add(delay).is_none_or(|at| at >= deadline.instant()) {
                             tracing::debug!(
                                 service = %s.shared.name,
                                 delay_ms = delay.as_millis() as u64,

@@ -15,6 +15,7 @@ pub(crate) struct Shared {
     pub(crate) budget: Option<RetryBudget>,
     // Needed only once a call failed: kept here, out of every response future.
     pub(crate) backoff: Backoff,
+    pub(crate) max_pushback: Duration,
     // The jitter's generator when the backoff is seeded; locked only to draw
     // one delay.
     rng: Option<Mutex<fastrand::Rng>>,
@@ -30,6 +31,7 @@ impl Shared {
         name: String,
         budget: Option<RetryBudget>,
         backoff: Backoff,
+        max_pushback: Duration,
         retry_if: Option<fn(&FailureKind) -> bool>,
     ) -> Self {
         let label = name.clone();
@@ -42,6 +44,7 @@ impl Shared {
             budget,
             rng: backoff.seed.map(|seed| Mutex::new(fastrand::Rng::with_seed(seed))),
             backoff,
+            max_pushback,
             retry_if,
         }
     }
@@ -214,6 +217,14 @@ impl<C, P> RetryBuilder<C, P> {
         self
     }
 
+    /// The longest server pushback (`Retry-After`, `grpc-retry-pushback-ms`)
+    /// waited for (default 5 minutes): a server asking for longer gets no
+    /// retry, and the caller its answer at once. Pushback is never cut short.
+    pub fn max_pushback(mut self, max: Duration) -> Self {
+        self.config.max_pushback = max;
+        self
+    }
+
     /// Share this budget (it may also be shared with other layers).
     pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.budget = Some(budget);
@@ -265,7 +276,13 @@ impl<C, P> RetryBuilder<C, P> {
                 max_retries: self.config.max_retries,
                 classifier: self.classifier,
                 requests: self.requests,
-                shared: Arc::new(Shared::new(self.config.name, budget, backoff, self.retry_if)),
+                shared: Arc::new(Shared::new(
+                    self.config.name,
+                    budget,
+                    backoff,
+                    self.config.max_pushback,
+                    self.retry_if,
+                )),
             },
         })
     }

@@ -26,7 +26,8 @@
 //!   `Retry-After` (seconds or HTTP-date) and `grpc-retry-pushback-ms`
 //!   replace the backoff delay and are waited out in full, even when longer
 //!   than `max_delay`: a retry never comes sooner than the server asked. A
-//!   negative or malformed gRPC pushback means "do not retry".
+//!   server asking for longer than `max_pushback` (default 5 minutes), or a
+//!   negative or malformed gRPC pushback, gets no retry.
 //! * **Deadlines** — a retry that would start after the deadline of an
 //!   enclosing [`TimeoutLayer`](crate::timeout::TimeoutLayer) is not made; the
 //!   last result (the server's answer, e.g. a `503` whose `Retry-After` ends

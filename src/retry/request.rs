@@ -166,7 +166,7 @@ impl ReplayBody for () {
 /// the server may have acted on is never sent twice. Server
 /// pushback (`Retry-After` in seconds or as an HTTP-date,
 /// `grpc-retry-pushback-ms`) replaces the backoff delay, even when longer
-/// than the backoff's `max_delay`.
+/// than the backoff's `max_delay` (up to the layer's `max_pushback`).
 ///
 /// ```
 /// use tower_mesh::retry::{HttpRequests, RetryRequests};
@@ -323,7 +323,8 @@ impl std::error::Error for InvalidIdempotent {}
 /// Only bodies in memory and at most `max_body` bytes (default 64 KiB) are
 /// kept for replay (buffer tonic's body first); anything else is sent once.
 /// Server pushback replaces the backoff delay, even when longer than the
-/// backoff's `max_delay`; a negative or malformed one means "do not retry".
+/// backoff's `max_delay` (up to the layer's `max_pushback`); a negative or
+/// malformed one means "do not retry".
 ///
 /// ```
 /// use tower_mesh::classify::{FailureKind, GrpcCode};

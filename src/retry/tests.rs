@@ -166,9 +166,9 @@ async fn retry_after_replaces_the_backoff_even_past_max_delay() {
     assert_eq!(res.status(), 200);
     assert_eq!(gaps(&seen), [Duration::from_secs(3)]);
 
-    // The server asked for an hour; the backoff's longest delay is 5 s: the
-    // retry comes when the server asked, not sooner.
-    let (svc, seen) = http_service(vec![status(429, &[("retry-after", "3600")]), status(200, &[])]);
+    // The server asked for two minutes; the backoff's longest delay is 5 s:
+    // the retry comes when the server asked, not sooner.
+    let (svc, seen) = http_service(vec![status(429, &[("retry-after", "120")]), status(200, &[])]);
     let layer = RetryLayer::builder()
         .max_retries(1)
         .backoff(Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(5)))
@@ -177,7 +177,7 @@ async fn retry_after_replaces_the_backoff_even_past_max_delay() {
         .build()
         .unwrap();
     assert_eq!(layer.layer(svc).oneshot(get()).await.unwrap().status(), 200);
-    assert_eq!(gaps(&seen), [Duration::from_secs(3600)], "not cut to max_delay");
+    assert_eq!(gaps(&seen), [Duration::from_secs(120)], "not cut to max_delay");
 
     // The same for gRPC pushback.
     let (svc, seen) = http_service(vec![
@@ -212,6 +212,46 @@ async fn retry_after_past_the_deadline_gives_up_with_the_servers_answer() {
     let res = Deadline::after(Duration::from_secs(2)).scope(svc.oneshot(get())).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(gaps(&seen), [Duration::from_secs(1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_longer_than_max_pushback_gets_no_retry() {
+    // Longer than the default 5 minutes, or absurd: no retry, no panic, the
+    // server's answer at once — with or without a deadline.
+    for after in ["301", "18446744073709551615"] {
+        for deadline in [None, Some(Duration::from_secs(10))] {
+            let (svc, seen) = http_service(vec![status(503, &[("retry-after", after)]), status(200, &[])]);
+            let call = http_layer(3).layer(svc).oneshot(get());
+            let start = Instant::now();
+            let res = match deadline {
+                Some(d) => Deadline::after(d).scope(call).await,
+                None => call.await,
+            };
+            assert_eq!(res.unwrap().status(), 503, "{after} {deadline:?}");
+            assert_eq!(seen.lock().unwrap().len(), 1);
+            assert_eq!(Instant::now(), start);
+        }
+    }
+    let (svc, seen) = http_service(vec![
+        status(200, &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "9223372036854775807")]),
+        status(200, &[("grpc-status", "0")]),
+    ]);
+    let res = grpc_layer(GrpcRequests::new()).layer(svc).oneshot(grpc_call("/a.B/C")).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // A longer limit: the wait is honoured.
+    let (svc, seen) = http_service(vec![status(503, &[("retry-after", "600")]), status(200, &[])]);
+    let layer = RetryLayer::builder()
+        .max_retries(1)
+        .max_pushback(Duration::from_secs(900))
+        .classifier(HttpClassifier::new())
+        .http()
+        .build()
+        .unwrap();
+    assert_eq!(layer.layer(svc).oneshot(get()).await.unwrap().status(), 200);
+    assert_eq!(gaps(&seen), [Duration::from_secs(600)]);
+    let cfg: RetryConfig = serde_json::from_str(r#"{"max_pushback": "15m"}"#).unwrap();
+    assert_eq!(cfg.max_pushback, Duration::from_secs(900));
 }
 
 #[tokio::test(start_paused = true)]

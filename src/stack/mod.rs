@@ -64,8 +64,9 @@
 //!   service).
 //! - `Retry-After` and `grpc-retry-pushback-ms` are waited out in full, even
 //!   beyond the backoff's `max_delay`; when the wait would end after the
-//!   total timeout, no retry is made and the caller gets the server's answer
-//!   at once.
+//!   total timeout, or is longer than `retry.max_pushback` (default 5
+//!   minutes), no retry is made and the caller gets the server's answer at
+//!   once.
 //!
 //! ```toml
 //! [client.orders]
