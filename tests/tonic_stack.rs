@@ -171,6 +171,74 @@ async fn the_breaker_opens_on_an_outage_and_the_caller_gets_a_status() {
     assert_eq!(h.check(REGISTERED).await.map_err(|s| s.code()), Ok(SERVING));
 }
 
+/// The one method of the health service the tests call.
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// Waits until the server has seen `n` attempts (attempts still on the wire
+/// when the caller gave up may arrive a little later), then gives them.
+async fn attempts_after(h: &Harness, n: u64) -> u64 {
+    for _ in 0..1000 {
+        if h.faults.attempts() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.faults.attempts()
+}
+
+#[tokio::test]
+async fn a_call_the_server_may_have_processed_is_sent_once_unless_marked_idempotent() {
+    let timeouts = "timeout = { attempt = \"1s\", total = \"10s\" }";
+    let mut h = Harness::start(&[FAST_RETRY, PATIENT_BREAKER, timeouts]).await;
+    // DEADLINE_EXCEEDED, INTERNAL, UNKNOWN from the server: it may have done
+    // the work. Sent once, the status passed on.
+    for (i, code) in [Code::DeadlineExceeded, Code::Internal, Code::Unknown].into_iter().enumerate() {
+        h.faults.set(Fault::Code(code));
+        let status = h.check(REGISTERED).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert_eq!(h.faults.attempts(), i as u64 + 1, "{code:?}");
+    }
+    // No answer within the attempt timeout: sent once, the caller gets
+    // DEADLINE_EXCEEDED made from the timeout.
+    h.faults.set(Fault::Hang);
+    let status = h.check(REGISTERED).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(attempts_after(&h, 4).await, 4);
+    assert_eq!(h.faults.retries(), 0);
+    let c = h.counters();
+    assert_eq!(c.get("tower_mesh_retry_retries_total", ""), 0);
+
+    // The same method marked idempotent in the configuration: retried.
+    let retry = format!(
+        "retry = {{ max_retries = 2, backoff = {{ initial = \"1ms\", max_delay = \"2ms\" }}, idempotent = [\"{CHECK}\"] }}"
+    );
+    let mut h = Harness::start(&[&retry, PATIENT_BREAKER, timeouts]).await;
+    h.faults.set(Fault::Code(Code::DeadlineExceeded));
+    let status = h.check(REGISTERED).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(h.faults.attempts(), 3);
+    h.faults.set(Fault::Hang);
+    let status = h.check(REGISTERED).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(attempts_after(&h, 6).await, 6);
+    assert_eq!(h.faults.retries(), 4);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_the_call_never_left() {
+    // A port nobody listens on (bound, then freed).
+    let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let mut h = Harness::with_channel(Arc::new(Faults::default()), channel, &[FAST_RETRY, PATIENT_BREAKER]);
+    let status = h.check(REGISTERED).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The health check is not marked idempotent, yet retried: no server
+    // could have processed it.
+    let c = h.counters();
+    assert_eq!(c.get("tower_mesh_retry_retries_total", ""), 2);
+    assert_eq!(c.get("tower_mesh_retry_exhausted_total", ""), 1);
+}
+
 // --- the client ------------------------------------------------------------
 
 type GrpcService = BoxCloneService<http::Request<Body>, http::Response<EosBody<Body>>, Status>;
@@ -189,6 +257,12 @@ impl Harness {
     async fn start(lines: &[&str]) -> Harness {
         let faults = Arc::new(Faults::default());
         let addr = start_server(faults.clone()).await;
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Harness::with_channel(faults, channel, lines)
+    }
+
+    /// A client of `channel` (`faults` counts what its server sees).
+    fn with_channel(faults: Arc<Faults>, channel: Channel, lines: &[&str]) -> Harness {
         let toml = format!("preset = \"testing\"\n[client.health]\ncorrelation = false\n{}\n", lines.join("\n"));
         let client = MeshConfig::from_toml_str(&toml).unwrap().client("health").unwrap();
         // The metric handles are registered when the stack is built: with a
@@ -197,7 +271,6 @@ impl Harness {
         let metrics = recorder.snapshotter();
         let stack = metrics::with_local_recorder(&recorder, || client.grpc_stack()).unwrap();
         let breaker = stack.breaker().unwrap();
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let svc = ServiceBuilder::new()
             .map_err(to_status)
             .layer(AsyncFilterLayer::new(buffer_request))
@@ -279,6 +352,10 @@ enum Fault {
     Outage,
     /// Every `n`th attempt is answered, with `UNAVAILABLE` in the trailers.
     TrailersEveryNth(u64),
+    /// Every attempt gets a trailers-only status with this code.
+    Code(Code),
+    /// Every attempt is held and never answered.
+    Hang,
 }
 
 struct Faults {
@@ -346,6 +423,11 @@ where
         let fault = *self.faults.fault.lock().unwrap();
         match fault {
             Fault::Outage => self.reject(),
+            Fault::Code(code) => {
+                let res = Status::new(code, "injected").into_http();
+                Box::pin(async move { Ok(res) })
+            }
+            Fault::Hang => Box::pin(std::future::pending()),
             Fault::EveryNth(k) if n.is_multiple_of(k) => self.reject(),
             Fault::TrailersEveryNth(k) if n.is_multiple_of(k) => {
                 self.faults.injected.fetch_add(1, Ordering::SeqCst);

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::{Backoff, Jitter, RetryBudget};
 use crate::config::{check_nonzero, check_range, ConfigError};
 
+/// The longest server pushback waited for, by default.
+pub(crate) const DEFAULT_MAX_PUSHBACK: Duration = Duration::from_secs(300);
+
 /// Retry configuration, deserializable with `serde` (durations as `"250ms"`,
 /// `"1s"`).
 ///
@@ -29,6 +32,20 @@ pub struct RetryConfig {
     pub backoff: BackoffConfig,
     /// Optional retry budget shared by all clones of the layer.
     pub budget: Option<BudgetConfig>,
+    /// The longest server pushback (`Retry-After`, `grpc-retry-pushback-ms`)
+    /// waited for; a server asking for longer gets no retry, and the caller
+    /// its answer at once. Default 5 minutes (Envoy's limit).
+    #[serde(with = "humantime_serde")]
+    pub max_pushback: Duration,
+    /// Requests the caller declares safe to repeat after *any* failure, on
+    /// top of the protocol's own: gRPC full method paths
+    /// (`/orders.v1.Orders/GetOrder`, or `/orders.v1.Orders/*` for every
+    /// method of a service) for the stack's `grpc_stack`, HTTP method names
+    /// (`POST`, `PATCH`) for its `http_stack`. Other requests are retried
+    /// only when the failure shows the server did not process them (see
+    /// [`GrpcRequests`](super::GrpcRequests), [`HttpRequests`](super::HttpRequests)).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub idempotent: Vec<String>,
 }
 
 /// Backoff part of [`RetryConfig`].
@@ -40,11 +57,16 @@ pub struct BackoffConfig {
     pub initial: Duration,
     /// Growth per retry (≥ 1).
     pub multiplier: f64,
-    /// Longest delay, and cap on server pushback.
+    /// Longest delay of the backoff (server pushback is honoured even when
+    /// longer). `0s` together with `initial = "0s"`: no backoff.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     /// Randomisation.
     pub jitter: Jitter,
+    /// Seed of the jitter's random numbers (see [`Backoff::seed`]): the same
+    /// delays run after run, for tests. Unset: random.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// Budget part of [`RetryConfig`].
@@ -62,7 +84,14 @@ pub struct BudgetConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { name: "retry".into(), max_retries: 3, backoff: BackoffConfig::default(), budget: None }
+        RetryConfig {
+            name: "retry".into(),
+            max_retries: 3,
+            backoff: BackoffConfig::default(),
+            budget: None,
+            max_pushback: DEFAULT_MAX_PUSHBACK,
+            idempotent: Vec::new(),
+        }
     }
 }
 
@@ -73,6 +102,7 @@ impl Default for BackoffConfig {
             multiplier: 2.0,
             max_delay: Duration::from_secs(10),
             jitter: Jitter::Full,
+            seed: None,
         }
     }
 }
@@ -96,8 +126,11 @@ impl RetryConfig {
                 multiplier: 2.0,
                 max_delay: Duration::from_secs(10),
                 jitter: Jitter::Equal,
+                seed: None,
             },
             budget: None,
+            max_pushback: DEFAULT_MAX_PUSHBACK,
+            idempotent: Vec::new(),
         }
     }
 
@@ -105,7 +138,8 @@ impl RetryConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let b = &self.backoff;
         check_range("retry.backoff.multiplier", b.multiplier, 1.0, 1000.0)?;
-        check_nonzero("retry.backoff.max_delay", b.max_delay.is_zero())?;
+        // A zero longest delay is "no backoff" only with a zero first delay.
+        check_nonzero("retry.backoff.max_delay", b.max_delay.is_zero() && !b.initial.is_zero())?;
         if b.initial > b.max_delay {
             return Err(ConfigError::Conflict {
                 field: "retry.backoff.initial",
@@ -122,7 +156,11 @@ impl RetryConfig {
 
     pub(crate) fn backoff(&self) -> Backoff {
         let b = &self.backoff;
-        Backoff::exponential(b.initial, b.multiplier, b.max_delay).jitter(b.jitter)
+        let backoff = Backoff::exponential(b.initial, b.multiplier, b.max_delay).jitter(b.jitter);
+        match b.seed {
+            Some(seed) => backoff.seed(seed),
+            None => backoff,
+        }
     }
 
     pub(crate) fn budget(&self) -> Option<RetryBudget> {
@@ -171,8 +209,16 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::OutOfRange { field: "retry.budget.ratio", .. })));
         let mut c = RetryConfig::default();
         c.backoff.max_delay = Duration::ZERO;
+        assert!(matches!(c.validate(), Err(ConfigError::Zero { .. })), "zero only with a zero first delay");
         c.backoff.initial = Duration::ZERO;
-        assert!(matches!(c.validate(), Err(ConfigError::Zero { .. })));
+        c.validate().expect("zero and zero: no backoff");
+        assert_eq!(c.backoff().delay(3, Duration::ZERO), Duration::ZERO);
+        let none: RetryConfig = serde_json::from_str(r#"{"backoff": {"initial": "0s", "max_delay": "0s"}}"#).unwrap();
+        none.validate().expect("no backoff is valid");
+        assert_eq!(none.backoff().delay(5, Duration::ZERO), Duration::ZERO);
+        let seeded: RetryConfig = serde_json::from_str(r#"{"backoff": {"seed": 9}, "idempotent": ["POST"]}"#).unwrap();
+        assert_eq!(seeded.backoff().seed_value(), Some(9));
+        assert_eq!(seeded.idempotent, ["POST"]);
         let e = serde_json::from_str::<RetryConfig>(r#"{"max_retry": 1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
     }

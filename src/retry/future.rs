@@ -10,8 +10,9 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::budget::BudgetToken;
+use super::error::{after_retry, as_error, LastFailure};
 use super::service::RetryShared;
-use super::{Pushback, RetryRequests};
+use super::{AttemptFailure, Pushback, RetryRequests};
 use crate::classify::{Classify, Outcome};
 use crate::deadline::Deadline;
 
@@ -52,6 +53,10 @@ pin_project! {
         // A copy of the request: the next retry's (`None`: not retryable, or
         // no retry left). During a backoff it is the request about to be sent.
         copy: Option<Req>,
+        // How the last attempt failed, once one was retried: kept for the
+        // error of a retry the stack's own protection rejects. Boxed, like
+        // the backoff state: only a retried call pays for it.
+        last: Option<Box<LastFailure<S::Error>>>,
         token: Option<BudgetToken>,
         retries: u32,
         previous_delay: Duration,
@@ -65,6 +70,7 @@ impl<S: Service<Req>, Req, C, P> ResponseFuture<S, Req, C, P> {
         ResponseFuture {
             state: State::Calling { fut },
             copy,
+            last: None,
             token: None,
             retries: 0,
             previous_delay: Duration::ZERO,
@@ -85,6 +91,7 @@ impl<S: Service<Req>, Req, C, P> fmt::Debug for ResponseFuture<S, Req, C, P> {
 impl<S, Req, C, P> Future for ResponseFuture<S, Req, C, P>
 where
     S: Service<Req> + Clone,
+    S::Error: 'static,
     C: Classify<S::Response, S::Error>,
     P: RetryRequests<Req, S::Response>,
 {
@@ -97,34 +104,67 @@ where
                 StateProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx));
                     let s = &this.shared.settings;
-                    let retryable = match s.classifier.classify(result.as_ref()) {
-                        Outcome::Failure(kind) => s.shared.retry_if.is_none_or(|f| f(&kind)),
-                        _ => false,
+                    let kind = match s.classifier.classify(result.as_ref()) {
+                        Outcome::Failure(kind) if s.shared.retry_if.is_none_or(|f| f(&kind)) => kind,
+                        // A retry turned away by the stack's own protection
+                        // (an open breaker): keep the last real failure.
+                        _ => return Poll::Ready(result.map_err(|e| after_retry(e, this.last.take(), *this.retries))),
                     };
-                    if !retryable {
-                        return Poll::Ready(result);
-                    }
                     if *this.retries >= s.max_retries {
                         s.shared.exhausted.increment(1);
                         return Poll::Ready(result);
                     }
-                    // Not replayable (a POST, a streaming body ...): never retried.
-                    if this.copy.is_none() {
-                        return Poll::Ready(result);
-                    }
-                    let Some(service) = this.shared.service() else { return Poll::Ready(result) };
                     let pushback = match &result {
                         Ok(res) => s.requests.pushback(res),
                         Err(_) => Pushback::None,
                     };
+                    // Not replayable (a POST, a streaming body ...), or not
+                    // safe to repeat after this failure: never retried.
+                    let failure = match &result {
+                        Ok(_) => AttemptFailure::new(kind, pushback),
+                        Err(e) => match as_error(e) {
+                            Some(e) => AttemptFailure::new(kind, pushback).with_error(e),
+                            None => AttemptFailure::new(kind, pushback),
+                        },
+                    };
+                    match this.copy.as_ref() {
+                        Some(copy) if s.requests.may_retry(copy, &failure) => {}
+                        Some(_) => {
+                            tracing::debug!(
+                                service = %s.shared.name,
+                                failure = %kind,
+                                "not retrying: the server may have processed the request"
+                            );
+                            return Poll::Ready(result);
+                        }
+                        None => return Poll::Ready(result),
+                    }
+                    let Some(service) = this.shared.service() else { return Poll::Ready(result) };
                     let delay = match pushback {
                         Pushback::Stop => return Poll::Ready(result),
-                        Pushback::After(d) => d.min(s.shared.backoff.max_delay()),
-                        Pushback::None => s.shared.backoff.delay(*this.retries, *this.previous_delay),
+                        // The server said when: never sooner, even past
+                        // `max_delay`; longer than `max_pushback`: no retry.
+                        Pushback::After(d) if d > s.shared.max_pushback => {
+                            tracing::debug!(
+                                service = %s.shared.name,
+                                pushback_ms = d.as_millis() as u64,
+                                "not retrying: the server asks for a longer wait than max_pushback"
+                            );
+                            return Poll::Ready(result);
+                        }
+                        Pushback::After(d) => d,
+                        Pushback::None => s.shared.delay(*this.retries, *this.previous_delay),
                     };
-                    // Never sleep past the deadline of an enclosing timeout.
+                    // Never sleep past the deadline of an enclosing timeout:
+                    // give up with this result instead.
                     if let Some(deadline) = Deadline::current() {
-                        if Instant::now() + delay >= deadline.instant() {
+                        if Instant::now().checked_add(delay).is_none_or(|at| at >= deadline.instant()) {
+                            tracing::debug!(
+                                service = %s.shared.name,
+                                delay_ms = delay.as_millis() as u64,
+                                pushback = matches!(pushback, Pushback::After(_)),
+                                "not retrying: the next attempt would start after the deadline"
+                            );
                             return Poll::Ready(result);
                         }
                     }
@@ -148,9 +188,13 @@ where
                         pushback = matches!(pushback, Pushback::After(_)),
                         "retrying failed call"
                     );
-                    // The failed response (and its connection) is released here, before the wait.
-                    drop(result);
-                    let retry = Pending { sleep: tokio::time::sleep(delay), slept: false, service };
+                    // The failed response (and its connection) is released
+                    // here, before the wait; an error is kept.
+                    *this.last = Some(Box::new(match result {
+                        Ok(_) => LastFailure::Response(kind),
+                        Err(e) => LastFailure::Error(kind, e),
+                    }));
+                    let retry = Pending { sleep: tokio::time::sleep(delay), slept: delay.is_zero(), service };
                     this.state.set(State::Retrying { retry: Box::pin(retry) });
                 }
                 StateProj::Retrying { retry } => {
@@ -160,7 +204,7 @@ where
                         *retry.slept = true;
                     }
                     if let Err(e) = ready!(retry.service.poll_ready(cx)) {
-                        return Poll::Ready(Err(e));
+                        return Poll::Ready(Err(after_retry(e, this.last.take(), *this.retries)));
                     }
                     let req = this.copy.take().expect("a retry holds its request until it is sent");
                     let s = &this.shared.settings;

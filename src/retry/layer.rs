@@ -1,5 +1,6 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use metrics::Counter;
 use tower_layer::Layer;
@@ -14,6 +15,10 @@ pub(crate) struct Shared {
     pub(crate) budget: Option<RetryBudget>,
     // Needed only once a call failed: kept here, out of every response future.
     pub(crate) backoff: Backoff,
+    pub(crate) max_pushback: Duration,
+    // The jitter's generator when the backoff is seeded; locked only to draw
+    // one delay.
+    rng: Option<Mutex<fastrand::Rng>>,
     pub(crate) retry_if: Option<fn(&FailureKind) -> bool>,
     pub(crate) attempts: Counter,
     pub(crate) retries: Counter,
@@ -26,6 +31,7 @@ impl Shared {
         name: String,
         budget: Option<RetryBudget>,
         backoff: Backoff,
+        max_pushback: Duration,
         retry_if: Option<fn(&FailureKind) -> bool>,
     ) -> Self {
         let label = name.clone();
@@ -36,8 +42,22 @@ impl Shared {
             exhausted: metrics::counter!("tower_mesh_retry_exhausted_total", "service" => label),
             name,
             budget,
+            rng: backoff.seed.map(|seed| Mutex::new(fastrand::Rng::with_seed(seed))),
             backoff,
+            max_pushback,
             retry_if,
+        }
+    }
+
+    /// The backoff delay before retry number `retry`, with the seeded
+    /// generator if there is one.
+    pub(crate) fn delay(&self, retry: u32, previous: Duration) -> Duration {
+        match &self.rng {
+            Some(rng) => {
+                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+                self.backoff.delay_with(retry, previous, || rng.f64())
+            }
+            None => self.backoff.delay(retry, previous),
         }
     }
 }
@@ -193,6 +213,15 @@ impl<C, P> RetryBuilder<C, P> {
         self.config.backoff.multiplier = backoff.multiplier;
         self.config.backoff.max_delay = backoff.max_delay;
         self.config.backoff.jitter = backoff.jitter;
+        self.config.backoff.seed = backoff.seed;
+        self
+    }
+
+    /// The longest server pushback (`Retry-After`, `grpc-retry-pushback-ms`)
+    /// waited for (default 5 minutes): a server asking for longer gets no
+    /// retry, and the caller its answer at once. Pushback is never cut short.
+    pub fn max_pushback(mut self, max: Duration) -> Self {
+        self.config.max_pushback = max;
         self
     }
 
@@ -247,7 +276,13 @@ impl<C, P> RetryBuilder<C, P> {
                 max_retries: self.config.max_retries,
                 classifier: self.classifier,
                 requests: self.requests,
-                shared: Arc::new(Shared::new(self.config.name, budget, backoff, self.retry_if)),
+                shared: Arc::new(Shared::new(
+                    self.config.name,
+                    budget,
+                    backoff,
+                    self.config.max_pushback,
+                    self.retry_if,
+                )),
             },
         })
     }

@@ -83,6 +83,7 @@ impl<S: fmt::Debug, C, P> fmt::Debug for Retry<S, C, P> {
 impl<S, Req, C, P> Service<Req> for Retry<S, C, P>
 where
     S: Service<Req> + Clone,
+    S::Error: 'static,
     C: Classify<S::Response, S::Error> + Clone,
     P: RetryRequests<Req, S::Response> + Clone,
 {

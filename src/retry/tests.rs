@@ -160,13 +160,15 @@ async fn http_statuses_are_classified() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_after_replaces_the_backoff_and_is_capped() {
+async fn retry_after_replaces_the_backoff_even_past_max_delay() {
     let (svc, seen) = http_service(vec![status(503, &[("retry-after", "3")]), status(200, &[])]);
     let res = http_layer(2).layer(svc).oneshot(get()).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(gaps(&seen), [Duration::from_secs(3)]);
 
-    let (svc, seen) = http_service(vec![status(429, &[("retry-after", "3600")]), status(200, &[])]);
+    // The server asked for two minutes; the backoff's longest delay is 5 s:
+    // the retry comes when the server asked, not sooner.
+    let (svc, seen) = http_service(vec![status(429, &[("retry-after", "120")]), status(200, &[])]);
     let layer = RetryLayer::builder()
         .max_retries(1)
         .backoff(Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(5)))
@@ -174,8 +176,262 @@ async fn retry_after_replaces_the_backoff_and_is_capped() {
         .http()
         .build()
         .unwrap();
-    layer.layer(svc).oneshot(get()).await.unwrap();
-    assert_eq!(gaps(&seen), [Duration::from_secs(5)], "capped at max_delay");
+    assert_eq!(layer.layer(svc).oneshot(get()).await.unwrap().status(), 200);
+    assert_eq!(gaps(&seen), [Duration::from_secs(120)], "not cut to max_delay");
+
+    // The same for gRPC pushback.
+    let (svc, seen) = http_service(vec![
+        status(200, &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "30000")]),
+        status(200, &[("grpc-status", "0")]),
+    ]);
+    let layer = RetryLayer::builder()
+        .max_retries(1)
+        .backoff(Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(1)))
+        .classifier(crate::classify::GrpcClassifier::new())
+        .requests(GrpcRequests::new())
+        .build()
+        .unwrap();
+    assert_eq!(layer.layer(svc).oneshot(get()).await.unwrap().headers()["grpc-status"], "0");
+    assert_eq!(gaps(&seen), [Duration::from_secs(30)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_past_the_deadline_gives_up_with_the_servers_answer() {
+    let (svc, seen) = http_service(vec![status(503, &[("retry-after", "5")]), status(200, &[])]);
+    let svc = http_layer(3).layer(svc);
+    let start = Instant::now();
+    let res = Deadline::after(Duration::from_secs(2)).scope(svc.oneshot(get())).await.unwrap();
+    assert_eq!(res.status(), 503, "the server's answer, not a timeout");
+    assert_eq!(res.headers()["retry-after"], "5");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(Instant::now() - start, Duration::ZERO, "no sleep that could not end in a retry");
+
+    // Pushback that ends inside the deadline is waited out in full.
+    let (svc, seen) = http_service(vec![status(503, &[("retry-after", "1")]), status(200, &[])]);
+    let svc = http_layer(3).layer(svc);
+    let res = Deadline::after(Duration::from_secs(2)).scope(svc.oneshot(get())).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(gaps(&seen), [Duration::from_secs(1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_longer_than_max_pushback_gets_no_retry() {
+    // Longer than the default 5 minutes, or absurd: no retry, no panic, the
+    // server's answer at once — with or without a deadline.
+    for after in ["301", "18446744073709551615"] {
+        for deadline in [None, Some(Duration::from_secs(10))] {
+            let (svc, seen) = http_service(vec![status(503, &[("retry-after", after)]), status(200, &[])]);
+            let call = http_layer(3).layer(svc).oneshot(get());
+            let start = Instant::now();
+            let res = match deadline {
+                Some(d) => Deadline::after(d).scope(call).await,
+                None => call.await,
+            };
+            assert_eq!(res.unwrap().status(), 503, "{after} {deadline:?}");
+            assert_eq!(seen.lock().unwrap().len(), 1);
+            assert_eq!(Instant::now(), start);
+        }
+    }
+    let (svc, seen) = http_service(vec![
+        status(200, &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "9223372036854775807")]),
+        status(200, &[("grpc-status", "0")]),
+    ]);
+    let res = grpc_layer(GrpcRequests::new()).layer(svc).oneshot(grpc_call("/a.B/C")).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // A longer limit: the wait is honoured.
+    let (svc, seen) = http_service(vec![status(503, &[("retry-after", "600")]), status(200, &[])]);
+    let layer = RetryLayer::builder()
+        .max_retries(1)
+        .max_pushback(Duration::from_secs(900))
+        .classifier(HttpClassifier::new())
+        .http()
+        .build()
+        .unwrap();
+    assert_eq!(layer.layer(svc).oneshot(get()).await.unwrap().status(), 200);
+    assert_eq!(gaps(&seen), [Duration::from_secs(600)]);
+    let cfg: RetryConfig = serde_json::from_str(r#"{"max_pushback": "15m"}"#).unwrap();
+    assert_eq!(cfg.max_pushback, Duration::from_secs(900));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_backoff_retries_at_once() {
+    let (svc, seen) = flaky(2);
+    let layer = RetryLayer::builder().max_retries(2).backoff(Backoff::none()).build().unwrap();
+    let start = Instant::now();
+    assert_eq!(layer.layer(svc).oneshot(7).await, Ok(7));
+    assert_eq!(gaps(&seen), [Duration::ZERO, Duration::ZERO]);
+    assert_eq!(Instant::now(), start);
+    // From configuration: both delays zero.
+    let cfg: RetryConfig =
+        serde_json::from_str(r#"{"max_retries": 2, "backoff": {"initial": "0s", "max_delay": "0s"}}"#).unwrap();
+    let (svc, seen) = flaky(2);
+    assert_eq!(RetryLayer::from_config(&cfg).unwrap().layer(svc).oneshot(7).await, Ok(7));
+    assert_eq!(gaps(&seen), [Duration::ZERO, Duration::ZERO]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn seeded_jitter_gives_the_same_delays_every_run() {
+    let backoff = Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(10)).seed(2026);
+    let run = || async move {
+        let (svc, seen) = flaky(4);
+        let layer = RetryLayer::builder().max_retries(4).backoff(backoff).build().unwrap();
+        assert_eq!(layer.layer(svc).oneshot(1).await, Ok(1));
+        gaps(&seen)
+    };
+    let first = run().await;
+    assert_eq!(first, run().await);
+    // They are the full-jitter delays drawn from a generator with that seed
+    // (the timer rounds up to the millisecond).
+    let mut rng = fastrand::Rng::with_seed(2026);
+    let expected: Vec<_> = (0..4)
+        .map(|n| backoff.delay_with(n, Duration::ZERO, || rng.f64()))
+        .map(|d| Duration::from_millis(d.as_nanos().div_ceil(1_000_000) as u64))
+        .collect();
+    assert_eq!(first, expected);
+    // The seed can come from configuration too.
+    let cfg: RetryConfig = serde_json::from_str(
+        r#"{"max_retries": 4, "backoff": {"initial": "100ms", "max_delay": "10s", "jitter": "full", "seed": 2026}}"#,
+    )
+    .unwrap();
+    let (svc, seen) = flaky(4);
+    assert_eq!(RetryLayer::from_config(&cfg).unwrap().layer(svc).oneshot(1).await, Ok(1));
+    assert_eq!(gaps(&seen), expected);
+}
+
+fn grpc(code: &str) -> Response<Full<Bytes>> {
+    status(200, &[("content-type", "application/grpc"), ("grpc-status", code)])
+}
+
+fn grpc_call(path: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("http://svc{path}")).body(Full::new(Bytes::from_static(b"\0\0\0\0\0"))).unwrap()
+}
+
+fn grpc_layer(requests: GrpcRequests) -> RetryLayer<crate::classify::GrpcClassifier, GrpcRequests> {
+    RetryLayer::builder()
+        .max_retries(2)
+        .backoff(none(10))
+        .classifier(crate::classify::GrpcClassifier::new())
+        .requests(requests)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_calls_are_retried_only_when_the_server_did_not_process_them() {
+    const CREATE: &str = "/orders.v1.Orders/CreateOrder";
+    // The server may have done the work: sent once.
+    for code in ["4", "13", "2", "15"] {
+        let (svc, seen) = http_service(vec![grpc(code), grpc("0")]);
+        let res = grpc_layer(GrpcRequests::new()).layer(svc).oneshot(grpc_call(CREATE)).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], code);
+        assert_eq!(seen.lock().unwrap().len(), 1, "grpc-status {code}");
+    }
+    // UNAVAILABLE: not processed, retried.
+    let (svc, seen) = http_service(vec![grpc("14"), grpc("0")]);
+    let res = grpc_layer(GrpcRequests::new()).layer(svc).oneshot(grpc_call(CREATE)).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    // RESOURCE_EXHAUSTED: retried only when the server says when.
+    let (svc, seen) = http_service(vec![grpc("8"), grpc("0")]);
+    grpc_layer(GrpcRequests::new()).layer(svc).oneshot(grpc_call(CREATE)).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let mut pushed = grpc("8");
+    pushed.headers_mut().insert("grpc-retry-pushback-ms", "20".parse().unwrap());
+    let (svc, seen) = http_service(vec![pushed, grpc("0")]);
+    grpc_layer(GrpcRequests::new()).layer(svc).oneshot(grpc_call(CREATE)).await.unwrap();
+    assert_eq!(gaps(&seen), [Duration::from_millis(20)]);
+    // A method marked idempotent: retried after DEADLINE_EXCEEDED too.
+    let marked = GrpcRequests::new().idempotent("/orders.v1.Orders/GetOrder").unwrap();
+    let (svc, seen) = http_service(vec![grpc("4"), grpc("13"), grpc("0")]);
+    let res = grpc_layer(marked).layer(svc).oneshot(grpc_call("/orders.v1.Orders/GetOrder")).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_call_whose_connection_was_refused_is_retried() {
+    use crate::BoxError;
+    for (kind, expected) in [(std::io::ErrorKind::ConnectionRefused, 2), (std::io::ErrorKind::ConnectionReset, 1)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let svc = service_fn(move |_req: Request<Full<Bytes>>| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Err::<Response<Full<Bytes>>, BoxError>(Box::new(std::io::Error::from(kind))),
+                    _ => Ok(grpc("0")),
+                }
+            }
+        });
+        let _ = grpc_layer(GrpcRequests::new()).layer(svc).oneshot(grpc_call("/orders.v1.Orders/CreateOrder")).await;
+        assert_eq!(calls.load(Ordering::SeqCst), expected, "{kind:?}");
+    }
+}
+
+#[cfg(feature = "timeout")]
+#[tokio::test(start_paused = true)]
+async fn a_per_attempt_timeout_is_retried_only_for_idempotent_grpc_methods() {
+    use crate::timeout::{Elapsed, TimeoutLayer};
+    let arrivals = Arc::new(AtomicUsize::new(0));
+    let a = arrivals.clone();
+    // Answers after 5 s: every attempt times out after 1 s.
+    let slow = service_fn(move |_req: Request<Full<Bytes>>| {
+        a.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, crate::BoxError>(grpc("0"))
+        }
+    });
+    let marked = GrpcRequests::new().idempotent("/orders.v1.Orders/*").unwrap();
+    let svc = grpc_layer(marked).layer(TimeoutLayer::per_attempt(Duration::from_secs(1)).layer(slow));
+    let err = svc.clone().oneshot(grpc_call("/billing.v1.Billing/Charge")).await.unwrap_err();
+    assert!(err.downcast_ref::<Elapsed>().is_some(), "{err}");
+    assert_eq!(arrivals.load(Ordering::SeqCst), 1, "a call the server may have processed is sent once");
+    let err = svc.oneshot(grpc_call("/orders.v1.Orders/GetOrder")).await.unwrap_err();
+    assert!(err.downcast_ref::<Elapsed>().is_some(), "{err}");
+    assert_eq!(arrivals.load(Ordering::SeqCst), 1 + 3, "an idempotent method is retried");
+}
+
+#[cfg(feature = "circuit-breaker")]
+#[tokio::test(start_paused = true)]
+async fn a_retry_rejected_by_an_open_breaker_keeps_the_last_real_failure() {
+    use crate::circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
+    use crate::classify::{IgnoreRejections, ResultClassifier};
+    use crate::BoxError;
+
+    let breaker = CircuitBreakerLayer::builder().build().unwrap();
+    let handle = breaker.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    // The first attempt fails for real, and the breaker opens meanwhile.
+    let backend = service_fn(move |_x: u32| {
+        c.fetch_add(1, Ordering::SeqCst);
+        handle.transition_to_open();
+        async { Err::<u32, BoxError>("connection reset by peer".into()) }
+    });
+    let retry = RetryLayer::builder().max_retries(3).backoff(none(10)).build().unwrap();
+    let svc = retry.with_classifier(IgnoreRejections(ResultClassifier)).layer(breaker.layer(backend));
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let rejected = err.downcast_ref::<RetryRejected>().expect("RetryRejected");
+    assert_eq!(rejected.last_error().map(|e| e.to_string()).as_deref(), Some("connection reset by peer"));
+    assert_eq!(rejected.last_failure(), FailureKind::Error);
+    assert_eq!(rejected.attempts(), 1);
+    assert!(rejected.rejection().downcast_ref::<CircuitOpen>().is_some());
+    let source = std::error::Error::source(rejected).expect("source");
+    assert!(source.is::<CircuitOpen>(), "the rejection is the source");
+    assert!(err.to_string().contains("connection reset by peer"), "{err}");
+    assert!(crate::classify::is_rejection(&err), "still a rejection for the layers above");
+
+    // A call rejected at its first attempt gets the bare rejection.
+    let breaker = CircuitBreakerLayer::builder().build().unwrap();
+    breaker.handle().transition_to_open();
+    let backend = service_fn(|x: u32| async move { Ok::<u32, BoxError>(x) });
+    let retry = RetryLayer::builder().max_retries(3).backoff(none(10)).build().unwrap();
+    let svc = retry.with_classifier(IgnoreRejections(ResultClassifier)).layer(breaker.layer(backend));
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert!(err.downcast_ref::<CircuitOpen>().is_some(), "{err}");
 }
 
 #[tokio::test(start_paused = true)]

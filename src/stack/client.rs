@@ -11,7 +11,7 @@ use super::observe::{Observe, ObserveLayer, Side};
 use crate::bulkhead::BulkheadLayer;
 use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::classify::{GrpcClassifier, HttpClassifier, IgnoreRejections};
-use crate::retry::{HttpRequests, RetryLayer};
+use crate::retry::{GrpcRequests, HttpRequests, RetryLayer};
 use crate::timeout::TimeoutLayer;
 
 use super::optional::{Opt, Optional};
@@ -194,20 +194,41 @@ impl<C, P> ClientStack<C, P> {
 impl ClientConfig {
     /// The stack for an HTTP client (hyper-util, reqwest-like `Service`s):
     /// failures by status (5xx, 429, 408) and errors; retries only of
-    /// idempotent requests with a replayable body.
+    /// idempotent requests (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, and the
+    /// methods named in `retry.idempotent`) with a replayable body. Any other
+    /// request — a `POST` — is sent once, whatever the failure: a `503`, an
+    /// error, a per-attempt timeout.
     pub fn http_stack(&self) -> Result<ClientStack<HttpClassifier, HttpRequests>, StackError> {
-        self.stack_with(HttpClassifier::new(), HttpRequests::new())
+        let mut requests = HttpRequests::new();
+        for name in self.retry.iter().flat_map(|r| &r.idempotent) {
+            requests = requests
+                .idempotent(name)
+                .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
+        }
+        self.stack_with(HttpClassifier::new(), requests)
     }
 
     /// The stack for a gRPC client (a tonic `Channel`): failures by
     /// `grpc-status` (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, … in headers; add
     /// [`ClassifyEosLayer`](crate::classify::ClassifyEosLayer) under it for
-    /// trailers). Every gRPC call is a `POST`, which gRPC defines as safe to
-    /// retry when the server did not process it: the retry policy allows
-    /// `POST`; the request body must be replayable (buffer tonic's body
-    /// first, as `examples/tonic_client.rs` does), otherwise it is sent once.
-    pub fn grpc_stack(&self) -> Result<ClientStack<GrpcClassifier, HttpRequests>, StackError> {
-        self.stack_with(GrpcClassifier::new(), HttpRequests::new().method(http::Method::POST))
+    /// trailers). Retries as gRPC's retry design (gRFC A6) says is safe
+    /// ([`GrpcRequests`]): a call is retried only when the server did not
+    /// process it — `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with
+    /// `grpc-retry-pushback-ms`, a connection refused — never after
+    /// `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`, another transport error
+    /// or a per-attempt timeout, unless its method is named in
+    /// `retry.idempotent` (full paths, `/orders.v1.Orders/GetOrder`, or
+    /// `/orders.v1.Orders/*`); those are retried after any failure. The request body must be replayable
+    /// (buffer tonic's body first, as `examples/tonic_client.rs` does),
+    /// otherwise it is sent once.
+    pub fn grpc_stack(&self) -> Result<ClientStack<GrpcClassifier, GrpcRequests>, StackError> {
+        let mut requests = GrpcRequests::new();
+        for path in self.retry.iter().flat_map(|r| &r.idempotent) {
+            requests = requests
+                .idempotent(path)
+                .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
+        }
+        self.stack_with(GrpcClassifier::new(), requests)
     }
 
     /// The stack with any classifier and retry request policy.

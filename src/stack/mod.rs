@@ -29,8 +29,9 @@
 //!
 //! - **Retry above the breaker**: every attempt is an outcome for the
 //!   breaker, and once it opens the retry gets a fast [`CircuitOpen`]
-//!   instead of waiting on a dead dependency; the retry budget caps the
-//!   extra load a flapping dependency receives.
+//!   instead of waiting on a dead dependency (the caller then gets a
+//!   [`RetryRejected`] that keeps the call's last real failure); the retry
+//!   budget caps the extra load a flapping dependency receives.
 //! - **The total timeout above the retry** bounds the whole call including
 //!   backoff sleeps; the retry reads the deadline and does not start a retry
 //!   that cannot finish.
@@ -44,6 +45,33 @@
 //! - **Correlation and token outermost**: every attempt carries the same
 //!   id and trace id, and the token allowlist is checked against the
 //!   logical authority before discovery rewrites it.
+//!
+//! # What is retried
+//!
+//! Only what is safe to send again:
+//!
+//! - [`ClientConfig::http_stack`]: idempotent methods (GET, HEAD, OPTIONS,
+//!   TRACE, PUT, DELETE, and the methods named in `retry.idempotent`, e.g.
+//!   `["POST"]`); any other request is sent once, whatever the failure — a
+//!   `503`, an error, a per-attempt timeout.
+//! - [`ClientConfig::grpc_stack`]: as gRPC's retry design (gRFC A6) says, a
+//!   call is retried only when the server did not process it —
+//!   `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`, a
+//!   connection refused — never after `DEADLINE_EXCEEDED`, `INTERNAL`,
+//!   `UNKNOWN`, another transport error or a per-attempt timeout, unless
+//!   its method is named in `retry.idempotent` by full path
+//!   (`/orders.v1.Orders/GetOrder`, or `/orders.v1.Orders/*` for a whole
+//!   service).
+//! - `Retry-After` and `grpc-retry-pushback-ms` are waited out in full, even
+//!   beyond the backoff's `max_delay`; when the wait would end after the
+//!   total timeout, or is longer than `retry.max_pushback` (default 5
+//!   minutes), no retry is made and the caller gets the server's answer at
+//!   once.
+//!
+//! ```toml
+//! [client.orders]
+//! retry = { max_retries = 2, idempotent = ["/orders.v1.Orders/GetOrder", "/orders.v1.Orders/ListOrders"] }
+//! ```
 //!
 //! # Example
 //!
@@ -81,6 +109,7 @@
 //! ```
 //!
 //! [`CircuitOpen`]: crate::circuit_breaker::CircuitOpen
+//! [`RetryRejected`]: crate::retry::RetryRejected
 
 mod client;
 mod config;

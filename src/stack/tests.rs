@@ -203,14 +203,19 @@ async fn client_stack_retries_trips_and_counts() {
         c.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, Infallible>(Response::builder().status(503).body(String::new()).unwrap()) }
     }));
-    // One call: the first attempt and its 2 retries all fail with 503; the
-    // breaker (testing preset: 2 calls minimum) opens on the way.
-    let res = svc.ready().await.unwrap().call(Request::get("/").body(String::new()).unwrap()).await;
-    match res {
-        Ok(res) => assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE),
-        Err(e) => assert!(e.downcast_ref::<CircuitOpen>().is_some(), "{e}"),
-    }
-    assert!(calls.load(Ordering::SeqCst) >= 2);
+    // One call: the first attempt and its retry fail with 503; the breaker
+    // (testing preset: 2 calls minimum) opens on the way and rejects the
+    // second retry. The caller learns both: the rejection, and the 503.
+    let err = svc.ready().await.unwrap().call(Request::get("/").body(String::new()).unwrap()).await.unwrap_err();
+    let rejected = err.downcast_ref::<crate::retry::RetryRejected>().expect("RetryRejected");
+    assert_eq!(
+        rejected.last_failure(),
+        crate::classify::FailureKind::HttpStatus(StatusCode::SERVICE_UNAVAILABLE),
+        "the last real failure"
+    );
+    assert!(rejected.rejection().downcast_ref::<CircuitOpen>().is_some(), "{err}");
+    assert_eq!(rejected.attempts(), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(breaker.state(), CircuitState::Open);
     // Open: the next call is rejected without reaching the service.
     let before = calls.load(Ordering::SeqCst);
@@ -246,6 +251,166 @@ async fn client_stack_attempt_timeout_and_success() {
     let snap = snap(&snapshotter);
     assert_eq!(counter(&snap, "tower_mesh_client_calls_total", &[("method", "POST"), ("outcome", "success")]), 1);
     assert_eq!(counter(&snap, "tower_mesh_client_calls_total", &[("method", "GET"), ("outcome", "timeout")]), 1);
+}
+
+/// `POST` answers by path: `/slow*` after 5 s, `/deadline` a trailers-only
+/// `DEADLINE_EXCEEDED`, `/unavailable` a trailers-only `UNAVAILABLE`, any
+/// other path `OK`. Counts the attempts per path.
+fn grpc_backend(
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+) -> impl Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send> + Clone {
+    service_fn(move |req: Request<String>| {
+        let path = req.uri().path().to_owned();
+        *seen.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+        async move {
+            let method = path.rsplit('/').next().unwrap_or_default().to_owned();
+            let code = match method.as_str() {
+                m if m.starts_with("Slow") => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "0"
+                }
+                "Deadline" => "4",
+                "Unavailable" => "14",
+                _ => "0",
+            };
+            let res = Response::builder().header("content-type", "application/grpc").header("grpc-status", code);
+            Ok::<_, Infallible>(res.body(String::new()).unwrap())
+        }
+    })
+}
+
+fn grpc_call(path: &str) -> Request<String> {
+    Request::post(path).header("content-type", "application/grpc").body(String::from("\0\0\0\0\0")).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_stack_sends_a_call_the_server_may_have_processed_once() {
+    // The production preset: attempt 3 s, total 10 s, 2 retries. One method
+    // is marked idempotent in the configuration.
+    let cfg = MeshConfig::from_toml_str(
+        "preset = \"production\"\n[client.orders]\nretry = { idempotent = [\"/orders.v1.Orders/SlowGet\"] }\n",
+    )
+    .unwrap();
+    let stack = cfg.client("orders").unwrap().grpc_stack().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let mut svc = ServiceBuilder::new().layer(stack).service(grpc_backend(seen.clone()));
+    let count = |path: &str| seen.lock().unwrap().get(path).copied().unwrap_or(0);
+
+    // Answered after the attempt timeout: the server may have created the
+    // order. Sent once; the caller gets the timeout.
+    let err = svc.ready().await.unwrap().call(grpc_call("/orders.v1.Orders/SlowCreate")).await.unwrap_err();
+    assert!(err.downcast_ref::<crate::timeout::Elapsed>().is_some(), "{err}");
+    assert_eq!(count("/orders.v1.Orders/SlowCreate"), 1);
+
+    // DEADLINE_EXCEEDED from the server: sent once, the answer passed on.
+    let res = svc.ready().await.unwrap().call(grpc_call("/orders.v1.Orders/Deadline")).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "4");
+    assert_eq!(count("/orders.v1.Orders/Deadline"), 1);
+
+    // UNAVAILABLE: the server did not process it; retried, 3 attempts in all.
+    let res = svc.ready().await.unwrap().call(grpc_call("/orders.v1.Orders/Unavailable")).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(count("/orders.v1.Orders/Unavailable"), 3);
+
+    // The method marked idempotent is retried after its attempt timeouts
+    // until the total timeout ends the call.
+    let err = svc.ready().await.unwrap().call(grpc_call("/orders.v1.Orders/SlowGet")).await.unwrap_err();
+    assert!(err.downcast_ref::<crate::timeout::Elapsed>().is_some(), "{err}");
+    assert_eq!(count("/orders.v1.Orders/SlowGet"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_stack_sends_a_post_once_after_an_attempt_timeout() {
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let count = |method: &str| seen.lock().unwrap().get(method).copied().unwrap_or(0);
+    let backend = {
+        let seen = seen.clone();
+        service_fn(move |req: Request<String>| {
+            *seen.lock().unwrap().entry(req.method().to_string()).or_insert(0) += 1;
+            async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        })
+    };
+    let stack = ClientConfig::preset(Preset::Production).named("orders").http_stack().unwrap();
+    let mut svc = ServiceBuilder::new().layer(stack).service(backend.clone());
+    let err = svc.ready().await.unwrap().call(Request::post("/orders").body(String::from("{}")).unwrap()).await;
+    assert!(err.unwrap_err().downcast_ref::<crate::timeout::Elapsed>().is_some());
+    assert_eq!(count("POST"), 1, "a POST the server may have processed is sent once");
+    let err = svc.ready().await.unwrap().call(Request::get("/orders/1").body(String::new()).unwrap()).await;
+    assert!(err.unwrap_err().downcast_ref::<crate::timeout::Elapsed>().is_some());
+    assert_eq!(count("GET"), 3, "a GET is retried until the total timeout");
+
+    // A method the configuration declares idempotent is retried like a GET.
+    let cfg = MeshConfig::from_toml_str("[client.orders]\nretry = { idempotent = [\"post\"] }").unwrap();
+    let stack = cfg.client("orders").unwrap().http_stack().unwrap();
+    let mut svc = ServiceBuilder::new().layer(stack).service(backend);
+    let err = svc.ready().await.unwrap().call(Request::post("/orders").body(String::from("{}")).unwrap()).await;
+    assert!(err.unwrap_err().downcast_ref::<crate::timeout::Elapsed>().is_some());
+    assert_eq!(count("POST"), 1 + 3);
+}
+
+#[test]
+fn idempotent_entries_are_checked_for_their_protocol() {
+    let cfg = |list: &str| {
+        MeshConfig::from_toml_str(&format!("[client.a]\nretry = {{ idempotent = {list} }}"))
+            .unwrap()
+            .client("a")
+            .unwrap()
+    };
+    let grpc = cfg("[\"/orders.v1.Orders/GetOrder\", \"/stock.v1.Stock/*\"]");
+    grpc.grpc_stack().unwrap();
+    let e = grpc.http_stack().unwrap_err();
+    assert!(matches!(&e, StackError::Section { service, .. } if service == "a"), "{e:?}");
+    let http = cfg("[\"POST\", \"PATCH\"]");
+    http.http_stack().unwrap();
+    let e = http.grpc_stack().unwrap_err();
+    let source = std::error::Error::source(&e).unwrap().to_string();
+    assert!(source.contains("`POST` cannot be marked idempotent"), "{source}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stack_honours_retry_after_beyond_max_delay_and_gives_up_past_the_deadline() {
+    // The testing preset: backoff at most 100 ms, total timeout 5 s.
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let backend = {
+        let arrivals = arrivals.clone();
+        service_fn(move |req: Request<String>| {
+            let n = {
+                let mut a = arrivals.lock().unwrap();
+                a.push(tokio::time::Instant::now());
+                a.len()
+            };
+            let after = req.uri().path().trim_start_matches('/').to_owned();
+            async move {
+                let res = if n == 1 || after == "30" {
+                    Response::builder().status(503).header("retry-after", after).body(String::new()).unwrap()
+                } else {
+                    Response::new(String::new())
+                };
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
+    let mut cfg = ClientConfig::preset(Preset::Testing).named("orders");
+    cfg.circuit_breaker = None; // the testing breaker would open on the first 503
+    let mut svc = ServiceBuilder::new().layer(cfg.http_stack().unwrap()).service(backend);
+    let res = svc.ready().await.unwrap().call(Request::get("/2").body(String::new()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    {
+        let a = arrivals.lock().unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1] - a[0], Duration::from_secs(2), "as the server asked, not the 100 ms max_delay");
+    }
+    // The server asks for 30 s, past the 5 s total timeout: no retry, the
+    // caller gets the server's answer at once.
+    let start = tokio::time::Instant::now();
+    let res = svc.ready().await.unwrap().call(Request::get("/30").body(String::new()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "30");
+    assert_eq!(arrivals.lock().unwrap().len(), 3);
+    assert_eq!(tokio::time::Instant::now(), start);
 }
 
 #[tokio::test]
