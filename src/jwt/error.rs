@@ -265,7 +265,7 @@ pub enum JwtConfigError {
     /// A JWKS URL that is not an absolute `http`/`https` URL.
     JwksUrl(String),
     /// An allowlist entry that is not `host`, `host:port`, `*.suffix` or
-    /// `*.suffix:port`.
+    /// `*.suffix:port`, optionally after `http://` or `https://`.
     AllowlistEntry {
         /// The entry.
         entry: String,

@@ -121,8 +121,9 @@ pub struct ClientConfig {
     /// enabled).
     pub correlation: bool,
     /// Forward the inbound bearer token to these authorities only (exact
-    /// `host[:port]` or `*.suffix`; needs the `jwt` feature). Empty: no token
-    /// is forwarded.
+    /// `host[:port]` or `*.suffix`; needs the `jwt` feature), over `https`
+    /// only unless the entry is written `http://host[:port]` (see
+    /// `jwt::Allowlist`). Empty: no token is forwarded.
     pub forward_token_to: Vec<String>,
     /// Static endpoints the logical name resolves to (needs the `discovery`
     /// feature); empty: requests go where their URI says.
