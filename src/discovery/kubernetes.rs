@@ -1,6 +1,7 @@
 //! Kubernetes: EndpointSlices of a Service, listed then watched.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use serde::Deserialize;
 
 use super::registry::Registry;
 use super::source::{failed, HttpClient, Lines, RetryDelay, SourceTask};
+use crate::redact::{redact_opt, RedactedUrl};
 use crate::BoxError;
 
 /// Endpoints of a Kubernetes Service: the ready addresses of its
@@ -36,7 +38,7 @@ use crate::BoxError;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KubernetesSource {
     base: Uri,
     namespace: String,
@@ -44,6 +46,20 @@ pub struct KubernetesSource {
     port_name: Option<String>,
     token: Option<String>,
     client: HttpClient,
+}
+
+impl fmt::Debug for KubernetesSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The bearer token and any user info in the URL stay out.
+        f.debug_struct("KubernetesSource")
+            .field("base", &RedactedUrl(&self.base))
+            .field("namespace", &self.namespace)
+            .field("k8s_service", &self.k8s_service)
+            .field("port_name", &self.port_name)
+            .field("token", &redact_opt(&self.token))
+            .field("client", &self.client)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -121,7 +137,8 @@ impl KubernetesSource {
         self
     }
 
-    /// Bearer token for the API server (never logged).
+    /// Bearer token for the API server, sent as a sensitive `Authorization`
+    /// header (never in `Debug` or logs).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self

@@ -127,7 +127,8 @@ impl Entry {
 }
 
 fn parse_entry(entry: &str) -> Result<Entry, JwtConfigError> {
-    let err = |reason| JwtConfigError::AllowlistEntry { entry: entry.to_string(), reason };
+    // User info is refused; the error does not echo it.
+    let err = |reason| JwtConfigError::AllowlistEntry { entry: crate::redact::redact_url(entry).into_owned(), reason };
     let (plain, rest) = match entry.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (true, rest),
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (false, rest),

@@ -25,7 +25,8 @@
 //!   `UNAUTHENTICATED`) and the inner service is never called. Otherwise the
 //!   claims ([`Claims`], or your own type) go in the request's extensions and
 //!   the raw token becomes [current](BearerToken::current) on the task while
-//!   the inner service handles the request.
+//!   the inner service handles the request. The request's `Authorization`
+//!   header is marked sensitive before the inner service sees it.
 //! - [`JwtClientLayer`] (client side: a hyper-util `Client`, a tonic
 //!   `Channel`, any `Service<http::Request<B>>`) puts the current token on
 //!   outgoing requests — **only** when their target is in the [`Allowlist`]
