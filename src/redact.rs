@@ -7,7 +7,7 @@ use std::fmt;
 pub(crate) const REDACTED: &str = "<redacted>";
 
 /// `Debug`s as `<redacted>`: the field of a secret (token, password).
-#[cfg_attr(not(feature = "discovery-http"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "discovery-consul", feature = "discovery-k8s")), allow(dead_code))]
 pub(crate) struct Redacted;
 
 impl fmt::Debug for Redacted {
@@ -17,7 +17,7 @@ impl fmt::Debug for Redacted {
 }
 
 /// `Some(<redacted>)` or `None`: whether an optional secret is set, not what it is.
-#[cfg_attr(not(feature = "discovery-http"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "discovery-consul", feature = "discovery-k8s")), allow(dead_code))]
 pub(crate) fn redact_opt<T>(secret: &Option<T>) -> Option<Redacted> {
     secret.as_ref().map(|_| Redacted)
 }
