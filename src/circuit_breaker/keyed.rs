@@ -596,6 +596,43 @@ mod tests {
         assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().name(), "api[\"a\"]");
     }
 
+    proptest::proptest! {
+        /// Whatever the calls: never more than `max_keys` keys; an open
+        /// breaker is never evicted to make room; a key just called either
+        /// has its breaker or uses the overflow breaker.
+        #[test]
+        fn registry_stays_bounded_and_keeps_open_breakers(
+            max_keys in 1usize..6,
+            calls in proptest::collection::vec((0u8..12, proptest::bool::ANY), 1..200),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let layer = CircuitBreakerLayer::builder()
+                    .count_window(2)
+                    .minimum_calls(2)
+                    .key(|r: &Req| r.0.clone())
+                    .max_keys(max_keys)
+                    .build()
+                    .unwrap();
+                let registry = layer.registry();
+                let svc = layer.layer(inner());
+                let mut open = HashSet::new();
+                for (k, fail) in calls {
+                    let key = format!("k{k}");
+                    let _ = svc.clone().oneshot(req(&key, fail)).await;
+                    assert!(registry.len() <= max_keys);
+                    assert!(registry.state(&key).is_some() || registry.overflow_breaker().is_some());
+                    for o in &open {
+                        assert_eq!(registry.state(o), Some(CircuitState::Open), "{o} evicted or closed");
+                    }
+                    if registry.state(&key) == Some(CircuitState::Open) {
+                        open.insert(key);
+                    }
+                }
+            });
+        }
+    }
+
     #[test]
     fn unlisted_keys_get_a_bucket_or_other() {
         let labels = KeyLabels { listed: ["\"vip\"".to_owned()].into(), buckets: 4 };
