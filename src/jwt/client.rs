@@ -156,7 +156,10 @@ impl JwtClientLayer {
 
 impl<X> JwtClientLayer<X> {
     /// The target of requests whose URI has no authority: the scheme and
-    /// authority of `uri` (for a tonic `Channel`, its endpoint's URI).
+    /// authority of `uri` (for a tonic `Channel`, its endpoint's URI). Give
+    /// the scheme: it decides whether the [`Allowlist`] allows the target
+    /// (`https`, or `http` for an `http://` entry); without one no token is
+    /// sent.
     pub fn origin(mut self, uri: Uri) -> Self {
         let parts = uri.into_parts();
         let origin = parts.authority.map(|a| (parts.scheme, a));
