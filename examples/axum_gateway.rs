@@ -123,7 +123,7 @@ async fn order(
 async fn gateway(downstream: SocketAddr) -> Result<SocketAddr, BoxError> {
     let client = ServiceBuilder::new()
         .layer(CorrelationIdClientLayer::new().name("gateway-out"))
-        .layer(JwtClientLayer::new(Allowlist::new([downstream.to_string()])?).name("gateway-out"))
+        .layer(JwtClientLayer::new(Allowlist::new([format!("http://{downstream}")])?).name("gateway-out"))
         .service(Client::builder(TokioExecutor::new()).build_http());
     let jwt = JwtPropagationLayer::builder()
         .key(JwtKey::hmac(SECRET, Algorithm::HS256)?)

@@ -24,6 +24,8 @@ pub mod error;
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(any(feature = "discovery", feature = "jwt", feature = "stack"))]
+mod redact;
 #[cfg(feature = "retry")]
 pub mod retry;
 #[cfg(any(feature = "bulkhead", feature = "circuit-breaker"))]

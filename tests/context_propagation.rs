@@ -165,8 +165,9 @@ impl Harness {
         let logs: [Log; 4] = Default::default();
         let http_addrs = [hyper_downstream(logs[0].clone()).await, hyper_downstream(logs[1].clone()).await];
         let grpc_addrs = [tonic_downstream(logs[2].clone()).await, tonic_downstream(logs[3].clone()).await];
-        // Only the first hyper and the first tonic server may have the token.
-        let allow = Allowlist::new([http_addrs[0].to_string(), grpc_addrs[0].to_string()]).unwrap();
+        // Only the first hyper and the first tonic server may have the token
+        // (plain-text loopback servers: explicit `http://` entries).
+        let allow = Allowlist::new([format!("http://{}", http_addrs[0]), format!("http://{}", grpc_addrs[0])]).unwrap();
 
         let correlation_out = CorrelationIdClientLayer::new().name("gateway-out");
         let jwt_out = JwtClientLayer::new(allow).name("gateway-out");

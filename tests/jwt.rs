@@ -514,13 +514,16 @@ async fn gateway(allow: Allowlist, downstreams: Vec<SocketAddr>) -> SocketAddr {
 #[tokio::test]
 async fn downstream_outside_the_allowlist_gets_no_token() {
     let (allowed, other) = (downstream().await, downstream().await);
-    let gw = gateway(Allowlist::new([allowed.to_string()]).unwrap(), vec![allowed, other]).await;
+    let gw = gateway(Allowlist::new([format!("http://{allowed}")]).unwrap(), vec![allowed, other]).await;
     let token = hs(&claims());
     let a = call(gw, Some(&format!("Bearer {token}"))).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body, format!("Bearer {token}|-"));
     // Same host, other port: not allowed either when the entry names a port.
-    let gw = gateway(Allowlist::new([format!("127.0.0.1:{}", allowed.port())]).unwrap(), vec![other]).await;
+    let gw = gateway(Allowlist::new([format!("http://127.0.0.1:{}", allowed.port())]).unwrap(), vec![other]).await;
+    assert_eq!(call(gw, Some(&format!("Bearer {token}"))).await.body, "-");
+    // An entry without `http://` allows https only: nothing over plain http.
+    let gw = gateway(Allowlist::new([allowed.to_string()]).unwrap(), vec![allowed]).await;
     assert_eq!(call(gw, Some(&format!("Bearer {token}"))).await.body, "-");
     // An empty allowlist sends nothing anywhere.
     let gw = gateway(Allowlist::none(), vec![allowed]).await;
@@ -579,7 +582,7 @@ fn logs_never_contain_a_token() {
     let tokens = [good.clone(), expired.clone(), forged.clone(), kid_token.clone()];
     let ((), logs) = captured(async {
         let (allowed, other) = (downstream().await, downstream().await);
-        let gw = gateway(Allowlist::new([allowed.to_string()]).unwrap(), vec![allowed, other]).await;
+        let gw = gateway(Allowlist::new([format!("http://{allowed}")]).unwrap(), vec![allowed, other]).await;
         for t in &tokens[..3] {
             let a = call(gw, Some(&format!("Bearer {t}"))).await;
             tracing::info!(status = a.status.as_u16(), "answer");

@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use metrics::{Counter, Gauge};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -14,45 +15,77 @@ use super::future::{KeyedResponseFuture, ResponseFuture};
 use super::layer::BulkheadBuilder;
 use super::pool::{BulkheadPermit, Pool};
 use super::shared::Shared;
-use crate::config::ConfigError;
+use crate::config::{check_nonzero, ConfigError};
 use crate::error::BoxError;
 
 /// Sweep idle partitions once the map has grown to this many entries (and
 /// then whenever it doubles).
 const MIN_SWEEP: usize = 64;
 
-/// One pool of permits per key. A partition nobody holds a permit of (or waits on)
-/// is idle; idle partitions are dropped when the map grows, so keys with a
-/// high cardinality do not leak.
+/// Default [`KeyedBulkheadBuilder::max_keys`].
+const DEFAULT_MAX_KEYS: usize = 1024;
+
+/// One pool of permits per key, at most `max_keys` of them. A partition nobody
+/// holds a permit of (or waits on) is idle; idle partitions are dropped when
+/// the map grows or is full, so keys with a high cardinality do not leak. A
+/// new key that finds `max_keys` busy partitions uses the one overflow pool.
 pub(crate) struct Registry<K> {
     pools: Mutex<Pools<K>>,
+    max_keys: usize,
+    name: Arc<str>,
+    partitions: Gauge,
+    overflow_calls: Counter,
 }
 
 struct Pools<K> {
     map: HashMap<K, Arc<Pool>>,
     sweep_at: usize,
+    /// The pool shared by the keys past `max_keys`; made on first need.
+    overflow: Option<Arc<Pool>>,
 }
 
 impl<K: Hash + Eq> Registry<K> {
-    fn new() -> Self {
-        Registry { pools: Mutex::new(Pools { map: HashMap::new(), sweep_at: MIN_SWEEP }) }
+    fn new(name: Arc<str>, max_keys: usize) -> Self {
+        let label = name.to_string();
+        Registry {
+            pools: Mutex::new(Pools { map: HashMap::new(), sweep_at: MIN_SWEEP.min(max_keys), overflow: None }),
+            max_keys,
+            partitions: metrics::gauge!("tower_mesh_bulkhead_partitions", "service" => label.clone()),
+            overflow_calls: metrics::counter!("tower_mesh_bulkhead_key_overflow_total", "service" => label),
+            name,
+        }
     }
 
     /// A permit of `key`'s partition, or (when none is free) its pool to
     /// wait on.
     fn try_acquire(&self, key: K, max: usize) -> Result<BulkheadPermit, Arc<Pool>> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let pool = match pools.map.get(&key) {
-            Some(pool) => pool,
-            None => {
-                if pools.map.len() >= pools.sweep_at {
-                    // An idle partition: no permit taken, and only the map
-                    // holds its pool (every waiter holds a clone).
-                    pools.map.retain(|_, pool| Arc::strong_count(pool) > 1 || pool.in_use());
-                    pools.sweep_at = (pools.map.len() * 2).max(MIN_SWEEP);
-                }
-                pools.map.entry(key).or_insert_with(|| Arc::new(Pool::new(max)))
-            }
+        if let Some(pool) = pools.map.get(&key) {
+            return pool.try_acquire().ok_or_else(|| pool.clone());
+        }
+        if pools.map.len() >= pools.sweep_at {
+            // An idle partition: no permit taken, and only the map holds its
+            // pool (every waiter holds a clone). Dropping one loses nothing:
+            // it is the same as a new one.
+            pools.map.retain(|_, pool| Arc::strong_count(pool) > 1 || pool.in_use());
+            pools.sweep_at = (pools.map.len() * 2).clamp(MIN_SWEEP.min(self.max_keys), self.max_keys);
+        }
+        let pool = if pools.map.len() >= self.max_keys {
+            self.overflow_calls.increment(1);
+            let name = &self.name;
+            let max_keys = self.max_keys;
+            pools.overflow.get_or_insert_with(|| {
+                tracing::warn!(
+                    service = %name,
+                    max_keys,
+                    "bulkhead partitions full of calls in flight: new keys share the overflow partition"
+                );
+                Arc::new(Pool::new(max))
+            })
+        } else {
+            let pool = pools.map.entry(key).or_insert_with(|| Arc::new(Pool::new(max))).clone();
+            self.partitions.set(pools.map.len() as f64);
+            return pool.try_acquire().ok_or(pool);
         };
         pool.try_acquire().ok_or_else(|| pool.clone())
     }
@@ -65,12 +98,23 @@ impl<K: Hash + Eq> Registry<K> {
     fn partitions(&self) -> usize {
         self.pools.lock().unwrap_or_else(|e| e.into_inner()).map.len()
     }
+
+    fn overflow_available_permits(&self) -> Option<usize> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.overflow.as_ref().map(|pool| pool.available_permits())
+    }
 }
 
 /// Layer of a bulkhead with one pool of `max_concurrent_calls` permits per
 /// key (per downstream dependency, tenant, ...), so one slow partition cannot
 /// take every permit. Made by [`BulkheadLayer::keyed`](super::BulkheadLayer::keyed)
 /// or [`BulkheadBuilder::key`].
+///
+/// At most [`max_keys`](KeyedBulkheadBuilder::max_keys) partitions exist at
+/// once (default 1024; keys may come from what clients send). Past it, idle
+/// partitions are dropped to make room, and when every partition has calls
+/// in flight a new key shares the one **overflow** partition (also
+/// `max_concurrent_calls` permits) with the other keys in that situation.
 ///
 /// The key is only known in `call`, so unlike [`Bulkhead`](super::Bulkhead)
 /// the permit is taken there: immediately when the partition has one free
@@ -109,18 +153,36 @@ pub struct KeyedBulkheadLayer<F, K> {
 
 impl<F, K: Hash + Eq> KeyedBulkheadLayer<F, K> {
     pub(crate) fn new(shared: Arc<Shared>, key_fn: F) -> Self {
-        KeyedBulkheadLayer { shared, registry: Arc::new(Registry::new()), key_fn }
+        Self::with_max_keys(shared, key_fn, DEFAULT_MAX_KEYS)
     }
 
-    /// Permits free right now in `key`'s partition.
+    fn with_max_keys(shared: Arc<Shared>, key_fn: F, max_keys: usize) -> Self {
+        let registry = Arc::new(Registry::new(shared.name.clone(), max_keys));
+        KeyedBulkheadLayer { shared, registry, key_fn }
+    }
+
+    /// Permits free right now in `key`'s partition (all of them for a key
+    /// without a partition of its own: unknown, dropped or overflowed).
     pub fn available_permits(&self, key: &K) -> usize {
         self.registry.available_permits(key, self.shared.max)
     }
 
     /// How many partitions exist right now (idle ones are dropped as new keys
-    /// come in).
+    /// come in), the overflow partition not counted; at most
+    /// [`max_keys`](Self::max_keys).
     pub fn partitions(&self) -> usize {
         self.registry.partitions()
+    }
+
+    /// The most partitions kept at once.
+    pub fn max_keys(&self) -> usize {
+        self.registry.max_keys
+    }
+
+    /// Permits free right now in the overflow partition, once a key has
+    /// needed it.
+    pub fn overflow_available_permits(&self) -> Option<usize> {
+        self.registry.overflow_available_permits()
     }
 
     /// The bulkhead's name (the `service` label of its metrics).
@@ -158,25 +220,38 @@ impl<S, F: Clone, K> Layer<S> for KeyedBulkheadLayer<F, K> {
 pub struct KeyedBulkheadBuilder<F, K> {
     base: BulkheadBuilder,
     key_fn: F,
+    max_keys: usize,
     _key: PhantomData<fn() -> K>,
 }
 
 impl<F, K> KeyedBulkheadBuilder<F, K> {
     pub(crate) fn new(base: BulkheadBuilder, key_fn: F) -> Self {
-        KeyedBulkheadBuilder { base, key_fn, _key: PhantomData }
+        KeyedBulkheadBuilder { base, key_fn, max_keys: DEFAULT_MAX_KEYS, _key: PhantomData }
+    }
+
+    /// The most partitions kept at once (default 1024; at least 1). Past it,
+    /// idle partitions are dropped; if all have calls in flight, new keys
+    /// share one overflow partition (see [`KeyedBulkheadLayer`]).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
     }
 }
 
 impl<F, K: Hash + Eq> KeyedBulkheadBuilder<F, K> {
     /// Validate and build.
     pub fn build(self) -> Result<KeyedBulkheadLayer<F, K>, ConfigError> {
-        Ok(KeyedBulkheadLayer::new(Arc::new(self.base.shared()?), self.key_fn))
+        check_nonzero("bulkhead.max_keys", self.max_keys == 0)?;
+        Ok(KeyedBulkheadLayer::with_max_keys(Arc::new(self.base.shared()?), self.key_fn, self.max_keys))
     }
 }
 
 impl<F, K> fmt::Debug for KeyedBulkheadBuilder<F, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedBulkheadBuilder").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("KeyedBulkheadBuilder")
+            .field("base", &self.base)
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -251,5 +326,86 @@ where
                 KeyedResponseFuture::waiting(self.shared.wait(&sem), ready, req, self.shared.clone())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use metrics_util::debugging::DebuggingRecorder;
+    use tower::Service as _;
+
+    use super::*;
+    use crate::bulkhead::{BulkheadFull, BulkheadLayer};
+
+    /// An inner service whose calls never end: each holds its permit while
+    /// its future lives.
+    fn stuck() -> impl Service<u32, Response = (), Error = BoxError, Future: Send> + Clone {
+        tower::service_fn(|_: u32| std::future::pending::<Result<(), BoxError>>())
+    }
+
+    /// Whether the call was rejected (it has ended with `BulkheadFull`).
+    fn rejected<F: std::future::Future<Output = Result<(), BoxError>>>(f: &mut std::pin::Pin<Box<F>>) -> bool {
+        matches!(f.now_or_never(), Some(Err(e)) if e.is::<BulkheadFull>())
+    }
+
+    #[test]
+    fn twenty_thousand_keys_leave_at_most_max_keys_partitions_and_fixed_series() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let layer = BulkheadLayer::builder()
+            .name("keys")
+            .max_concurrent_calls(1)
+            .key(|r: &u32| *r)
+            .max_keys(100)
+            .build()
+            .unwrap();
+        assert_eq!(layer.max_keys(), 100);
+        let mut svc = layer.layer(stuck());
+        // Every call stays in flight: 100 partitions, then the overflow.
+        let mut held: Vec<_> = (0..20_000u32).map(|k| Box::pin(svc.call(k))).collect();
+        assert_eq!(layer.partitions(), 100);
+        assert_eq!(layer.overflow_available_permits(), Some(0));
+        let rejections = held.iter_mut().map(rejected).filter(|r| *r).count();
+        assert_eq!(rejections, 20_000 - 101, "one overflow permit for the 19,900 keys past max_keys");
+        drop(held);
+        // Calls that end at once: idle partitions make room, no overflow.
+        let ok = tower::service_fn(|_: u32| async { Ok::<_, BoxError>(()) });
+        let mut svc = layer.layer(ok);
+        for k in 20_000..40_000u32 {
+            svc.call(k).now_or_never().unwrap().unwrap();
+            assert!(layer.partitions() <= 100);
+        }
+        let series = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().labels().any(|l| l.key() == "service" && l.value() == "keys"))
+            .count();
+        // in flight, rejections, permit wait, partitions, overflow calls.
+        assert!(series <= 5, "{series} series");
+    }
+
+    #[test]
+    fn keys_past_max_keys_share_one_overflow_partition() {
+        let layer =
+            BulkheadLayer::builder().name("o").max_concurrent_calls(1).key(|r: &u32| *r).max_keys(2).build().unwrap();
+        let mut svc = layer.layer(stuck());
+        let a = svc.call(1);
+        let _b = svc.call(2);
+        assert_eq!(layer.partitions(), 2);
+        // Both partitions busy: key 3 takes the overflow permit, key 4 finds it taken.
+        let _c = svc.call(3);
+        assert_eq!(layer.overflow_available_permits(), Some(0));
+        assert!(rejected(&mut Box::pin(svc.call(4))), "key 4 shares key 3's overflow partition");
+        assert_eq!(layer.partitions(), 2);
+        // Key 1's partition goes idle: a new key gets its own partition again.
+        drop(a);
+        let mut e = Box::pin(svc.call(5));
+        assert!((&mut e).now_or_never().is_none(), "key 5 has a partition of its own");
+        assert_eq!(layer.available_permits(&5), 0);
+        assert_eq!(layer.partitions(), 2);
+        assert!(BulkheadLayer::builder().key(|r: &u32| *r).max_keys(0).build().is_err());
     }
 }

@@ -21,7 +21,10 @@
 //!   service does not share its permit.
 //! - [`KeyedBulkheadLayer`] ([`BulkheadLayer::keyed`], [`BulkheadBuilder::key`])
 //!   gives each key (a host, a dependency, a tenant) its own pool of the
-//!   same size; idle partitions are dropped as new keys come in.
+//!   same size; idle partitions are dropped as new keys come in. At most
+//!   `max_keys` partitions (default 1024) exist at once: keys may come from
+//!   what clients send; when all of them have calls in flight, a new key
+//!   shares one overflow partition with the other keys in that situation.
 //!
 //! Servers answer [`BulkheadFull`] with `503` / gRPC `RESOURCE_EXHAUSTED`
 //! (see [`ServerErrorLayer`](crate::error::ServerErrorLayer)).
@@ -31,8 +34,12 @@
 //! Labelled `service` = the bulkhead's name (default `"bulkhead"`):
 //! `tower_mesh_bulkhead_in_flight` (gauge), `tower_mesh_bulkhead_rejections_total`
 //! (counter) and `tower_mesh_bulkhead_permit_wait_seconds` (histogram of the
-//! waits of calls that found no free permit). A rejection also emits a
-//! `debug` tracing event.
+//! waits of calls that found no free permit). A keyed bulkhead adds
+//! `tower_mesh_bulkhead_partitions` (gauge) and
+//! `tower_mesh_bulkhead_key_overflow_total` (calls that used the overflow
+//! partition); its metrics carry no per-key label, so their number of series
+//! does not grow with the keys. A rejection also emits a `debug` tracing
+//! event; the first use of the overflow partition a warning.
 //!
 //! # Example
 //!

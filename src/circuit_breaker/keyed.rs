@@ -1,13 +1,15 @@
 //! Per-key breakers: one breaker state per key of the request (e.g. the URI
-//! authority), in a registry that evicts idle keys.
+//! authority), in a registry bounded in keys and in metric series.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use lru::LruCache;
+use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -19,32 +21,104 @@ use crate::classify::Classify;
 use crate::config::{check_nonzero, ConfigError};
 use crate::BoxError;
 
+/// Default [`KeyedCircuitBreakerBuilder::max_keys`].
+pub(crate) const DEFAULT_MAX_KEYS: usize = 1024;
+/// Default [`KeyedCircuitBreakerBuilder::metric_key_buckets`].
+const DEFAULT_METRIC_BUCKETS: usize = 16;
+/// The `key` label (and name suffix) of the breaker shared by the keys past
+/// `max_keys`.
+const OVERFLOW: &str = "overflow";
+
 struct Entry {
     shared: Arc<Shared>,
     last_used: Instant,
 }
 
 struct Map<K> {
-    entries: HashMap<K, Entry>,
+    /// Least recently used last (every use promotes a key), so the idle keys
+    /// are a tail of the order.
+    entries: LruCache<K, Entry>,
+    /// The breaker of the keys that found the registry full of keys it may
+    /// not evict; made on first need.
+    overflow: Option<Arc<Shared>>,
     last_sweep: Instant,
 }
 
+/// How a key's breaker is labelled in metrics: its own `key` label for the
+/// listed keys, else one of `buckets` hashed labels (`"other"` when zero).
+/// Either way the number of label values is bounded.
+#[derive(Clone, Debug, Default)]
+struct KeyLabels {
+    listed: HashSet<String>,
+    buckets: usize,
+}
+
+impl KeyLabels {
+    fn label(&self, key: String) -> String {
+        if self.listed.contains(&key) {
+            return key;
+        }
+        if self.buckets == 0 {
+            return "other".to_owned();
+        }
+        // Fixed keys (not a per-process random state): a key lands in the
+        // same bucket in every run of the same build.
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        format!("bucket-{}", h.finish() % self.buckets as u64)
+    }
+}
+
+/// Metric handles of the registry itself, labelled `service` only.
+struct RegistryMetrics {
+    keys: Gauge,
+    idle_evictions: Counter,
+    capacity_evictions: Counter,
+    overflow_calls: Counter,
+}
+
+impl RegistryMetrics {
+    fn new(name: &str) -> Self {
+        let evictions = |reason: &'static str| metrics::counter!("tower_mesh_circuit_breaker_key_evictions_total", "service" => name.to_owned(), "reason" => reason);
+        RegistryMetrics {
+            keys: metrics::gauge!("tower_mesh_circuit_breaker_keys", "service" => name.to_owned()),
+            idle_evictions: evictions("idle"),
+            capacity_evictions: evictions("capacity"),
+            overflow_calls: metrics::counter!("tower_mesh_circuit_breaker_key_overflow_total", "service" => name.to_owned()),
+        }
+    }
+}
+
 /// The per-key breakers of a [`KeyedCircuitBreakerLayer`].
+///
+/// Bounded: at most [`max_keys`](KeyedCircuitBreakerBuilder::max_keys) keys
+/// live at once. Keys unused for the idle TTL are evicted. A new key that
+/// finds the registry full evicts the least recently used key whose breaker
+/// is closed (an open, half-open or forced breaker is kept: flooding the
+/// registry with new keys must not close it); if there is none, the new key
+/// uses the one **overflow** breaker (named `name[overflow]`, labelled
+/// `key="overflow"`), shared by every key in that situation until room is
+/// made.
 pub struct CircuitBreakerRegistry<K> {
     name: String,
     settings: Settings,
     listeners: Vec<Listener>,
     idle_ttl: Duration,
+    max_keys: usize,
+    labels: KeyLabels,
+    metrics: RegistryMetrics,
     map: Mutex<Map<K>>,
 }
 
-impl<K: fmt::Debug> fmt::Debug for CircuitBreakerRegistry<K> {
+impl<K: fmt::Debug + Hash + Eq> fmt::Debug for CircuitBreakerRegistry<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         f.debug_struct("CircuitBreakerRegistry")
             .field("name", &self.name)
             .field("idle_ttl", &self.idle_ttl)
-            .field("keys", &map.entries.keys().collect::<Vec<_>>())
+            .field("max_keys", &self.max_keys)
+            .field("keys", &map.entries.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("overflow", &map.overflow.as_ref().map(|s| s.state()))
             .finish()
     }
 }
@@ -58,32 +132,78 @@ where
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if now.saturating_duration_since(map.last_sweep) >= self.idle_ttl {
-            Self::sweep(&mut map, now, self.idle_ttl);
+            self.sweep(&mut map, now);
         }
         if let Some(e) = map.entries.get_mut(&key) {
             e.last_used = now;
             return e.shared.clone();
         }
-        let name = format!("{}[{:?}]", self.name, key);
-        let labels = metric_labels(&self.name, Some(format!("{key:?}")));
+        if map.entries.len() >= self.max_keys && !self.evict_one(&mut map, &key) {
+            self.metrics.overflow_calls.increment(1);
+            return self.overflow(&mut map).clone();
+        }
+        let key_str = format!("{key:?}");
+        let name = format!("{}[{key_str}]", self.name);
+        let labels = metric_labels(&self.name, Some(self.labels.label(key_str)));
         let shared = Arc::new(Shared::new(name.into(), labels, self.settings.clone(), self.listeners.clone()));
-        map.entries.insert(key, Entry { shared: shared.clone(), last_used: now });
+        map.entries.put(key, Entry { shared: shared.clone(), last_used: now });
+        self.metrics.keys.set(map.entries.len() as f64);
         shared
     }
 
-    fn sweep(map: &mut Map<K>, now: Instant, ttl: Duration) {
-        map.entries.retain(|_, e| now.saturating_duration_since(e.last_used) < ttl);
+    /// Make room for `key`: evict the least recently used key whose breaker
+    /// is closed. `false`: every breaker is open, half-open or forced.
+    fn evict_one(&self, map: &mut Map<K>, key: &K) -> bool {
+        let victim =
+            map.entries.iter().rev().find(|(_, e)| e.shared.state() == CircuitState::Closed).map(|(k, _)| k.clone());
+        match victim {
+            Some(victim) => {
+                map.entries.pop(&victim);
+                self.metrics.capacity_evictions.increment(1);
+                tracing::debug!(service = %self.name, evicted = ?victim, new = ?key, max_keys = self.max_keys, "circuit breaker registry full: least recently used closed key evicted");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The breaker shared by the keys past `max_keys`.
+    fn overflow<'m>(&self, map: &'m mut Map<K>) -> &'m Arc<Shared> {
+        map.overflow.get_or_insert_with(|| {
+            tracing::warn!(
+                service = %self.name,
+                max_keys = self.max_keys,
+                "circuit breaker registry full of keys that are not closed: new keys share the overflow breaker"
+            );
+            let name = format!("{}[{OVERFLOW}]", self.name);
+            let labels = metric_labels(&self.name, Some(OVERFLOW.to_owned()));
+            Arc::new(Shared::new(name.into(), labels, self.settings.clone(), self.listeners.clone()))
+        })
+    }
+
+    fn sweep(&self, map: &mut Map<K>, now: Instant) {
+        // The idle keys are the least recently used ones.
+        let mut evicted = 0u64;
+        while map.entries.peek_lru().is_some_and(|(_, e)| now.saturating_duration_since(e.last_used) >= self.idle_ttl) {
+            map.entries.pop_lru();
+            evicted += 1;
+        }
         map.last_sweep = now;
+        if evicted > 0 {
+            self.metrics.idle_evictions.increment(evicted);
+            self.metrics.keys.set(map.entries.len() as f64);
+            tracing::debug!(service = %self.name, evicted, keys = map.entries.len(), "idle circuit breaker keys evicted");
+        }
     }
 
     /// Remove the keys not used for the idle TTL (this also happens by itself,
     /// at most once per TTL, on calls).
     pub fn evict_idle(&self) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        Self::sweep(&mut map, Instant::now(), self.idle_ttl);
+        self.sweep(&mut map, Instant::now());
     }
 
-    /// The keys with their state and counters.
+    /// The keys with their state and counters (not the overflow breaker's).
     pub fn keys(&self) -> Vec<(K, CircuitMetrics)> {
         let handles: Vec<_> = {
             let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -92,18 +212,30 @@ where
         handles.into_iter().map(|(k, s)| (k, s.snapshot())).collect()
     }
 
-    /// The handle of `key`'s breaker, if it exists.
+    /// The handle of `key`'s breaker, if it exists. Does not count as a use.
     pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entries.get(key).map(|e| CircuitBreakerHandle { shared: e.shared.clone() })
+        map.entries.peek(key).map(|e| CircuitBreakerHandle { shared: e.shared.clone() })
     }
 
-    /// The state of `key`'s breaker (`None`: unknown or evicted key).
+    /// The state of `key`'s breaker (`None`: unknown or evicted key, or a
+    /// key that uses the overflow breaker).
     pub fn state(&self, key: &K) -> Option<CircuitState> {
         self.get(key).map(|h| h.state())
     }
 
-    /// Number of keys.
+    /// The handle of the overflow breaker, once a key has needed it.
+    pub fn overflow_breaker(&self) -> Option<CircuitBreakerHandle> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.overflow.as_ref().map(|s| CircuitBreakerHandle { shared: s.clone() })
+    }
+
+    /// The most keys kept at once.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// Number of keys (the overflow breaker not counted).
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).entries.len()
     }
@@ -122,6 +254,19 @@ pub struct KeyedCircuitBreakerBuilder<C, F> {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) key_fn: F,
     pub(crate) idle_ttl: Duration,
+    pub(crate) max_keys: usize,
+    pub(crate) labels: KeyLabelsConfig,
+}
+
+/// The metric labelling of a keyed builder (see
+/// [`KeyedCircuitBreakerBuilder::metric_keys`]).
+#[derive(Clone, Debug)]
+pub(crate) struct KeyLabelsConfig(KeyLabels);
+
+impl Default for KeyLabelsConfig {
+    fn default() -> Self {
+        KeyLabelsConfig(KeyLabels { listed: HashSet::new(), buckets: DEFAULT_METRIC_BUCKETS })
+    }
 }
 
 impl<C: fmt::Debug, F> fmt::Debug for KeyedCircuitBreakerBuilder<C, F> {
@@ -130,6 +275,9 @@ impl<C: fmt::Debug, F> fmt::Debug for KeyedCircuitBreakerBuilder<C, F> {
             .field("config", &self.config)
             .field("classifier", &self.classifier)
             .field("idle_ttl", &self.idle_ttl)
+            .field("max_keys", &self.max_keys)
+            .field("metric_keys", &self.labels.0.listed)
+            .field("metric_key_buckets", &self.labels.0.buckets)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +289,40 @@ impl<C, F> KeyedCircuitBreakerBuilder<C, F> {
         self
     }
 
+    /// The most keys kept at once (default 1024; at least 1). A new key past
+    /// it evicts the least recently used key whose breaker is closed, or, if
+    /// none is, uses the one overflow breaker shared by such keys (see
+    /// [`CircuitBreakerRegistry`]). Keys may come from what a client sends
+    /// (a header, a host name): this bounds the memory they take.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Keys whose breakers carry their own `key` metric label (the key's
+    /// `Debug` form, as in the breaker's name). The metrics of the other keys
+    /// are labelled by [bucket](Self::metric_key_buckets), so the number of
+    /// series stays bounded whatever keys come in.
+    pub fn metric_keys<I>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: fmt::Debug,
+    {
+        self.labels.0.listed = keys.into_iter().map(|k| format!("{k:?}")).collect();
+        self
+    }
+
+    /// The metrics of the keys not listed in
+    /// [`metric_keys`](Self::metric_keys) are labelled `key="bucket-N"`,
+    /// `N` a hash of the key modulo `buckets` (default 16); with `0`, all of
+    /// them `key="other"`. Keys sharing a label add up in its counters and
+    /// histogram; its state gauge shows the last transition of any of them
+    /// (the [registry](CircuitBreakerRegistry::keys) has each key's state).
+    pub fn metric_key_buckets(mut self, buckets: usize) -> Self {
+        self.labels.0.buckets = buckets;
+        self
+    }
+
     /// Validate and build.
     pub fn build<K>(self) -> Result<KeyedCircuitBreakerLayer<K, F, C>, ConfigError>
     where
@@ -148,12 +330,16 @@ impl<C, F> KeyedCircuitBreakerBuilder<C, F> {
     {
         self.config.validate()?;
         check_nonzero("circuit_breaker.idle_ttl", self.idle_ttl.is_zero())?;
+        check_nonzero("circuit_breaker.max_keys", self.max_keys == 0)?;
         let registry = CircuitBreakerRegistry {
             name: self.config.name.clone(),
             settings: Settings::from_config(&self.config),
             listeners: self.listeners,
             idle_ttl: self.idle_ttl,
-            map: Mutex::new(Map { entries: HashMap::new(), last_sweep: Instant::now() }),
+            max_keys: self.max_keys,
+            labels: self.labels.0,
+            metrics: RegistryMetrics::new(&self.config.name),
+            map: Mutex::new(Map { entries: LruCache::unbounded(), overflow: None, last_sweep: Instant::now() }),
         };
         Ok(KeyedCircuitBreakerLayer { registry: Arc::new(registry), key_fn: self.key_fn, classifier: self.classifier })
     }
@@ -201,7 +387,7 @@ impl<K, F: Clone, C: Clone> Clone for KeyedCircuitBreakerLayer<K, F, C> {
     }
 }
 
-impl<K: fmt::Debug, F, C: fmt::Debug> fmt::Debug for KeyedCircuitBreakerLayer<K, F, C> {
+impl<K: fmt::Debug + Hash + Eq, F, C: fmt::Debug> fmt::Debug for KeyedCircuitBreakerLayer<K, F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreakerLayer")
             .field("registry", &self.registry)
@@ -249,7 +435,7 @@ impl<S: Clone, K, F: Clone, C: Clone> Clone for KeyedCircuitBreaker<S, K, F, C> 
     }
 }
 
-impl<S: fmt::Debug, K: fmt::Debug, F, C: fmt::Debug> fmt::Debug for KeyedCircuitBreaker<S, K, F, C> {
+impl<S: fmt::Debug, K: fmt::Debug + Hash + Eq, F, C: fmt::Debug> fmt::Debug for KeyedCircuitBreaker<S, K, F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreaker")
             .field("inner", &self.inner)
@@ -287,5 +473,174 @@ where
         let shared = self.registry.get_or_create((self.key_fn)(&req));
         let inner = &mut self.inner;
         ResponseFuture::admit(KeyedRef { shared, classifier: self.classifier.clone() }, || inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use metrics_util::debugging::DebuggingRecorder;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
+
+    /// A request: its key and whether the call fails.
+    type Req = (String, bool);
+
+    fn inner() -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone {
+        tower::service_fn(|(_, fail): Req| async move {
+            if fail {
+                Err::<(), BoxError>("boom".into())
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn req(key: &str, fail: bool) -> Req {
+        (key.to_owned(), fail)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn twenty_thousand_keys_leave_bounded_entries_and_metric_series() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let layer = CircuitBreakerLayer::builder()
+            .name("keys")
+            .key(|r: &Req| r.0.clone())
+            .max_keys(100)
+            .metric_keys(["vip"])
+            .metric_key_buckets(8)
+            .build()
+            .unwrap();
+        let registry = layer.registry();
+        let svc = layer.layer(inner());
+        for i in 0..20_000 {
+            // Every tenth call fails, so the breakers record all outcomes.
+            svc.clone().oneshot(req(&format!("attacker-{i}"), i % 10 == 0)).await.ok();
+            if i % 1000 == 0 {
+                svc.clone().oneshot(req("vip", false)).await.unwrap();
+            }
+        }
+        assert!(registry.len() <= 100, "{} keys live", registry.len());
+        assert_eq!(registry.max_keys(), 100);
+        assert!(registry.state(&"attacker-19999".to_owned()).is_some(), "the newest key is kept");
+
+        let snapshot = snapshotter.snapshot().into_vec();
+        let ours: Vec<_> = snapshot
+            .iter()
+            .map(|(k, ..)| k.key())
+            .filter(|k| k.labels().any(|l| l.key() == "service" && l.value() == "keys"))
+            .collect();
+        let key_labels: BTreeSet<_> =
+            ours.iter().flat_map(|k| k.labels()).filter(|l| l.key() == "key").map(|l| l.value().to_owned()).collect();
+        // The listed key, at most 8 buckets (and no overflow: closed keys are evicted).
+        assert!(key_labels.contains("\"vip\""), "{key_labels:?}");
+        assert!(key_labels.iter().all(|l| l == "\"vip\"" || l.starts_with("bucket-")), "{key_labels:?}");
+        assert!(key_labels.len() <= 9, "{key_labels:?}");
+        // Per label value: 4 call outcomes, slow calls, state, duration and a
+        // few transitions; plus the registry's own 4 series.
+        assert!(ours.len() <= 9 * 12 + 4, "{} series", ours.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_registry_evicts_the_least_recently_used_closed_key() {
+        let layer = CircuitBreakerLayer::builder().key(|r: &Req| r.0.clone()).max_keys(3).build().unwrap();
+        let registry = layer.registry();
+        let svc = layer.layer(inner());
+        for k in ["a", "b", "c", "a"] {
+            svc.clone().oneshot(req(k, false)).await.unwrap();
+        }
+        // Least recently used first: b, c, a.
+        svc.clone().oneshot(req("d", false)).await.unwrap();
+        let mut keys: Vec<_> = registry.keys().into_iter().map(|(k, _)| k).collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "c", "d"]);
+        assert!(registry.overflow_breaker().is_none());
+        assert!(CircuitBreakerLayer::builder().key(|r: &u32| *r).max_keys(0).build::<u32>().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_breakers_are_kept_and_later_keys_share_the_overflow_breaker() {
+        let layer = CircuitBreakerLayer::builder()
+            .name("api")
+            .count_window(2)
+            .minimum_calls(2)
+            .key(|r: &Req| r.0.clone())
+            .max_keys(2)
+            .build()
+            .unwrap();
+        let registry = layer.registry();
+        let svc = layer.layer(inner());
+        for k in ["a", "a", "b", "b"] {
+            assert!(svc.clone().oneshot(req(k, true)).await.is_err());
+        }
+        assert_eq!(registry.state(&"a".to_owned()), Some(CircuitState::Open));
+        assert_eq!(registry.state(&"b".to_owned()), Some(CircuitState::Open));
+        // Full of open breakers: flooding new keys must not evict (close) them.
+        assert!(svc.clone().oneshot(req("c", true)).await.is_err());
+        assert!(svc.clone().oneshot(req("d", true)).await.is_err());
+        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.state(&"a".to_owned()), Some(CircuitState::Open));
+        assert_eq!(registry.state(&"c".to_owned()), None);
+        // c and d failed on one shared breaker, which is now open for e too.
+        let overflow = registry.overflow_breaker().unwrap();
+        assert_eq!(overflow.state(), CircuitState::Open);
+        let err = svc.clone().oneshot(req("e", false)).await.unwrap_err();
+        assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().name(), "api[overflow]");
+        // A known key still uses its own breaker.
+        let err = svc.clone().oneshot(req("a", false)).await.unwrap_err();
+        assert_eq!(err.downcast_ref::<CircuitOpen>().unwrap().name(), "api[\"a\"]");
+    }
+
+    proptest::proptest! {
+        /// Whatever the calls: never more than `max_keys` keys; an open
+        /// breaker is never evicted to make room; a key just called either
+        /// has its breaker or uses the overflow breaker.
+        #[test]
+        fn registry_stays_bounded_and_keeps_open_breakers(
+            max_keys in 1usize..6,
+            calls in proptest::collection::vec((0u8..12, proptest::bool::ANY), 1..200),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let layer = CircuitBreakerLayer::builder()
+                    .count_window(2)
+                    .minimum_calls(2)
+                    .key(|r: &Req| r.0.clone())
+                    .max_keys(max_keys)
+                    .build()
+                    .unwrap();
+                let registry = layer.registry();
+                let svc = layer.layer(inner());
+                let mut open = HashSet::new();
+                for (k, fail) in calls {
+                    let key = format!("k{k}");
+                    let _ = svc.clone().oneshot(req(&key, fail)).await;
+                    assert!(registry.len() <= max_keys);
+                    assert!(registry.state(&key).is_some() || registry.overflow_breaker().is_some());
+                    for o in &open {
+                        assert_eq!(registry.state(o), Some(CircuitState::Open), "{o} evicted or closed");
+                    }
+                    if registry.state(&key) == Some(CircuitState::Open) {
+                        open.insert(key);
+                    }
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn unlisted_keys_get_a_bucket_or_other() {
+        let labels = KeyLabels { listed: ["\"vip\"".to_owned()].into(), buckets: 4 };
+        assert_eq!(labels.label("\"vip\"".into()), "\"vip\"");
+        let buckets: BTreeSet<_> = (0..1000).map(|i| labels.label(format!("k{i}"))).collect();
+        assert_eq!(buckets.len(), 4, "{buckets:?}");
+        assert_eq!(labels.label("k1".into()), labels.label("k1".into()), "stable");
+        let other = KeyLabels { listed: HashSet::new(), buckets: 0 };
+        assert_eq!(other.label("k1".into()), "other");
     }
 }

@@ -218,7 +218,10 @@ impl<C> CircuitBreakerBuilder<C> {
     /// One breaker per key of the request (e.g. the URI authority) instead of
     /// one for all calls; see [`KeyedCircuitBreakerLayer`](super::KeyedCircuitBreakerLayer).
     /// Each key's breaker is named `name[key]` in logs and errors; its metrics
-    /// carry the labels `service="name"` and `key="key"`.
+    /// carry the labels `service="name"` and a bounded `key` label (see
+    /// [`metric_keys`](super::KeyedCircuitBreakerBuilder::metric_keys)). At
+    /// most [`max_keys`](super::KeyedCircuitBreakerBuilder::max_keys) keys
+    /// are kept.
     pub fn key<F>(self, key_fn: F) -> super::KeyedCircuitBreakerBuilder<C, F> {
         super::KeyedCircuitBreakerBuilder {
             config: self.config,
@@ -226,6 +229,8 @@ impl<C> CircuitBreakerBuilder<C> {
             listeners: self.listeners,
             key_fn,
             idle_ttl: Duration::from_secs(600),
+            max_keys: super::keyed::DEFAULT_MAX_KEYS,
+            labels: Default::default(),
         }
     }
     /// Validate and build.

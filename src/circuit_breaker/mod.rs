@@ -114,13 +114,35 @@
 //! 3 disabled, 4 forced-open, 5 metrics-only),
 //! `tower_mesh_circuit_breaker_transitions_total{service,from,to}`,
 //! `tower_mesh_circuit_breaker_call_duration_seconds`. The breakers of a keyed
-//! layer add a `key` label. Transitions are logged
+//! layer add a `key` label of bounded cardinality (below). Transitions are logged
 //! with `tracing` and passed to `on_state_change` callbacks.
 //!
 //! Per-key breakers ([`CircuitBreakerBuilder::key`]) keep one breaker per key
 //! of the request (e.g. the URI authority) in a [`CircuitBreakerRegistry`]
-//! that lists the keys with their states and evicts keys idle for a TTL. The
-//! unkeyed [`CircuitBreaker`] is a separate type and pays nothing for it.
+//! that lists the keys with their states. Keys can come from what clients
+//! send, so the registry is bounded:
+//!
+//! - at most [`max_keys`](KeyedCircuitBreakerBuilder::max_keys) keys (default
+//!   1024) live at once; keys idle for the TTL (default 10 minutes) are
+//!   evicted; a new key that finds the registry full evicts the least
+//!   recently used key whose breaker is closed, and if every breaker is open,
+//!   half-open or forced, it uses one **overflow** breaker (`name[overflow]`)
+//!   shared by such keys, so flooding keys can neither grow memory nor close
+//!   an open breaker;
+//! - the `key` metric label is the key itself only for the keys listed in
+//!   [`metric_keys`](KeyedCircuitBreakerBuilder::metric_keys); the others are
+//!   labelled `bucket-N` (a hash of the key modulo
+//!   [`metric_key_buckets`](KeyedCircuitBreakerBuilder::metric_key_buckets),
+//!   default 16) or `other`, and the overflow breaker `overflow`: evicted keys
+//!   leave no series behind.
+//!
+//! The registry records `tower_mesh_circuit_breaker_keys{service}` (keys
+//! live), `tower_mesh_circuit_breaker_key_evictions_total{service,reason}`
+//! (`idle`, `capacity`) and
+//! `tower_mesh_circuit_breaker_key_overflow_total{service}` (calls that used
+//! the overflow breaker); the first use of the overflow breaker logs a
+//! warning. The unkeyed [`CircuitBreaker`] is a separate type and pays
+//! nothing for all this.
 //!
 //! See [`CircuitBreakerLayer`] for an example.
 

@@ -779,8 +779,12 @@ async fn keyed_breaker_metrics_have_service_and_key_labels() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let layer =
-        CircuitBreakerLayer::builder().name("api").key(|r: &u32| *r % 2).build::<u32>().expect("valid configuration");
+    let layer = CircuitBreakerLayer::builder()
+        .name("api")
+        .key(|r: &u32| *r % 2)
+        .metric_keys([0u32, 1])
+        .build::<u32>()
+        .expect("valid configuration");
     let mut svc = layer.layer(tower::service_fn(|r: u32| async move { Ok::<_, BoxError>(r) }));
     for r in [1u32, 2, 4] {
         svc.ready().await.unwrap();

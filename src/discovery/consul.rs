@@ -1,5 +1,6 @@
 //! Consul: the health API with blocking queries.
 
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use serde::Deserialize;
 
 use super::registry::Registry;
 use super::source::{failed, HttpClient, RetryDelay, SourceTask};
+use crate::redact::{redact_opt, RedactedUrl};
 use crate::BoxError;
 
 /// Endpoints of a Consul service: the instances passing their health checks,
@@ -32,13 +34,26 @@ use crate::BoxError;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConsulSource {
     base: Uri,
     consul_service: String,
     token: Option<String>,
     wait: Duration,
     client: HttpClient,
+}
+
+impl fmt::Debug for ConsulSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The ACL token and any user info in the URL stay out.
+        f.debug_struct("ConsulSource")
+            .field("base", &RedactedUrl(&self.base))
+            .field("consul_service", &self.consul_service)
+            .field("token", &redact_opt(&self.token))
+            .field("wait", &self.wait)
+            .field("client", &self.client)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -74,7 +89,8 @@ impl ConsulSource {
         }
     }
 
-    /// ACL token, sent as `X-Consul-Token`.
+    /// ACL token, sent as `X-Consul-Token` (a header marked sensitive; never
+    /// in `Debug` or logs).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -122,7 +138,9 @@ impl ConsulSource {
         );
         let mut req = Request::get(uri).body(Full::new(Bytes::new()))?;
         if let Some(t) = &self.token {
-            req.headers_mut().insert("x-consul-token", t.parse()?);
+            let mut v = http::HeaderValue::from_str(t)?;
+            v.set_sensitive(true);
+            req.headers_mut().insert("x-consul-token", v);
         }
         let fetch = self.client.fetch(req, 8 << 20);
         // Consul adds up to `wait / 16` to spread wake-ups; allow for it and the network.

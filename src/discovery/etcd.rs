@@ -1,6 +1,7 @@
 //! etcd: keys under a prefix, listed then watched through etcd's JSON gateway.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 use super::registry::Registry;
 use super::source::{failed, open_watch, watch_idle, HttpClient, Lines, RetryDelay, SourceTask, WatchIdle};
+use crate::redact::RedactedUrl;
 use crate::BoxError;
 
 /// Endpoints kept in etcd as keys under a prefix whose values are `host:port`
@@ -41,7 +43,7 @@ use crate::BoxError;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EtcdSource {
     base: Uri,
     prefix: Vec<u8>,
@@ -51,6 +53,17 @@ pub struct EtcdSource {
 
 /// Default idle timeout of a watch: two of etcd's default progress-notification intervals.
 const DEFAULT_IDLE: Duration = Duration::from_secs(20 * 60);
+impl fmt::Debug for EtcdSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Any user info in the URL stays out.
+        f.debug_struct("EtcdSource")
+            .field("base", &RedactedUrl(&self.base))
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .field("client", &self.client)
+            .field("idle", &self.idle)
+            .finish()
+    }
+}
 
 #[derive(Deserialize)]
 struct RangeResponse {

@@ -1,6 +1,7 @@
 //! Kubernetes: EndpointSlices of a Service, listed then watched.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use super::registry::Registry;
 use super::source::{
     failed, open_watch, watch_idle, HttpClient, Lines, RetryDelay, SourceTask, StatusError, WatchIdle,
 };
+use crate::redact::{redact_opt, RedactedUrl};
 use crate::BoxError;
 
 /// Endpoints of a Kubernetes Service: the ready addresses of its
@@ -47,7 +49,7 @@ use crate::BoxError;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KubernetesSource {
     base: Uri,
     namespace: String,
@@ -82,6 +84,21 @@ enum WatchEnd {
     Closed,
     /// 410 Gone: list again.
     Gone,
+}
+
+impl fmt::Debug for KubernetesSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The bearer token and any user info in the URL stay out.
+        f.debug_struct("KubernetesSource")
+            .field("base", &RedactedUrl(&self.base))
+            .field("namespace", &self.namespace)
+            .field("k8s_service", &self.k8s_service)
+            .field("port_name", &self.port_name)
+            .field("token", &redact_opt(&self.token))
+            .field("client", &self.client)
+            .field("idle", &self.idle)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -160,7 +177,8 @@ impl KubernetesSource {
         self
     }
 
-    /// Bearer token for the API server (never logged).
+    /// Bearer token for the API server, sent as a sensitive `Authorization`
+    /// header (never in `Debug` or logs).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self

@@ -40,7 +40,9 @@ impl Resolution {
     }
 }
 
-/// Parse `host:port` strings into authorities, with a typed error for a bad one.
+/// Parse `host:port` strings into authorities, with a typed error for a bad
+/// one (user info such as `user:password@` is refused, and redacted from the
+/// error).
 pub fn parse_endpoints<I, S>(endpoints: I) -> Result<Vec<Authority>, DiscoveryError>
 where
     I: IntoIterator<Item = S>,
@@ -51,8 +53,11 @@ where
         .map(|e| {
             let e = e.as_ref();
             match e.parse::<Authority>() {
-                Ok(a) if a.port_u16().is_some() && !a.host().is_empty() => Ok(a),
-                _ => Err(DiscoveryError::InvalidEndpoint { endpoint: e.chars().take(256).collect() }),
+                // User info (`user:password@`) has no place in an endpoint.
+                Ok(a) if a.port_u16().is_some() && !a.host().is_empty() && !a.as_str().contains('@') => Ok(a),
+                _ => Err(DiscoveryError::InvalidEndpoint {
+                    endpoint: crate::redact::redact_url(e).chars().take(256).collect(),
+                }),
             }
         })
         .collect()

@@ -95,7 +95,8 @@ where
 /// Client-side layer: puts the [current](BearerToken::current) token on
 /// outgoing requests as `Authorization: Bearer …` (for gRPC, the
 /// `authorization` metadata, which is the same header) — **only** when the
-/// request's target is in the [`Allowlist`].
+/// request's target is in the [`Allowlist`], over `https` (plain `http` only
+/// to the entries written `http://…`).
 ///
 /// - The target is the request URI's authority (a hyper-util client's
 ///   requests have one), else the layer's [`origin`](JwtClientLayer::origin)
@@ -125,8 +126,8 @@ where
 /// let to = |uri: &str| Request::get(uri).body(()).unwrap();
 /// let (inside, outside) = token
 ///     .scope(async {
-///         let inside = client.clone().oneshot(to("http://orders.mesh.local/x")).await.unwrap();
-///         let outside = client.clone().oneshot(to("http://example.com/x")).await.unwrap();
+///         let inside = client.clone().oneshot(to("https://orders.mesh.local/x")).await.unwrap();
+///         let outside = client.clone().oneshot(to("https://example.com/x")).await.unwrap();
 ///         (inside, outside)
 ///     })
 ///     .await;
@@ -155,7 +156,10 @@ impl JwtClientLayer {
 
 impl<X> JwtClientLayer<X> {
     /// The target of requests whose URI has no authority: the scheme and
-    /// authority of `uri` (for a tonic `Channel`, its endpoint's URI).
+    /// authority of `uri` (for a tonic `Channel`, its endpoint's URI). Give
+    /// the scheme: it decides whether the [`Allowlist`] allows the target
+    /// (`https`, or `http` for an `http://` entry); without one no token is
+    /// sent.
     pub fn origin(mut self, uri: Uri) -> Self {
         let parts = uri.into_parts();
         let origin = parts.authority.map(|a| (parts.scheme, a));

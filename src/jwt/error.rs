@@ -262,10 +262,11 @@ pub enum JwtConfigError {
     NoKeys,
     /// Two static keys with the same `kid`.
     DuplicateKid(String),
-    /// A JWKS URL that is not an absolute `http`/`https` URL.
+    /// A JWKS URL that is not an absolute `http`/`https` URL without user
+    /// info (the URL, its user info redacted).
     JwksUrl(String),
     /// An allowlist entry that is not `host`, `host:port`, `*.suffix` or
-    /// `*.suffix:port`.
+    /// `*.suffix:port`, optionally after `http://` or `https://`.
     AllowlistEntry {
         /// The entry.
         entry: String,

@@ -80,7 +80,7 @@ impl Jwks {
     /// unknown `kid` at most every 30 s; keys kept 10 minutes; a fetch may
     /// take 5 s and 256 KiB.
     pub fn new(url: &str) -> Result<Self, JwtConfigError> {
-        let bad = || JwtConfigError::JwksUrl(url.to_string());
+        let bad = || JwtConfigError::JwksUrl(crate::redact::redact_url(url).into_owned());
         let parsed: Uri = url.parse().map_err(|_| bad())?;
         match (parsed.scheme_str(), parsed.authority()) {
             (Some("http" | "https"), Some(a)) if !a.as_str().contains('@') => {}
@@ -157,7 +157,7 @@ impl Jwks {
 impl fmt::Debug for Jwks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Jwks")
-            .field("url", &self.url)
+            .field("url", &crate::redact::RedactedUrl(&self.url))
             .field("algorithms", &self.algorithms)
             .field("min_refresh_interval", &self.min_refresh_interval)
             .field("max_age", &self.max_age)
@@ -254,7 +254,7 @@ pub(crate) struct JwksCache {
 
 impl fmt::Debug for JwksCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwksCache").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("JwksCache").field("url", &crate::redact::RedactedUrl(&self.url)).finish_non_exhaustive()
     }
 }
 

@@ -25,11 +25,13 @@
 //!   `UNAUTHENTICATED`) and the inner service is never called. Otherwise the
 //!   claims ([`Claims`], or your own type) go in the request's extensions and
 //!   the raw token becomes [current](BearerToken::current) on the task while
-//!   the inner service handles the request.
+//!   the inner service handles the request. The request's `Authorization`
+//!   header is marked sensitive before the inner service sees it.
 //! - [`JwtClientLayer`] (client side: a hyper-util `Client`, a tonic
 //!   `Channel`, any `Service<http::Request<B>>`) puts the current token on
 //!   outgoing requests — **only** when their target is in the [`Allowlist`]
-//!   (exact `host[:port]` or `*.suffix`). The header is marked sensitive. An
+//!   (exact `host[:port]` or `*.suffix`; over `https` only, unless the entry
+//!   is written `http://…`). The header is marked sensitive. An
 //!   optional [`TokenExchange`] hook swaps the caller's token for one meant
 //!   for the downstream service.
 //!
@@ -76,7 +78,7 @@
 //!             assert_eq!(claims.sub.as_deref(), Some("alice"));
 //!             // The token follows to an allowed host, and only there.
 //!             let to = |uri: &str| Request::get(uri).body(()).unwrap();
-//!             let allowed = client.clone().oneshot(to("http://orders.internal/o/1")).await?.into_body();
+//!             let allowed = client.clone().oneshot(to("https://orders.internal/o/1")).await?.into_body();
 //!             let other = client.oneshot(to("http://example.com/")).await?.into_body();
 //!             assert!(other.is_none());
 //!             Ok::<_, tower_mesh::BoxError>(Response::new(allowed))

@@ -77,6 +77,11 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        // The handler (and whatever logs its request's headers) sees the
+        // credential as sensitive: `Debug` of the headers hides it.
+        if let http::header::Entry::Occupied(mut e) = req.headers_mut().entry(http::header::AUTHORIZATION) {
+            e.iter_mut().for_each(|v| v.set_sensitive(true));
+        }
         match self.shared.validator.check::<C>(req.headers(), false) {
             Check::Valid(claims, token) => {
                 self.shared.accepted();

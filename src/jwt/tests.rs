@@ -433,7 +433,7 @@ async fn metrics_count_validated_rejected_and_outbound() {
             .name("edge")
             .build()
             .unwrap();
-        let client = JwtClientLayer::new(Allowlist::new(["ok.local"]).unwrap()).name("out");
+        let client = JwtClientLayer::new(Allowlist::new(["http://ok.local"]).unwrap()).name("out");
         (server, client)
     });
     let svc = server.layer(handler(Arc::default()));
@@ -475,17 +475,49 @@ async fn client_attaches_only_to_allowed_targets() {
     assert_eq!(sent, "Bearer tok");
     assert!(sent.is_sensitive());
     assert!(send("https://api.local/").await.is_none(), "port 443 is not 8443");
-    assert!(send("http://api.local.evil:8443/").await.is_none());
-    assert!(send("http://a.b.mesh/").await.is_some());
-    assert!(send("http://mesh/").await.is_none());
+    assert!(send("https://api.local.evil:8443/").await.is_none());
+    assert!(send("https://a.b.mesh/").await.is_some());
+    assert!(send("https://mesh/").await.is_none());
     assert!(send("/relative").await.is_none(), "no target, no token");
     // Outside a request's scope: nothing to send.
-    assert!(client.clone().oneshot(Request::get("http://a.mesh/").body(()).unwrap()).await.unwrap().is_none());
+    assert!(client.clone().oneshot(Request::get("https://a.mesh/").body(()).unwrap()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn client_sends_no_token_in_clear_text_unless_the_entry_says_http() {
+    let allow = Allowlist::new(["allowed.host", "*.mesh", "http://dev.host:8080", "https://tls.host"]).unwrap();
+    let client = JwtClientLayer::new(allow).layer(echo_auth());
+    let token = BearerToken::new("tok").unwrap();
+    let send = |uri: &'static str| {
+        let client = client.clone();
+        token.clone().scope(async move { client.oneshot(Request::get(uri).body(()).unwrap()).await.unwrap() })
+    };
+    // A plain entry means https only.
+    assert_eq!(send("https://allowed.host/").await.unwrap(), "Bearer tok");
+    assert!(send("http://allowed.host/").await.is_none(), "token sent over plain http");
+    assert!(send("http://allowed.host:443/").await.is_none(), "token sent over plain http");
+    assert!(send("http://a.mesh/").await.is_none(), "token sent over plain http");
+    assert!(send("https://a.mesh/").await.is_some());
+    // An explicit `http://` entry allows plain http, to that target only.
+    assert_eq!(send("http://dev.host:8080/").await.unwrap(), "Bearer tok");
+    assert!(send("http://dev.host:8081/").await.is_none());
+    assert!(send("https://dev.host:8080/").await.is_none(), "an http:// entry allows http only");
+    // An explicit `https://` entry is the default.
+    assert!(send("https://tls.host/").await.is_some());
+    assert!(send("http://tls.host/").await.is_none());
+    // Any other scheme: nothing.
+    assert!(send("ws://allowed.host/").await.is_none());
+    // A path-only request with an origin without a scheme: scheme unknown.
+    let origin_only = JwtClientLayer::new(Allowlist::new(["allowed.host"]).unwrap())
+        .origin(http::Uri::from_static("allowed.host"))
+        .layer(echo_auth());
+    let got = token.clone().scope(origin_only.oneshot(Request::get("/x").body(()).unwrap())).await.unwrap();
+    assert!(got.is_none(), "token sent to an origin of unknown scheme");
 }
 
 #[tokio::test]
 async fn client_keeps_a_callers_authorization_and_uses_the_origin() {
-    let allow = Allowlist::new(["grpc.local:50051"]).unwrap();
+    let allow = Allowlist::new(["http://grpc.local:50051"]).unwrap();
     let client = JwtClientLayer::new(allow).origin("http://grpc.local:50051".parse().unwrap()).layer(echo_auth());
     let token = BearerToken::new("tok").unwrap();
     let path_only = token.clone().scope(client.clone().oneshot(Request::post("/pkg.Svc/M").body(()).unwrap()));
@@ -498,7 +530,7 @@ async fn client_keeps_a_callers_authorization_and_uses_the_origin() {
 async fn client_exchange_swaps_the_token_per_target() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
-    let client = JwtClientLayer::new(Allowlist::new(["*.local"]).unwrap())
+    let client = JwtClientLayer::new(Allowlist::new(["http://*.local"]).unwrap())
         .exchange(exchange_fn(move |token: BearerToken, target: http::uri::Authority| {
             s.lock().unwrap().push((token.expose().to_string(), target.to_string()));
             async move {
@@ -520,7 +552,7 @@ async fn client_exchange_swaps_the_token_per_target() {
 async fn client_exchange_failure_sends_nothing() {
     let called = Arc::new(AtomicUsize::new(0));
     let c = called.clone();
-    let client = JwtClientLayer::new(Allowlist::new(["a.local"]).unwrap())
+    let client = JwtClientLayer::new(Allowlist::new(["http://a.local"]).unwrap())
         .exchange(exchange_fn(|_, _| async { Err::<BearerToken, _>("token service down".into()) }))
         .layer(service_fn(move |_: Request<()>| {
             c.fetch_add(1, Ordering::SeqCst);
@@ -548,7 +580,10 @@ fn allowlist_entries() {
         "*.*.a",
         "a.*.b",
         "a@b",
-        "http://a",
+        "ftp://a",
+        "http://",
+        "http://a/",
+        "http://http://a",
         "a/b",
         "*.127.0.0.1",
         "*.[::1]",
@@ -559,15 +594,19 @@ fn allowlist_entries() {
     ] {
         assert!(Allowlist::new([bad]).is_err(), "{bad:?} should be refused");
     }
-    let a = Allowlist::new(["API.Local.", "[::1]:8080", "*.Mesh"]).unwrap();
-    assert_eq!(format!("{a:?}"), r#"["api.local", "[::1]:8080", "*.mesh"]"#);
+    let a = Allowlist::new(["API.Local.", "[::1]:8080", "*.Mesh", "HTTP://Dev.Local:80", "https://tls.local"]).unwrap();
+    assert_eq!(format!("{a:?}"), r#"["api.local", "[::1]:8080", "*.mesh", "http://dev.local:80", "tls.local"]"#);
     let ok = |uri: &str| a.allows_uri(&uri.parse().unwrap());
-    assert!(ok("http://api.local/"));
-    assert!(ok("http://API.LOCAL.:9/"));
-    assert!(ok("http://[::1]:8080/"));
-    assert!(!ok("http://[::1]:8081/"));
-    assert!(ok("http://x.MESH/"));
-    assert!(!ok("http://user@api.local/"), "user info is never trusted");
+    assert!(ok("https://api.local/"));
+    assert!(ok("https://API.LOCAL.:9/"));
+    assert!(ok("https://[::1]:8080/"));
+    assert!(!ok("https://[::1]:8081/"));
+    assert!(ok("https://x.MESH/"));
+    assert!(!ok("https://user@api.local/"), "user info is never trusted");
+    assert!(!ok("http://api.local/"), "plain http needs an http:// entry");
+    assert!(ok("http://dev.local/"));
+    assert!(!ok("https://dev.local:80/"));
+    assert!(ok("https://tls.local/"));
     assert!(Allowlist::none().is_empty());
     assert!(!Allowlist::none().allows_uri(&"http://a/".parse().unwrap()));
 }
@@ -585,7 +624,7 @@ fn allows(list: &Allowlist, host: &str, port: Option<u16>) -> bool {
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
-    list.allows(&authority.parse().unwrap(), None)
+    list.allows(&authority.parse().unwrap(), Some(&http::uri::Scheme::HTTPS))
 }
 
 proptest! {
@@ -607,7 +646,7 @@ proptest! {
         let list = Allowlist::new([format!("{host}:{port}")]).unwrap();
         prop_assert!(allows(&list, &host, Some(port)));
         prop_assert_eq!(allows(&list, &host, Some(other)), other == port);
-        prop_assert!(!allows(&list, &host, None), "no port known: not that port");
+        prop_assert_eq!(allows(&list, &host, None), port == 443, "no port: https's 443");
     }
 
     #[test]

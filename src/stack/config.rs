@@ -100,7 +100,10 @@ pub struct MeshConfig {
 /// A layer whose section is `None` is left out of the stack. In TOML a
 /// section is a table, `true` (the preset's or default values) or `false`
 /// (left out).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Its `Debug` redacts any user info (`user:password@`) written in
+/// `endpoints` or `forward_token_to`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
     /// The service's name: the `service` label of every metric and the name
@@ -122,8 +125,9 @@ pub struct ClientConfig {
     /// enabled).
     pub correlation: bool,
     /// Forward the inbound bearer token to these authorities only (exact
-    /// `host[:port]` or `*.suffix`; needs the `jwt` feature). Empty: no token
-    /// is forwarded.
+    /// `host[:port]` or `*.suffix`; needs the `jwt` feature), over `https`
+    /// only unless the entry is written `http://host[:port]` (see
+    /// `jwt::Allowlist`). Empty: no token is forwarded.
     pub forward_token_to: Vec<String>,
     /// Static endpoints the logical name resolves to (needs the `discovery`
     /// feature); empty: requests go where their URI says.
@@ -138,6 +142,27 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig::preset(Preset::default())
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::redact::RedactedUrl;
+        fn urls(v: &[String]) -> Vec<RedactedUrl<'_, str>> {
+            v.iter().map(|e| RedactedUrl(e.as_str())).collect()
+        }
+        f.debug_struct("ClientConfig")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("circuit_breaker", &self.circuit_breaker)
+            .field("bulkhead", &self.bulkhead)
+            .field("correlation", &self.correlation)
+            .field("forward_token_to", &urls(&self.forward_token_to))
+            .field("endpoints", &urls(&self.endpoints))
+            .field("metrics", &self.metrics)
+            .field("log_calls", &self.log_calls)
+            .finish()
     }
 }
 
