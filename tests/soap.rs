@@ -631,17 +631,25 @@ async fn ws_addressing_headers() {
     assert!(text.contains(">urn:calc#Add</wsa:Action>"));
     assert!(text.contains("<wsa:ReplyTo"));
     let (a, b) = (message_id(&sent[0].1), message_id(&sent[1].1));
-    #[cfg(not(feature = "correlation-id"))]
-    {
-        assert!(a.starts_with("urn:uuid:") && a.len() == 45, "{a}");
-        assert_ne!(a, b, "a fresh MessageID per request");
-    }
-    let _ = (a, b);
+    assert!(a.starts_with("urn:uuid:") && a.len() == 45, "{a}");
+    assert_ne!(a, b, "a fresh MessageID per request");
 }
 
+/// The text of the first header block named `{ns}local`, if any.
+fn header_text(envelope: &Bytes, ns: &str, local: &str) -> Option<String> {
+    let env = Envelope::parse(envelope.clone(), &SoapLimits::default()).unwrap();
+    let block = env.headers().iter().find(|h| h.name().is(ns, local))?;
+    let raw = std::str::from_utf8(block.raw()).unwrap();
+    let start = raw.find('>').unwrap() + 1;
+    Some(raw[start..raw.rfind("</").unwrap()].to_owned())
+}
+
+/// Two calls made while handling one request (one correlation id in scope)
+/// carry two different `MessageID`s — receivers drop a duplicate — and the
+/// correlation id in its own header block.
 #[cfg(feature = "correlation-id")]
 #[tokio::test]
-async fn message_id_is_the_correlation_id_in_scope() {
+async fn message_ids_are_unique_and_the_correlation_id_has_its_own_header() {
     use tower_mesh::correlation::{CorrelationId, RequestContext};
 
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -649,20 +657,67 @@ async fn message_id_is_the_correlation_id_in_scope() {
         .addressing(WsAddressing::new())
         .layer(recording_client(sent.clone()));
     let uuid = "0b8f2f8e-6a4f-4d5c-9a53-0d0c1e2f3a4b";
-    for id in [uuid, "order-42", "urn:example:order:7", "a<b&c"] {
+    for id in [uuid, uuid, "order-42", "a<b&c"] {
         let ctx = RequestContext::new(CorrelationId::parse(id).unwrap());
         // As in a handler run by the server-side correlation layer: the call is made in scope.
         ctx.scope(async { client.ready().await.unwrap().call(add(1, 2)).await }).await.unwrap();
     }
-    // Outside any scope: a fresh UUID.
+    // Outside any scope: no correlation header.
     client.ready().await.unwrap().call(add(1, 2)).await.unwrap();
     let sent = sent.lock().unwrap();
     let ids: Vec<String> = sent.iter().map(|(_, body)| message_id(body)).collect();
-    assert_eq!(ids[0], format!("urn:uuid:{uuid}"));
-    assert_eq!(ids[1], "urn:correlation-id:order-42");
-    assert_eq!(ids[2], "urn:example:order:7");
-    assert_eq!(ids[3], "urn:correlation-id:a&lt;b&amp;c", "escaped, never raw XML");
-    assert!(ids[4].starts_with("urn:uuid:") && ids[4].len() == 45);
+    for id in &ids {
+        assert!(id.starts_with("urn:uuid:") && id.len() == 45, "{id}");
+    }
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "every message has its own MessageID: {ids:?}");
+    assert!(!ids.contains(&format!("urn:uuid:{uuid}")), "the correlation id is not reused as a MessageID");
+    let cids: Vec<Option<String>> =
+        sent.iter().map(|(_, body)| header_text(body, CORRELATION_NS, "CorrelationId")).collect();
+    assert_eq!(cids[0].as_deref(), Some(uuid));
+    assert_eq!(cids[1].as_deref(), Some(uuid));
+    assert_eq!(cids[2].as_deref(), Some("order-42"));
+    assert_eq!(cids[3].as_deref(), Some("a&lt;b&amp;c"), "escaped, never raw XML");
+    assert_eq!(cids[4], None);
+}
+
+/// `Debug` of what the client sends and of what the server parses never
+/// shows a WS-Security password (PasswordText) or digest.
+#[tokio::test]
+async fn debug_output_redacts_the_security_header() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut client = SoapEnvelopeLayer::new("http://billing.internal/soap".parse().unwrap())
+        .username_token(UsernameToken::text("alice", "s3cret-pw"))
+        .layer(tower::service_fn({
+            let sent = sent.clone();
+            move |req: Request<EnvelopeBody>| {
+                let sent = sent.clone();
+                async move {
+                    sent.lock().unwrap().push(format!("{req:?}"));
+                    let bytes = req.into_body().to_bytes();
+                    sent.lock().unwrap().push(String::from_utf8(bytes.to_vec()).unwrap());
+                    let ok = EnvelopeBody::new(SoapVersion::V11, &[], Bytes::new()).to_bytes();
+                    Ok::<_, Infallible>(Response::new(Full::new(ok)))
+                }
+            }
+        }));
+    client.ready().await.unwrap().call(add(1, 2)).await.unwrap();
+    let sent = sent.lock().unwrap();
+    assert!(sent[1].contains("s3cret-pw"), "the wire carries the password");
+    assert!(!sent[0].contains("s3cret-pw"), "{}", sent[0]);
+    assert!(sent[0].contains("Security") && sent[0].contains("redacted"), "{}", sent[0]);
+    assert!(sent[0].contains("urn:calc"), "the rest is shown: {}", sent[0]);
+
+    // The server side: the Envelope (also in the request's extensions) and its header blocks.
+    let env = Envelope::parse(Bytes::from(sent[1].clone()), &SoapLimits::default()).unwrap();
+    for shown in [format!("{env:?}"), format!("{:?}", env.headers()), format!("{:#?}", env)] {
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(!shown.contains("alice") && shown.contains("redacted"), "{shown}");
+    }
+    let request = SoapRequest::new("<m:X xmlns:m=\"urn:m\"/>")
+        .header("<wsse:Security xmlns:wsse=\"urn:s\"><wsse:Password>hunter2</wsse:Password></wsse:Security>");
+    let shown = format!("{request:?}");
+    assert!(!shown.contains("hunter2") && shown.contains("urn:m"), "{shown}");
 }
 
 // ---------------------------------------------------------------- axum

@@ -6,8 +6,9 @@
 //!   the version's content type (1.1: `text/xml` and `SOAPAction`; 1.2:
 //!   `application/soap+xml; action="…"`), optional header blocks, a
 //!   WS-Security [`UsernameToken`] (PasswordText or PasswordDigest, fresh nonce
-//!   and timestamp per request) and [`WsAddressing`] headers (`MessageID` from
-//!   the correlation id in scope with the `correlation-id` feature). The answer
+//!   and timestamp per request) and [`WsAddressing`] headers (a fresh
+//!   `MessageID` per message; with the `correlation-id` feature the
+//!   correlation id in scope in its own `CorrelationId` header block). The answer
 //!   is a [`SoapResponse`] whose Body is a zero-copy slice of the response
 //!   bytes (or deserialized into your type), or a [`SoapError`]; a Fault —
 //!   also one inside an HTTP 500 — is a typed [`SoapFault`] with
@@ -165,7 +166,7 @@ pub use client::{ResponseFuture, SoapClient, SoapEnvelopeLayer, SoapRequest, Soa
 pub use envelope::{Envelope, HeaderBlock, SoapLimits, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH};
 pub use error::{SoapError, XmlError};
 pub use fault::{FaultCode, QualifiedName, SoapFault};
-pub use security::{PasswordType, UsernameToken, WsAddressing, WSA_NS, WSSE_NS, WSU_NS};
+pub use security::{PasswordType, UsernameToken, WsAddressing, CORRELATION_NS, WSA_NS, WSSE_NS, WSU_NS};
 pub use server::{ServerFuture, SoapOperation, SoapServer, SoapServerLayer};
 pub use version::{SoapVersion, SOAP11_ENV_NS, SOAP12_ENV_NS};
 pub use write::EnvelopeBody;
