@@ -165,7 +165,7 @@ pub use classify::{SoapClassifier, SERVER_FAULT};
 pub use client::{ResponseFuture, SoapClient, SoapEnvelopeLayer, SoapRequest, SoapResponse, SOAP_ACTION};
 pub use envelope::{Envelope, HeaderBlock, SoapLimits, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH};
 pub use error::{SoapError, XmlError};
-pub use fault::{FaultCode, QualifiedName, SoapFault};
+pub use fault::{FaultCode, QualifiedName, SoapFault, WsseFault};
 pub use security::{PasswordType, UsernameToken, WsAddressing, CORRELATION_NS, WSA_NS, WSSE_NS, WSU_NS};
 pub use server::{ServerFuture, SoapOperation, SoapServer, SoapServerLayer};
 pub use version::{SoapVersion, SOAP11_ENV_NS, SOAP12_ENV_NS};
