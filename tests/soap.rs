@@ -248,7 +248,7 @@ fn add(a: i64, b: i64) -> SoapRequest {
 #[tokio::test]
 async fn client_and_server_both_versions() {
     let server = SoapServerLayer::new()
-        .understands(QualifiedName::new(WSSE_NS, "Security"))
+        .username_token(UsernameTokenValidator::new(|user: &str| (user == "alice").then(|| "s3cret".to_owned())))
         .understands(QualifiedName::new(WSA_NS, "Action"));
     let addr = calculator_server(server).await;
     for version in [SoapVersion::V11, SoapVersion::V12] {
@@ -582,6 +582,208 @@ mod props {
             prop_assert_eq!(back.reason(), reason.trim());
         }
     }
+}
+
+// ---------------------------------------------------------------- server: input and media types
+
+async fn raw_post_opt(addr: SocketAddr, content_type: Option<&str>, body: String) -> (StatusCode, Bytes) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::post(format!("http://{addr}/"));
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let res = client.request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+    let status = res.status();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn add_envelope(version: SoapVersion, a: &str) -> String {
+    let body = format!("<c:Add xmlns:c=\"urn:calc\"><c:a>{a}</c:a><c:b>2</c:b></c:Add>");
+    String::from_utf8(EnvelopeBody::new(version, &[], Bytes::from(body)).to_bytes().to_vec()).unwrap()
+}
+
+/// A valid envelope sent as `application/json`, `text/plain` or without a
+/// content type was answered 200; each version needs its own media type.
+#[tokio::test]
+async fn wrong_media_types_are_refused_with_415() {
+    let addr = calculator_server(SoapServerLayer::new()).await;
+    let v11 = add_envelope(SoapVersion::V11, "1");
+    let v12 = add_envelope(SoapVersion::V12, "1");
+    let cases: [(Option<&str>, &String, u16); 9] = [
+        (Some("text/xml; charset=utf-8"), &v11, 200),
+        (Some("TEXT/XML"), &v11, 200),
+        (Some("application/soap+xml; charset=utf-8; action=\"urn:calc#Add\""), &v12, 200),
+        (Some("application/json"), &v11, 415),
+        (Some("text/plain"), &v11, 415),
+        (None, &v11, 415),
+        (Some("application/json"), &v12, 415),
+        (Some("text/xml"), &v12, 415),
+        (Some("application/soap+xml"), &v11, 415),
+    ];
+    for (ct, body, status) in cases {
+        let (got, answer) = raw_post_opt(addr, ct, body.clone()).await;
+        assert_eq!(got.as_u16(), status, "{ct:?}");
+        if status == 415 {
+            let fault = Envelope::parse(answer, &SoapLimits::default()).unwrap().fault().cloned().unwrap();
+            assert!(fault.is_client() && fault.reason().contains("media type"), "{fault}");
+        }
+    }
+    // A lenient server takes any media type; the version is the envelope's.
+    let lenient = calculator_server(SoapServerLayer::new().lenient_content_type()).await;
+    for (ct, body) in [(Some("application/json"), &v11), (None, &v12), (Some("text/xml"), &v12)] {
+        let (got, answer) = raw_post_opt(lenient, ct, body.clone()).await;
+        assert_eq!(got, StatusCode::OK, "{ct:?}");
+        assert!(Envelope::parse(answer, &SoapLimits::default()).unwrap().fault().is_none());
+    }
+}
+
+/// `env.deserialize()?` on a bad request in the handler was a Server
+/// "internal server error"; it is a Client/Sender fault quoting the error.
+#[tokio::test]
+async fn bad_input_in_a_handler_is_a_client_fault() {
+    let addr = calculator_server(SoapServerLayer::new()).await;
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let mut client =
+            SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).version(version).layer(http_client());
+        let bad = SoapRequest::new("<c:Add xmlns:c=\"urn:calc\"><c:a>twelve</c:a><c:b>2</c:b></c:Add>");
+        let err = client.ready().await.unwrap().call(bad).await.unwrap_err();
+        let fault = err.fault().expect("a fault");
+        assert!(fault.is_client(), "{version}: {fault}");
+        assert!(fault.reason().contains("deserializing"), "{fault}");
+        let status = if version == SoapVersion::V11 { 500 } else { 400 };
+        assert_eq!(fault.http_status(), Some(StatusCode::from_u16(status).unwrap()));
+        use tower_mesh::classify::Classify;
+        assert!(!Classify::<SoapResponse, SoapError>::classify(&SoapClassifier::new(), Err(&err)).is_failure());
+    }
+    // Real handler failures stay server faults; and the old answer on request.
+    let strict = calculator_server(SoapServerLayer::new().input_errors_as_client_faults(false)).await;
+    let mut client = SoapEnvelopeLayer::new(format!("http://{strict}/").parse().unwrap()).layer(http_client());
+    let bad = SoapRequest::new("<c:Add xmlns:c=\"urn:calc\"><c:a>twelve</c:a><c:b>2</c:b></c:Add>");
+    let fault = client.ready().await.unwrap().call(bad).await.unwrap_err().fault().cloned().unwrap();
+    assert!(fault.is_server() && fault.reason() == "internal server error", "{fault}");
+    let crash = SoapRequest::new("<c:Crash xmlns:c=\"urn:calc\"/>");
+    let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).layer(http_client());
+    let fault = client.ready().await.unwrap().call(crash).await.unwrap_err().fault().cloned().unwrap();
+    assert!(fault.is_server(), "{fault}");
+}
+
+// ---------------------------------------------------------------- server: WS-Security
+
+const T0: u64 = 1_704_067_200; // 2024-01-01T00:00:00Z
+
+fn at(secs: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
+/// A `wsse:Security` block as the client writes it, for a given time and nonce.
+fn security(token: &UsernameToken, version: SoapVersion, created: u64, nonce: &[u8]) -> Bytes {
+    let mut out = Vec::new();
+    token.write_with(version, at(created), nonce, &mut out);
+    Bytes::from(out)
+}
+
+/// Answers with the authenticated user.
+async fn whoami(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
+    let user = req.extensions().get::<AuthenticatedUser>().expect("an authenticated user").username().to_owned();
+    Ok(Response::new(Full::new(Bytes::from(format!("<w:Me xmlns:w=\"urn:w\">{user}</w:Me>")))))
+}
+
+/// A server with a validator whose clock stands at T0: every check is
+/// against fixed times, never the wall clock.
+async fn secured_server(validator: UsernameTokenValidator) -> SocketAddr {
+    let layer = SoapServerLayer::new().username_token(validator.clock(|| at(T0)));
+    serve(ServiceBuilder::new().layer(layer).service_fn(whoami)).await
+}
+
+fn alice(user: &str) -> Option<String> {
+    (user == "alice").then(|| "s3cret".to_owned())
+}
+
+/// The handler behind a server that declared `wsse:Security` understood
+/// used to see any token; with `username_token` the layer checks it.
+#[tokio::test]
+async fn username_tokens_are_validated_by_the_server() {
+    use tower_mesh::classify::Classify;
+    let addr = secured_server(UsernameTokenValidator::new(alice)).await;
+    let text_off = secured_server(UsernameTokenValidator::new(alice).password_text(false)).await;
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let client =
+            SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).version(version).layer(http_client());
+        let call = |block: Bytes| {
+            let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(block);
+            client.clone().oneshot(req)
+        };
+        let digest = UsernameToken::digest("alice", "s3cret");
+        let n = if version == SoapVersion::V11 { 0u8 } else { 100 };
+        // A good digest, then the same token again (a replay).
+        let good = security(&digest, version, T0, &[n; 16]);
+        let res = call(good.clone()).await.unwrap();
+        assert!(res.body_str().contains(">alice<"), "{}", res.body_str());
+        let expect = |err: SoapError, code: WsseFault| {
+            let fault = err.fault().cloned().unwrap_or_else(|| panic!("{version}: a fault, got {err:?}"));
+            assert!(fault.is_client() && fault.is_security(), "{version}: {fault}");
+            assert_eq!(fault.reason(), code.reason());
+            match version {
+                SoapVersion::V11 => assert_eq!(fault.code_name(), &code.name()),
+                SoapVersion::V12 => {
+                    assert_eq!(fault.subcodes(), &[code.name()]);
+                    assert_eq!(fault.http_status(), Some(StatusCode::BAD_REQUEST));
+                }
+            }
+            let as_error = SoapError::from(fault);
+            assert!(!Classify::<SoapResponse, SoapError>::classify(&SoapClassifier::new(), Err(&as_error)).is_failure());
+        };
+        expect(call(good).await.unwrap_err(), WsseFault::InvalidSecurity);
+        // Wrong password, unknown user: the same answer.
+        let wrong = security(&UsernameToken::digest("alice", "guess"), version, T0, &[n + 1; 16]);
+        expect(call(wrong).await.unwrap_err(), WsseFault::FailedAuthentication);
+        let nobody = security(&UsernameToken::digest("mallory", "s3cret"), version, T0, &[n + 2; 16]);
+        expect(call(nobody).await.unwrap_err(), WsseFault::FailedAuthentication);
+        // Created within ±5 minutes passes; outside, either way, does not.
+        assert!(call(security(&digest, version, T0 - 299, &[n + 3; 16])).await.is_ok());
+        assert!(call(security(&digest, version, T0 + 299, &[n + 4; 16])).await.is_ok());
+        expect(call(security(&digest, version, T0 - 301, &[n + 5; 16])).await.unwrap_err(), WsseFault::InvalidSecurity);
+        expect(call(security(&digest, version, T0 + 301, &[n + 6; 16])).await.unwrap_err(), WsseFault::InvalidSecurity);
+        // PasswordText: accepted unless refused; wrong text refused.
+        assert!(call(security(&UsernameToken::text("alice", "s3cret"), version, T0, &[n + 7; 16])).await.is_ok());
+        let wrong_text = security(&UsernameToken::text("alice", "s3cre"), version, T0, &[n + 8; 16]);
+        expect(call(wrong_text).await.unwrap_err(), WsseFault::FailedAuthentication);
+        // A digest without its nonce; no Security header at all.
+        let no_nonce = String::from_utf8(security(&digest, version, T0, &[n + 9; 16]).to_vec()).unwrap();
+        let start = no_nonce.find("<wsse:Nonce").unwrap();
+        let end = no_nonce.find("</wsse:Nonce>").unwrap() + "</wsse:Nonce>".len();
+        let no_nonce = format!("{}{}", &no_nonce[..start], &no_nonce[end..]);
+        expect(call(Bytes::from(no_nonce)).await.unwrap_err(), WsseFault::InvalidSecurity);
+        let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>");
+        expect(client.clone().oneshot(req).await.unwrap_err(), WsseFault::InvalidSecurity);
+
+        let mut strict = SoapEnvelopeLayer::new(format!("http://{text_off}/").parse().unwrap())
+            .version(version)
+            .layer(http_client());
+        let text = security(&UsernameToken::text("alice", "s3cret"), version, T0, &[n + 10; 16]);
+        let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(text);
+        expect(strict.ready().await.unwrap().call(req).await.unwrap_err(), WsseFault::InvalidSecurity);
+        let req =
+            SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(security(&digest, version, T0, &[n + 11; 16]));
+        assert!(strict.ready().await.unwrap().call(req).await.is_ok());
+    }
+}
+
+/// A nonce store shared by two servers (as Redis would be): a token
+/// accepted by one is a replay at the other.
+#[tokio::test]
+async fn a_shared_nonce_store_refuses_a_replay_across_servers() {
+    let store = Arc::new(MemoryNonceStore::new(16));
+    let a = secured_server(UsernameTokenValidator::new(alice).nonce_store(store.clone())).await;
+    let b = secured_server(UsernameTokenValidator::new(alice).nonce_store(store.clone())).await;
+    let block = security(&UsernameToken::digest("alice", "s3cret"), SoapVersion::V11, T0, b"0123456789abcdef");
+    let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(block);
+    let mut to_a = SoapEnvelopeLayer::new(format!("http://{a}/").parse().unwrap()).layer(http_client());
+    let mut to_b = SoapEnvelopeLayer::new(format!("http://{b}/").parse().unwrap()).layer(http_client());
+    assert!(to_a.ready().await.unwrap().call(req.clone()).await.is_ok());
+    let err = to_b.ready().await.unwrap().call(req).await.unwrap_err();
+    assert_eq!(err.fault().unwrap().code_name(), &WsseFault::InvalidSecurity.name());
+    assert_eq!(store.len(), 1);
 }
 
 // ---------------------------------------------------------------- WS-Addressing

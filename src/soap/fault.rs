@@ -220,11 +220,13 @@ impl SoapFault {
     }
 
     /// Add an application subcode. SOAP 1.2 writes it as `Subcode/Value`
-    /// with its namespace. SOAP 1.1 has no subcodes: a subcode in no
-    /// namespace is appended to `faultcode` with a dot
-    /// (`soap:Client.Authentication`); a namespaced one becomes the
-    /// `faultcode` itself, with its namespace (`wsse:FailedAuthentication`,
-    /// as WS-Security specifies), and later subcodes are appended to it.
+    /// with its namespace. SOAP 1.1 has no subcodes and one name per
+    /// fault: a subcode is appended to `faultcode` with a dot
+    /// (`soap:Client.Authentication`, its namespace dropped, so receivers
+    /// still see the class), except a WS-Security code ([`WSSE_NS`]), which
+    /// becomes the `faultcode` itself with its namespace
+    /// (`wsse:FailedAuthentication`, as WS-Security specifies; receivers
+    /// class it as a client fault), later subcodes appended to it.
     pub fn with_subcode(mut self, code: QualifiedName) -> Self {
         self.subcodes.push(code);
         self
@@ -368,9 +370,7 @@ impl SoapFault {
         open(out, "Fault");
         match version {
             SoapVersion::V11 => {
-                let env_ns = version.namespace();
-                let namespaced =
-                    self.subcodes.iter().position(|s| s.namespace.as_deref().is_some_and(|ns| ns != env_ns));
+                let namespaced = self.subcodes.iter().position(|s| s.namespace.as_deref() == Some(WSSE_NS));
                 let dotted = match namespaced {
                     Some(i) => {
                         let sub = &self.subcodes[i];
@@ -533,7 +533,7 @@ mod tests {
     }
 
     /// `with_subcode` in SOAP 1.1 wrote `soap:Client.FailedAuthentication`,
-    /// dropping the namespace: a namespaced subcode is now the `faultcode`,
+    /// dropping the namespace: a WS-Security subcode is now the `faultcode`,
     /// with its namespace, and reads back as the same WS-Security fault.
     #[test]
     fn namespaced_subcodes_keep_their_namespace_when_written() {
@@ -555,9 +555,13 @@ mod tests {
         assert_eq!(back.subcodes(), &[WsseFault::FailedAuthentication.name()]);
         assert_eq!(fault.status_for(SoapVersion::V12), StatusCode::BAD_REQUEST);
 
-        // A subcode in no namespace stays dotted.
-        let dotted = SoapFault::client("no").with_subcode(QualifiedName::local("Authentication"));
+        // Other subcodes stay dotted after the class, which receivers need.
+        let dotted = SoapFault::client("no")
+            .with_subcode(QualifiedName::local("Authentication"))
+            .with_subcode(QualifiedName::new("urn:app", "Expired"));
         let text = EnvelopeBody::fault(SoapVersion::V11, &dotted).to_bytes();
-        assert!(std::str::from_utf8(&text).unwrap().contains("<faultcode>soap:Client.Authentication</faultcode>"));
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(text.contains("<faultcode>soap:Client.Authentication.Expired</faultcode>"), "{text}");
+        assert!(parsed(text).is_client());
     }
 }

@@ -19,11 +19,22 @@
 //!   [`Classify`](crate::classify::Classify): server faults (and transport
 //!   errors) are failures, client faults are not, so a circuit breaker and a
 //!   retry layer above the SOAP layer open and retry for the right reasons.
-//! - **Server** — [`SoapServerLayer`] around an axum or hyper handler parses
-//!   the request envelope, refuses unknown `mustUnderstand` header blocks with
-//!   a `MustUnderstand` fault, gives the handler the Body and the
+//! - **Server** — [`SoapServerLayer`] around an axum or hyper handler refuses
+//!   a media type other than the SOAP version's with `415`, parses the
+//!   request envelope, refuses unknown `mustUnderstand` header blocks with a
+//!   `MustUnderstand` fault, gives the handler the Body and the
 //!   [`SoapOperation`] (SOAPAction or first Body element) for routing, and
-//!   turns its errors into Faults of the request's SOAP version.
+//!   turns its errors into Faults of the request's SOAP version (bad input
+//!   the handler meets, e.g. `env.deserialize()?`, as a `Client`/`Sender`
+//!   fault; its own failures as a `Server`/`Receiver` fault).
+//! - **Server-side WS-Security** — [`UsernameTokenValidator`], given to
+//!   [`SoapServerLayer::username_token`], checks PasswordText and
+//!   PasswordDigest against your [`PasswordLookup`] in constant time, refuses
+//!   a `Created` time outside ±5 minutes and a replayed nonce
+//!   ([`NonceStore`]: in memory, bounded, or shared such as Redis), and
+//!   answers `wsse:FailedAuthentication` / `wsse:InvalidSecurity` faults
+//!   ([`SoapFault::wsse`]), which [`SoapClassifier`] counts as client faults
+//!   in both SOAP versions.
 //! - **WSDL** — [`Wsdl::parse`] / [`Wsdl::fetch`] list services, ports,
 //!   addresses and operations with their `soapAction` and messages (SOAP 1.1
 //!   and 1.2 bindings). A [`WsdlUrl`] with credentials
@@ -45,6 +56,16 @@
 //! `tower_mesh_soap_faults_total{service, side, code}` counts faults received
 //! (`side="client"`) and sent (`side="server"`); `code` is the fault code's
 //! local name (`Client`, `Sender`, `Server`, `Receiver`, `MustUnderstand`, …).
+//! `tower_mesh_soap_username_token_total{service, outcome}` counts the
+//! UsernameTokens checked on the server (`authenticated`,
+//! `failed_authentication`, `invalid_security`, `expired`, `replay`,
+//! `store_error`).
+//!
+//! # Secrets
+//!
+//! The `Debug` output of [`UsernameToken`], [`SoapRequest`],
+//! [`EnvelopeBody`], [`Envelope`] and [`HeaderBlock`] leaves out the content
+//! of `Security` header blocks; [`WsdlUrl`] never shows its password.
 //!
 //! # Example
 //!
@@ -62,7 +83,11 @@
 //! # async fn main() {
 //! // The service: routes on the operation, answers with a Body or a Fault.
 //! let server = ServiceBuilder::new()
-//!     .layer(SoapServerLayer::new().understands(QualifiedName::new(WSSE_NS, "Security")))
+//!     // Checks the UsernameToken (digest or text, ±5 min, no replay) before the
+//!     // handler runs; never just declare wsse:Security understood.
+//!     .layer(SoapServerLayer::new().username_token(UsernameTokenValidator::new(|user: &str| {
+//!         (user == "alice").then(|| "s3cret".to_owned())
+//!     })))
 //!     .service_fn(|req: http::Request<Full<Bytes>>| async move {
 //!         let op = req.extensions().get::<SoapOperation>().unwrap();
 //!         match op.name() {
@@ -157,6 +182,7 @@ mod fault;
 mod security;
 mod server;
 mod skip;
+mod validator;
 mod version;
 mod write;
 mod wsdl;
@@ -168,6 +194,10 @@ pub use error::{SoapError, XmlError};
 pub use fault::{FaultCode, QualifiedName, SoapFault, WsseFault};
 pub use security::{PasswordType, UsernameToken, WsAddressing, CORRELATION_NS, WSA_NS, WSSE_NS, WSU_NS};
 pub use server::{ServerFuture, SoapOperation, SoapServer, SoapServerLayer};
+pub use validator::{
+    AuthenticatedUser, BoxFuture, MemoryNonceStore, NonceStore, PasswordLookup, UsernameTokenValidator,
+    DEFAULT_CREATED_WINDOW, DEFAULT_NONCE_CAPACITY,
+};
 pub use version::{SoapVersion, SOAP11_ENV_NS, SOAP12_ENV_NS};
 pub use write::EnvelopeBody;
 pub use wsdl::{
