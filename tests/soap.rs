@@ -151,7 +151,7 @@ fn hostile_wsdls_are_refused() {
     assert!(matches!(Wsdl::parse(deep.as_bytes(), &limits), Err(SoapError::TooDeep { .. })));
     assert!(matches!(
         Wsdl::parse(&fixture("calculator_asmx.wsdl"), &SoapLimits::new().max_body(100)),
-        Err(SoapError::TooLarge { limit: 100 })
+        Err(SoapError::WsdlTooLarge { limit: 100 })
     ));
 }
 
@@ -518,6 +518,158 @@ async fn wsdl_fetch_with_basic_auth_from_url() {
     let anonymous = WsdlUrl::parse(&format!("http://{addr}/calculator.asmx?WSDL")).unwrap();
     let err = Wsdl::fetch(client, &anonymous, &SoapLimits::default()).await.unwrap_err();
     assert!(matches!(err, SoapError::Status(StatusCode::UNAUTHORIZED)));
+}
+
+// ---------------------------------------------------------------- WSDL imports
+
+/// A server of WSDL documents by path on `listener`; an unknown path is a
+/// 404. Records the path and `Authorization` header of each request.
+fn wsdl_server(
+    listener: tokio::net::TcpListener,
+    docs: Vec<(&'static str, String)>,
+    seen: Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+) {
+    let docs = Arc::new(docs);
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let docs = docs.clone();
+        let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned());
+        seen.lock().unwrap().push((req.uri().path().to_owned(), auth));
+        async move {
+            let found = docs.iter().find(|(p, _)| *p == req.uri().path());
+            let mut res = Response::new(Full::new(Bytes::from(found.map(|(_, d)| d.clone()).unwrap_or_default())));
+            if found.is_none() {
+                *res.status_mut() = StatusCode::NOT_FOUND;
+            }
+            Ok::<_, Infallible>(res)
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc));
+        }
+    });
+}
+
+async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+const WSDL_HEAD: &str = "<definitions xmlns=\"http://schemas.xmlsoap.org/wsdl/\" \
+    xmlns:soap=\"http://schemas.xmlsoap.org/wsdl/soap/\" xmlns:tns=\"urn:calc\" targetNamespace=\"urn:calc\">";
+
+fn import(location: &str) -> String {
+    format!("<import namespace=\"urn:calc\" location=\"{location}\"/>")
+}
+
+/// The service (root), the binding (one import away, relative location),
+/// the port type and messages (two away, absolute path), and imports back
+/// to the root (a cycle) and of the same document twice.
+fn split_wsdl(addr: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "/svc/root.wsdl",
+            format!(
+                "{WSDL_HEAD}{}<service name=\"Calculator\"><port name=\"CalcSoap\" binding=\"tns:CalcSoap\">\
+                 <soap:address location=\"http://{addr}/calc\"/></port></service></definitions>",
+                import("binding/binding.wsdl")
+            ),
+        ),
+        (
+            "/svc/binding/binding.wsdl",
+            format!(
+                "{WSDL_HEAD}{}{}{}<binding name=\"CalcSoap\" type=\"tns:Calc\">\
+                 <soap:binding transport=\"http://schemas.xmlsoap.org/soap/http\" style=\"document\"/>\
+                 <operation name=\"Add\"><soap:operation soapAction=\"urn:calc#Add\"/></operation>\
+                 <operation name=\"Divide\"><soap:operation soapAction=\"urn:calc#Divide\"/></operation></binding></definitions>",
+                import("/types/porttype.wsdl"),
+                import("../root.wsdl"),
+                import(&format!("http://{addr}/types/porttype.wsdl#again")),
+            ),
+        ),
+        (
+            "/types/porttype.wsdl",
+            format!(
+                "{WSDL_HEAD}<message name=\"AddIn\"/><message name=\"AddOut\"/><portType name=\"Calc\">\
+                 <operation name=\"Add\"><input message=\"tns:AddIn\"/><output message=\"tns:AddOut\"/></operation>\
+                 <operation name=\"Divide\"/></portType></definitions>"
+            ),
+        ),
+    ]
+}
+
+/// A WSDL whose binding lives in an imported document listed 0 operations
+/// with no error; `fetch` follows the imports, with the SOAP layer's client.
+#[tokio::test]
+async fn wsdl_fetch_follows_imports() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // The documents name the server's address: bind first, then serve.
+    let (listener, addr) = listener().await;
+    wsdl_server(listener, split_wsdl(addr), seen.clone());
+    let url = WsdlUrl::parse(&format!("http://alice:pw@{addr}/svc/root.wsdl")).unwrap();
+    let root = Wsdl::parse(split_wsdl(addr)[0].1.as_bytes(), &SoapLimits::default()).unwrap();
+    assert!(root.operations().is_empty(), "alone, the root has no binding");
+    assert_eq!(root.imports[0].location.as_deref(), Some("binding/binding.wsdl"));
+
+    // The SOAP client's own HTTP client type (request body EnvelopeBody).
+    let wsdl = Wsdl::fetch(http_client(), &url, &SoapLimits::default()).await.unwrap();
+    let ops = wsdl.operations();
+    let names: Vec<&str> = ops.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["Add", "Divide"]);
+    assert_eq!(ops[0].soap_action.as_deref(), Some("urn:calc#Add"));
+    assert_eq!(ops[0].input.as_deref(), Some("AddIn"), "the port type two imports away");
+    assert_eq!(ops[0].address.as_deref(), Some(format!("http://{addr}/calc").as_str()));
+    let seen = seen.lock().unwrap().clone();
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["/svc/root.wsdl", "/svc/binding/binding.wsdl", "/types/porttype.wsdl"], "each read once");
+    assert!(seen.iter().all(|(_, auth)| auth.as_deref() == Some("Basic YWxpY2U6cHc=")), "same origin: credentials");
+}
+
+#[tokio::test]
+async fn wsdl_import_failures_and_bounds_are_reported() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client: Client<_, http_body_util::Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let root = |location: &str| format!("{WSDL_HEAD}{}</definitions>", import(location));
+    // A chain of imports deeper than the bound; a missing one; a file: one.
+    let mut docs: Vec<(&'static str, String)> = vec![
+        ("/missing.wsdl", root("nowhere.wsdl")),
+        ("/file.wsdl", root("file:///etc/passwd")),
+        ("/big.wsdl", root("filler.wsdl")),
+        ("/filler.wsdl", format!("{WSDL_HEAD}<documentation>{}</documentation></definitions>", "x".repeat(3000))),
+    ];
+    for i in 0..=WSDL_MAX_IMPORT_DEPTH + 1 {
+        let path: &'static str = Box::leak(format!("/deep{i}.wsdl").into_boxed_str());
+        docs.push((path, root(&format!("deep{}.wsdl", i + 1))));
+    }
+    let (listener, addr) = listener().await;
+    wsdl_server(listener, docs, seen);
+    let fetch = |path: &str, limits: SoapLimits| {
+        let url = WsdlUrl::parse(&format!("http://{addr}{path}")).unwrap();
+        let client = client.clone();
+        async move { Wsdl::fetch(client, &url, &limits).await }
+    };
+    let err = fetch("/missing.wsdl", SoapLimits::default()).await.unwrap_err();
+    match &err {
+        SoapError::WsdlImport { location, source } => {
+            assert_eq!(location, &format!("http://{addr}/nowhere.wsdl"));
+            assert!(matches!(**source, SoapError::Status(StatusCode::NOT_FOUND)), "{source:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("nowhere.wsdl"), "{err}");
+    let err = fetch("/file.wsdl", SoapLimits::default()).await.unwrap_err();
+    assert!(matches!(&err, SoapError::WsdlImport { location, .. } if location == "file:///etc/passwd"), "{err:?}");
+    let err = fetch("/deep0.wsdl", SoapLimits::default()).await.unwrap_err();
+    assert!(err.to_string().contains("nested too deep"), "{err}");
+    // The root alone fits the limit; with its import it does not.
+    let err = fetch("/big.wsdl", SoapLimits::new().max_body(2048)).await.unwrap_err();
+    assert!(matches!(err, SoapError::WsdlTooLarge { limit: 2048 }), "{err:?}");
+    assert_eq!(err.to_string(), "WSDL document larger than 2048 bytes");
+    let err = fetch("/filler.wsdl", SoapLimits::new().max_body(2048)).await.unwrap_err();
+    assert!(matches!(err, SoapError::WsdlTooLarge { limit: 2048 }), "a too-large WSDL has its own error: {err:?}");
+    assert!(!err.to_string().contains("SOAP message"));
 }
 
 // ---------------------------------------------------------------- robustness

@@ -37,7 +37,9 @@
 //!   in both SOAP versions.
 //! - **WSDL** — [`Wsdl::parse`] / [`Wsdl::fetch`] list services, ports,
 //!   addresses and operations with their `soapAction` and messages (SOAP 1.1
-//!   and 1.2 bindings). A [`WsdlUrl`] with credentials
+//!   and 1.2 bindings). `fetch` takes the same HTTP client as the SOAP layer
+//!   and follows `wsdl:import`s (relative or absolute, bounded in depth,
+//!   count and total size, each document read once). A [`WsdlUrl`] with credentials
 //!   (`https://user:pass@host/…`) fetches with basic auth and never shows the
 //!   password.
 //! - **Safety** — every message read (both sides, and WSDLs) refuses DOCTYPEs,
@@ -201,8 +203,8 @@ pub use validator::{
 pub use version::{SoapVersion, SOAP11_ENV_NS, SOAP12_ENV_NS};
 pub use write::EnvelopeBody;
 pub use wsdl::{
-    Wsdl, WsdlAbstractOperation, WsdlBinding, WsdlBindingOperation, WsdlOperation, WsdlPort, WsdlPortType, WsdlService,
-    WsdlUrl, WSDL_NS, WSDL_SOAP11_NS, WSDL_SOAP12_NS,
+    Wsdl, WsdlAbstractOperation, WsdlBinding, WsdlBindingOperation, WsdlImport, WsdlOperation, WsdlPort, WsdlPortType,
+    WsdlService, WsdlUrl, WSDL_MAX_DOCUMENTS, WSDL_MAX_IMPORT_DEPTH, WSDL_NS, WSDL_SOAP11_NS, WSDL_SOAP12_NS,
 };
 
 #[cfg(test)]
