@@ -522,12 +522,15 @@ async fn wsdl_fetch_with_basic_auth_from_url() {
 
 // ---------------------------------------------------------------- WSDL imports
 
+/// The path and `Authorization` header of each request a test server got.
+type Requests = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
 /// A server of WSDL documents by path on `listener`; an unknown path is a
 /// 404. Records the path and `Authorization` header of each request.
 fn wsdl_server(
     listener: tokio::net::TcpListener,
     docs: Vec<(&'static str, String)>,
-    seen: Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    seen: Requests,
 ) {
     let docs = Arc::new(docs);
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
