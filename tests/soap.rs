@@ -527,11 +527,7 @@ type Requests = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
 
 /// A server of WSDL documents by path on `listener`; an unknown path is a
 /// 404. Records the path and `Authorization` header of each request.
-fn wsdl_server(
-    listener: tokio::net::TcpListener,
-    docs: Vec<(&'static str, String)>,
-    seen: Requests,
-) {
+fn wsdl_server(listener: tokio::net::TcpListener, docs: Vec<(&'static str, String)>, seen: Requests) {
     let docs = Arc::new(docs);
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let docs = docs.clone();

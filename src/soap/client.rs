@@ -516,7 +516,7 @@ fn finish(config: &Config, status: StatusCode, headers: HeaderMap, bytes: Bytes)
     match envelope.into_result() {
         Err(SoapError::Fault(mut fault)) => {
             fault.http_status = Some(status);
-            let code = fault.code.local_name(fault.version);
+            let code = fault.metric_code(fault.version);
             metrics::counter!("tower_mesh_soap_faults_total", "service" => config.name.to_string(), "side" => "client", "code" => code)
                 .increment(1);
             tracing::debug!(service = &*config.name, code, status = status.as_u16(), "SOAP fault received");

@@ -300,6 +300,17 @@ impl SoapFault {
         self.code == FaultCode::Client || (self.code == FaultCode::Other && self.is_security())
     }
 
+    /// The `code` label of the fault metrics: the class's local name in
+    /// `version` (a SOAP 1.1 WS-Security code counts as `Client`; never a
+    /// name taken from the message, which would make labels unbounded).
+    pub(crate) fn metric_code(&self, version: SoapVersion) -> &'static str {
+        if self.code == FaultCode::Other && self.is_security() {
+            FaultCode::Client.local_name(version)
+        } else {
+            self.code.local_name(version)
+        }
+    }
+
     /// A WS-Security fault: its code or a subcode is in the [`WSSE_NS`]
     /// namespace (`wsse:FailedAuthentication`, `wsse:InvalidSecurity`, …).
     pub fn is_security(&self) -> bool {

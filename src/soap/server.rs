@@ -439,7 +439,7 @@ where
 }
 
 fn count_fault(config: &Config, version: SoapVersion, fault: &SoapFault) {
-    let code = fault.code().local_name(version);
+    let code = fault.metric_code(version);
     metrics::counter!("tower_mesh_soap_faults_total", "service" => config.name.to_string(), "side" => "server", "code" => code)
         .increment(1);
 }
@@ -453,7 +453,7 @@ fn fault_response(
     count_fault(config, version, fault);
     tracing::debug!(
         service = &*config.name,
-        code = fault.code().local_name(version),
+        code = fault.metric_code(version),
         reason = fault.reason(),
         "answering with a SOAP fault"
     );
