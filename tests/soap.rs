@@ -986,6 +986,7 @@ async fn ws_addressing_headers() {
     let (a, b) = (message_id(&sent[0].1), message_id(&sent[1].1));
     assert!(a.starts_with("urn:uuid:") && a.len() == 45, "{a}");
     assert_ne!(a, b, "a fresh MessageID per request");
+    assert_eq!(header_text(&sent[0].1, CORRELATION_NS, "CorrelationId"), None, "no correlation id in scope");
 }
 
 /// The text of the first header block named `{ns}local`, if any.
