@@ -16,6 +16,10 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_mesh::soap::*;
 use tower_mesh::BoxError;
 
+#[cfg(feature = "redis")]
+#[path = "support/services.rs"]
+mod services;
+
 fn fixture(name: &str) -> Bytes {
     let path = format!("{}/tests/fixtures/soap/{name}", env!("CARGO_MANIFEST_DIR"));
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
@@ -518,6 +522,67 @@ async fn wsdl_fetch_with_basic_auth_from_url() {
     let anonymous = WsdlUrl::parse(&format!("http://{addr}/calculator.asmx?WSDL")).unwrap();
     let err = Wsdl::fetch(client, &anonymous, &SoapLimits::default()).await.unwrap_err();
     assert!(matches!(err, SoapError::Status(StatusCode::UNAUTHORIZED)));
+}
+
+/// A `NonceStore` on the real local Redis (`SET key 1 NX PX ttl`), as
+/// servers behind a load balancer share it.
+#[cfg(feature = "redis")]
+struct RedisNonces {
+    conn: redis::aio::MultiplexedConnection,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl NonceStore for RedisNonces {
+    fn insert(&self, key: [u8; 20], ttl: std::time::Duration) -> BoxFuture<Result<bool, BoxError>> {
+        let mut conn = self.conn.clone();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{}{hex}", self.prefix);
+        Box::pin(async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                .query_async(&mut conn)
+                .await?;
+            Ok(set.is_some())
+        })
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_redis_nonce_store_refuses_a_replay_across_servers() {
+    const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+    if services::require_service("Redis", "TOWER_MESH_REDIS_URL", DEFAULT_URL).is_none() {
+        return;
+    }
+    let url = services::env_or("TOWER_MESH_REDIS_URL", DEFAULT_URL);
+    let conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+    let prefix = format!("towermesh:test:nonce:{}:", std::process::id());
+    let store = || RedisNonces { conn: conn.clone(), prefix: prefix.clone() };
+    let a = secured_server(UsernameTokenValidator::new(alice).nonce_store(store())).await;
+    let b = secured_server(UsernameTokenValidator::new(alice).nonce_store(store())).await;
+    let block = security(&UsernameToken::digest("alice", "s3cret"), SoapVersion::V12, T0, &nonce);
+    let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(block);
+    let to = |addr: SocketAddr| {
+        SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap())
+            .version(SoapVersion::V12)
+            .layer(http_client())
+    };
+    // A nonce from an earlier run of this test is still in Redis for the window: clear it.
+    let mut clean = conn.clone();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut clean).await.unwrap();
+    for key in keys {
+        let _: () = redis::cmd("DEL").arg(key).query_async(&mut clean).await.unwrap();
+    }
+    assert!(to(a).oneshot(req.clone()).await.is_ok());
+    let err = to(b).oneshot(req).await.unwrap_err();
+    assert_eq!(err.fault().unwrap().subcodes(), &[WsseFault::InvalidSecurity.name()]);
 }
 
 // ---------------------------------------------------------------- WSDL imports
