@@ -610,6 +610,21 @@ mod tests {
         fn any_text_is_safe(s in ".{0,40}") {
             let _ = parse_datetime(&s);
         }
+
+        /// A token block with bytes changed reads as a token or is refused, never a panic.
+        #[test]
+        fn mutated_security_blocks_are_safe(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<char>()), 0..6)) {
+            let mut out = Vec::new();
+            crate::soap::UsernameToken::digest("alice", "s3cret").write_with(
+                crate::soap::SoapVersion::V12, at(T0), b"0123456789abcdef", &mut out);
+            let mut chars: Vec<char> = String::from_utf8(out).unwrap().chars().collect();
+            for (i, c) in edits {
+                let i = i.index(chars.len());
+                chars[i] = c;
+            }
+            let block: String = chars.into_iter().collect();
+            let _ = parse_token(&block);
+        }
     }
 
     #[tokio::test(start_paused = true)]
