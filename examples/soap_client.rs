@@ -69,8 +69,12 @@ async fn serve() -> Result<std::net::SocketAddr, BoxError> {
         .layer(
             SoapServerLayer::new()
                 .name("quotes")
-                // The handler accepts (is allowed to ignore) these mustUnderstand blocks.
-                .understands(QualifiedName::new(WSSE_NS, "Security"))
+                // The UsernameToken is checked before the handler runs (wrong
+                // password, stale or replayed token: a wsse fault).
+                .username_token(UsernameTokenValidator::new(|user: &str| {
+                    (user == "trader").then(|| "s3cret".to_owned())
+                }))
+                // The handler accepts (is allowed to ignore) this mustUnderstand block.
                 .understands(QualifiedName::new(WSA_NS, "Action")),
         )
         .service_fn(move |req| quotes(calls.clone(), req));

@@ -16,6 +16,10 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_mesh::soap::*;
 use tower_mesh::BoxError;
 
+#[cfg(feature = "redis")]
+#[path = "support/services.rs"]
+mod services;
+
 fn fixture(name: &str) -> Bytes {
     let path = format!("{}/tests/fixtures/soap/{name}", env!("CARGO_MANIFEST_DIR"));
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
@@ -151,7 +155,7 @@ fn hostile_wsdls_are_refused() {
     assert!(matches!(Wsdl::parse(deep.as_bytes(), &limits), Err(SoapError::TooDeep { .. })));
     assert!(matches!(
         Wsdl::parse(&fixture("calculator_asmx.wsdl"), &SoapLimits::new().max_body(100)),
-        Err(SoapError::TooLarge { limit: 100 })
+        Err(SoapError::WsdlTooLarge { limit: 100 })
     ));
 }
 
@@ -248,7 +252,7 @@ fn add(a: i64, b: i64) -> SoapRequest {
 #[tokio::test]
 async fn client_and_server_both_versions() {
     let server = SoapServerLayer::new()
-        .understands(QualifiedName::new(WSSE_NS, "Security"))
+        .username_token(UsernameTokenValidator::new(|user: &str| (user == "alice").then(|| "s3cret".to_owned())))
         .understands(QualifiedName::new(WSA_NS, "Action"));
     let addr = calculator_server(server).await;
     for version in [SoapVersion::V11, SoapVersion::V12] {
@@ -520,6 +524,218 @@ async fn wsdl_fetch_with_basic_auth_from_url() {
     assert!(matches!(err, SoapError::Status(StatusCode::UNAUTHORIZED)));
 }
 
+/// A `NonceStore` on the real local Redis (`SET key 1 NX PX ttl`), as
+/// servers behind a load balancer share it.
+#[cfg(feature = "redis")]
+struct RedisNonces {
+    conn: redis::aio::MultiplexedConnection,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl NonceStore for RedisNonces {
+    fn insert(&self, key: [u8; 20], ttl: std::time::Duration) -> BoxFuture<Result<bool, BoxError>> {
+        let mut conn = self.conn.clone();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{}{hex}", self.prefix);
+        Box::pin(async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                .query_async(&mut conn)
+                .await?;
+            Ok(set.is_some())
+        })
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_redis_nonce_store_refuses_a_replay_across_servers() {
+    const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+    if services::require_service("Redis", "TOWER_MESH_REDIS_URL", DEFAULT_URL).is_none() {
+        return;
+    }
+    let url = services::env_or("TOWER_MESH_REDIS_URL", DEFAULT_URL);
+    let conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+    let prefix = format!("towermesh:test:nonce:{}:", std::process::id());
+    let store = || RedisNonces { conn: conn.clone(), prefix: prefix.clone() };
+    let a = secured_server(UsernameTokenValidator::new(alice).nonce_store(store())).await;
+    let b = secured_server(UsernameTokenValidator::new(alice).nonce_store(store())).await;
+    let block = security(&UsernameToken::digest("alice", "s3cret"), SoapVersion::V12, T0, &nonce);
+    let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(block);
+    let to = |addr: SocketAddr| {
+        SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap())
+            .version(SoapVersion::V12)
+            .layer(http_client())
+    };
+    // A nonce from an earlier run of this test is still in Redis for the window: clear it.
+    let mut clean = conn.clone();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut clean).await.unwrap();
+    for key in keys {
+        let _: () = redis::cmd("DEL").arg(key).query_async(&mut clean).await.unwrap();
+    }
+    assert!(to(a).oneshot(req.clone()).await.is_ok());
+    let err = to(b).oneshot(req).await.unwrap_err();
+    assert_eq!(err.fault().unwrap().subcodes(), &[WsseFault::InvalidSecurity.name()]);
+}
+
+// ---------------------------------------------------------------- WSDL imports
+
+/// The path and `Authorization` header of each request a test server got.
+type Requests = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// A server of WSDL documents by path on `listener`; an unknown path is a
+/// 404. Records the path and `Authorization` header of each request.
+fn wsdl_server(listener: tokio::net::TcpListener, docs: Vec<(&'static str, String)>, seen: Requests) {
+    let docs = Arc::new(docs);
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let docs = docs.clone();
+        let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned());
+        seen.lock().unwrap().push((req.uri().path().to_owned(), auth));
+        async move {
+            let found = docs.iter().find(|(p, _)| *p == req.uri().path());
+            let mut res = Response::new(Full::new(Bytes::from(found.map(|(_, d)| d.clone()).unwrap_or_default())));
+            if found.is_none() {
+                *res.status_mut() = StatusCode::NOT_FOUND;
+            }
+            Ok::<_, Infallible>(res)
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc));
+        }
+    });
+}
+
+async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+const WSDL_HEAD: &str = "<definitions xmlns=\"http://schemas.xmlsoap.org/wsdl/\" \
+    xmlns:soap=\"http://schemas.xmlsoap.org/wsdl/soap/\" xmlns:tns=\"urn:calc\" targetNamespace=\"urn:calc\">";
+
+fn import(location: &str) -> String {
+    format!("<import namespace=\"urn:calc\" location=\"{location}\"/>")
+}
+
+/// The service (root), the binding (one import away, relative location),
+/// the port type and messages (two away, absolute path), and imports back
+/// to the root (a cycle) and of the same document twice.
+fn split_wsdl(addr: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "/svc/root.wsdl",
+            format!(
+                "{WSDL_HEAD}{}<service name=\"Calculator\"><port name=\"CalcSoap\" binding=\"tns:CalcSoap\">\
+                 <soap:address location=\"http://{addr}/calc\"/></port></service></definitions>",
+                import("binding/binding.wsdl")
+            ),
+        ),
+        (
+            "/svc/binding/binding.wsdl",
+            format!(
+                "{WSDL_HEAD}{}{}{}<binding name=\"CalcSoap\" type=\"tns:Calc\">\
+                 <soap:binding transport=\"http://schemas.xmlsoap.org/soap/http\" style=\"document\"/>\
+                 <operation name=\"Add\"><soap:operation soapAction=\"urn:calc#Add\"/></operation>\
+                 <operation name=\"Divide\"><soap:operation soapAction=\"urn:calc#Divide\"/></operation></binding></definitions>",
+                import("/types/porttype.wsdl"),
+                import("../root.wsdl"),
+                import(&format!("http://{addr}/types/porttype.wsdl#again")),
+            ),
+        ),
+        (
+            "/types/porttype.wsdl",
+            format!(
+                "{WSDL_HEAD}<message name=\"AddIn\"/><message name=\"AddOut\"/><portType name=\"Calc\">\
+                 <operation name=\"Add\"><input message=\"tns:AddIn\"/><output message=\"tns:AddOut\"/></operation>\
+                 <operation name=\"Divide\"/></portType></definitions>"
+            ),
+        ),
+    ]
+}
+
+/// A WSDL whose binding lives in an imported document listed 0 operations
+/// with no error; `fetch` follows the imports, with the SOAP layer's client.
+#[tokio::test]
+async fn wsdl_fetch_follows_imports() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // The documents name the server's address: bind first, then serve.
+    let (listener, addr) = listener().await;
+    wsdl_server(listener, split_wsdl(addr), seen.clone());
+    let url = WsdlUrl::parse(&format!("http://alice:pw@{addr}/svc/root.wsdl")).unwrap();
+    let root = Wsdl::parse(split_wsdl(addr)[0].1.as_bytes(), &SoapLimits::default()).unwrap();
+    assert!(root.operations().is_empty(), "alone, the root has no binding");
+    assert_eq!(root.imports[0].location.as_deref(), Some("binding/binding.wsdl"));
+
+    // The SOAP client's own HTTP client type (request body EnvelopeBody).
+    let wsdl = Wsdl::fetch(http_client(), &url, &SoapLimits::default()).await.unwrap();
+    let ops = wsdl.operations();
+    let names: Vec<&str> = ops.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["Add", "Divide"]);
+    assert_eq!(ops[0].soap_action.as_deref(), Some("urn:calc#Add"));
+    assert_eq!(ops[0].input.as_deref(), Some("AddIn"), "the port type two imports away");
+    assert_eq!(ops[0].address.as_deref(), Some(format!("http://{addr}/calc").as_str()));
+    let seen = seen.lock().unwrap().clone();
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["/svc/root.wsdl", "/svc/binding/binding.wsdl", "/types/porttype.wsdl"], "each read once");
+    assert!(seen.iter().all(|(_, auth)| auth.as_deref() == Some("Basic YWxpY2U6cHc=")), "same origin: credentials");
+}
+
+#[tokio::test]
+async fn wsdl_import_failures_and_bounds_are_reported() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client: Client<_, http_body_util::Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let root = |location: &str| format!("{WSDL_HEAD}{}</definitions>", import(location));
+    // A chain of imports deeper than the bound; a missing one; a file: one.
+    let mut docs: Vec<(&'static str, String)> = vec![
+        ("/missing.wsdl", root("nowhere.wsdl")),
+        ("/file.wsdl", root("file:///etc/passwd")),
+        ("/big.wsdl", root("filler.wsdl")),
+        ("/filler.wsdl", format!("{WSDL_HEAD}<documentation>{}</documentation></definitions>", "x".repeat(3000))),
+    ];
+    for i in 0..=WSDL_MAX_IMPORT_DEPTH + 1 {
+        let path: &'static str = Box::leak(format!("/deep{i}.wsdl").into_boxed_str());
+        docs.push((path, root(&format!("deep{}.wsdl", i + 1))));
+    }
+    let (listener, addr) = listener().await;
+    wsdl_server(listener, docs, seen);
+    let fetch = |path: &str, limits: SoapLimits| {
+        let url = WsdlUrl::parse(&format!("http://{addr}{path}")).unwrap();
+        let client = client.clone();
+        async move { Wsdl::fetch(client, &url, &limits).await }
+    };
+    let err = fetch("/missing.wsdl", SoapLimits::default()).await.unwrap_err();
+    match &err {
+        SoapError::WsdlImport { location, source } => {
+            assert_eq!(location, &format!("http://{addr}/nowhere.wsdl"));
+            assert!(matches!(**source, SoapError::Status(StatusCode::NOT_FOUND)), "{source:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("nowhere.wsdl"), "{err}");
+    let err = fetch("/file.wsdl", SoapLimits::default()).await.unwrap_err();
+    assert!(matches!(&err, SoapError::WsdlImport { location, .. } if location == "file:///etc/passwd"), "{err:?}");
+    let err = fetch("/deep0.wsdl", SoapLimits::default()).await.unwrap_err();
+    assert!(err.to_string().contains("nested too deep"), "{err}");
+    // The root alone fits the limit; with its import it does not.
+    let err = fetch("/big.wsdl", SoapLimits::new().max_body(2048)).await.unwrap_err();
+    assert!(matches!(err, SoapError::WsdlTooLarge { limit: 2048 }), "{err:?}");
+    assert_eq!(err.to_string(), "WSDL document larger than 2048 bytes");
+    let err = fetch("/filler.wsdl", SoapLimits::new().max_body(2048)).await.unwrap_err();
+    assert!(matches!(err, SoapError::WsdlTooLarge { limit: 2048 }), "a too-large WSDL has its own error: {err:?}");
+    assert!(!err.to_string().contains("SOAP message"));
+}
+
 // ---------------------------------------------------------------- robustness
 
 mod props {
@@ -584,6 +800,208 @@ mod props {
     }
 }
 
+// ---------------------------------------------------------------- server: input and media types
+
+async fn raw_post_opt(addr: SocketAddr, content_type: Option<&str>, body: String) -> (StatusCode, Bytes) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::post(format!("http://{addr}/"));
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let res = client.request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+    let status = res.status();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn add_envelope(version: SoapVersion, a: &str) -> String {
+    let body = format!("<c:Add xmlns:c=\"urn:calc\"><c:a>{a}</c:a><c:b>2</c:b></c:Add>");
+    String::from_utf8(EnvelopeBody::new(version, &[], Bytes::from(body)).to_bytes().to_vec()).unwrap()
+}
+
+/// A valid envelope sent as `application/json`, `text/plain` or without a
+/// content type was answered 200; each version needs its own media type.
+#[tokio::test]
+async fn wrong_media_types_are_refused_with_415() {
+    let addr = calculator_server(SoapServerLayer::new()).await;
+    let v11 = add_envelope(SoapVersion::V11, "1");
+    let v12 = add_envelope(SoapVersion::V12, "1");
+    let cases: [(Option<&str>, &String, u16); 9] = [
+        (Some("text/xml; charset=utf-8"), &v11, 200),
+        (Some("TEXT/XML"), &v11, 200),
+        (Some("application/soap+xml; charset=utf-8; action=\"urn:calc#Add\""), &v12, 200),
+        (Some("application/json"), &v11, 415),
+        (Some("text/plain"), &v11, 415),
+        (None, &v11, 415),
+        (Some("application/json"), &v12, 415),
+        (Some("text/xml"), &v12, 415),
+        (Some("application/soap+xml"), &v11, 415),
+    ];
+    for (ct, body, status) in cases {
+        let (got, answer) = raw_post_opt(addr, ct, body.clone()).await;
+        assert_eq!(got.as_u16(), status, "{ct:?}");
+        if status == 415 {
+            let fault = Envelope::parse(answer, &SoapLimits::default()).unwrap().fault().cloned().unwrap();
+            assert!(fault.is_client() && fault.reason().contains("media type"), "{fault}");
+        }
+    }
+    // A lenient server takes any media type; the version is the envelope's.
+    let lenient = calculator_server(SoapServerLayer::new().lenient_content_type()).await;
+    for (ct, body) in [(Some("application/json"), &v11), (None, &v12), (Some("text/xml"), &v12)] {
+        let (got, answer) = raw_post_opt(lenient, ct, body.clone()).await;
+        assert_eq!(got, StatusCode::OK, "{ct:?}");
+        assert!(Envelope::parse(answer, &SoapLimits::default()).unwrap().fault().is_none());
+    }
+}
+
+/// `env.deserialize()?` on a bad request in the handler was a Server
+/// "internal server error"; it is a Client/Sender fault quoting the error.
+#[tokio::test]
+async fn bad_input_in_a_handler_is_a_client_fault() {
+    let addr = calculator_server(SoapServerLayer::new()).await;
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let mut client =
+            SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).version(version).layer(http_client());
+        let bad = SoapRequest::new("<c:Add xmlns:c=\"urn:calc\"><c:a>twelve</c:a><c:b>2</c:b></c:Add>");
+        let err = client.ready().await.unwrap().call(bad).await.unwrap_err();
+        let fault = err.fault().expect("a fault");
+        assert!(fault.is_client(), "{version}: {fault}");
+        assert!(fault.reason().contains("deserializing"), "{fault}");
+        let status = if version == SoapVersion::V11 { 500 } else { 400 };
+        assert_eq!(fault.http_status(), Some(StatusCode::from_u16(status).unwrap()));
+        use tower_mesh::classify::Classify;
+        assert!(!Classify::<SoapResponse, SoapError>::classify(&SoapClassifier::new(), Err(&err)).is_failure());
+    }
+    // Real handler failures stay server faults; and the old answer on request.
+    let strict = calculator_server(SoapServerLayer::new().input_errors_as_client_faults(false)).await;
+    let mut client = SoapEnvelopeLayer::new(format!("http://{strict}/").parse().unwrap()).layer(http_client());
+    let bad = SoapRequest::new("<c:Add xmlns:c=\"urn:calc\"><c:a>twelve</c:a><c:b>2</c:b></c:Add>");
+    let fault = client.ready().await.unwrap().call(bad).await.unwrap_err().fault().cloned().unwrap();
+    assert!(fault.is_server() && fault.reason() == "internal server error", "{fault}");
+    let crash = SoapRequest::new("<c:Crash xmlns:c=\"urn:calc\"/>");
+    let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).layer(http_client());
+    let fault = client.ready().await.unwrap().call(crash).await.unwrap_err().fault().cloned().unwrap();
+    assert!(fault.is_server(), "{fault}");
+}
+
+// ---------------------------------------------------------------- server: WS-Security
+
+const T0: u64 = 1_704_067_200; // 2024-01-01T00:00:00Z
+
+fn at(secs: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
+/// A `wsse:Security` block as the client writes it, for a given time and nonce.
+fn security(token: &UsernameToken, version: SoapVersion, created: u64, nonce: &[u8]) -> Bytes {
+    let mut out = Vec::new();
+    token.write_with(version, at(created), nonce, &mut out);
+    Bytes::from(out)
+}
+
+/// Answers with the authenticated user.
+async fn whoami(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
+    let user = req.extensions().get::<AuthenticatedUser>().expect("an authenticated user").username().to_owned();
+    Ok(Response::new(Full::new(Bytes::from(format!("<w:Me xmlns:w=\"urn:w\">{user}</w:Me>")))))
+}
+
+/// A server with a validator whose clock stands at T0: every check is
+/// against fixed times, never the wall clock.
+async fn secured_server(validator: UsernameTokenValidator) -> SocketAddr {
+    let layer = SoapServerLayer::new().username_token(validator.clock(|| at(T0)));
+    serve(ServiceBuilder::new().layer(layer).service_fn(whoami)).await
+}
+
+fn alice(user: &str) -> Option<String> {
+    (user == "alice").then(|| "s3cret".to_owned())
+}
+
+/// The handler behind a server that declared `wsse:Security` understood
+/// used to see any token; with `username_token` the layer checks it.
+#[tokio::test]
+async fn username_tokens_are_validated_by_the_server() {
+    use tower_mesh::classify::Classify;
+    let addr = secured_server(UsernameTokenValidator::new(alice)).await;
+    let text_off = secured_server(UsernameTokenValidator::new(alice).password_text(false)).await;
+    for version in [SoapVersion::V11, SoapVersion::V12] {
+        let client =
+            SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).version(version).layer(http_client());
+        let call = |block: Bytes| {
+            let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(block);
+            client.clone().oneshot(req)
+        };
+        let digest = UsernameToken::digest("alice", "s3cret");
+        let n = if version == SoapVersion::V11 { 0u8 } else { 100 };
+        // A good digest, then the same token again (a replay).
+        let good = security(&digest, version, T0, &[n; 16]);
+        let res = call(good.clone()).await.unwrap();
+        assert!(res.body_str().contains(">alice<"), "{}", res.body_str());
+        let expect = |err: SoapError, code: WsseFault| {
+            let fault = err.fault().cloned().unwrap_or_else(|| panic!("{version}: a fault, got {err:?}"));
+            assert!(fault.is_client() && fault.is_security(), "{version}: {fault}");
+            assert_eq!(fault.reason(), code.reason());
+            match version {
+                SoapVersion::V11 => assert_eq!(fault.code_name(), &code.name()),
+                SoapVersion::V12 => {
+                    assert_eq!(fault.subcodes(), &[code.name()]);
+                    assert_eq!(fault.http_status(), Some(StatusCode::BAD_REQUEST));
+                }
+            }
+            let as_error = SoapError::from(fault);
+            assert!(!Classify::<SoapResponse, SoapError>::classify(&SoapClassifier::new(), Err(&as_error)).is_failure());
+        };
+        expect(call(good).await.unwrap_err(), WsseFault::InvalidSecurity);
+        // Wrong password, unknown user: the same answer.
+        let wrong = security(&UsernameToken::digest("alice", "guess"), version, T0, &[n + 1; 16]);
+        expect(call(wrong).await.unwrap_err(), WsseFault::FailedAuthentication);
+        let nobody = security(&UsernameToken::digest("mallory", "s3cret"), version, T0, &[n + 2; 16]);
+        expect(call(nobody).await.unwrap_err(), WsseFault::FailedAuthentication);
+        // Created within ±5 minutes passes; outside, either way, does not.
+        assert!(call(security(&digest, version, T0 - 299, &[n + 3; 16])).await.is_ok());
+        assert!(call(security(&digest, version, T0 + 299, &[n + 4; 16])).await.is_ok());
+        expect(call(security(&digest, version, T0 - 301, &[n + 5; 16])).await.unwrap_err(), WsseFault::InvalidSecurity);
+        expect(call(security(&digest, version, T0 + 301, &[n + 6; 16])).await.unwrap_err(), WsseFault::InvalidSecurity);
+        // PasswordText: accepted unless refused; wrong text refused.
+        assert!(call(security(&UsernameToken::text("alice", "s3cret"), version, T0, &[n + 7; 16])).await.is_ok());
+        let wrong_text = security(&UsernameToken::text("alice", "s3cre"), version, T0, &[n + 8; 16]);
+        expect(call(wrong_text).await.unwrap_err(), WsseFault::FailedAuthentication);
+        // A digest without its nonce; no Security header at all.
+        let no_nonce = String::from_utf8(security(&digest, version, T0, &[n + 9; 16]).to_vec()).unwrap();
+        let start = no_nonce.find("<wsse:Nonce").unwrap();
+        let end = no_nonce.find("</wsse:Nonce>").unwrap() + "</wsse:Nonce>".len();
+        let no_nonce = format!("{}{}", &no_nonce[..start], &no_nonce[end..]);
+        expect(call(Bytes::from(no_nonce)).await.unwrap_err(), WsseFault::InvalidSecurity);
+        let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>");
+        expect(client.clone().oneshot(req).await.unwrap_err(), WsseFault::InvalidSecurity);
+
+        let mut strict = SoapEnvelopeLayer::new(format!("http://{text_off}/").parse().unwrap())
+            .version(version)
+            .layer(http_client());
+        let text = security(&UsernameToken::text("alice", "s3cret"), version, T0, &[n + 10; 16]);
+        let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(text);
+        expect(strict.ready().await.unwrap().call(req).await.unwrap_err(), WsseFault::InvalidSecurity);
+        let req =
+            SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(security(&digest, version, T0, &[n + 11; 16]));
+        assert!(strict.ready().await.unwrap().call(req).await.is_ok());
+    }
+}
+
+/// A nonce store shared by two servers (as Redis would be): a token
+/// accepted by one is a replay at the other.
+#[tokio::test]
+async fn a_shared_nonce_store_refuses_a_replay_across_servers() {
+    let store = Arc::new(MemoryNonceStore::new(16));
+    let a = secured_server(UsernameTokenValidator::new(alice).nonce_store(store.clone())).await;
+    let b = secured_server(UsernameTokenValidator::new(alice).nonce_store(store.clone())).await;
+    let block = security(&UsernameToken::digest("alice", "s3cret"), SoapVersion::V11, T0, b"0123456789abcdef");
+    let req = SoapRequest::new("<w:WhoAmI xmlns:w=\"urn:w\"/>").header(block);
+    let mut to_a = SoapEnvelopeLayer::new(format!("http://{a}/").parse().unwrap()).layer(http_client());
+    let mut to_b = SoapEnvelopeLayer::new(format!("http://{b}/").parse().unwrap()).layer(http_client());
+    assert!(to_a.ready().await.unwrap().call(req.clone()).await.is_ok());
+    let err = to_b.ready().await.unwrap().call(req).await.unwrap_err();
+    assert_eq!(err.fault().unwrap().code_name(), &WsseFault::InvalidSecurity.name());
+    assert_eq!(store.len(), 1);
+}
+
 // ---------------------------------------------------------------- WS-Addressing
 
 /// An HTTP "client" that records the envelope sent and answers an empty Body.
@@ -631,17 +1049,26 @@ async fn ws_addressing_headers() {
     assert!(text.contains(">urn:calc#Add</wsa:Action>"));
     assert!(text.contains("<wsa:ReplyTo"));
     let (a, b) = (message_id(&sent[0].1), message_id(&sent[1].1));
-    #[cfg(not(feature = "correlation-id"))]
-    {
-        assert!(a.starts_with("urn:uuid:") && a.len() == 45, "{a}");
-        assert_ne!(a, b, "a fresh MessageID per request");
-    }
-    let _ = (a, b);
+    assert!(a.starts_with("urn:uuid:") && a.len() == 45, "{a}");
+    assert_ne!(a, b, "a fresh MessageID per request");
+    assert_eq!(header_text(&sent[0].1, CORRELATION_NS, "CorrelationId"), None, "no correlation id in scope");
 }
 
+/// The text of the first header block named `{ns}local`, if any.
+fn header_text(envelope: &Bytes, ns: &str, local: &str) -> Option<String> {
+    let env = Envelope::parse(envelope.clone(), &SoapLimits::default()).unwrap();
+    let block = env.headers().iter().find(|h| h.name().is(ns, local))?;
+    let raw = std::str::from_utf8(block.raw()).unwrap();
+    let start = raw.find('>').unwrap() + 1;
+    Some(raw[start..raw.rfind("</").unwrap()].to_owned())
+}
+
+/// Two calls made while handling one request (one correlation id in scope)
+/// carry two different `MessageID`s — receivers drop a duplicate — and the
+/// correlation id in its own header block.
 #[cfg(feature = "correlation-id")]
 #[tokio::test]
-async fn message_id_is_the_correlation_id_in_scope() {
+async fn message_ids_are_unique_and_the_correlation_id_has_its_own_header() {
     use tower_mesh::correlation::{CorrelationId, RequestContext};
 
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -649,20 +1076,67 @@ async fn message_id_is_the_correlation_id_in_scope() {
         .addressing(WsAddressing::new())
         .layer(recording_client(sent.clone()));
     let uuid = "0b8f2f8e-6a4f-4d5c-9a53-0d0c1e2f3a4b";
-    for id in [uuid, "order-42", "urn:example:order:7", "a<b&c"] {
+    for id in [uuid, uuid, "order-42", "a<b&c"] {
         let ctx = RequestContext::new(CorrelationId::parse(id).unwrap());
         // As in a handler run by the server-side correlation layer: the call is made in scope.
         ctx.scope(async { client.ready().await.unwrap().call(add(1, 2)).await }).await.unwrap();
     }
-    // Outside any scope: a fresh UUID.
+    // Outside any scope: no correlation header.
     client.ready().await.unwrap().call(add(1, 2)).await.unwrap();
     let sent = sent.lock().unwrap();
     let ids: Vec<String> = sent.iter().map(|(_, body)| message_id(body)).collect();
-    assert_eq!(ids[0], format!("urn:uuid:{uuid}"));
-    assert_eq!(ids[1], "urn:correlation-id:order-42");
-    assert_eq!(ids[2], "urn:example:order:7");
-    assert_eq!(ids[3], "urn:correlation-id:a&lt;b&amp;c", "escaped, never raw XML");
-    assert!(ids[4].starts_with("urn:uuid:") && ids[4].len() == 45);
+    for id in &ids {
+        assert!(id.starts_with("urn:uuid:") && id.len() == 45, "{id}");
+    }
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "every message has its own MessageID: {ids:?}");
+    assert!(!ids.contains(&format!("urn:uuid:{uuid}")), "the correlation id is not reused as a MessageID");
+    let cids: Vec<Option<String>> =
+        sent.iter().map(|(_, body)| header_text(body, CORRELATION_NS, "CorrelationId")).collect();
+    assert_eq!(cids[0].as_deref(), Some(uuid));
+    assert_eq!(cids[1].as_deref(), Some(uuid));
+    assert_eq!(cids[2].as_deref(), Some("order-42"));
+    assert_eq!(cids[3].as_deref(), Some("a&lt;b&amp;c"), "escaped, never raw XML");
+    assert_eq!(cids[4], None);
+}
+
+/// `Debug` of what the client sends and of what the server parses never
+/// shows a WS-Security password (PasswordText) or digest.
+#[tokio::test]
+async fn debug_output_redacts_the_security_header() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut client = SoapEnvelopeLayer::new("http://billing.internal/soap".parse().unwrap())
+        .username_token(UsernameToken::text("alice", "s3cret-pw"))
+        .layer(tower::service_fn({
+            let sent = sent.clone();
+            move |req: Request<EnvelopeBody>| {
+                let sent = sent.clone();
+                async move {
+                    sent.lock().unwrap().push(format!("{req:?}"));
+                    let bytes = req.into_body().to_bytes();
+                    sent.lock().unwrap().push(String::from_utf8(bytes.to_vec()).unwrap());
+                    let ok = EnvelopeBody::new(SoapVersion::V11, &[], Bytes::new()).to_bytes();
+                    Ok::<_, Infallible>(Response::new(Full::new(ok)))
+                }
+            }
+        }));
+    client.ready().await.unwrap().call(add(1, 2)).await.unwrap();
+    let sent = sent.lock().unwrap();
+    assert!(sent[1].contains("s3cret-pw"), "the wire carries the password");
+    assert!(!sent[0].contains("s3cret-pw"), "{}", sent[0]);
+    assert!(sent[0].contains("Security") && sent[0].contains("redacted"), "{}", sent[0]);
+    assert!(sent[0].contains("urn:calc"), "the rest is shown: {}", sent[0]);
+
+    // The server side: the Envelope (also in the request's extensions) and its header blocks.
+    let env = Envelope::parse(Bytes::from(sent[1].clone()), &SoapLimits::default()).unwrap();
+    for shown in [format!("{env:?}"), format!("{:?}", env.headers()), format!("{:#?}", env)] {
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(!shown.contains("alice") && shown.contains("redacted"), "{shown}");
+    }
+    let request = SoapRequest::new("<m:X xmlns:m=\"urn:m\"/>")
+        .header("<wsse:Security xmlns:wsse=\"urn:s\"><wsse:Password>hunter2</wsse:Password></wsse:Security>");
+    let shown = format!("{request:?}");
+    assert!(!shown.contains("hunter2") && shown.contains("urn:m"), "{shown}");
 }
 
 // ---------------------------------------------------------------- axum

@@ -164,6 +164,12 @@ fn server(message: &Bytes, v12_request: bool, action: Option<&[u8]>, direct: &Re
         Ok(env) => {
             let must_understand = env.headers().iter().any(|h| h.must_understand() && h.targets_ultimate_receiver());
             assert_eq!(answer.version(), env.version(), "answered in the request's version");
+            if env.version() != hint {
+                assert!(handled.is_empty(), "an envelope under the other version's media type stops the request");
+                assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                assert!(answer.fault().is_some_and(|f| f.is_client()));
+                return;
+            }
             if must_understand {
                 assert!(handled.is_empty(), "a mustUnderstand block stops the request");
                 let fault = answer.fault().expect("a MustUnderstand fault");

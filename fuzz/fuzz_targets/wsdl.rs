@@ -39,7 +39,7 @@ fn check_wsdl(doc: &[u8]) {
                 assert_eq!(found.name, op.name);
             }
         }
-        Err(SoapError::TooLarge { limit }) => assert!(doc.len() > limit),
+        Err(SoapError::WsdlTooLarge { limit }) => assert!(doc.len() > limit),
         Err(e) => {
             let _ = e.to_string();
         }

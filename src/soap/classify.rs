@@ -15,7 +15,11 @@ pub const SERVER_FAULT: FailureKind = FailureKind::Custom("soap server fault");
 /// `DataEncodingUnknown` faults say the *request* was wrong — sending it again
 /// cannot help and the service is healthy — so they are a success by default
 /// (or [`Outcome::Ignored`] with [`client_faults`](Self::client_faults)).
-/// A fault code outside the SOAP namespace counts as a server fault.
+/// WS-Security faults (`wsse:FailedAuthentication`, `wsse:InvalidSecurity`,
+/// … — in SOAP 1.1 the namespaced `faultcode`, in 1.2 a `Sender` subcode) are
+/// client faults in both versions: the credentials were wrong, not the
+/// service. Any other fault code outside the SOAP namespace counts as a
+/// server fault.
 ///
 /// Works on the [`SoapError`] of [`SoapClient`](super::SoapClient) and on a
 /// [`BoxError`] holding a `SoapError` or a [`SoapFault`].
@@ -57,6 +61,7 @@ impl SoapClassifier {
     /// The outcome of a fault.
     pub fn fault(&self, fault: &SoapFault) -> Outcome {
         match fault.code() {
+            FaultCode::Other if fault.is_security() => self.client_faults,
             FaultCode::Server | FaultCode::Other => Outcome::Failure(SERVER_FAULT),
             FaultCode::Client
             | FaultCode::MustUnderstand

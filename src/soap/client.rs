@@ -21,7 +21,7 @@ use super::envelope::{Envelope, HeaderBlock, SoapLimits};
 use super::error::SoapError;
 use super::security::{UsernameToken, WsAddressing};
 use super::version::SoapVersion;
-use super::write::{bare_head, open_envelope, push_str, EnvelopeBody};
+use super::write::{bare_head, open_envelope, push_str, EnvelopeBody, Redacted};
 use crate::deadline::{Deadline, DeadlineCarrier};
 use crate::BoxError;
 
@@ -44,12 +44,26 @@ pub const SOAP_ACTION: http::HeaderName = http::HeaderName::from_static("soapact
 /// assert_eq!(typed.payload(), "<Add><a>1</a><b>2</b></Add>");
 /// assert_eq!(raw.soap_action(), Some("urn:calc#Add"));
 /// ```
-#[derive(Clone, Debug, Default)]
+///
+/// Its `Debug` output leaves out the content of a `Security` header block.
+#[derive(Clone, Default)]
 pub struct SoapRequest {
     action: Option<Cow<'static, str>>,
     payload: Bytes,
     headers: Vec<Bytes>,
     deadline: Option<Deadline>,
+}
+
+impl fmt::Debug for SoapRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<_> = self.headers.iter().map(|h| Redacted(h)).collect();
+        f.debug_struct("SoapRequest")
+            .field("action", &self.action)
+            .field("payload", &Redacted(&self.payload))
+            .field("headers", &headers)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
 }
 
 /// A `TimeoutLayer` (feature `timeout`) above the SOAP layer
@@ -502,7 +516,7 @@ fn finish(config: &Config, status: StatusCode, headers: HeaderMap, bytes: Bytes)
     match envelope.into_result() {
         Err(SoapError::Fault(mut fault)) => {
             fault.http_status = Some(status);
-            let code = fault.code.local_name(fault.version);
+            let code = fault.metric_code(fault.version);
             metrics::counter!("tower_mesh_soap_faults_total", "service" => config.name.to_string(), "side" => "client", "code" => code)
                 .increment(1);
             tracing::debug!(service = &*config.name, code, status = status.as_u16(), "SOAP fault received");

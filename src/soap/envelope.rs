@@ -66,7 +66,10 @@ impl SoapLimits {
 }
 
 /// One header block of a received envelope.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` output leaves out the content of a `Security` block
+/// (WS-Security: passwords, tokens).
+#[derive(Clone, PartialEq, Eq)]
 pub struct HeaderBlock {
     name: QualifiedName,
     must_understand: bool,
@@ -137,13 +140,26 @@ pub struct Envelope {
     fault: Option<Box<SoapFault>>,
 }
 
+impl fmt::Debug for HeaderBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderBlock")
+            .field("name", &self.name)
+            .field("must_understand", &self.must_understand)
+            .field("role", &self.role)
+            .field("raw", &super::write::Redacted(&self.raw))
+            .finish()
+    }
+}
+
+/// Shows the header blocks (a `Security` block's content left out) and the
+/// Body, never the whole message.
 impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Envelope")
-            .field("message", &self.message)
+            .field("len", &self.message.len())
             .field("version", &self.version)
             .field("headers", &self.headers)
-            .field("body", &self.body)
+            .field("body", &super::write::Redacted(&self.body()))
             .field("first", &self.body_element())
             .field("fault", &self.fault)
             .finish()

@@ -68,6 +68,18 @@ pub enum SoapError {
     InvalidUrl(&'static str),
     /// The document is not a WSDL 1.1 `definitions`.
     NotWsdl,
+    /// A WSDL document (with its imports) is larger than the size limit.
+    WsdlTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// A document a WSDL imports (`wsdl:import`) could not be fetched or read.
+    WsdlImport {
+        /// The import's location, resolved, without credentials.
+        location: String,
+        /// Why.
+        source: Box<SoapError>,
+    },
 }
 
 impl SoapError {
@@ -108,6 +120,10 @@ impl fmt::Display for SoapError {
             SoapError::InvalidHeader(what) => write!(f, "invalid {what} header value"),
             SoapError::InvalidUrl(why) => write!(f, "invalid WSDL URL: {why}"),
             SoapError::NotWsdl => f.write_str("not a WSDL 1.1 document"),
+            SoapError::WsdlTooLarge { limit } => write!(f, "WSDL document larger than {limit} bytes"),
+            SoapError::WsdlImport { location, source } => {
+                write!(f, "WSDL import `{location}` could not be read: {source}")
+            }
         }
     }
 }
@@ -118,6 +134,7 @@ impl std::error::Error for SoapError {
             SoapError::Fault(f) => Some(&**f),
             SoapError::Transport(e) | SoapError::Body(e) => Some(&**e),
             SoapError::Malformed(e) => Some(e),
+            SoapError::WsdlImport { source, .. } => Some(&**source),
             _ => None,
         }
     }

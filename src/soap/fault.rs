@@ -5,6 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 use http::StatusCode;
 
+use super::security::WSSE_NS;
 use super::version::SoapVersion;
 use super::write::{escape_into, push_str};
 
@@ -91,6 +92,64 @@ impl FaultCode {
     }
 }
 
+/// The fault codes of WS-Security (SOAP Message Security 1.0, section 12), in
+/// the [`WSSE_NS`] namespace. They all say the *request* was wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WsseFault {
+    /// `wsse:UnsupportedSecurityToken`: an unsupported token was provided.
+    UnsupportedSecurityToken,
+    /// `wsse:UnsupportedAlgorithm`: an unsupported signature or encryption algorithm was used.
+    UnsupportedAlgorithm,
+    /// `wsse:InvalidSecurity`: an error was discovered processing the `wsse:Security` header.
+    InvalidSecurity,
+    /// `wsse:InvalidSecurityToken`: an invalid security token was provided.
+    InvalidSecurityToken,
+    /// `wsse:FailedAuthentication`: the security token could not be authenticated or authorized.
+    FailedAuthentication,
+    /// `wsse:FailedCheck`: the signature or decryption was invalid.
+    FailedCheck,
+    /// `wsse:SecurityTokenUnavailable`: referenced security token could not be retrieved.
+    SecurityTokenUnavailable,
+    /// `wsse:MessageExpired`: the message has expired.
+    MessageExpired,
+}
+
+impl WsseFault {
+    /// The code's local name, e.g. `FailedAuthentication`.
+    pub const fn local_name(self) -> &'static str {
+        match self {
+            WsseFault::UnsupportedSecurityToken => "UnsupportedSecurityToken",
+            WsseFault::UnsupportedAlgorithm => "UnsupportedAlgorithm",
+            WsseFault::InvalidSecurity => "InvalidSecurity",
+            WsseFault::InvalidSecurityToken => "InvalidSecurityToken",
+            WsseFault::FailedAuthentication => "FailedAuthentication",
+            WsseFault::FailedCheck => "FailedCheck",
+            WsseFault::SecurityTokenUnavailable => "SecurityTokenUnavailable",
+            WsseFault::MessageExpired => "MessageExpired",
+        }
+    }
+
+    /// The fault string the specification gives for the code.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            WsseFault::UnsupportedSecurityToken => "An unsupported token was provided",
+            WsseFault::UnsupportedAlgorithm => "An unsupported signature or encryption algorithm was used",
+            WsseFault::InvalidSecurity => "An error was discovered processing the <wsse:Security> header",
+            WsseFault::InvalidSecurityToken => "An invalid security token was provided",
+            WsseFault::FailedAuthentication => "The security token could not be authenticated or authorized",
+            WsseFault::FailedCheck => "The signature or decryption was invalid",
+            WsseFault::SecurityTokenUnavailable => "Referenced security token could not be retrieved",
+            WsseFault::MessageExpired => "The message has expired",
+        }
+    }
+
+    /// The code as a qualified name in [`WSSE_NS`].
+    pub fn name(self) -> QualifiedName {
+        QualifiedName::new(WSSE_NS, self.local_name())
+    }
+}
+
 /// A SOAP Fault: the error a SOAP service answers with, SOAP 1.1
 /// (`faultcode`, `faultstring`, `faultactor`, `detail`) or 1.2 (`Code/Value`,
 /// `Subcode`, `Reason/Text`, `Node`, `Role`, `Detail`).
@@ -144,8 +203,30 @@ impl SoapFault {
         Self::new(FaultCode::Server, reason)
     }
 
-    /// Add an application subcode (1.2 `Subcode/Value`; in 1.1 appended to
-    /// `faultcode` with a dot, e.g. `Client.Authentication`).
+    /// A WS-Security fault: a `Client` (1.2: `Sender`) fault with the
+    /// `wsse` code as its subcode and the specification's reason. Written in
+    /// SOAP 1.1 as `<faultcode>wsse:FailedAuthentication</faultcode>`, in 1.2
+    /// as `soap:Sender` with the subcode `wsse:FailedAuthentication`.
+    ///
+    /// ```
+    /// use tower_mesh::soap::{SoapFault, WsseFault};
+    ///
+    /// let fault = SoapFault::wsse(WsseFault::FailedAuthentication);
+    /// assert!(fault.is_client() && fault.is_security());
+    /// assert_eq!(fault.reason(), "The security token could not be authenticated or authorized");
+    /// ```
+    pub fn wsse(code: WsseFault) -> Self {
+        Self::client(code.reason()).with_subcode(code.name())
+    }
+
+    /// Add an application subcode. SOAP 1.2 writes it as `Subcode/Value`
+    /// with its namespace. SOAP 1.1 has no subcodes and one name per
+    /// fault: a subcode is appended to `faultcode` with a dot
+    /// (`soap:Client.Authentication`, its namespace dropped, so receivers
+    /// still see the class), except a WS-Security code ([`WSSE_NS`]), which
+    /// becomes the `faultcode` itself with its namespace
+    /// (`wsse:FailedAuthentication`, as WS-Security specifies; receivers
+    /// class it as a client fault), later subcodes appended to it.
     pub fn with_subcode(mut self, code: QualifiedName) -> Self {
         self.subcodes.push(code);
         self
@@ -210,9 +291,31 @@ impl SoapFault {
         self.http_status
     }
 
-    /// A `Client` / `Sender` fault: the caller's request was at fault.
+    /// A `Client` / `Sender` fault: the caller's request was at fault. A
+    /// WS-Security fault (see [`is_security`](Self::is_security)) is one in
+    /// both versions, also as the namespaced SOAP 1.1 `faultcode`
+    /// `wsse:FailedAuthentication` (whose [`code`](Self::code) is
+    /// [`FaultCode::Other`]).
     pub fn is_client(&self) -> bool {
-        self.code == FaultCode::Client
+        self.code == FaultCode::Client || (self.code == FaultCode::Other && self.is_security())
+    }
+
+    /// The `code` label of the fault metrics: the class's local name in
+    /// `version` (a SOAP 1.1 WS-Security code counts as `Client`; never a
+    /// name taken from the message, which would make labels unbounded).
+    pub(crate) fn metric_code(&self, version: SoapVersion) -> &'static str {
+        if self.code == FaultCode::Other && self.is_security() {
+            FaultCode::Client.local_name(version)
+        } else {
+            self.code.local_name(version)
+        }
+    }
+
+    /// A WS-Security fault: its code or a subcode is in the [`WSSE_NS`]
+    /// namespace (`wsse:FailedAuthentication`, `wsse:InvalidSecurity`, …).
+    pub fn is_security(&self) -> bool {
+        self.code_name.namespace.as_deref() == Some(WSSE_NS)
+            || self.subcodes.iter().any(|s| s.namespace.as_deref() == Some(WSSE_NS))
     }
 
     /// A `Server` / `Receiver` fault: the service failed to process a valid request.
@@ -278,11 +381,25 @@ impl SoapFault {
         open(out, "Fault");
         match version {
             SoapVersion::V11 => {
-                push_str(out, "<faultcode>");
-                push_str(out, prefix);
-                push_str(out, ":");
-                push_str(out, code);
-                for sub in &self.subcodes {
+                let namespaced = self.subcodes.iter().position(|s| s.namespace.as_deref() == Some(WSSE_NS));
+                let dotted = match namespaced {
+                    Some(i) => {
+                        let sub = &self.subcodes[i];
+                        push_str(out, "<faultcode xmlns:sc=\"");
+                        escape_into(sub.namespace.as_deref().unwrap_or_default(), out);
+                        push_str(out, "\">sc:");
+                        escape_into(&sub.local, out);
+                        &self.subcodes[i + 1..]
+                    }
+                    None => {
+                        push_str(out, "<faultcode>");
+                        push_str(out, prefix);
+                        push_str(out, ":");
+                        push_str(out, code);
+                        &self.subcodes[..]
+                    }
+                };
+                for sub in dotted {
                     push_str(out, ".");
                     escape_into(&sub.local, out);
                 }
@@ -357,7 +474,11 @@ impl SoapFault {
 
 impl fmt::Display for SoapFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SOAP fault {}", self.code.local_name(self.version))?;
+        match self.code {
+            // A namespaced code (SOAP 1.1 `wsse:FailedAuthentication`): its own name.
+            FaultCode::Other => write!(f, "SOAP fault {}", self.code_name.local)?,
+            code => write!(f, "SOAP fault {}", code.local_name(self.version))?,
+        }
         for sub in &self.subcodes {
             write!(f, ".{}", sub.local)?;
         }
@@ -366,3 +487,92 @@ impl fmt::Display for SoapFault {
 }
 
 impl std::error::Error for SoapFault {}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::classify::{Classify, Outcome};
+    use crate::soap::{Envelope, EnvelopeBody, SoapClassifier, SoapError, SoapLimits, SOAP11_ENV_NS};
+
+    fn parsed(msg: &str) -> SoapFault {
+        let env = Envelope::parse(Bytes::copy_from_slice(msg.as_bytes()), &SoapLimits::default()).unwrap();
+        env.fault().cloned().unwrap()
+    }
+
+    fn outcome(fault: &SoapFault) -> Outcome {
+        let err = SoapError::from(fault.clone());
+        Classify::<(), SoapError>::classify(&SoapClassifier::new(), Err(&err))
+    }
+
+    /// A SOAP 1.1 `wsse:FailedAuthentication` (as WSS4J, .NET and spyne write
+    /// it) was `FaultCode::Other`, a server failure: retried and counted by
+    /// the breaker. It is a client fault, like its SOAP 1.2 form.
+    #[test]
+    fn wsse_faults_are_client_faults_in_both_versions() {
+        let v11 = parsed(&format!(
+            "<s:Envelope xmlns:s=\"{SOAP11_ENV_NS}\"><s:Body><s:Fault>\
+             <faultcode xmlns:wsse=\"{WSSE_NS}\">wsse:FailedAuthentication</faultcode>\
+             <faultstring>The security token could not be authenticated or authorized</faultstring>\
+             </s:Fault></s:Body></s:Envelope>"
+        ));
+        assert_eq!(v11.code_name(), &QualifiedName::new(WSSE_NS, "FailedAuthentication"));
+        assert!(v11.is_security() && v11.is_client() && !v11.is_server());
+        assert_eq!(outcome(&v11), Outcome::Success);
+        assert_eq!(
+            v11.to_string(),
+            "SOAP fault FailedAuthentication: The security token could not be authenticated or authorized"
+        );
+
+        let v12 = parsed(&format!(
+            "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body><s:Fault>\
+             <s:Code><s:Value>s:Sender</s:Value><s:Subcode><s:Value xmlns:wsse=\"{WSSE_NS}\">wsse:InvalidSecurity</s:Value></s:Subcode></s:Code>\
+             <s:Reason><s:Text xml:lang=\"en\">bad header</s:Text></s:Reason></s:Fault></s:Body></s:Envelope>"
+        ));
+        assert!(v12.is_security() && v12.is_client());
+        assert_eq!(outcome(&v12), Outcome::Success);
+
+        // Other namespaced codes still count as server faults.
+        let other = parsed(&format!(
+            "<s:Envelope xmlns:s=\"{SOAP11_ENV_NS}\"><s:Body><s:Fault>\
+             <faultcode xmlns:x=\"urn:x\">x:Overloaded</faultcode><faultstring>busy</faultstring>\
+             </s:Fault></s:Body></s:Envelope>"
+        ));
+        assert!(!other.is_security() && !other.is_client());
+        assert!(outcome(&other).is_failure());
+    }
+
+    /// `with_subcode` in SOAP 1.1 wrote `soap:Client.FailedAuthentication`,
+    /// dropping the namespace: a WS-Security subcode is now the `faultcode`,
+    /// with its namespace, and reads back as the same WS-Security fault.
+    #[test]
+    fn namespaced_subcodes_keep_their_namespace_when_written() {
+        let fault = SoapFault::wsse(WsseFault::FailedAuthentication);
+        let v11 = EnvelopeBody::fault(SoapVersion::V11, &fault).to_bytes();
+        let text = std::str::from_utf8(&v11).unwrap();
+        assert!(!text.contains("Client.FailedAuthentication"), "{text}");
+        assert!(
+            text.contains(&format!("<faultcode xmlns:sc=\"{WSSE_NS}\">sc:FailedAuthentication</faultcode>")),
+            "{text}"
+        );
+        let back = parsed(text);
+        assert_eq!(back.code_name(), &WsseFault::FailedAuthentication.name());
+        assert!(back.is_client() && back.is_security());
+
+        let v12 = EnvelopeBody::fault(SoapVersion::V12, &fault).to_bytes();
+        let back = parsed(std::str::from_utf8(&v12).unwrap());
+        assert_eq!(back.code(), FaultCode::Client);
+        assert_eq!(back.subcodes(), &[WsseFault::FailedAuthentication.name()]);
+        assert_eq!(fault.status_for(SoapVersion::V12), StatusCode::BAD_REQUEST);
+
+        // Other subcodes stay dotted after the class, which receivers need.
+        let dotted = SoapFault::client("no")
+            .with_subcode(QualifiedName::local("Authentication"))
+            .with_subcode(QualifiedName::new("urn:app", "Expired"));
+        let text = EnvelopeBody::fault(SoapVersion::V11, &dotted).to_bytes();
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(text.contains("<faultcode>soap:Client.Authentication.Expired</faultcode>"), "{text}");
+        assert!(parsed(text).is_client());
+    }
+}

@@ -6,8 +6,9 @@
 //!   the version's content type (1.1: `text/xml` and `SOAPAction`; 1.2:
 //!   `application/soap+xml; action="…"`), optional header blocks, a
 //!   WS-Security [`UsernameToken`] (PasswordText or PasswordDigest, fresh nonce
-//!   and timestamp per request) and [`WsAddressing`] headers (`MessageID` from
-//!   the correlation id in scope with the `correlation-id` feature). The answer
+//!   and timestamp per request) and [`WsAddressing`] headers (a fresh
+//!   `MessageID` per message; with the `correlation-id` feature the
+//!   correlation id in scope in its own `CorrelationId` header block). The answer
 //!   is a [`SoapResponse`] whose Body is a zero-copy slice of the response
 //!   bytes (or deserialized into your type), or a [`SoapError`]; a Fault —
 //!   also one inside an HTTP 500 — is a typed [`SoapFault`] with
@@ -18,14 +19,27 @@
 //!   [`Classify`](crate::classify::Classify): server faults (and transport
 //!   errors) are failures, client faults are not, so a circuit breaker and a
 //!   retry layer above the SOAP layer open and retry for the right reasons.
-//! - **Server** — [`SoapServerLayer`] around an axum or hyper handler parses
-//!   the request envelope, refuses unknown `mustUnderstand` header blocks with
-//!   a `MustUnderstand` fault, gives the handler the Body and the
+//! - **Server** — [`SoapServerLayer`] around an axum or hyper handler refuses
+//!   a media type other than the SOAP version's with `415`, parses the
+//!   request envelope, refuses unknown `mustUnderstand` header blocks with a
+//!   `MustUnderstand` fault, gives the handler the Body and the
 //!   [`SoapOperation`] (SOAPAction or first Body element) for routing, and
-//!   turns its errors into Faults of the request's SOAP version.
+//!   turns its errors into Faults of the request's SOAP version (bad input
+//!   the handler meets, e.g. `env.deserialize()?`, as a `Client`/`Sender`
+//!   fault; its own failures as a `Server`/`Receiver` fault).
+//! - **Server-side WS-Security** — [`UsernameTokenValidator`], given to
+//!   [`SoapServerLayer::username_token`], checks PasswordText and
+//!   PasswordDigest against your [`PasswordLookup`] in constant time, refuses
+//!   a `Created` time outside ±5 minutes and a replayed nonce
+//!   ([`NonceStore`]: in memory, bounded, or shared such as Redis), and
+//!   answers `wsse:FailedAuthentication` / `wsse:InvalidSecurity` faults
+//!   ([`SoapFault::wsse`]), which [`SoapClassifier`] counts as client faults
+//!   in both SOAP versions.
 //! - **WSDL** — [`Wsdl::parse`] / [`Wsdl::fetch`] list services, ports,
 //!   addresses and operations with their `soapAction` and messages (SOAP 1.1
-//!   and 1.2 bindings). A [`WsdlUrl`] with credentials
+//!   and 1.2 bindings). `fetch` takes the same HTTP client as the SOAP layer
+//!   and follows `wsdl:import`s (relative or absolute, bounded in depth,
+//!   count and total size, each document read once). A [`WsdlUrl`] with credentials
 //!   (`https://user:pass@host/…`) fetches with basic auth and never shows the
 //!   password.
 //! - **Safety** — every message read (both sides, and WSDLs) refuses DOCTYPEs,
@@ -44,6 +58,16 @@
 //! `tower_mesh_soap_faults_total{service, side, code}` counts faults received
 //! (`side="client"`) and sent (`side="server"`); `code` is the fault code's
 //! local name (`Client`, `Sender`, `Server`, `Receiver`, `MustUnderstand`, …).
+//! `tower_mesh_soap_username_token_total{service, outcome}` counts the
+//! UsernameTokens checked on the server (`authenticated`,
+//! `failed_authentication`, `invalid_security`, `expired`, `replay`,
+//! `store_error`).
+//!
+//! # Secrets
+//!
+//! The `Debug` output of [`UsernameToken`], [`SoapRequest`],
+//! [`EnvelopeBody`], [`Envelope`] and [`HeaderBlock`] leaves out the content
+//! of `Security` header blocks; [`WsdlUrl`] never shows its password.
 //!
 //! # Example
 //!
@@ -61,7 +85,11 @@
 //! # async fn main() {
 //! // The service: routes on the operation, answers with a Body or a Fault.
 //! let server = ServiceBuilder::new()
-//!     .layer(SoapServerLayer::new().understands(QualifiedName::new(WSSE_NS, "Security")))
+//!     // Checks the UsernameToken (digest or text, ±5 min, no replay) before the
+//!     // handler runs; never just declare wsse:Security understood.
+//!     .layer(SoapServerLayer::new().username_token(UsernameTokenValidator::new(|user: &str| {
+//!         (user == "alice").then(|| "s3cret".to_owned())
+//!     })))
 //!     .service_fn(|req: http::Request<Full<Bytes>>| async move {
 //!         let op = req.extensions().get::<SoapOperation>().unwrap();
 //!         match op.name() {
@@ -156,6 +184,7 @@ mod fault;
 mod security;
 mod server;
 mod skip;
+mod validator;
 mod version;
 mod write;
 mod wsdl;
@@ -164,14 +193,18 @@ pub use classify::{SoapClassifier, SERVER_FAULT};
 pub use client::{ResponseFuture, SoapClient, SoapEnvelopeLayer, SoapRequest, SoapResponse, SOAP_ACTION};
 pub use envelope::{Envelope, HeaderBlock, SoapLimits, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH};
 pub use error::{SoapError, XmlError};
-pub use fault::{FaultCode, QualifiedName, SoapFault};
-pub use security::{PasswordType, UsernameToken, WsAddressing, WSA_NS, WSSE_NS, WSU_NS};
+pub use fault::{FaultCode, QualifiedName, SoapFault, WsseFault};
+pub use security::{PasswordType, UsernameToken, WsAddressing, CORRELATION_NS, WSA_NS, WSSE_NS, WSU_NS};
 pub use server::{ServerFuture, SoapOperation, SoapServer, SoapServerLayer};
+pub use validator::{
+    AuthenticatedUser, BoxFuture, MemoryNonceStore, NonceStore, PasswordLookup, UsernameTokenValidator,
+    DEFAULT_CREATED_WINDOW, DEFAULT_NONCE_CAPACITY,
+};
 pub use version::{SoapVersion, SOAP11_ENV_NS, SOAP12_ENV_NS};
 pub use write::EnvelopeBody;
 pub use wsdl::{
-    Wsdl, WsdlAbstractOperation, WsdlBinding, WsdlBindingOperation, WsdlOperation, WsdlPort, WsdlPortType, WsdlService,
-    WsdlUrl, WSDL_NS, WSDL_SOAP11_NS, WSDL_SOAP12_NS,
+    Wsdl, WsdlAbstractOperation, WsdlBinding, WsdlBindingOperation, WsdlImport, WsdlOperation, WsdlPort, WsdlPortType,
+    WsdlService, WsdlUrl, WSDL_MAX_DOCUMENTS, WSDL_MAX_IMPORT_DEPTH, WSDL_NS, WSDL_SOAP11_NS, WSDL_SOAP12_NS,
 };
 
 #[cfg(test)]

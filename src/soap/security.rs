@@ -15,6 +15,10 @@ pub const WSSE_NS: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-w
 pub const WSU_NS: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd";
 /// Namespace of WS-Addressing 1.0.
 pub const WSA_NS: &str = "http://www.w3.org/2005/08/addressing";
+/// Namespace of the `CorrelationId` header block that carries the
+/// correlation id in scope beside the WS-Addressing headers (see
+/// [`WsAddressing`]).
+pub const CORRELATION_NS: &str = "urn:tower-mesh:correlation";
 
 const PASSWORD_TEXT: &str =
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordText";
@@ -228,10 +232,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// request's action), `wsa:MessageID`, `wsa:To` (the endpoint) and
 /// optionally `wsa:ReplyTo`.
 ///
-/// The `MessageID` is the correlation id in scope when the `correlation-id`
-/// feature is on and a `correlation::RequestContext`
-/// is current (as `urn:uuid:…` when it is a UUID), otherwise a fresh
-/// `urn:uuid:` (UUID v4).
+/// Every message gets its own `MessageID`, a fresh `urn:uuid:` (UUID v4), so
+/// two calls made while handling one request never share one (WS-Addressing
+/// requires it unique; receivers drop duplicates). With the `correlation-id`
+/// feature, the correlation id in scope (a current
+/// `correlation::RequestContext`) travels in its own header block,
+/// `<cid:CorrelationId xmlns:cid="urn:tower-mesh:correlation">…</cid:CorrelationId>`
+/// (see [`CORRELATION_NS`]), which receivers may ignore.
 #[derive(Clone, Debug, Default)]
 pub struct WsAddressing {
     reply_to: Option<String>,
@@ -273,6 +280,14 @@ impl WsAddressing {
         push_str(out, ">");
         escape_into(to, out);
         push_str(out, "</wsa:To>");
+        #[cfg(feature = "correlation-id")]
+        if let Some(ctx) = crate::correlation::RequestContext::current() {
+            push_str(out, "<cid:CorrelationId xmlns:cid=\"");
+            push_str(out, CORRELATION_NS);
+            push_str(out, "\">");
+            escape_into(ctx.correlation_id.as_str(), out);
+            push_str(out, "</cid:CorrelationId>");
+        }
         if let Some(reply_to) = &self.reply_to {
             push_str(out, "<wsa:ReplyTo");
             attrs(out);
@@ -283,23 +298,8 @@ impl WsAddressing {
     }
 }
 
-/// The `MessageID` for the request being sent: see [`WsAddressing`].
+/// A fresh `MessageID`: see [`WsAddressing`].
 fn write_message_id(out: &mut Vec<u8>) {
-    #[cfg(feature = "correlation-id")]
-    if let Some(ctx) = crate::correlation::RequestContext::current() {
-        let id = ctx.correlation_id.as_str();
-        if correlation_uuid::Uuid::try_parse(id).is_ok() {
-            push_str(out, "urn:uuid:");
-            escape_into(id, out);
-        } else if id.contains(':') {
-            // Already an absolute IRI (`urn:…`, `uuid:…`, `http://…`).
-            escape_into(id, out);
-        } else {
-            push_str(out, "urn:correlation-id:");
-            escape_into(id, out);
-        }
-        return;
-    }
     push_str(out, "urn:uuid:");
     let mut buf = correlation_uuid::Uuid::encode_buffer();
     push_str(out, correlation_uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf));

@@ -22,6 +22,8 @@ use super::client::{body_error, SOAP_ACTION};
 use super::envelope::{Envelope, SoapLimits};
 use super::error::SoapError;
 use super::fault::{FaultCode, QualifiedName, SoapFault};
+use super::security::WSSE_NS;
+use super::validator::{AuthenticatedUser, BoxFuture, UsernameTokenValidator};
 use super::version::SoapVersion;
 use super::write::{escape_into, push_str, EnvelopeBody};
 use crate::BoxError;
@@ -89,6 +91,94 @@ struct Config {
     limits: SoapLimits,
     understood: Vec<QualifiedName>,
     name: Arc<str>,
+    strict_content_type: bool,
+    input_errors_are_client_faults: bool,
+    validator: Option<UsernameTokenValidator>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: SoapLimits::default(),
+            understood: Vec::new(),
+            name: "soap".into(),
+            strict_content_type: true,
+            input_errors_are_client_faults: true,
+            validator: None,
+        }
+    }
+}
+
+/// The SOAP version a media type is for: `text/xml` (1.1) or
+/// `application/soap+xml` (1.2), parameters ignored; `None` for any other.
+fn media_type_version(content_type: Option<&HeaderValue>) -> Option<SoapVersion> {
+    let value = content_type?.as_bytes();
+    let essence = value.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+    if essence.eq_ignore_ascii_case(b"text/xml") {
+        Some(SoapVersion::V11)
+    } else if essence.eq_ignore_ascii_case(b"application/soap+xml") {
+        Some(SoapVersion::V12)
+    } else {
+        None
+    }
+}
+
+/// The 415 answer to a request whose media type is not its SOAP version's.
+fn unsupported_media_type(
+    config: &Config,
+    version: SoapVersion,
+    found: Option<&HeaderValue>,
+) -> Response<EnvelopeBody> {
+    let expected = match version {
+        SoapVersion::V11 => "text/xml",
+        SoapVersion::V12 => "application/soap+xml",
+    };
+    let found = found.and_then(|v| v.to_str().ok()).unwrap_or("none");
+    let found: String = found.chars().take(64).collect();
+    tracing::debug!(service = &*config.name, content_type = %found, "SOAP request with a wrong media type");
+    let fault = SoapFault::client(format!("unsupported media type `{found}`: SOAP {version} needs {expected}"));
+    let mut res = fault_response(config, version, &fault, &[]);
+    *res.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    res
+}
+
+/// Errors a handler meets reading the request it was given (e.g.
+/// `env.deserialize()?`): the caller's input was bad.
+fn is_input_error(e: &SoapError) -> bool {
+    matches!(
+        e,
+        SoapError::Deserialize(_)
+            | SoapError::Malformed(_)
+            | SoapError::NotUtf8
+            | SoapError::TooDeep { .. }
+            | SoapError::TooLarge { .. }
+            | SoapError::DocType
+            | SoapError::UndefinedEntity(_)
+    )
+}
+
+/// The fault answering a handler's error.
+fn handler_fault(config: &Config, e: BoxError) -> SoapFault {
+    match e.downcast::<SoapFault>() {
+        Ok(f) => *f,
+        Err(e) => match e.downcast::<SoapError>() {
+            Ok(se) => match *se {
+                SoapError::Fault(f) => *f,
+                other if config.input_errors_are_client_faults && is_input_error(&other) => {
+                    tracing::debug!(service = &*config.name, error = %other, "SOAP request refused by the handler");
+                    SoapFault::client(other.to_string())
+                }
+                other => {
+                    tracing::warn!(service = &*config.name, error = %other, "SOAP handler failed");
+                    SoapFault::server("internal server error")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(service = &*config.name, error = %e, "SOAP handler failed");
+                SoapFault::server("internal server error")
+            }
+        },
+    }
 }
 
 /// Server layer: parses SOAP 1.1 / 1.2 request envelopes for an axum or
@@ -106,9 +196,33 @@ struct Config {
 ///    [`Envelope`] in its extensions;
 /// 4. wraps the handler's response body as the Body of the response envelope,
 ///    or turns its error into a Fault: a [`SoapFault`] (or
-///    [`SoapError::Fault`]) as is, anything else as a `Server`/`Receiver` fault
-///    that does not reveal the error (which is logged). Handlers that cannot
-///    fail (axum's) answer a fault with [`SoapFault::into_response`].
+///    [`SoapError::Fault`]) as is; a [`SoapError`] from reading the request
+///    (`env.deserialize()?`: [`Deserialize`](SoapError::Deserialize),
+///    [`Malformed`](SoapError::Malformed), …) as a `Client`/`Sender` fault
+///    quoting it — the caller's input was bad (opt out with
+///    [`input_errors_as_client_faults(false)`](Self::input_errors_as_client_faults));
+///    anything else as a `Server`/`Receiver` fault that does not reveal the
+///    error (which is logged). Handlers that cannot fail (axum's) answer a
+///    fault with [`SoapFault::into_response`].
+///
+/// Before reading the body it refuses a request whose media type is not
+/// SOAP's with `415 Unsupported Media Type` (and a `Client`/`Sender` fault):
+/// SOAP 1.1 is sent as `text/xml`, SOAP 1.2 as `application/soap+xml`; an
+/// envelope of the other version than its media type says is refused the
+/// same way. [`lenient_content_type`](Self::lenient_content_type) accepts
+/// any media type (the version is then the envelope's).
+///
+/// # WS-Security
+///
+/// A header block is only accepted as understood when something checks it.
+/// With [`username_token`](Self::username_token), the layer understands
+/// `wsse:Security` and checks every request's UsernameToken with a
+/// [`UsernameTokenValidator`] before the handler is called: a refused
+/// request is answered with `wsse:FailedAuthentication` /
+/// `wsse:InvalidSecurity`, an accepted one reaches the handler with the
+/// [`AuthenticatedUser`] in its extensions. Declaring `wsse:Security` with
+/// [`understands`](Self::understands) instead accepts *any* token (the
+/// handler must check it) and logs a warning.
 ///
 /// The service never fails, as axum's `Router::layer` / `route_service` require.
 #[derive(Clone, Debug)]
@@ -125,9 +239,7 @@ impl Default for SoapServerLayer {
 impl SoapServerLayer {
     /// A server layer with the default limits that understands no header blocks.
     pub fn new() -> Self {
-        SoapServerLayer {
-            config: Arc::new(Config { limits: SoapLimits::default(), understood: Vec::new(), name: "soap".into() }),
-        }
+        SoapServerLayer { config: Arc::new(Config::default()) }
     }
 
     fn config(&mut self) -> &mut Config {
@@ -136,8 +248,47 @@ impl SoapServerLayer {
 
     /// Declare a header block the handler processes, so `mustUnderstand`
     /// blocks of that name are accepted.
+    ///
+    /// For `wsse:Security` use [`username_token`](Self::username_token):
+    /// declared here, any token is accepted unless the handler checks it
+    /// (a warning is logged).
     pub fn understands(mut self, header: QualifiedName) -> Self {
+        if header.is(WSSE_NS, "Security") && self.config.validator.is_none() {
+            tracing::warn!(
+                "SOAP server declares wsse:Security understood without a UsernameTokenValidator: \
+                 any token is accepted unless the handler checks it"
+            );
+        }
         self.config().understood.push(header);
+        self
+    }
+
+    /// Check the WS-Security UsernameToken of every request with
+    /// `validator` before calling the handler (see [WS-Security](Self#ws-security));
+    /// `wsse:Security` becomes understood.
+    pub fn username_token(mut self, validator: UsernameTokenValidator) -> Self {
+        let config = self.config();
+        config.validator = Some(validator);
+        let security = QualifiedName::new(WSSE_NS, "Security");
+        if !config.understood.contains(&security) {
+            config.understood.push(security);
+        }
+        self
+    }
+
+    /// Accept requests of any media type (default: refuse with `415` a
+    /// media type other than the SOAP version's, see [`SoapServerLayer`]).
+    pub fn lenient_content_type(mut self) -> Self {
+        self.config().strict_content_type = false;
+        self
+    }
+
+    /// Whether a [`SoapError`] from reading the request in the handler (e.g.
+    /// [`SoapError::Deserialize`]) is answered with a `Client`/`Sender`
+    /// fault quoting it (default `true`) or, with `false`, with the
+    /// `Server`/`Receiver` fault of any other handler error.
+    pub fn input_errors_as_client_faults(mut self, client: bool) -> Self {
+        self.config().input_errors_are_client_faults = client;
         self
     }
 
@@ -208,6 +359,10 @@ where
         let version =
             req.headers().get(CONTENT_TYPE).map_or(SoapVersion::V11, |v| SoapVersion::from_content_type(v.as_bytes()));
         let config = self.config.clone();
+        if config.strict_content_type && media_type_version(req.headers().get(CONTENT_TYPE)).is_none() {
+            let res = unsupported_media_type(&config, version, req.headers().get(CONTENT_TYPE));
+            return ServerFuture { state: State::Done { res: Some(res) } };
+        }
         if let Some(e) = self.ready_error.take() {
             tracing::warn!(service = &*config.name, error = %e, "SOAP handler not ready");
             let fault = SoapFault::server("service unavailable");
@@ -263,6 +418,7 @@ pin_project! {
         ResB::Error: Into<BoxError>,
     {
         Reading { #[pin] body: Collect<Limited<ReqB>>, parts: Option<Parts>, inner: Option<S>, config: Arc<Config>, version: SoapVersion },
+        Validating { fut: BoxFuture<Result<AuthenticatedUser, SoapFault>>, parts: Option<Parts>, inner: Option<S>, body: Bytes, config: Arc<Config>, version: SoapVersion },
         Calling { #[pin] fut: S::Future, config: Arc<Config>, version: SoapVersion },
         Writing { #[pin] body: Collect<Limited<ResB>>, parts: Option<http::response::Parts>, config: Arc<Config>, version: SoapVersion },
         Done { res: Option<Response<EnvelopeBody>> },
@@ -283,7 +439,7 @@ where
 }
 
 fn count_fault(config: &Config, version: SoapVersion, fault: &SoapFault) {
-    let code = fault.code().local_name(version);
+    let code = fault.metric_code(version);
     metrics::counter!("tower_mesh_soap_faults_total", "service" => config.name.to_string(), "side" => "server", "code" => code)
         .increment(1);
 }
@@ -297,7 +453,7 @@ fn fault_response(
     count_fault(config, version, fault);
     tracing::debug!(
         service = &*config.name,
-        code = fault.code().local_name(version),
+        code = fault.metric_code(version),
         reason = fault.reason(),
         "answering with a SOAP fault"
     );
@@ -393,6 +549,15 @@ where
                         }
                     };
                     let version = envelope.version();
+                    if config.strict_content_type
+                        && media_type_version(parts.headers.get(CONTENT_TYPE)) != Some(version)
+                    {
+                        return Poll::Ready(Ok(unsupported_media_type(
+                            &config,
+                            version,
+                            parts.headers.get(CONTENT_TYPE),
+                        )));
+                    }
                     let missing: Vec<&QualifiedName> = envelope
                         .headers()
                         .iter()
@@ -411,11 +576,40 @@ where
                         action: action_of(&parts, version),
                         element: envelope.body_element().cloned(),
                     };
-                    let body = Full::new(envelope.body());
+                    let body = envelope.body();
                     parts.extensions.insert(op);
+                    if let Some(validator) = &config.validator {
+                        let fut = validator.validate_as(&envelope, config.name.clone());
+                        parts.extensions.insert(envelope);
+                        this.state.set(State::Validating {
+                            fut,
+                            parts: Some(parts),
+                            inner: Some(inner),
+                            body,
+                            config,
+                            version,
+                        });
+                        continue;
+                    }
                     parts.extensions.insert(envelope);
-                    let fut = inner.call(Request::from_parts(parts, body));
+                    let fut = inner.call(Request::from_parts(parts, Full::new(body)));
                     this.state.set(State::Calling { fut, config, version });
+                }
+                StateProj::Validating { fut, parts, inner, body, config, version } => {
+                    let checked = ready!(fut.as_mut().poll(cx));
+                    let (config, version) = (config.clone(), *version);
+                    let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
+                        let fault = SoapFault::server("internal error");
+                        return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
+                    };
+                    match checked {
+                        Ok(user) => {
+                            parts.extensions.insert(user);
+                            let fut = inner.call(Request::from_parts(parts, Full::new(std::mem::take(body))));
+                            this.state.set(State::Calling { fut, config, version });
+                        }
+                        Err(fault) => return Poll::Ready(Ok(fault_response(&config, version, &fault, &[]))),
+                    }
                 }
                 StateProj::Calling { fut, config, version } => {
                     let config = config.clone();
@@ -431,23 +625,7 @@ where
                             this.state.set(State::Writing { body, parts: Some(parts), config, version });
                         }
                         Err(e) => {
-                            let e: BoxError = e.into();
-                            let fault = match e.downcast::<SoapFault>() {
-                                Ok(f) => *f,
-                                Err(e) => match e.downcast::<SoapError>() {
-                                    Ok(se) => match *se {
-                                        SoapError::Fault(f) => *f,
-                                        other => {
-                                            tracing::warn!(service = &*config.name, error = %other, "SOAP handler failed");
-                                            SoapFault::server("internal server error")
-                                        }
-                                    },
-                                    Err(e) => {
-                                        tracing::warn!(service = &*config.name, error = %e, "SOAP handler failed");
-                                        SoapFault::server("internal server error")
-                                    }
-                                },
-                            };
+                            let fault = handler_fault(&config, e.into());
                             return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
                         }
                     }
@@ -476,7 +654,7 @@ where
                 }
                 StateProj::Done { res } => {
                     let fault = SoapFault::server("internal error");
-                    let config = Config { limits: SoapLimits::default(), understood: Vec::new(), name: "soap".into() };
+                    let config = Config::default();
                     return Poll::Ready(Ok(res
                         .take()
                         .unwrap_or_else(|| fault_response(&config, SoapVersion::V11, &fault, &[]))));

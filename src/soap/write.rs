@@ -1,6 +1,7 @@
 //! Writing envelopes: the message body type shared by the client and server layers.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -104,7 +105,10 @@ pub(crate) fn bare_head(version: SoapVersion) -> Bytes {
 ///      <soap:Body><m:Ping xmlns:m=\"urn:m\"/></soap:Body></soap:Envelope>"
 /// );
 /// ```
-#[derive(Clone, Debug, Default)]
+///
+/// Its `Debug` output shows the message with the content of every
+/// `Security` header block (WS-Security: passwords, tokens) left out.
+#[derive(Clone, Default)]
 pub struct EnvelopeBody {
     parts: [Bytes; 3],
     next: usize,
@@ -182,6 +186,63 @@ impl EnvelopeBody {
     }
 }
 
+impl fmt::Debug for EnvelopeBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeBody").field("len", &self.len()).field("message", &Redacted(&self.to_bytes())).finish()
+    }
+}
+
+/// XML shown in `Debug` output: lossy UTF-8, with the content of every
+/// element whose local name is `Security` (the WS-Security header block, in
+/// any namespace and with any prefix) replaced by `<!-- redacted -->`.
+pub(crate) struct Redacted<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_security(self.0), f)
+    }
+}
+
+/// See [`Redacted`].
+pub(crate) fn redact_security(xml: &[u8]) -> String {
+    let text = String::from_utf8_lossy(xml);
+    let mut out = String::with_capacity(text.len());
+    let mut rest: &str = &text;
+    while let Some(lt) = rest.find('<') {
+        let after = &rest[lt + 1..];
+        let name_len = after.find(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/').unwrap_or(after.len());
+        let qname = &after[..name_len];
+        let local = qname.rsplit(':').next().unwrap_or(qname);
+        if local != "Security" {
+            out.push_str(&rest[..lt + 1]);
+            rest = after;
+            continue;
+        }
+        // The start tag, kept (its attributes are namespaces and mustUnderstand).
+        let Some(gt) = after.find('>') else {
+            out.push_str(&rest[..lt]);
+            out.push_str("<!-- redacted -->");
+            return out;
+        };
+        out.push_str(&rest[..lt + 1 + gt + 1]);
+        if after[..gt].ends_with('/') {
+            rest = &after[gt + 1..];
+            continue;
+        }
+        out.push_str("<!-- redacted -->");
+        let close = format!("</{qname}");
+        match after[gt + 1..].find(&close) {
+            Some(end) => rest = &after[gt + 1 + end..],
+            None => return out,
+        }
+        // Skip the end tag's name, so it is not taken for another start tag.
+        out.push_str(&close);
+        rest = &rest[close.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Body for EnvelopeBody {
     type Data = Bytes;
     type Error = Infallible;
@@ -230,6 +291,20 @@ mod tests {
         assert_eq!(escaped("\u{FFFE}x\u{FFFF}\u{FFFD}\u{EFBF}"), "\u{FFFD}x\u{FFFD}\u{FFFD}\u{EFBF}");
         assert_eq!(escaped("caf\u{e9} \u{1F511} \u{7f}"), "caf\u{e9} \u{1F511} \u{7f}");
         assert_eq!(escaped(""), "");
+    }
+
+    #[test]
+    fn redaction_leaves_out_security_content_only() {
+        let r = |s: &str| redact_security(s.as_bytes());
+        assert_eq!(
+            r("<h><wsse:Security a=\"1\"><wsse:Password>pw</wsse:Password></wsse:Security><x>y</x></h>"),
+            "<h><wsse:Security a=\"1\"><!-- redacted --></wsse:Security><x>y</x></h>"
+        );
+        assert_eq!(r("<Security/><Security>p</Security>"), "<Security/><Security><!-- redacted --></Security>");
+        assert_eq!(r("<s:Security>pw never closed"), "<s:Security><!-- redacted -->");
+        assert_eq!(r("<s:Security"), "<!-- redacted -->");
+        assert_eq!(r("<SecurityToken>t</SecurityToken>"), "<SecurityToken>t</SecurityToken>");
+        assert_eq!(r("a < b"), "a < b");
     }
 
     #[test]

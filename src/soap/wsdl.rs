@@ -60,7 +60,25 @@ pub struct Wsdl {
     pub bindings: Vec<WsdlBinding>,
     /// The services.
     pub services: Vec<WsdlService>,
+    /// The `wsdl:import`s of the document. [`Wsdl::parse`] lists them;
+    /// [`Wsdl::fetch`] follows them and merges what they define.
+    pub imports: Vec<WsdlImport>,
 }
+
+/// A `wsdl:import`: another WSDL document whose definitions this one uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsdlImport {
+    /// Its `namespace`.
+    pub namespace: Option<String>,
+    /// Its `location` (absolute, or relative to the importing document).
+    pub location: Option<String>,
+}
+
+/// How deep [`Wsdl::fetch`] follows `wsdl:import`s (the fetched document is
+/// depth 0).
+pub const WSDL_MAX_IMPORT_DEPTH: usize = 8;
+/// How many documents [`Wsdl::fetch`] reads at most, the first included.
+pub const WSDL_MAX_DOCUMENTS: usize = 32;
 
 /// A `portType`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -193,7 +211,7 @@ impl Wsdl {
     /// within `limits`).
     pub fn parse(document: &[u8], limits: &SoapLimits) -> Result<Wsdl, SoapError> {
         if document.len() > limits.body_limit() {
-            return Err(SoapError::TooLarge { limit: limits.body_limit() });
+            return Err(SoapError::WsdlTooLarge { limit: limits.body_limit() });
         }
         let text = std::str::from_utf8(document).map_err(|_| SoapError::NotUtf8)?;
         let mut reader = NsReader::from_str(text);
@@ -245,6 +263,9 @@ impl Wsdl {
                 _ => None,
             };
             match (parent.as_slice(), ns, local) {
+                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "import") => {
+                    wsdl.imports.push(WsdlImport { namespace: attr(&e, "namespace")?, location: attr(&e, "location")? })
+                }
                 ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "message") => wsdl.messages.push(name()?),
                 ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "portType") => {
                     wsdl.port_types.push(WsdlPortType { name: name()?, operations: Vec::new() })
@@ -360,27 +381,158 @@ impl Wsdl {
     }
 
     /// Fetch and parse the WSDL at `url` with `client` (basic auth when the URL
-    /// carries credentials), within `limits`.
-    pub async fn fetch<S, B>(client: S, url: &WsdlUrl, limits: &SoapLimits) -> Result<Wsdl, SoapError>
+    /// carries credentials), following its `wsdl:import`s.
+    ///
+    /// `client` is any HTTP client service — the one the SOAP layer wraps
+    /// (hyper-util's `Client<_, EnvelopeBody>`) serves, as does one for
+    /// `Empty<Bytes>`: the GET requests have a default (empty) body.
+    ///
+    /// Each `wsdl:import` `location` is resolved against the importing
+    /// document's URL (relative or absolute, `http`/`https` only) and fetched
+    /// with the same client — with the URL's credentials only on the same
+    /// origin — and its messages, port types, bindings and services are
+    /// merged into the result, so a binding defined in an imported document
+    /// has its operations listed. A document imported twice is read once
+    /// (cycles end there). Bounds: imports nested at most
+    /// [`WSDL_MAX_IMPORT_DEPTH`] deep, at most [`WSDL_MAX_DOCUMENTS`]
+    /// documents, and all of them together within the size limit of
+    /// `limits` ([`SoapError::WsdlTooLarge`]). An import that cannot be
+    /// fetched or read fails the whole fetch with [`SoapError::WsdlImport`],
+    /// which names it. `xsd:import`/`xsd:include` in `wsdl:types` are not
+    /// followed: they define types, and [`Wsdl`] lists no types.
+    pub async fn fetch<S, ReqB, B>(client: S, url: &WsdlUrl, limits: &SoapLimits) -> Result<Wsdl, SoapError>
     where
-        S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
+        S: Service<Request<ReqB>, Response = Response<B>>,
         S::Error: Into<BoxError>,
+        ReqB: Default,
         B: Body,
         B::Error: Into<BoxError>,
     {
         let mut client = client;
-        tracing::debug!(url = %url, "fetching WSDL");
-        std::future::poll_fn(|cx| client.poll_ready(cx)).await.map_err(|e| SoapError::Transport(e.into()))?;
-        let res = client.call(url.request()).await.map_err(|e| SoapError::Transport(e.into()))?;
-        let (parts, body) = res.into_parts();
-        if !parts.status.is_success() {
-            return Err(SoapError::Status(parts.status));
-        }
         let limit = limits.body_limit();
-        let bytes =
-            Limited::new(body, limit).collect().await.map_err(|e| super::client::body_error(e, limit))?.to_bytes();
-        Wsdl::parse(&bytes, limits)
+        tracing::debug!(url = %url, "fetching WSDL");
+        let base = url::Url::parse(&url.uri().to_string()).map_err(|_| SoapError::InvalidUrl("not a valid URI"))?;
+        let auth = url.authorization();
+        let bytes = get(&mut client, url.uri().clone(), auth.clone(), limit).await?;
+        let mut used = bytes.len();
+        let mut wsdl = Wsdl::parse(&bytes, limits)?;
+        let mut seen = vec![without_fragment(&base)];
+        let mut queue: Vec<(url::Url, usize)> = Vec::new();
+        enqueue(&mut queue, &base, &wsdl.imports, 1)?;
+        let mut next = 0;
+        while next < queue.len() {
+            let (location, depth) = queue[next].clone();
+            next += 1;
+            let key = without_fragment(&location);
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            let shown = shown_location(&location);
+            let failed = |e: SoapError| SoapError::WsdlImport { location: shown.clone(), source: Box::new(e) };
+            if depth > WSDL_MAX_IMPORT_DEPTH {
+                return Err(failed(SoapError::Structure("WSDL imports nested too deep")));
+            }
+            if seen.len() > WSDL_MAX_DOCUMENTS {
+                return Err(failed(SoapError::Structure("too many WSDL imports")));
+            }
+            let uri: Uri = location.as_str().parse().map_err(|_| failed(SoapError::InvalidUrl("not a valid URI")))?;
+            let same_origin = location.origin() == base.origin();
+            tracing::debug!(location = %shown, depth, "fetching WSDL import");
+            let doc =
+                get(&mut client, uri, auth.clone().filter(|_| same_origin), limit - used).await.map_err(
+                    |e| match e {
+                        SoapError::WsdlTooLarge { .. } => SoapError::WsdlTooLarge { limit },
+                        e => failed(e),
+                    },
+                )?;
+            used += doc.len();
+            let imported = Wsdl::parse(&doc, limits).map_err(failed)?;
+            enqueue(&mut queue, &location, &imported.imports, depth + 1).map_err(failed)?;
+            wsdl.messages.extend(imported.messages);
+            wsdl.port_types.extend(imported.port_types);
+            wsdl.bindings.extend(imported.bindings);
+            wsdl.services.extend(imported.services);
+            wsdl.imports.extend(imported.imports);
+        }
+        Ok(wsdl)
     }
+}
+
+/// GET `uri`, at most `limit` bytes.
+async fn get<S, ReqB, B>(client: &mut S, uri: Uri, auth: Option<HeaderValue>, limit: usize) -> Result<Bytes, SoapError>
+where
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    ReqB: Default,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut req = Request::new(ReqB::default());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    if let Some(auth) = auth {
+        req.headers_mut().insert(AUTHORIZATION, auth);
+    }
+    std::future::poll_fn(|cx| client.poll_ready(cx)).await.map_err(|e| SoapError::Transport(e.into()))?;
+    let res = client.call(req).await.map_err(|e| SoapError::Transport(e.into()))?;
+    let (parts, body) = res.into_parts();
+    if !parts.status.is_success() {
+        return Err(SoapError::Status(parts.status));
+    }
+    if body.size_hint().lower() > limit as u64 {
+        return Err(SoapError::WsdlTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(match super::client::body_error(e, limit) {
+            SoapError::TooLarge { limit } => SoapError::WsdlTooLarge { limit },
+            e => e,
+        }),
+    }
+}
+
+/// Queue the imports of the document at `base`.
+fn enqueue(
+    queue: &mut Vec<(url::Url, usize)>,
+    base: &url::Url,
+    imports: &[WsdlImport],
+    depth: usize,
+) -> Result<(), SoapError> {
+    for import in imports {
+        let Some(location) = import.location.as_deref().map(str::trim).filter(|l| !l.is_empty()) else {
+            // A namespace-only import names definitions the document
+            // expects from elsewhere: nothing to fetch.
+            continue;
+        };
+        let resolved = base.join(location).map_err(|_| SoapError::WsdlImport {
+            location: location.chars().take(256).collect(),
+            source: Box::new(SoapError::InvalidUrl("not a valid URI")),
+        })?;
+        if resolved.scheme() != "http" && resolved.scheme() != "https" {
+            return Err(SoapError::WsdlImport {
+                location: shown_location(&resolved),
+                source: Box::new(SoapError::InvalidUrl("scheme is not http or https")),
+            });
+        }
+        queue.push((resolved, depth));
+    }
+    Ok(())
+}
+
+fn without_fragment(url: &url::Url) -> String {
+    let mut url = url.clone();
+    url.set_fragment(None);
+    String::from(url)
+}
+
+/// The location as shown in errors and logs: no user-info.
+fn shown_location(url: &url::Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_fragment(None);
+    url.as_str().chars().take(256).collect()
 }
 
 /// `Basic base64(user:password)`.

@@ -4,6 +4,7 @@ Listens on 127.0.0.1 (ephemeral ports), prints "<soap11 port> <soap12 port>"
 on one line once ready, and serves until killed or stdin closes.
 """
 import logging
+import os
 import sys
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -13,6 +14,7 @@ from spyne.protocol.soap import Soap11, Soap12
 from spyne.server.wsgi import WsgiApplication
 
 TNS = "urn:tower-mesh:calculator"
+ERRORS = "urn:tower-mesh:errors"
 
 
 class Calculator(ServiceBase):
@@ -35,6 +37,13 @@ class Calculator(ServiceBase):
     def crash(ctx):
         raise Fault(faultcode="Server", faultstring="backend unavailable")
 
+    @rpc(Unicode, _returns=Unicode)
+    def validate(ctx, value):
+        # A client fault whose detail is an element in its own namespace.
+        e = "{%s}" % ERRORS
+        problem = {e + "problem": {e + "field": "value", e + "message": "must not be empty"}}
+        raise Fault(faultcode="Client.Validation", faultstring="invalid input", detail=problem)
+
 
 class QuietHandler(WSGIRequestHandler):
     def log_message(self, *args):
@@ -51,7 +60,8 @@ def serve(protocol):
 def main():
     logging.basicConfig(level=logging.ERROR)
     # Faults are the expected answers here, not errors worth a traceback.
-    logging.getLogger("spyne").setLevel(logging.CRITICAL)
+    # SPYNE_DEBUG=1 shows spyne's log, tracebacks included.
+    logging.getLogger("spyne").setLevel(logging.DEBUG if os.environ.get("SPYNE_DEBUG") else logging.CRITICAL)
     ports = [serve(Soap11), serve(Soap12)]
     print("%d %d" % tuple(ports), flush=True)
     # Exit when the test closes our stdin (or kills us).
