@@ -162,7 +162,10 @@ mod wsdl;
 
 pub use classify::{SoapClassifier, SERVER_FAULT};
 pub use client::{ResponseFuture, SoapClient, SoapEnvelopeLayer, SoapRequest, SoapResponse, SOAP_ACTION};
-pub use envelope::{Envelope, HeaderBlock, SoapLimits, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH};
+pub use envelope::{
+    Envelope, HeaderBlock, SoapLimits, DEFAULT_MAX_ATTRIBUTES, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_HEADER_BLOCKS, DEFAULT_MAX_NAMESPACES,
+};
 pub use error::{SoapError, XmlError};
 pub use fault::{FaultCode, QualifiedName, SoapFault};
 pub use security::{PasswordType, UsernameToken, WsAddressing, WSA_NS, WSSE_NS, WSU_NS};
