@@ -785,10 +785,11 @@ fn used_declarations<'d, P: AsRef<str>, N: AsRef<str>>(
     let mut used = vec![false; inherited.len()];
     let mut left = 0;
     for (i, (prefix, _)) in inherited.iter().enumerate() {
-        if prefix.as_ref().is_empty() {
-            used[i] = true;
-        } else {
-            left += 1;
+        match prefix.as_ref() {
+            "" => used[i] = true,
+            // Bound without a declaration.
+            "xml" | "xmlns" => {}
+            _ => left += 1,
         }
     }
     let index: Option<HashMap<&str, usize>> = (inherited.len() > INLINE_BINDINGS)
@@ -809,7 +810,7 @@ fn used_declarations<'d, P: AsRef<str>, N: AsRef<str>>(
             Some(index) => index.get(name).copied(),
             None => inherited.iter().position(|(p, _)| p.as_ref() == name),
         };
-        if let Some(i) = found.filter(|i| !used[*i]) {
+        if let Some(i) = found.filter(|i| !used[*i] && !matches!(name, "xml" | "xmlns")) {
             used[i] = true;
             left -= 1;
         }
@@ -1362,5 +1363,93 @@ impl<'a> Parser<'a, '_> {
             detail,
             http_status: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Open an element declaring these (prefix, namespace) pairs.
+        Open(Vec<(u8, u8)>),
+        Close,
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let open = prop::collection::vec((0u8..12, 0u8..4), 0..6).prop_map(Op::Open);
+        prop::collection::vec(prop_oneof![3 => open, 2 => Just(Op::Close)], 0..60)
+    }
+
+    proptest! {
+        /// The scope with its index agrees with a plain list scanned from
+        /// the innermost declaration, across pushes and pops that cross
+        /// the number kept in place.
+        #[test]
+        fn bindings_resolve_as_a_scanned_list(ops in ops()) {
+            let prefixes: Vec<String> = (0..12).map(|i| if i == 0 { String::new() } else { format!("p{i}") }).collect();
+            let mut bindings = Bindings::new();
+            let mut model: Vec<(usize, &str, String)> = Vec::new();
+            let mut depth = 0;
+            for op in ops {
+                match op {
+                    Op::Open(decls) => {
+                        depth += 1;
+                        for (p, n) in decls {
+                            let ns = format!("urn:{n}");
+                            // Every other namespace held as an owned (unescaped) string.
+                            let held = if n % 2 == 0 { Cow::Owned(ns.clone()) } else { Cow::Borrowed(&*Box::leak(ns.clone().into_boxed_str())) };
+                            bindings.push(depth, Cow::Borrowed(prefixes[p as usize].as_str()), held);
+                            model.push((depth, prefixes[p as usize].as_str(), ns));
+                        }
+                    }
+                    Op::Close if depth > 0 => {
+                        while bindings.last().is_some_and(|b| b.depth >= depth) {
+                            bindings.pop();
+                        }
+                        model.retain(|(d, _, _)| *d < depth);
+                        depth -= 1;
+                    }
+                    Op::Close => {}
+                }
+                for p in &prefixes {
+                    let expected = model.iter().rev().find(|(_, mp, _)| mp == p).map(|(_, _, ns)| ns.as_str());
+                    prop_assert_eq!(bindings.find(p), expected, "prefix {:?}", p);
+                }
+                let inherited: Vec<(String, String)> = bindings
+                    .inherited(depth + 1)
+                    .map(|(p, n)| (bindings.get(p).to_owned(), bindings.get(n).to_owned()))
+                    .collect();
+                let mut expected: Vec<(String, String)> = Vec::new();
+                for p in &prefixes {
+                    if let Some((_, _, ns)) = model.iter().rev().find(|(_, mp, _)| mp == p) {
+                        expected.push((p.clone(), ns.clone()));
+                    }
+                }
+                let mut got = inherited.clone();
+                got.sort();
+                expected.sort();
+                prop_assert_eq!(got, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn used_declarations_are_found_by_name_before_a_colon() {
+        let inherited =
+            [("", "urn:d"), ("a", "urn:a"), ("b", "urn:b"), ("ab", "urn:ab"), ("xml", "urn:x"), ("é", "urn:e")];
+        let used =
+            |fragment: &str| used_declarations(fragment, &inherited).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+        assert_eq!(used("<x/>"), [""]);
+        assert_eq!(used("<ab:x/>"), ["", "ab"]);
+        assert_eq!(used("<x t=\"b:y\">xml:lang</x>"), ["", "b"]);
+        assert_eq!(used("<x>@a:y é:z</x>"), ["", "a", "é"]);
+        assert_eq!(used("<x>cab:y</x>"), [""]);
+        let many: Vec<(String, String)> = (0..40).map(|i| (format!("p{i}"), format!("urn:{i}"))).collect();
+        let used: Vec<&str> =
+            used_declarations("<p7:x p39:y=\"1\">p12:z</p7:x>", &many).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(used, ["p7", "p12", "p39"]);
     }
 }
