@@ -64,7 +64,9 @@ impl SoapLimits {
 
     /// Maximum message size in bytes, as received (a UTF-16 message is
     /// checked before it is transcoded); larger messages fail with
-    /// [`SoapError::TooLarge`] before they are read to the end.
+    /// [`SoapError::TooLarge`] before they are read to the end. The
+    /// namespace declarations added to make header blocks and a fault detail
+    /// standalone (see [`HeaderBlock::raw`]) may add at most as much again.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -153,7 +155,11 @@ impl HeaderBlock {
         self.role.as_deref()
     }
 
-    /// The whole element, a slice of the message.
+    /// The whole element as standalone XML: a slice of the message, or —
+    /// when it uses namespace declarations of the `Envelope` or `Header`
+    /// (a prefix written before a `:` in it, or the default namespace) that
+    /// it does not make itself — a copy with them added to its start tag, so
+    /// that any namespace-aware parser reads it on its own.
     pub fn raw(&self) -> &Bytes {
         &self.raw
     }
@@ -203,6 +209,9 @@ pub struct Envelope {
     /// again by [`standalone_body`](Envelope::standalone_body).
     scope: [Range<usize>; 2],
     standalone_body: OnceLock<Bytes>,
+    /// The size limit the message was read with: also the most the
+    /// standalone Body may add.
+    limit: usize,
 }
 
 impl fmt::Debug for Envelope {
@@ -256,12 +265,16 @@ impl Text {
 impl Envelope {
     /// Parse and check `message`.
     ///
-    /// Refuses DOCTYPEs, entity references other than XML's five predefined
-    /// ones and character references, non-UTF-8 input, messages over the size
-    /// limit and nesting over the depth limit; checks that the root is a SOAP
-    /// 1.1 or 1.2 `Envelope` with a `Body` (after an optional `Header`). A
-    /// Fault in the Body is parsed (see [`fault`](Self::fault)) but is not an
-    /// error here.
+    /// Reads UTF-8, with or without a byte order mark, and UTF-16 (LE or BE,
+    /// with a byte order mark or starting with `<`), which is transcoded to
+    /// UTF-8 first. Refuses DOCTYPEs, entity references other than XML's five
+    /// predefined ones and character references, other encodings and invalid
+    /// bytes, and messages over any of the [`SoapLimits`] (size, depth,
+    /// namespace declarations in scope, attributes per start tag, header
+    /// blocks) with a typed error; within them the time taken is linear in
+    /// the message's size. Checks that the root is a SOAP 1.1 or 1.2
+    /// `Envelope` with a `Body` (after an optional `Header`). A Fault in the
+    /// Body is parsed (see [`fault`](Self::fault)) but is not an error here.
     pub fn parse(message: Bytes, limits: &SoapLimits) -> Result<Envelope, SoapError> {
         if message.len() > limits.max_body {
             return Err(SoapError::TooLarge { limit: limits.max_body });
@@ -271,9 +284,16 @@ impl Envelope {
             Cow::Owned(v) => Bytes::from(v),
         };
         let text = std::str::from_utf8(&message).map_err(|_| SoapError::NotUtf8)?;
-        let parsed =
-            Parser { reader: Reader::from_str(text), limits, depth: 0, bindings: Bindings::new(), text, skipped: 0 }
-                .envelope(&message)?;
+        let parsed = Parser {
+            reader: Reader::from_str(text),
+            limits,
+            depth: 0,
+            bindings: Bindings::new(),
+            text,
+            skipped: 0,
+            budget: limits.max_body,
+        }
+        .envelope(&message)?;
         Ok(parsed)
     }
 
@@ -308,7 +328,8 @@ impl Envelope {
     /// default namespace — added to each of its top-level elements that does
     /// not make them itself, so that any namespace-aware parser reads it on
     /// its own. The same slice as [`body`](Self::body) when nothing is to be
-    /// added, else a copy, made on the first call.
+    /// added, else a copy, made on the first call (the plain slice if the
+    /// declarations to add would exceed the size limit).
     ///
     /// ```
     /// use bytes::Bytes;
@@ -357,7 +378,8 @@ impl Envelope {
             .ok()?;
         }
         inherited.retain(|(_, ns)| !ns.is_empty());
-        standalone(self.body_str(), &inherited).ok().flatten()
+        let mut budget = self.limit;
+        standalone(self.body_str(), &inherited, &mut budget, self.limit).ok().flatten()
     }
 
     /// The name of the first element in the Body (the operation or its response).
@@ -410,6 +432,9 @@ struct Parser<'a, 'l> {
     /// Bytes skipped past the reader (see [`skip`](Parser::skip)): its
     /// positions count from where it was, so they are offset by this.
     skipped: usize,
+    /// How many bytes of namespace declarations standalone header blocks and
+    /// fault details may still be given (the size limit, in all).
+    budget: usize,
 }
 
 /// A namespace declaration's prefix or namespace: a slice of the message or,
@@ -774,60 +799,86 @@ fn is_ncname_char(c: char) -> bool {
         | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
 }
 
-/// The `inherited` declarations `(prefix, namespace)` that `fragment` may
-/// use: a prefix that appears as a whole name before a `:` anywhere in it
-/// (element and attribute names, and QNames in values such as `xsi:type`),
-/// and the default namespace. One pass over the fragment.
-fn used_declarations<'d, P: AsRef<str>, N: AsRef<str>>(
-    fragment: &str,
-    inherited: &'d [(P, N)],
-) -> Vec<(&'d str, &'d str)> {
-    let mut used = vec![false; inherited.len()];
-    let mut left = 0;
-    for (i, (prefix, _)) in inherited.iter().enumerate() {
-        match prefix.as_ref() {
-            "" => used[i] = true,
-            // Bound without a declaration.
-            "xml" | "xmlns" => {}
-            _ => left += 1,
-        }
+/// Declarations in scope that a fragment may be given (see [`standalone`]),
+/// with what finding the ones a piece of text uses needs.
+struct Scope<'d> {
+    /// `(prefix, namespace)`, without `xml`/`xmlns` and undeclarations.
+    decls: Vec<(&'d str, &'d str)>,
+    /// Prefix → position, past a few declarations.
+    index: Option<HashMap<&'d str, usize>>,
+    /// The round in which each declaration was last found used.
+    mark: Vec<u32>,
+    round: u32,
+}
+
+impl<'d> Scope<'d> {
+    fn new<P: AsRef<str>, N: AsRef<str>>(inherited: &'d [(P, N)]) -> Self {
+        let decls: Vec<(&str, &str)> = inherited
+            .iter()
+            .map(|(p, n)| (p.as_ref(), n.as_ref()))
+            .filter(|(p, n)| !n.is_empty() && !matches!(*p, "xml" | "xmlns"))
+            .collect();
+        let index =
+            (decls.len() > INLINE_BINDINGS).then(|| decls.iter().enumerate().map(|(i, (p, _))| (*p, i)).collect());
+        Scope { mark: vec![0; decls.len()], decls, index, round: 0 }
     }
-    let index: Option<HashMap<&str, usize>> = (inherited.len() > INLINE_BINDINGS)
-        .then(|| inherited.iter().enumerate().map(|(i, (p, _))| (p.as_ref(), i)).collect());
-    for colon in memchr::memchr_iter(b':', fragment.as_bytes()) {
-        if left == 0 {
-            break;
+
+    /// The positions, in order, of the declarations `text` may use: a prefix
+    /// that appears as a whole name before a `:` anywhere in it (element and
+    /// attribute names, and QNames in values such as `xsi:type`), and the
+    /// default namespace. One pass over `text`.
+    fn used(&mut self, text: &str, out: &mut Vec<usize>) {
+        out.clear();
+        self.round += 1;
+        let round = self.round;
+        for (i, (prefix, _)) in self.decls.iter().enumerate() {
+            if prefix.is_empty() {
+                self.mark[i] = round;
+                out.push(i);
+            }
         }
-        let before = &fragment[..colon];
-        // Runs of name characters end at a colon: each byte is walked over once.
-        let start =
-            before.char_indices().rev().take_while(|(_, c)| is_ncname_char(*c)).last().map_or(colon, |(k, _)| k);
-        let name = &before[start..];
-        if name.is_empty() {
-            continue;
+        for colon in memchr::memchr_iter(b':', text.as_bytes()) {
+            if out.len() == self.decls.len() {
+                break;
+            }
+            let before = &text[..colon];
+            // Runs of name characters end at a colon: each byte is walked over once.
+            let start =
+                before.char_indices().rev().take_while(|(_, c)| is_ncname_char(*c)).last().map_or(colon, |(k, _)| k);
+            let name = &before[start..];
+            if name.is_empty() {
+                continue;
+            }
+            let found = match &self.index {
+                Some(index) => index.get(name).copied(),
+                None => self.decls.iter().position(|(p, _)| *p == name),
+            };
+            if let Some(i) = found.filter(|i| self.mark[*i] != round) {
+                self.mark[i] = round;
+                out.push(i);
+            }
         }
-        let found = match &index {
-            Some(index) => index.get(name).copied(),
-            None => inherited.iter().position(|(p, _)| p.as_ref() == name),
-        };
-        if let Some(i) = found.filter(|i| !used[*i] && !matches!(name, "xml" | "xmlns")) {
-            used[i] = true;
-            left -= 1;
-        }
+        out.sort_unstable();
     }
-    inherited.iter().zip(used).filter_map(|((p, ns), used)| used.then(|| (p.as_ref(), ns.as_ref()))).collect()
 }
 
 /// `fragment` — well-formed content: elements, text, comments… — made
-/// standalone: every top-level element gets the `inherited` declarations it
-/// may use (see [`used_declarations`]) and does not make itself, so that a
-/// namespace-aware parser reads it alone. `None` when nothing is to be added.
+/// standalone: each top-level element gets the `inherited` declarations it
+/// may use (see [`Scope::used`]) and does not make itself, so that a
+/// namespace-aware parser reads it alone. `None` when nothing is to be
+/// added; [`SoapError::TooLarge`] when more than `budget` bytes would be
+/// (each top-level element repeating declarations could otherwise make a
+/// copy many times the message); `budget` is reduced by what is added.
 fn standalone<P: AsRef<str>, N: AsRef<str>>(
     fragment: &str,
     inherited: &[(P, N)],
+    budget: &mut usize,
+    limit: usize,
 ) -> Result<Option<Vec<u8>>, SoapError> {
-    let carry = used_declarations(fragment, inherited);
-    if carry.is_empty() {
+    let mut scope = Scope::new(inherited);
+    let mut used = Vec::new();
+    scope.used(fragment, &mut used);
+    if used.is_empty() {
         return Ok(None);
     }
     let b = fragment.as_bytes();
@@ -850,6 +901,12 @@ fn standalone<P: AsRef<str>, N: AsRef<str>>(
         };
         let lt = pos + memchr::memchr(b'<', &b[pos..after]).unwrap_or(0);
         let name_end = lt + 1 + e.name().0.len();
+        let end = if is_start {
+            let end_tag = super::skip::skip_content(fragment, after, 0, usize::MAX)?;
+            end_tag + memchr::memchr(b'>', &b[end_tag..]).map_or(b.len() - end_tag, |k| k + 1)
+        } else {
+            after
+        };
         own.clear();
         for_each_attribute(&e, lt as u64, usize::MAX, |attr| {
             match attr.key.0 {
@@ -863,7 +920,9 @@ fn standalone<P: AsRef<str>, N: AsRef<str>>(
             Some(set) => set.contains(p),
             None => own.contains(&p),
         };
-        for (prefix, namespace) in &carry {
+        scope.used(&fragment[lt..end], &mut used);
+        for i in &used {
+            let (prefix, namespace) = scope.decls[*i];
             if declares(prefix) {
                 continue;
             }
@@ -879,18 +938,18 @@ fn standalone<P: AsRef<str>, N: AsRef<str>>(
             }
             super::write::escape_into(namespace, &mut out);
             out.push(b'"');
+            // All of `out` but the declarations was copied from the fragment up to `copied`.
+            if out.len() - copied > *budget {
+                return Err(SoapError::TooLarge { limit });
+            }
         }
-        pos = if is_start {
-            let end = super::skip::skip_content(fragment, after, 0, usize::MAX)?;
-            end + memchr::memchr(b'>', &b[end..]).map_or(b.len() - end, |k| k + 1)
-        } else {
-            after
-        };
+        pos = end;
     }
     if copied == 0 {
         return Ok(None);
     }
     out.extend_from_slice(&b[copied..]);
+    *budget -= out.len() - b.len();
     Ok(Some(out))
 }
 
@@ -959,15 +1018,16 @@ impl<'a> Parser<'a, '_> {
         })
     }
 
-    /// The declarations in scope for the element just opened that it does not
-    /// make itself (nothing allocated when there are none).
-    fn inherited(&self) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+    /// The declarations in scope for an element at `depth` (the current one
+    /// or its content) that it does not make itself (nothing allocated when
+    /// there are none).
+    fn inherited(&self, depth: usize) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
         let b = &self.bindings;
         let cow = |s: NsStr<'a>| match s {
             NsStr::Borrowed(s) => Cow::Borrowed(s),
             NsStr::Owned(i) => Cow::Owned(b.owned[i].clone()),
         };
-        b.inherited(self.depth).map(|(prefix, namespace)| (cow(prefix), cow(namespace))).collect()
+        b.inherited(depth).map(|(prefix, namespace)| (cow(prefix), cow(namespace))).collect()
     }
 
     /// Where the content (name and attributes) of the start tag `e` is in the message.
@@ -1131,6 +1191,7 @@ impl<'a> Parser<'a, '_> {
             fault,
             scope: [envelope_tag, body_tag],
             standalone_body: OnceLock::new(),
+            limit: self.limits.max_body,
         })
     }
 
@@ -1187,14 +1248,14 @@ impl<'a> Parser<'a, '_> {
                 Ok(())
             })?;
             // The declarations in scope from the Envelope and the Header, for a standalone copy.
-            let inherited = self.inherited();
+            let inherited = self.inherited(self.depth);
             if is_start {
                 self.skip()?;
             } else {
                 self.close();
             }
             let end = self.pos();
-            let raw = match standalone(&self.text[start..end], &inherited)? {
+            let raw = match standalone(&self.text[start..end], &inherited, &mut self.budget, self.limits.max_body)? {
                 Some(made) => Bytes::from(made),
                 None => message.slice(start..end),
             };
@@ -1294,9 +1355,12 @@ impl<'a> Parser<'a, '_> {
                     let local = rebase(self.text, e.local_name().into_inner()).unwrap_or_default();
                     if self.depth == base + 1 && matches!(local, "detail" | "Detail") {
                         let start = self.pos();
-                        let inherited = self.inherited();
+                        // The detail's content: its own declarations are in scope too.
+                        let inherited = self.inherited(self.depth + 1);
                         let end = self.skip()?;
-                        detail = Some(match standalone(&self.text[start..end], &inherited)? {
+                        let made =
+                            standalone(&self.text[start..end], &inherited, &mut self.budget, self.limits.max_body)?;
+                        detail = Some(match made {
                             Some(made) => Bytes::from(made),
                             None => message.slice(start..end),
                         });
@@ -1438,18 +1502,49 @@ mod tests {
 
     #[test]
     fn used_declarations_are_found_by_name_before_a_colon() {
-        let inherited =
-            [("", "urn:d"), ("a", "urn:a"), ("b", "urn:b"), ("ab", "urn:ab"), ("xml", "urn:x"), ("é", "urn:e")];
-        let used =
-            |fragment: &str| used_declarations(fragment, &inherited).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+        let inherited = [
+            ("", "urn:d"),
+            ("a", "urn:a"),
+            ("b", "urn:b"),
+            ("ab", "urn:ab"),
+            ("xml", "urn:x"),
+            ("é", "urn:e"),
+            ("u", ""),
+        ];
+        let mut scope = Scope::new(&inherited);
+        let mut used = |fragment: &str| {
+            let mut out = Vec::new();
+            scope.used(fragment, &mut out);
+            out.into_iter().map(|i| scope.decls[i].0).collect::<Vec<_>>()
+        };
         assert_eq!(used("<x/>"), [""]);
         assert_eq!(used("<ab:x/>"), ["", "ab"]);
-        assert_eq!(used("<x t=\"b:y\">xml:lang</x>"), ["", "b"]);
+        assert_eq!(used("<x t=\"b:y\">xml:lang u:x</x>"), ["", "b"]);
         assert_eq!(used("<x>@a:y é:z</x>"), ["", "a", "é"]);
         assert_eq!(used("<x>cab:y</x>"), [""]);
         let many: Vec<(String, String)> = (0..40).map(|i| (format!("p{i}"), format!("urn:{i}"))).collect();
-        let used: Vec<&str> =
-            used_declarations("<p7:x p39:y=\"1\">p12:z</p7:x>", &many).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(used, ["p7", "p12", "p39"]);
+        let mut scope = Scope::new(&many);
+        let mut out = Vec::new();
+        scope.used("<p7:x p39:y=\"1\">p12:z</p7:x>", &mut out);
+        assert_eq!(out.iter().map(|i| scope.decls[*i].0).collect::<Vec<_>>(), ["p7", "p12", "p39"]);
+    }
+
+    #[test]
+    fn standalone_copies_are_bounded() {
+        // Each of many top-level elements takes the (long) declaration it uses.
+        let ns = "u".repeat(1000);
+        let inherited = [("p", ns.as_str())];
+        let fragment = "<p:e/>".repeat(100);
+        let mut budget = 200_000;
+        let made = standalone(&fragment, &inherited, &mut budget, 7).unwrap().unwrap();
+        assert_eq!(made.len(), fragment.len() + 100 * (ns.len() + " xmlns:p=\"\"".len()));
+        assert_eq!(budget, 200_000 - (made.len() - fragment.len()));
+        let mut budget = 50_000;
+        assert!(matches!(standalone(&fragment, &inherited, &mut budget, 7), Err(SoapError::TooLarge { limit: 7 })));
+        // Only what each element uses: the second one takes nothing.
+        let mut budget = usize::MAX;
+        let two = [("a", "urn:a"), ("b", "urn:b")];
+        let made = standalone("<a:x/> <y b=\"1\"/>", &two, &mut budget, 0).unwrap().unwrap();
+        assert_eq!(std::str::from_utf8(&made).unwrap(), "<a:x xmlns:a=\"urn:a\"/> <y b=\"1\"/>");
     }
 }

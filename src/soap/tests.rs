@@ -505,7 +505,7 @@ fn extracted_fragments_carry_the_declarations_they_use() {
     resolves_alone(detail).unwrap();
     assert_eq!(
         std::str::from_utf8(detail).unwrap(),
-        "<tns:BadInput xmlns:tns=\"urn:tns&amp;x\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><tns:field xsi:type=\"tns:Name\">n</tns:field></tns:BadInput><tns:More xmlns:tns=\"urn:tns&amp;x\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"/>"
+        "<tns:BadInput xmlns:tns=\"urn:tns&amp;x\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><tns:field xsi:type=\"tns:Name\">n</tns:field></tns:BadInput><tns:More xmlns:tns=\"urn:tns&amp;x\"/>"
     );
     // SOAP 1.2, the declaration on the Body and on the Fault, a default namespace in scope.
     let v12 = "<e:Envelope xmlns:e=\"http://www.w3.org/2003/05/soap-envelope\" xmlns=\"urn:default\"><e:Body xmlns:tns=\"urn:b\"><e:Fault xmlns:f=\"urn:f\"><e:Code><e:Value>e:Sender</e:Value></e:Code><e:Reason><e:Text xml:lang=\"en\">r</e:Text></e:Reason><e:Detail><tns:X f:y=\"1\"><plain/></tns:X></e:Detail></e:Fault></e:Body></e:Envelope>";
