@@ -194,7 +194,7 @@ fn adversarial() -> Vec<(&'static str, Bytes)> {
     ));
     // Nesting at the depth limit (64, the Body's content at 3..64), repeated.
     let nest = format!("{}{}", "<d>".repeat(61), "</d>".repeat(61));
-    shapes.push(("deep_nesting", envelope("", "", &fill(&|_| nest.clone(), 4 * mib - 200))));
+    shapes.push(("deep_nesting", envelope("", "", &fill(&|_| nest.clone(), 4 * mib - 2048))));
     // A Fault whose detail (3.5 MiB of prefixed names) takes the Envelope's declarations.
     let detail =
         fill(&|i| format!("<p{0}:e p{1}:a=\"p{2}:v\"/>", i % 127, (i + 1) % 127, (i + 2) % 127), 3 * mib + mib / 2);
