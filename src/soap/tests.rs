@@ -386,7 +386,8 @@ fn floods_past_the_limits_are_refused_with_typed_errors() {
     let blocks = |n: usize| (0..n).map(|i| format!("<p0:H{i}/>")).collect::<String>();
     // The Envelope's own `s` declaration counts: 127 more fill the scope, 128 more overflow it.
     assert!(parse(&envelope_with(&decls(127), "", "<p126:Op/>")).is_ok());
-    let cases: Vec<(String, fn(&SoapError) -> bool)> = vec![
+    type Check = fn(&SoapError) -> bool;
+    let cases: Vec<(String, Check)> = vec![
         (envelope_with(&decls(128), "", ""), |e| matches!(e, SoapError::TooManyNamespaces { limit: 128 })),
         // Spread over nesting: 100 on the Envelope, 28 on the first Body element.
         (envelope_with(&decls(100), "", &format!("<m:Op xmlns:m=\"urn:m\"{}/>", decls(27).replace("p", "q"))), |e| {
