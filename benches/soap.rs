@@ -202,6 +202,12 @@ fn adversarial() -> Vec<(&'static str, Bytes)> {
         "fault_detail",
         envelope(&decls127, "", &format!("<s:Fault><faultcode>s:Client</faultcode><faultstring>x</faultstring><detail><p0:D>{detail}</p0:D></detail></s:Fault>")),
     ));
+    // The same detail without a root: each of its ~120k top-level elements takes the
+    // declarations it uses, until they would add more than the size limit.
+    shapes.push((
+        "detail_many_roots",
+        envelope(&decls127, "", &format!("<s:Fault><faultcode>s:Client</faultcode><faultstring>x</faultstring><detail>{detail}</detail></s:Fault>")),
+    ));
     shapes
 }
 

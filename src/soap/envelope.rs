@@ -806,6 +806,8 @@ struct Scope<'d> {
     decls: Vec<(&'d str, &'d str)>,
     /// Prefix → position, past a few declarations.
     index: Option<HashMap<&'d str, usize>>,
+    /// The position of the default namespace's declaration.
+    default: Option<usize>,
     /// The round in which each declaration was last found used.
     mark: Vec<u32>,
     round: u32,
@@ -820,7 +822,9 @@ impl<'d> Scope<'d> {
             .collect();
         let index =
             (decls.len() > INLINE_BINDINGS).then(|| decls.iter().enumerate().map(|(i, (p, _))| (*p, i)).collect());
-        Scope { mark: vec![0; decls.len()], decls, index, round: 0 }
+        // The innermost declaration of the default namespace (the last one).
+        let default = decls.iter().rposition(|(p, _)| p.is_empty());
+        Scope { mark: vec![0; decls.len()], decls, index, default, round: 0 }
     }
 
     /// The positions, in order, of the declarations `text` may use: a prefix
@@ -831,11 +835,9 @@ impl<'d> Scope<'d> {
         out.clear();
         self.round += 1;
         let round = self.round;
-        for (i, (prefix, _)) in self.decls.iter().enumerate() {
-            if prefix.is_empty() {
-                self.mark[i] = round;
-                out.push(i);
-            }
+        if let Some(i) = self.default {
+            self.mark[i] = round;
+            out.push(i);
         }
         for colon in memchr::memchr_iter(b':', text.as_bytes()) {
             if out.len() == self.decls.len() {
