@@ -804,3 +804,29 @@ async fn client_reads_responses_with_a_byte_order_mark_and_in_utf16() {
         assert_eq!(&detail[..], b"<tns:BadInput xmlns:tns=\"urn:calc\"><tns:field>b</tns:field></tns:BadInput>");
     }
 }
+
+/// The hostile message: ~100k namespace declarations and ~100k empty
+/// header blocks, about 3 MB (under the 4 MiB limit).
+fn namespace_flood() -> Bytes {
+    let decls: String = (0..100_000).map(|i| format!(" xmlns:p{i}=\"urn:p{i}\"")).collect();
+    let blocks: String = (0..100_000).map(|i| format!("<p{}:H/>", i % 1000)).collect();
+    Bytes::from(format!(
+        "<soap:Envelope xmlns:soap=\"{SOAP11_ENV_NS}\"{decls}><soap:Header>{blocks}</soap:Header><soap:Body/></soap:Envelope>"
+    ))
+}
+
+#[tokio::test]
+async fn a_namespace_flood_is_refused_on_both_sides() {
+    // As a request: a Client fault naming the limit (the handler is not called).
+    let addr = calculator_server(SoapServerLayer::new()).await;
+    let (status, body) = post_bytes(addr, "text/xml", namespace_flood()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let fault = Envelope::parse(body, &SoapLimits::default()).unwrap().fault().cloned().unwrap();
+    assert!(fault.is_client());
+    assert!(fault.reason().contains("more than 128 namespace declarations"), "{}", fault.reason());
+    // As a response: a typed error.
+    let addr = answering("text/xml", namespace_flood()).await;
+    let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).layer(http_client());
+    let err = client.ready().await.unwrap().call(add(1, 1)).await.unwrap_err();
+    assert!(matches!(err, SoapError::TooManyNamespaces { limit: DEFAULT_MAX_NAMESPACES }), "{err:?}");
+}
