@@ -1456,6 +1456,7 @@ mod tests {
         #[test]
         fn bindings_resolve_as_a_scanned_list(ops in ops()) {
             let prefixes: Vec<String> = (0..12).map(|i| if i == 0 { String::new() } else { format!("p{i}") }).collect();
+            let namespaces: Vec<String> = (0..4).map(|n| format!("urn:{n}")).collect();
             let mut bindings = Bindings::new();
             let mut model: Vec<(usize, &str, String)> = Vec::new();
             let mut depth = 0;
@@ -1466,7 +1467,7 @@ mod tests {
                         for (p, n) in decls {
                             let ns = format!("urn:{n}");
                             // Every other namespace held as an owned (unescaped) string.
-                            let held = if n % 2 == 0 { Cow::Owned(ns.clone()) } else { Cow::Borrowed(&*Box::leak(ns.clone().into_boxed_str())) };
+                            let held = if n % 2 == 0 { Cow::Owned(ns.clone()) } else { Cow::Borrowed(namespaces[n as usize].as_str()) };
                             bindings.push(depth, Cow::Borrowed(prefixes[p as usize].as_str()), held);
                             model.push((depth, prefixes[p as usize].as_str(), ns));
                         }
