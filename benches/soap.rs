@@ -17,7 +17,15 @@
 //! Before the run it prints heap allocations per call; after it, the throughput ratios
 //! (ours / quick-xml; the target is >= 0.9).
 //!
+//! `soap/adversarial/*`: `Envelope::parse` of hostile messages of 3–4 MiB (under the 4 MiB
+//! limit), refused at a limit or parsed: namespace and attribute floods, header-block floods,
+//! the limits filled (every name resolved through a full scope), long names, nesting at the
+//! depth limit, a Fault detail and a Body made standalone. Target: at most 50 ms per MiB.
+//! With a filter naming `adversarial` only that group runs, and its figures (ms per MiB) are
+//! printed after it.
+//!
 //! Run: `cargo bench --no-default-features --features soap --bench soap -- --warm-up-time 1 --measurement-time 3`
+//! (adversarial shapes only: `… --bench soap -- adversarial --warm-up-time 1 --measurement-time 3`)
 
 use std::convert::Infallible;
 use std::future::{ready, Future};
@@ -134,8 +142,123 @@ fn transport<B>(
     tower::service_fn(move |_req: Request<B>| ready(Ok::<_, Infallible>(Response::new(Full::new(response.clone())))))
 }
 
+/// Hostile messages under the default size limit: (name, message).
+fn adversarial() -> Vec<(&'static str, Bytes)> {
+    const ENV: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+    let envelope = |decls: &str, header: &str, body: &str| {
+        Bytes::from(format!(
+            "<s:Envelope xmlns:s=\"{ENV}\"{decls}><s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"
+        ))
+    };
+    let fill = |unit: &dyn Fn(usize) -> String, budget: usize| {
+        let mut out = String::new();
+        let mut i = 0;
+        while out.len() < budget {
+            out.push_str(&unit(i));
+            i += 1;
+        }
+        out
+    };
+    let mib = 1024 * 1024;
+    let decls127: String = (0..127).map(|i| format!(" xmlns:p{i}=\"urn:p{i}\"")).collect();
+    let mut shapes = vec![
+        // The message: ~100k declarations and ~100k empty header blocks.
+        (
+            "namespace_flood",
+            envelope(
+                &fill(&|i| format!(" xmlns:p{i}=\"urn:p{i}\""), 2 * mib),
+                &fill(&|i| format!("<p{}:H/>", i % 1000), mib),
+                "",
+            ),
+        ),
+        ("attribute_flood", envelope(&fill(&|i| format!(" a{i}=\"v\""), 3 * mib), "", "")),
+        ("header_block_flood", envelope(" xmlns:h=\"urn:h\"", &fill(&|_| "<h:H/>".to_owned(), 3 * mib), "")),
+    ];
+    // The limits filled: 128 declarations in scope, 256 header blocks of 255 attributes, each
+    // name resolved, and 12 KiB of content each.
+    let attrs: String = (0..255).map(|i| format!(" p{}:a{i}=\"v\"", i % 127)).collect();
+    let content = "<x>text &amp; more</x>".repeat(12 * 1024 / 22);
+    shapes.push((
+        "limits_filled",
+        envelope(
+            &decls127,
+            &(0..256).map(|i| format!("<p{0}:H{i}{attrs}>{content}</p{0}:H{i}>", i % 127)).collect::<String>(),
+            "<p1:Op/>",
+        ),
+    ));
+    // Long names: a 1 MiB prefix declared and used by a header block and the first Body element.
+    let long = "n".repeat(mib);
+    shapes.push((
+        "long_names",
+        envelope(&format!(" xmlns:{long}=\"urn:long\""), &format!("<{long}:H/>"), &format!("<{long}:Op/>")),
+    ));
+    // Nesting at the depth limit (64, the Body's content at 3..64), repeated.
+    let nest = format!("{}{}", "<d>".repeat(61), "</d>".repeat(61));
+    shapes.push(("deep_nesting", envelope("", "", &fill(&|_| nest.clone(), 4 * mib - 2048))));
+    // A Fault whose detail (3.5 MiB of prefixed names) takes the Envelope's declarations.
+    let detail =
+        fill(&|i| format!("<p{0}:e p{1}:a=\"p{2}:v\"/>", i % 127, (i + 1) % 127, (i + 2) % 127), 3 * mib + mib / 2);
+    shapes.push((
+        "fault_detail",
+        envelope(&decls127, "", &format!("<s:Fault><faultcode>s:Client</faultcode><faultstring>x</faultstring><detail><p0:D>{detail}</p0:D></detail></s:Fault>")),
+    ));
+    // The same detail without a root: each of its ~120k top-level elements takes the
+    // declarations it uses, until they would add more than the size limit.
+    shapes.push((
+        "detail_many_roots",
+        envelope(&decls127, "", &format!("<s:Fault><faultcode>s:Client</faultcode><faultstring>x</faultstring><detail>{detail}</detail></s:Fault>")),
+    ));
+    shapes
+}
+
+/// The adversarial shapes: parse (and for a parsed one, make its Body standalone).
+fn adversarial_group(c: &mut Criterion, limits: &SoapLimits) {
+    let shapes = adversarial();
+    println!("adversarial shapes:");
+    for (name, msg) in &shapes {
+        let outcome = match Envelope::parse(msg.clone(), limits) {
+            Ok(env) => format!("parsed, {} header blocks", env.headers().len()),
+            Err(e) => format!("refused: {e}"),
+        };
+        println!("  {name:<20} {:>5.2} MiB  {outcome}", msg.len() as f64 / (1024.0 * 1024.0));
+    }
+    let mut g = c.benchmark_group("soap/adversarial");
+    for (name, msg) in &shapes {
+        g.throughput(Throughput::Bytes(msg.len() as u64));
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| match Envelope::parse(black_box(msg.clone()), limits) {
+                Ok(env) => drop(black_box(env.standalone_body().len())),
+                Err(e) => drop(black_box(e)),
+            })
+        });
+    }
+    g.finish();
+    let dir = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| "target".into());
+    println!("\nadversarial shapes, median time per MiB (target <= 50 ms):");
+    for (name, msg) in &shapes {
+        let path = dir.join("criterion/soap_adversarial").join(name).join("new/estimates.json");
+        let median = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|j| j["median"]["point_estimate"].as_f64());
+        match median {
+            Some(ns) => {
+                let mib = msg.len() as f64 / (1024.0 * 1024.0);
+                println!("  {name:<20} {:>8.2} ms  {:>6.2} ms/MiB", ns / 1e6, ns / 1e6 / mib)
+            }
+            None => println!("  {name:<20} (no estimate)"),
+        }
+    }
+}
+
 fn main() {
     let limits = SoapLimits::default();
+    if std::env::args().skip(1).any(|a| a.contains("adversarial")) {
+        let mut c = Criterion::default().configure_from_args();
+        adversarial_group(&mut c, &limits);
+        c.final_summary();
+        return;
+    }
     let sizes = [("1KB", 1024usize), ("100KB", 100 * 1024)];
 
     println!("heap allocations per call:");
@@ -225,6 +348,7 @@ fn main() {
     g.bench_function(BenchmarkId::from_parameter("ours"), |b| b.iter(|| call_ours(&mut client)));
     g.bench_function(BenchmarkId::from_parameter("bare"), |b| b.iter(&mut call_bare));
     g.finish();
+    adversarial_group(&mut c, &limits);
     c.final_summary();
     print_ratios();
 }

@@ -96,7 +96,11 @@ fn soap12_spec_request_and_faults() {
     assert_eq!(f.version(), SoapVersion::V12);
     assert_eq!(f.subcodes(), &[QualifiedName::new("http://www.example.org/timeouts", "MessageTimeout")]);
     assert_eq!(f.reason(), "Sender Timeout");
-    assert!(std::str::from_utf8(f.detail().unwrap()).unwrap().contains("<m:MaxTime>P5M</m:MaxTime>"));
+    // The detail stands alone: the Envelope's declaration of `m` is carried onto it.
+    assert_eq!(
+        std::str::from_utf8(f.detail().unwrap()).unwrap().trim(),
+        "<m:MaxTime xmlns:m=\"http://www.example.org/timeouts\">P5M</m:MaxTime>"
+    );
 
     let env = parse("soap12_fault_mustunderstand.xml");
     assert_eq!(env.headers().len(), 2);
@@ -1187,4 +1191,116 @@ async fn around_an_axum_router() {
         assert!(fault.is_client() && fault.version() == version, "{fault}");
         assert_eq!(fault.reason(), "unknown operation");
     }
+}
+
+// ------------------------------------------- byte order marks, UTF-16, standalone fragments
+
+async fn post_bytes(addr: SocketAddr, content_type: &str, body: Bytes) -> (StatusCode, Bytes) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req =
+        Request::post(format!("http://{addr}/")).header("content-type", content_type).body(Full::new(body)).unwrap();
+    let res = client.request(req).await.unwrap();
+    let status = res.status();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// A server answering every request with `body` as `content_type`.
+async fn answering(content_type: &'static str, body: Bytes) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = listener.accept().await else { return };
+            let body = body.clone();
+            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let mut res = Response::new(Full::new(body.clone()));
+                res.headers_mut().insert("content-type", http::HeaderValue::from_static(content_type));
+                async move { Ok::<_, Infallible>(res) }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+fn utf16le_with_bom(text: &str) -> Bytes {
+    let mut out = vec![0xFF, 0xFE];
+    for u in text.encode_utf16() {
+        out.extend_from_slice(&u.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+const ADD_REQUEST: &str = "<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><c:Add xmlns:c=\"urn:calc\"><c:a>2</c:a><c:b>40</c:b></c:Add></soap:Body></soap:Envelope>";
+
+#[tokio::test]
+async fn server_reads_requests_with_a_byte_order_mark_and_in_utf16() {
+    let addr = calculator_server(SoapServerLayer::new()).await;
+    let bom = Bytes::from(format!("\u{FEFF}<?xml version=\"1.0\" encoding=\"utf-8\"?>{ADD_REQUEST}"));
+    let utf16 = utf16le_with_bom(&format!("<?xml version=\"1.0\" encoding=\"utf-16\"?>{ADD_REQUEST}"));
+    for (request, content_type) in [(bom, "text/xml; charset=utf-8"), (utf16, "text/xml; charset=utf-16")] {
+        let (status, body) = post_bytes(addr, content_type, request).await;
+        let env = Envelope::parse(body, &SoapLimits::default()).unwrap();
+        assert_eq!(status, StatusCode::OK, "{:?}", env.fault());
+        // The handler got the exact Body (it checks `env.body()` against what it was handed).
+        assert!(env.body_str().contains("<c:sum>42</c:sum>"), "{}", env.body_str());
+    }
+}
+
+#[tokio::test]
+async fn client_reads_responses_with_a_byte_order_mark_and_in_utf16() {
+    let response = "<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:c=\"urn:calc\"><soap:Body><c:AddResponse><c:sum>42</c:sum></c:AddResponse></soap:Body></soap:Envelope>";
+    let standalone = "<c:AddResponse xmlns:c=\"urn:calc\"><c:sum>42</c:sum></c:AddResponse>";
+    let fault = "<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:tns=\"urn:calc\"><soap:Body><soap:Fault><faultcode>soap:Client</faultcode><faultstring>bad</faultstring><detail><tns:BadInput><tns:field>b</tns:field></tns:BadInput></detail></soap:Fault></soap:Body></soap:Envelope>";
+    for (wire, content_type) in [
+        (Bytes::from(format!("\u{FEFF}{response}")), "text/xml; charset=utf-8"),
+        (utf16le_with_bom(response), "text/xml; charset=utf-16"),
+    ] {
+        let addr = answering(content_type, wire).await;
+        let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).layer(http_client());
+        let res = client.ready().await.unwrap().call(add(40, 2)).await.unwrap();
+        // Exact, and standalone: the Envelope's `c` declaration is carried onto the Body's element.
+        assert_eq!(res.body_str(), standalone);
+        assert_eq!(&res.body()[..], standalone.as_bytes());
+        assert_eq!(res.envelope().standalone_body(), &res.body());
+        assert_eq!(res.envelope().body_str(), "<c:AddResponse><c:sum>42</c:sum></c:AddResponse>");
+        let mut reader = quick_xml::NsReader::from_str(res.body_str());
+        let (ns, _) = reader.read_resolved_event().unwrap();
+        assert_eq!(ns, quick_xml::name::ResolveResult::Bound(quick_xml::name::Namespace("urn:calc")));
+    }
+    for wire in [Bytes::from(format!("\u{FEFF}{fault}")), utf16le_with_bom(fault)] {
+        let addr = answering("text/xml", wire).await;
+        let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).layer(http_client());
+        let err = client.ready().await.unwrap().call(add(1, 0)).await.unwrap_err();
+        let detail = err.fault().unwrap().detail().unwrap();
+        assert_eq!(&detail[..], b"<tns:BadInput xmlns:tns=\"urn:calc\"><tns:field>b</tns:field></tns:BadInput>");
+    }
+}
+
+/// The hostile message: ~100k namespace declarations and ~100k empty
+/// header blocks, about 3 MB (under the 4 MiB limit).
+fn namespace_flood() -> Bytes {
+    let decls: String = (0..100_000).map(|i| format!(" xmlns:p{i}=\"urn:p{i}\"")).collect();
+    let blocks: String = (0..100_000).map(|i| format!("<p{}:H/>", i % 1000)).collect();
+    Bytes::from(format!(
+        "<soap:Envelope xmlns:soap=\"{SOAP11_ENV_NS}\"{decls}><soap:Header>{blocks}</soap:Header><soap:Body/></soap:Envelope>"
+    ))
+}
+
+#[tokio::test]
+async fn a_namespace_flood_is_refused_on_both_sides() {
+    // As a request: a Client fault naming the limit (the handler is not called).
+    let addr = calculator_server(SoapServerLayer::new()).await;
+    let (status, body) = post_bytes(addr, "text/xml", namespace_flood()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let fault = Envelope::parse(body, &SoapLimits::default()).unwrap().fault().cloned().unwrap();
+    assert!(fault.is_client());
+    assert!(fault.reason().contains("more than 128 namespace declarations"), "{}", fault.reason());
+    // As a response: a typed error.
+    let addr = answering("text/xml", namespace_flood()).await;
+    let mut client = SoapEnvelopeLayer::new(format!("http://{addr}/").parse().unwrap()).layer(http_client());
+    let err = client.ready().await.unwrap().call(add(1, 1)).await.unwrap_err();
+    assert!(matches!(err, SoapError::TooManyNamespaces { limit: DEFAULT_MAX_NAMESPACES }), "{err:?}");
 }

@@ -129,14 +129,18 @@ pub struct SoapResponse {
 }
 
 impl SoapResponse {
-    /// The Body content, without a copy.
+    /// The Body content as standalone XML (see [`Envelope::standalone_body`]):
+    /// the namespace declarations it uses from the `Envelope` and `Body` are
+    /// carried onto its elements, so any namespace-aware parser reads it on
+    /// its own. A slice of the response without a copy when none is needed.
     pub fn body(&self) -> Bytes {
-        self.envelope.body()
+        self.envelope.standalone_body().clone()
     }
 
-    /// The Body content as text.
+    /// The Body content as text (as [`body`](Self::body)).
     pub fn body_str(&self) -> &str {
-        self.envelope.body_str()
+        // Made of the UTF-8 message and, when it was copied, of UTF-8 declarations.
+        std::str::from_utf8(self.envelope.standalone_body()).unwrap_or_default()
     }
 
     /// Deserialize the first Body element (see [`Envelope::deserialize`]).

@@ -30,6 +30,24 @@ pub enum SoapError {
         /// The limit.
         limit: usize,
     },
+    /// An element has more namespace declarations in scope than the
+    /// configured limit ([`SoapLimits::max_namespaces`](super::SoapLimits::max_namespaces)).
+    TooManyNamespaces {
+        /// The limit.
+        limit: usize,
+    },
+    /// A start tag has more attributes than the configured limit
+    /// ([`SoapLimits::max_attributes`](super::SoapLimits::max_attributes)).
+    TooManyAttributes {
+        /// The limit.
+        limit: usize,
+    },
+    /// The Header has more blocks than the configured limit
+    /// ([`SoapLimits::max_header_blocks`](super::SoapLimits::max_header_blocks)).
+    TooManyHeaderBlocks {
+        /// The limit.
+        limit: usize,
+    },
     /// The document has a DOCTYPE declaration; SOAP forbids them and they are
     /// never processed (no DTD, no entity expansion).
     DocType,
@@ -38,7 +56,8 @@ pub enum SoapError {
     UndefinedEntity(String),
     /// The document is not well-formed XML.
     Malformed(XmlError),
-    /// The message is not UTF-8.
+    /// The message is neither UTF-8 nor UTF-16 (which needs a byte order
+    /// mark or a leading `<`), or its bytes are not valid in its encoding.
     NotUtf8,
     /// The root element is not a SOAP `Envelope`.
     NotAnEnvelope,
@@ -104,10 +123,17 @@ impl fmt::Display for SoapError {
             SoapError::Body(_) => f.write_str("reading the SOAP message body failed"),
             SoapError::TooLarge { limit } => write!(f, "SOAP message larger than {limit} bytes"),
             SoapError::TooDeep { limit } => write!(f, "SOAP message nested deeper than {limit} elements"),
+            SoapError::TooManyNamespaces { limit } => {
+                write!(f, "SOAP message has more than {limit} namespace declarations in scope")
+            }
+            SoapError::TooManyAttributes { limit } => {
+                write!(f, "SOAP message has a tag with more than {limit} attributes")
+            }
+            SoapError::TooManyHeaderBlocks { limit } => write!(f, "SOAP message has more than {limit} header blocks"),
             SoapError::DocType => f.write_str("SOAP message has a DOCTYPE declaration (refused)"),
             SoapError::UndefinedEntity(name) => write!(f, "SOAP message refers to undefined entity `{name}`"),
             SoapError::Malformed(e) => write!(f, "malformed XML: {e}"),
-            SoapError::NotUtf8 => f.write_str("SOAP message is not UTF-8"),
+            SoapError::NotUtf8 => f.write_str("SOAP message is not valid UTF-8 or UTF-16"),
             SoapError::NotAnEnvelope => f.write_str("root element is not a SOAP Envelope"),
             SoapError::VersionMismatch { namespace } => {
                 write!(f, "SOAP Envelope in unknown namespace `{namespace}`")

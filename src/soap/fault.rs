@@ -276,7 +276,11 @@ impl SoapFault {
         self.node.as_deref()
     }
 
-    /// The inner XML of `detail`/`Detail`, a slice of the response bytes.
+    /// The inner XML of `detail`/`Detail` as standalone XML: a slice of the
+    /// response bytes, or — when it uses namespace declarations of the
+    /// elements around it (`Envelope`, `Body`, `Fault`, `detail`) — a copy
+    /// with them added to each of its top-level elements, so that any
+    /// namespace-aware parser reads it on its own.
     pub fn detail(&self) -> Option<&Bytes> {
         self.detail.as_ref()
     }

@@ -44,8 +44,24 @@
 //!   password.
 //! - **Safety** — every message read (both sides, and WSDLs) refuses DOCTYPEs,
 //!   expands no entity (XXE, billion laughs), is bounded in size (4 MiB by
-//!   default) and nesting depth ([`SoapLimits`]), and malformed XML or a wrong
-//!   namespace is a typed [`SoapError`], never a panic.
+//!   default) and nesting depth (64), and malformed XML or a wrong
+//!   namespace is a typed [`SoapError`], never a panic. An envelope is also
+//!   bounded in namespace declarations in scope (128, as quick-xml's own
+//!   namespace reader), attributes per start tag (256) and header blocks
+//!   (256) ([`SoapLimits`]); prefixes resolve through a hashed scope, so
+//!   within the limits any message parses in time linear in its size.
+//! - **Encodings** — UTF-8, with or without a byte order mark (as .NET and
+//!   Java stacks send), and UTF-16 LE/BE (WS-I Basic Profile R4003; with a
+//!   byte order mark, or without one when the message starts with `<`),
+//!   transcoded to UTF-8 once read: the size limit counts the bytes
+//!   received. Slices are of the message as parsed ([`Envelope::message`]).
+//! - **Standalone fragments** — a fault's [`detail`](SoapFault::detail), a
+//!   [`HeaderBlock::raw`] and [`SoapResponse::body`] carry the namespace
+//!   declarations they use from their ancestors (the `Envelope`, `Header`,
+//!   `Body`, `Fault`…) on their top-level elements, so each parses on its own
+//!   with any namespace-aware parser; they stay slices of the message, without
+//!   a copy, when nothing is to be added. [`Envelope::body`] is the plain
+//!   slice ([`Envelope::standalone_body`] the standalone one).
 //! - **Speed** — the Envelope, the Header and the Body's first element are
 //!   read with quick-xml; the content passed on as the Body slice (and a
 //!   header block's content) is skipped by a scan that makes no events and
@@ -191,7 +207,10 @@ mod wsdl;
 
 pub use classify::{SoapClassifier, SERVER_FAULT};
 pub use client::{ResponseFuture, SoapClient, SoapEnvelopeLayer, SoapRequest, SoapResponse, SOAP_ACTION};
-pub use envelope::{Envelope, HeaderBlock, SoapLimits, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH};
+pub use envelope::{
+    Envelope, HeaderBlock, SoapLimits, DEFAULT_MAX_ATTRIBUTES, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_HEADER_BLOCKS, DEFAULT_MAX_NAMESPACES,
+};
 pub use error::{SoapError, XmlError};
 pub use fault::{FaultCode, QualifiedName, SoapFault, WsseFault};
 pub use security::{PasswordType, UsernameToken, WsAddressing, CORRELATION_NS, WSA_NS, WSSE_NS, WSU_NS};

@@ -19,10 +19,18 @@ fn body_and_header_blocks_are_exact_slices() {
     assert_eq!(env.body_element(), Some(&QualifiedName::new("urn:m", "Op")));
     let h = env.headers();
     assert_eq!(h.len(), 2);
-    assert_eq!(&h[0].raw()[..], &b"<a:One xmlns:a=\"urn:a\" s:mustUnderstand=\"1\">x</a:One>"[..]);
+    // The blocks use the Envelope's `s` prefix: its declaration is carried onto them.
+    let declared = format!("xmlns:s=\"{ENV11}\"");
+    assert_eq!(
+        std::str::from_utf8(h[0].raw()).unwrap(),
+        format!("<a:One {declared} xmlns:a=\"urn:a\" s:mustUnderstand=\"1\">x</a:One>")
+    );
     assert!(h[0].must_understand() && h[0].targets_ultimate_receiver());
     assert_eq!(h[0].name(), &QualifiedName::new("urn:a", "One"));
-    assert_eq!(&h[1].raw()[..], &b"<b:Two xmlns:b=\"urn:b\" s:actor=\"urn:other\"/>"[..]);
+    assert_eq!(
+        std::str::from_utf8(h[1].raw()).unwrap(),
+        format!("<b:Two {declared} xmlns:b=\"urn:b\" s:actor=\"urn:other\"/>")
+    );
     assert!(!h[1].must_understand());
     assert_eq!(h[1].role(), Some("urn:other"));
     assert!(!h[1].targets_ultimate_receiver());
@@ -368,4 +376,236 @@ fn many_and_escaped_namespace_declarations_resolve() {
     let parsed = parse(&cases[6].0).unwrap();
     assert_eq!(parsed.headers()[0].name(), &QualifiedName::new("urn:h&", "H"));
     assert_eq!(parsed.headers()[1].name(), &QualifiedName::new("urn:h2", "H2"));
+}
+
+/// An envelope (SOAP 1.1) with `decls` on the Envelope, `header` in the Header and `body` in the Body.
+fn envelope_with(decls: &str, header: &str, body: &str) -> String {
+    format!("<s:Envelope xmlns:s=\"{ENV11}\"{decls}><s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>")
+}
+
+#[test]
+fn floods_past_the_limits_are_refused_with_typed_errors() {
+    let decls = |n: usize| (0..n).map(|i| format!(" xmlns:p{i}=\"urn:p{i}\"")).collect::<String>();
+    let attrs = |n: usize| (0..n).map(|i| format!(" a{i}=\"\"")).collect::<String>();
+    let blocks = |n: usize| (0..n).map(|i| format!("<p0:H{i}/>")).collect::<String>();
+    // The Envelope's own `s` declaration counts: 127 more fill the scope, 128 more overflow it.
+    assert!(parse(&envelope_with(&decls(127), "", "<p126:Op/>")).is_ok());
+    type Check = fn(&SoapError) -> bool;
+    let cases: Vec<(String, Check)> = vec![
+        (envelope_with(&decls(128), "", ""), |e| matches!(e, SoapError::TooManyNamespaces { limit: 128 })),
+        // Spread over nesting: 100 on the Envelope, 28 on the first Body element.
+        (envelope_with(&decls(100), "", &format!("<m:Op xmlns:m=\"urn:m\"{}/>", decls(27).replace("p", "q"))), |e| {
+            matches!(e, SoapError::TooManyNamespaces { limit: 128 })
+        }),
+        // The shape: ~100k declarations and ~100k empty header blocks, about 3 MB.
+        (envelope_with(&decls(100_000), &blocks(100_000), "<p0:Op/>"), |e| {
+            matches!(e, SoapError::TooManyNamespaces { limit: 128 })
+        }),
+        (envelope_with(" xmlns:p0=\"urn:p0\"", &blocks(257), ""), |e| {
+            matches!(e, SoapError::TooManyHeaderBlocks { limit: 256 })
+        }),
+        (envelope_with(" xmlns:p0=\"urn:p0\"", &blocks(100_000), ""), |e| {
+            matches!(e, SoapError::TooManyHeaderBlocks { limit: 256 })
+        }),
+        (envelope_with(&attrs(256), "", ""), |e| matches!(e, SoapError::TooManyAttributes { limit: 256 })),
+        (envelope_with(&attrs(200_000), "", ""), |e| matches!(e, SoapError::TooManyAttributes { limit: 256 })),
+        (envelope_with("", &format!("<h:H xmlns:h=\"urn:h\"{}/>", attrs(256)), ""), |e| {
+            matches!(e, SoapError::TooManyAttributes { limit: 256 })
+        }),
+        (envelope_with("", "", &format!("<m:Op xmlns:m=\"urn:m\"{}/>", attrs(300))), |e| {
+            matches!(e, SoapError::TooManyAttributes { limit: 256 })
+        }),
+    ];
+    for (doc, check) in &cases {
+        let err = parse(doc).unwrap_err();
+        assert!(check(&err), "{}…: {err:?}", &doc[..doc.len().min(120)]);
+        assert!(!err.to_string().is_empty());
+    }
+    // The limits are settings.
+    let tight = SoapLimits::new().max_namespaces(2).max_attributes(3).max_header_blocks(1);
+    let parse_with = |doc: &str| Envelope::parse(Bytes::copy_from_slice(doc.as_bytes()), &tight);
+    assert!(matches!(parse_with(&envelope_with(&decls(2), "", "")), Err(SoapError::TooManyNamespaces { limit: 2 })));
+    assert!(matches!(
+        parse_with(&envelope_with(" xmlns:p0=\"urn:p0\"", &blocks(2), "")),
+        Err(SoapError::TooManyHeaderBlocks { limit: 1 })
+    ));
+    assert!(matches!(
+        parse_with(&envelope_with("", "", "<m:Op a=\"\" b=\"\" c=\"\" d=\"\"/>")),
+        Err(SoapError::TooManyAttributes { limit: 3 })
+    ));
+    assert!(parse_with(&envelope_with(" xmlns:p0=\"urn:p0\"", &blocks(1), "<m:Op a=\"\" b=\"\" c=\"\"/>")).is_ok());
+}
+
+#[test]
+fn at_the_limits_every_name_resolves() {
+    // 126 declarations on the Envelope (127 with `s`), 256 header blocks: each
+    // block's name and attributes resolve through the whole scope, blocks
+    // redeclare prefixes for themselves only.
+    let decls: String = (0..126).map(|i| format!(" xmlns:p{i}=\"urn:p{i}\"")).collect();
+    let mut header = String::new();
+    for i in 0..256 {
+        let p = i % 126;
+        if i % 2 == 0 {
+            header.push_str(&format!("<p{p}:H{i} s:mustUnderstand=\"1\" p{p}:a=\"x\"><x/></p{p}:H{i}>"));
+        } else {
+            // Each odd block hides one Envelope declaration with its own (the 128th in scope).
+            header.push_str(&format!("<p{p}:H{i} xmlns:p{p}=\"urn:own{i}\" s:actor=\"urn:a{i}\"/>"));
+        }
+    }
+    let doc = envelope_with(&decls, &header, "<p125:Op p0:x=\"1\"/>");
+    let env = parse(&doc).unwrap();
+    assert_eq!(env.headers().len(), 256);
+    for (i, h) in env.headers().iter().enumerate() {
+        let p = i % 126;
+        let ns = if i % 2 == 0 { format!("urn:p{p}") } else { format!("urn:own{i}") };
+        assert_eq!(h.name(), &QualifiedName::new(ns, format!("H{i}")), "block {i}");
+        assert_eq!(h.must_understand(), i % 2 == 0);
+        assert_eq!(h.role().is_some(), i % 2 == 1);
+    }
+    // A block's own declaration went out of scope with it.
+    assert_eq!(env.body_element(), Some(&QualifiedName::new("urn:p125", "Op")));
+}
+
+/// Every element and prefixed attribute name in `xml` (a fragment) resolves
+/// with quick-xml's namespace reader on its own; `Err` names the first that does not.
+fn resolves_alone(xml: &[u8]) -> Result<(), String> {
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
+    let text = std::str::from_utf8(xml).map_err(|e| e.to_string())?;
+    let mut reader = quick_xml::NsReader::from_str(text);
+    let mut elements = 0;
+    loop {
+        let (ns, event) = reader.read_resolved_event().map_err(|e| e.to_string())?;
+        let e = match event {
+            Event::Start(e) | Event::Empty(e) => e,
+            Event::Eof if elements > 0 => return Ok(()),
+            Event::Eof => return Err("no element".into()),
+            _ => continue,
+        };
+        elements += 1;
+        if let ResolveResult::Unknown(p) = ns {
+            return Err(format!("element prefix `{p}` is not declared in {text}"));
+        }
+        for attr in e.attributes() {
+            let attr = attr.map_err(|e| e.to_string())?;
+            if let (ResolveResult::Unknown(p), _) = reader.resolver().resolve_attribute(attr.key) {
+                return Err(format!("attribute prefix `{p}` is not declared in {text}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn extracted_fragments_carry_the_declarations_they_use() {
+    let decls =
+        " xmlns:tns=\"urn:tns&amp;x\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xmlns:unused=\"urn:u\"";
+    // A SOAP 1.1 fault whose detail uses prefixes declared on the Envelope.
+    let fault = envelope_with(
+        decls,
+        "",
+        "<s:Fault><faultcode>s:Client</faultcode><faultstring>bad</faultstring><detail><tns:BadInput><tns:field xsi:type=\"tns:Name\">n</tns:field></tns:BadInput><tns:More/></detail></s:Fault>",
+    );
+    let env = parse(&fault).unwrap();
+    let detail = env.fault().unwrap().detail().unwrap();
+    resolves_alone(detail).unwrap();
+    assert_eq!(
+        std::str::from_utf8(detail).unwrap(),
+        "<tns:BadInput xmlns:tns=\"urn:tns&amp;x\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><tns:field xsi:type=\"tns:Name\">n</tns:field></tns:BadInput><tns:More xmlns:tns=\"urn:tns&amp;x\"/>"
+    );
+    // SOAP 1.2, the declaration on the Body and on the Fault, a default namespace in scope.
+    let v12 = "<e:Envelope xmlns:e=\"http://www.w3.org/2003/05/soap-envelope\" xmlns=\"urn:default\"><e:Body xmlns:tns=\"urn:b\"><e:Fault xmlns:f=\"urn:f\"><e:Code><e:Value>e:Sender</e:Value></e:Code><e:Reason><e:Text xml:lang=\"en\">r</e:Text></e:Reason><e:Detail><tns:X f:y=\"1\"><plain/></tns:X></e:Detail></e:Fault></e:Body></e:Envelope>";
+    let env = parse(v12).unwrap();
+    let detail = env.fault().unwrap().detail().unwrap();
+    resolves_alone(detail).unwrap();
+    assert_eq!(
+        std::str::from_utf8(detail).unwrap(),
+        "<tns:X xmlns=\"urn:default\" xmlns:tns=\"urn:b\" xmlns:f=\"urn:f\" f:y=\"1\"><plain/></tns:X>"
+    );
+    // A header block using the Envelope's prefixes, and the Body.
+    let doc = envelope_with(
+        decls,
+        "<tns:Auth s:mustUnderstand=\"0\"><tns:user>u</tns:user></tns:Auth>",
+        "<tns:Op><tns:arg xsi:nil=\"true\"/></tns:Op>",
+    );
+    let env = parse(&doc).unwrap();
+    let raw = env.headers()[0].raw();
+    resolves_alone(raw).unwrap();
+    assert!(!std::str::from_utf8(raw).unwrap().contains("unused"), "only the prefixes used are carried");
+    assert!(resolves_alone(&env.body()).is_err(), "the plain Body is a slice without the declarations");
+    let body = env.standalone_body();
+    resolves_alone(body).unwrap();
+    assert_eq!(
+        std::str::from_utf8(body).unwrap(),
+        "<tns:Op xmlns:tns=\"urn:tns&amp;x\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><tns:arg xsi:nil=\"true\"/></tns:Op>"
+    );
+    // Nothing to carry: the same slice, no copy.
+    let env = parse(&envelope_with("", "<h:H xmlns:h=\"urn:h\"/>", "<m:Op xmlns:m=\"urn:m\"><m:a/></m:Op>")).unwrap();
+    assert_eq!(env.standalone_body().as_ptr(), env.body().as_ptr());
+    let (raw, message) = (env.headers()[0].raw(), env.message());
+    let at = raw.as_ptr() as usize - message.as_ptr() as usize;
+    assert!(at + raw.len() <= message.len(), "the header block is a slice of the message");
+}
+
+const PING: &str = "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Header><h:T xmlns:h=\"urn:h\">1</h:T></s:Header><s:Body><m:Ping xmlns:m=\"urn:m\">é</m:Ping></s:Body></s:Envelope>";
+
+fn utf16(text: &str, big_endian: bool, bom: bool) -> Bytes {
+    let mut out = Vec::new();
+    let units = if bom {
+        Some(0xFEFF).into_iter().chain(text.encode_utf16()).collect::<Vec<u16>>()
+    } else {
+        text.encode_utf16().collect()
+    };
+    for u in units {
+        out.extend_from_slice(&if big_endian { u.to_be_bytes() } else { u.to_le_bytes() });
+    }
+    Bytes::from(out)
+}
+
+#[test]
+fn a_utf8_byte_order_mark_is_accepted_with_exact_slices() {
+    for doc in [PING.to_owned(), format!("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n{PING}")] {
+        let msg = Bytes::from(format!("\u{FEFF}{doc}"));
+        let env = Envelope::parse(msg, &SoapLimits::default()).unwrap();
+        assert_eq!(env.body_str(), "<m:Ping xmlns:m=\"urn:m\">é</m:Ping>");
+        assert_eq!(env.body_element(), Some(&QualifiedName::new("urn:m", "Ping")));
+        assert_eq!(&env.headers()[0].raw()[..], b"<h:T xmlns:h=\"urn:h\">1</h:T>");
+        assert_eq!(&env.message()[..], doc.as_bytes(), "the message as parsed, without the mark");
+    }
+    // A fault behind a byte order mark.
+    let fault = EnvelopeBody::fault(SoapVersion::V12, &SoapFault::client("no").with_detail("<d/>")).to_bytes();
+    let env = Envelope::parse(Bytes::from([&b"\xEF\xBB\xBF"[..], &fault].concat()), &SoapLimits::default()).unwrap();
+    assert_eq!(&env.fault().unwrap().detail().unwrap()[..], b"<d/>");
+    // A WSDL behind one.
+    let wsdl = "\u{FEFF}<definitions xmlns=\"http://schemas.xmlsoap.org/wsdl/\" name=\"W\"><message name=\"M\"/></definitions>";
+    let parsed = Wsdl::parse(wsdl.as_bytes(), &SoapLimits::default()).unwrap();
+    assert_eq!(parsed.messages, vec!["M".to_owned()]);
+}
+
+#[test]
+fn utf16_messages_are_transcoded() {
+    let decl = format!("<?xml version=\"1.0\" encoding=\"UTF-16\"?>{PING}");
+    for (big_endian, bom, text) in
+        [(false, true, &decl), (true, true, &decl), (false, false, &PING.to_owned()), (true, false, &PING.to_owned())]
+    {
+        let env = Envelope::parse(utf16(text, big_endian, bom), &SoapLimits::default())
+            .unwrap_or_else(|e| panic!("big endian {big_endian}, bom {bom}: {e}"));
+        assert_eq!(env.body_str(), "<m:Ping xmlns:m=\"urn:m\">é</m:Ping>");
+        assert_eq!(env.headers()[0].name(), &QualifiedName::new("urn:h", "T"));
+        assert_eq!(&env.message()[..], text.as_bytes());
+    }
+    let wsdl = "<definitions xmlns=\"http://schemas.xmlsoap.org/wsdl/\"><message name=\"M\"/></definitions>";
+    assert_eq!(Wsdl::parse(&utf16(wsdl, false, true), &SoapLimits::default()).unwrap().messages, vec!["M".to_owned()]);
+    // Malformed UTF-16: odd length, an unpaired surrogate; UTF-32 is not read.
+    let mut odd = utf16(PING, false, true).to_vec();
+    odd.push(b'x');
+    let mut lone = utf16(PING, false, true).to_vec();
+    lone.extend_from_slice(&0xD800u16.to_le_bytes());
+    for bad in [odd, lone, b"\xFF\xFE\0\0<\0\0\0".to_vec()] {
+        assert!(matches!(Envelope::parse(Bytes::from(bad), &SoapLimits::default()), Err(SoapError::NotUtf8)));
+    }
+    // The size limit counts the bytes received.
+    let wire = utf16(PING, false, true);
+    let limits = SoapLimits::new().max_body(wire.len() - 1);
+    assert!(matches!(Envelope::parse(wire.clone(), &limits), Err(SoapError::TooLarge { .. })));
+    assert!(Envelope::parse(wire.clone(), &SoapLimits::new().max_body(wire.len())).is_ok());
 }

@@ -13,7 +13,7 @@ use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 use tower_service::Service;
 
-use super::envelope::{resolve_ref, SoapLimits};
+use super::envelope::{resolve_ref, utf8_text, SoapLimits};
 use super::error::SoapError;
 use super::version::SoapVersion;
 use crate::BoxError;
@@ -213,8 +213,8 @@ impl Wsdl {
         if document.len() > limits.body_limit() {
             return Err(SoapError::WsdlTooLarge { limit: limits.body_limit() });
         }
-        let text = std::str::from_utf8(document).map_err(|_| SoapError::NotUtf8)?;
-        let mut reader = NsReader::from_str(text);
+        let text = utf8_text(document)?;
+        let mut reader = NsReader::from_str(&text);
         let mut wsdl = Wsdl::default();
         // Local names (in the WSDL namespace, else "") of the open elements.
         let mut path: Vec<(Ns, String)> = Vec::new();
