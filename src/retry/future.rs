@@ -124,7 +124,7 @@ where
                     };
                     // Never sleep past the deadline of an enclosing timeout.
                     if let Some(deadline) = Deadline::current() {
-                        if Instant::now() + delay >= deadline.instant() {
+                        if crate::deadline::instant_after(Instant::now(), delay) >= deadline.instant() {
                             return Poll::Ready(result);
                         }
                     }
