@@ -35,8 +35,11 @@ mod stack_config;
 #[path = "../fuzz/src/wsdl.rs"]
 mod wsdl;
 
+/// A target's body.
+type Body = fn(&[u8]);
+
 /// Every target: its name (its corpus directory) and its body.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Body)] = &[
     ("correlation_id", correlation_id::run),
     ("grpc_timeout", grpc_timeout::run),
     ("jwt_token", jwt_token::run),
@@ -58,7 +61,7 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     files.into_iter().map(|p| (p.clone(), std::fs::read(&p).expect("a corpus file"))).collect()
 }
 
-fn body(target: &str) -> fn(&[u8]) {
+fn body(target: &str) -> Body {
     TARGETS.iter().find(|(name, _)| *name == target).expect("a target").1
 }
 
