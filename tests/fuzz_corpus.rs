@@ -214,12 +214,12 @@ mod proptests {
     use super::*;
 
     fuzz_test! {
-        correlation_id: 128,
-        grpc_timeout: 256,
-        jwt_token: 128,
-        retry_after: 256,
-        soap_envelope: 128,
-        stack_config: 128,
-        wsdl: 128,
+        correlation_id: 256,
+        grpc_timeout: 512,
+        jwt_token: 256,
+        retry_after: 512,
+        soap_envelope: 256,
+        stack_config: 256,
+        wsdl: 256,
     }
 }
