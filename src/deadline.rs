@@ -286,6 +286,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_duration_too_long_for_an_instant_ends_far_away() {
+        let now = Instant::now();
+        assert_eq!(instant_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert_eq!(instant_after(now, Duration::MAX), now + FAR_FUTURE);
+        assert_eq!(instant_after(now, Duration::from_secs(u64::MAX)), now + FAR_FUTURE);
+        // Was `overflow when adding duration to instant`.
+        assert!(Deadline::after(Duration::MAX) > Deadline::at(now));
+    }
+
+    #[test]
     fn grpc_timeout_encoding() {
         assert_eq!(encode_grpc_timeout(Duration::from_millis(250)), "250000u");
         assert_eq!(encode_grpc_timeout(Duration::from_nanos(5)), "5n");
