@@ -125,6 +125,17 @@ impl<F: Future> Future for DeadlineScope<F> {
     }
 }
 
+/// How far away a duration too long for an `Instant` ends (as tokio's
+/// timers do): about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + after`, without the panic of `Instant + Duration` on overflow: a
+/// duration too long for an `Instant` (a configured "forever", a huge
+/// `Retry-After`) ends [`FAR_FUTURE`] from `now`.
+pub(crate) fn instant_after(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after).or_else(|| now.checked_add(FAR_FUTURE)).unwrap_or(now)
+}
+
 /// A point in time by which a call must be complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Deadline(Instant);
@@ -135,9 +146,10 @@ impl Deadline {
         Deadline(instant)
     }
 
-    /// A deadline `after` from now.
+    /// A deadline `after` from now (a duration too long for an `Instant`,
+    /// such as `Duration::MAX`, is about 30 years from now).
     pub fn after(after: Duration) -> Self {
-        Deadline(Instant::now() + after)
+        Deadline(instant_after(Instant::now(), after))
     }
 
     /// When it is.
@@ -272,6 +284,16 @@ pub fn encode_grpc_timeout(d: Duration) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_too_long_for_an_instant_ends_far_away() {
+        let now = Instant::now();
+        assert_eq!(instant_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert_eq!(instant_after(now, Duration::MAX), now + FAR_FUTURE);
+        assert_eq!(instant_after(now, Duration::from_secs(u64::MAX)), now + FAR_FUTURE);
+        // Was `overflow when adding duration to instant`.
+        assert!(Deadline::after(Duration::MAX) > Deadline::at(now));
+    }
 
     #[test]
     fn grpc_timeout_encoding() {

@@ -808,7 +808,7 @@ impl Shared {
         match to {
             CircuitState::Open => {
                 g.trips = g.trips.saturating_add(1);
-                g.open_until = now + self.open_wait(g.trips);
+                g.open_until = crate::deadline::instant_after(now, self.open_wait(g.trips));
             }
             CircuitState::HalfOpen => {
                 g.half_open =

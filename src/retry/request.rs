@@ -443,8 +443,10 @@ pub(crate) fn pushback_from_headers(headers: &HeaderMap) -> Pushback {
         return Pushback::None;
     };
     let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Pushback::After(Duration::from_secs(secs));
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // delay-seconds (digits only, no sign); more than a u64 holds is "a
+        // very long time" (the backoff's `max_delay` caps it).
+        return Pushback::After(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
     }
     match httpdate::parse_http_date(v) {
         Ok(at) => Pushback::After(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)),
@@ -476,6 +478,15 @@ mod tests {
         assert_eq!(pushback_from_headers(&headers(&[("retry-after", &past)])), Pushback::After(Duration::ZERO));
         assert_eq!(pushback_from_headers(&headers(&[("retry-after", "soon")])), Pushback::None);
         assert_eq!(pushback_from_headers(&HeaderMap::new()), Pushback::None);
+    }
+
+    #[test]
+    fn retry_after_delay_seconds_are_digits_only_and_saturate() {
+        assert_eq!(pushback_from_headers(&headers(&[("retry-after", "+5")])), Pushback::None);
+        assert_eq!(
+            pushback_from_headers(&headers(&[("retry-after", "184467440737095516160000")])),
+            Pushback::After(Duration::from_secs(u64::MAX))
+        );
     }
 
     #[test]

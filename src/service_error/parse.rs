@@ -42,7 +42,8 @@ pub(crate) fn pushback(headers: &HeaderMap) -> Pushback {
     let Some(v) = headers.get("grpc-retry-pushback-ms") else {
         return Pushback::Unsaid;
     };
-    match std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+    // ASCII only: an integer with other (e.g. non-breaking) spaces around it is malformed.
+    match v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
         Some(ms) if ms >= 0 => Pushback::After(Duration::from_millis(ms as u64).min(MAX_RETRY_AFTER)),
         _ => Pushback::Refused,
     }

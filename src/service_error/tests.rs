@@ -202,6 +202,10 @@ fn grpc_pushback_wins_over_retry_after_and_can_refuse() {
     for refusal in ["-1", "soon", "", "1.5"] {
         assert_eq!(parse::pushback(&headers(&[("grpc-retry-pushback-ms", refusal)])), Pushback::Refused, "{refusal:?}");
     }
+    // Non-ASCII spaces around the number make it malformed too (as the retry layer reads it).
+    let mut nbsp = HeaderMap::new();
+    nbsp.insert("grpc-retry-pushback-ms", HeaderValue::from_bytes("\u{a0}250".as_bytes()).unwrap());
+    assert_eq!(parse::pushback(&nbsp), Pushback::Refused);
     // A refusal makes even an UNAVAILABLE not retryable.
     let e =
         ServiceError::from_grpc_headers(&headers(&[("grpc-status", "14"), ("grpc-retry-pushback-ms", "-1")])).unwrap();

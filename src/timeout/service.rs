@@ -77,7 +77,7 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
-        let own = Deadline::at(now + self.duration);
+        let own = Deadline::at(crate::deadline::instant_after(now, self.duration));
         let deadline = own.min(Deadline::current()).min(req.deadline());
         // When a deadline set further up expires first, report it as the total
         // timeout, so a retry layer knows not to try again.

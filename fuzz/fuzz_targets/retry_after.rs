@@ -1,0 +1,6 @@
+//! cargo-fuzz entry point: the body is `tower_mesh_fuzz::retry_after::run`
+//! (`fuzz/src/retry_after.rs`), which `tests/fuzz_corpus.rs` also runs on stable.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tower_mesh_fuzz::retry_after::run(data));
