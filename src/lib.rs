@@ -15,6 +15,7 @@
 // (docs.rs, CI) keep every link checked.
 #![cfg_attr(not(feature = "full"), allow(rustdoc::broken_intra_doc_links))]
 
+pub mod builder;
 pub mod classify;
 pub mod config;
 pub mod deadline;
@@ -53,4 +54,5 @@ pub mod service_error;
 #[cfg(feature = "stack")]
 pub mod stack;
 
+pub use builder::ServiceBuilderExt;
 pub use error::BoxError;

@@ -82,18 +82,13 @@
 //! under a reset storm more of its attempts are cut before they complete,
 //! and each failed attempt lengthens the [reconnect
 //! backoff](PublisherConfig::reconnect): that, not the publishing, is where
-//! its time goes. The RabbitMQ publisher also used to wait for each
-//! message's write to the socket before taking the next one, so most of the
-//! messages in flight sat queued in the publisher; it now queues the frames
-//! of every waiting message at once and waits for writes and confirms
-//! together (10,000 events through the full stack on a loaded 2-core
-//! machine, debug build: about 2.0 s, was 3.4–3.9 s). Under a storm of 40 ms
-//! resets through a TCP proxy (the test
-//! `a_reset_storm_stores_each_message_at_most_once_per_send`, 2,000
-//! persistent messages, 256 in flight), four runs took 2.9–7.4 s, re-sent
-//! 429–634 messages (more are on the wire when a cut comes than when each
-//! write was awaited: 25–64) and stored 2,060–2,424 copies; every message
-//! was stored at least once and at most `sends` times.
+//! its time goes. The RabbitMQ publisher queues the frames of every waiting
+//! message at once and waits for writes and confirms together, so more
+//! messages are on the wire when a cut comes, and more are re-sent, than if
+//! it waited for each write. The test
+//! `a_reset_storm_stores_each_message_at_most_once_per_send` (resets through
+//! a TCP proxy) checks that every message is stored at least once and at
+//! most `sends` times; `BENCHMARKS.md` in the repository has its figures.
 //!
 //! # Under the resilience stack
 //!
@@ -105,14 +100,9 @@
 //! rarely worth its cost. A timeout layer registers and cancels a tokio
 //! timer for every message, as each waits for its confirmation (a total
 //! timeout over a per-attempt one makes none of its own while the
-//! attempt's is pending). Counted with callgrind on the Redis publisher,
-//! 256 messages in flight on a multi-thread runtime: the publisher spends
-//! about 34,900 instructions per message on its own (redis-rs's multiplexed
-//! connection sending the same commands one by one: about 36,500), and a
-//! stack of total timeout, retry, circuit breaker, bulkhead and attempt
-//! timeout adds about 2,000. The NATS publisher, counted the same way:
-//! about 56,600 instructions per message, against 62,800 for async-nats's
-//! own JetStream publish-and-ack.
+//! attempt's is pending). What the publishers and the stack above them cost
+//! per message, against the raw broker clients, is in `BENCHMARKS.md` in the
+//! repository.
 //!
 //! # Metrics
 //!
