@@ -13,7 +13,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::registry::Registry;
-use super::source::{failed, open_watch, watch_idle, HttpClient, Lines, RetryDelay, SourceTask, WatchIdle};
+use super::source::{open_watch, run_list_watch, HttpClient, Lines, ListWatch, RetryDelay, SourceTask, WatchEnd};
 use crate::redact::RedactedUrl;
 use crate::BoxError;
 
@@ -162,59 +162,25 @@ impl EtcdSource {
     /// Start following, publishing into `registry` under `service`.
     pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
         registry.register(service);
-        let service = service.to_owned();
-        SourceTask::spawn(async move {
-            let mut delay = RetryDelay::new();
-            // The listed-and-watched state; `None` lists (again).
-            let mut state: Option<State> = None;
-            let mut silent_in_row = 0u32;
-            loop {
-                let st = match &mut state {
-                    Some(st) => st,
-                    None => match self.list(&registry, &service).await {
-                        Ok(st) => {
-                            delay.reset();
-                            state.insert(st)
-                        }
-                        Err(e) => {
-                            failed(&registry, &service, "etcd", e, &mut delay).await;
-                            continue;
-                        }
-                    },
-                };
-                let result = self.watch(st, &registry, &service, &mut delay).await;
-                if st.heard {
-                    silent_in_row = 0;
-                }
-                match result {
-                    Ok(WatchEnd::Closed) => {
-                        tracing::debug!(service, revision = st.revision, "etcd watch ended; resuming");
-                        if !st.heard {
-                            // Ended without a line: do not spin on a server that closes at once.
-                            tokio::time::sleep(delay.next()).await;
-                        }
-                    }
-                    Ok(WatchEnd::Relist) => {
-                        tracing::debug!(
-                            service,
-                            revision = st.revision,
-                            "etcd watch compacted or cancelled; listing again"
-                        );
-                        state = None;
-                    }
-                    Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
-                        silent_in_row += 1;
-                        watch_idle(&service, "etcd", self.idle, &st.revision.to_string());
-                    }
-                    Err(e) => {
-                        if e.is::<WatchIdle>() {
-                            silent_in_row += 1;
-                        }
-                        failed(&registry, &service, "etcd", e, &mut delay).await;
-                    }
-                }
-            }
-        })
+        SourceTask::spawn(run_list_watch(self, registry, service.to_owned()))
+    }
+}
+
+impl ListWatch for EtcdSource {
+    type State = State;
+    const KIND: &'static str = "etcd";
+    const RELIST_REASON: &'static str = "watch compacted or cancelled";
+
+    fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    fn heard(st: &State) -> bool {
+        st.heard
+    }
+
+    fn resume_from(st: &State) -> String {
+        st.revision.to_string()
     }
 
     /// Read the keys and publish them.
@@ -297,20 +263,12 @@ impl EtcdSource {
 }
 
 /// What the source knows between watches.
-struct State {
+pub(crate) struct State {
     /// The last revision seen (of the list, an event or a progress notification).
     revision: u64,
     keys: BTreeMap<String, Authority>,
     /// The current watch has sent a line.
     heard: bool,
-}
-
-/// How a watch ended without an error.
-enum WatchEnd {
-    /// The stream ended: resume from the last revision.
-    Closed,
-    /// Compacted past the revision, or cancelled: list again.
-    Relist,
 }
 
 /// Put a key/value into the map; a value that is not `host:port` is skipped with a warning.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::registry::Registry;
 use super::source::{
-    failed, open_watch, watch_idle, HttpClient, Lines, RetryDelay, SourceTask, StatusError, WatchIdle,
+    open_watch, run_list_watch, HttpClient, Lines, ListWatch, RetryDelay, SourceTask, StatusError, WatchEnd,
 };
 use crate::redact::{redact_opt, RedactedUrl};
 use crate::BoxError;
@@ -70,20 +70,12 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(180);
 const WATCH_TIMEOUT_SECS: u64 = 300;
 
 /// What the source knows between watches.
-struct State {
+pub(crate) struct State {
     /// The resource version of the last list, event or bookmark.
     rv: String,
     slices: BTreeMap<String, Vec<Authority>>,
     /// The current watch has sent a line.
     heard: bool,
-}
-
-/// How a watch ended without an error.
-enum WatchEnd {
-    /// The server closed the stream: resume from the last resource version.
-    Closed,
-    /// 410 Gone: list again.
-    Gone,
 }
 
 impl fmt::Debug for KubernetesSource {
@@ -204,57 +196,7 @@ impl KubernetesSource {
     /// Start listing and watching, publishing into `registry` under `service`.
     pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
         registry.register(service);
-        let service = service.to_owned();
-        SourceTask::spawn(async move {
-            let mut delay = RetryDelay::new();
-            // The listed-and-watched state; `None` lists (again).
-            let mut state: Option<State> = None;
-            let mut silent_in_row = 0u32;
-            loop {
-                let st = match &mut state {
-                    Some(st) => st,
-                    None => match self.list(&registry, &service).await {
-                        Ok(st) => {
-                            delay.reset();
-                            state.insert(st)
-                        }
-                        Err(e) => {
-                            failed(&registry, &service, "kubernetes", e, &mut delay).await;
-                            continue;
-                        }
-                    },
-                };
-                let result = self.watch(st, &registry, &service, &mut delay).await;
-                if st.heard {
-                    silent_in_row = 0;
-                }
-                match result {
-                    // The server ended the watch (its `timeoutSeconds`): resume.
-                    Ok(WatchEnd::Closed) => {
-                        tracing::debug!(service, resource_version = %st.rv, "kubernetes watch ended; resuming");
-                        if !st.heard {
-                            // Ended without a line: do not spin on a server that closes at once.
-                            tokio::time::sleep(delay.next()).await;
-                        }
-                    }
-                    // 410 Gone: the resource version is too old to resume from.
-                    Ok(WatchEnd::Gone) => {
-                        tracing::debug!(service, resource_version = %st.rv, "kubernetes resource version expired; listing again");
-                        state = None;
-                    }
-                    Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
-                        silent_in_row += 1;
-                        watch_idle(&service, "kubernetes", self.idle, &st.rv);
-                    }
-                    Err(e) => {
-                        if e.is::<WatchIdle>() {
-                            silent_in_row += 1;
-                        }
-                        failed(&registry, &service, "kubernetes", e, &mut delay).await;
-                    }
-                }
-            }
-        })
+        SourceTask::spawn(run_list_watch(self, registry, service.to_owned()))
     }
 
     fn request(&self, query: &str) -> Result<Request<Full<Bytes>>, BoxError> {
@@ -272,6 +214,43 @@ impl KubernetesSource {
             req.headers_mut().insert(http::header::AUTHORIZATION, v);
         }
         Ok(req)
+    }
+
+    fn endpoints_of(&self, slice: &Slice) -> Vec<Authority> {
+        let port = match &self.port_name {
+            Some(name) => slice.ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())),
+            None => slice.ports.first(),
+        }
+        .and_then(|p| p.port);
+        let Some(port) = port else { return Vec::new() };
+        slice
+            .endpoints
+            .iter()
+            .filter(|e| e.conditions.ready.unwrap_or(true))
+            .flat_map(|e| e.addresses.iter())
+            .filter_map(|a| {
+                let host = if a.contains(':') { format!("[{a}]") } else { a.clone() };
+                format!("{host}:{port}").parse().ok()
+            })
+            .collect()
+    }
+}
+
+impl ListWatch for KubernetesSource {
+    type State = State;
+    const KIND: &'static str = "kubernetes";
+    const RELIST_REASON: &'static str = "resource version expired";
+
+    fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    fn heard(st: &State) -> bool {
+        st.heard
+    }
+
+    fn resume_from(st: &State) -> String {
+        st.rv.clone()
     }
 
     /// List the slices and publish them.
@@ -301,7 +280,7 @@ impl KubernetesSource {
         let res = match open_watch(&self.client, self.request(&query)?, self.idle).await {
             Ok(res) => res,
             Err(e) if e.downcast_ref::<StatusError>().is_some_and(|e| e.status == http::StatusCode::GONE) => {
-                return Ok(WatchEnd::Gone)
+                return Ok(WatchEnd::Relist)
             }
             Err(e) => return Err(e),
         };
@@ -335,7 +314,7 @@ impl KubernetesSource {
                     if ev.object.get("code").and_then(|c| c.as_u64()) == Some(410)
                         || matches!(reason, Some("Expired" | "Gone"))
                     {
-                        return Ok(WatchEnd::Gone);
+                        return Ok(WatchEnd::Relist);
                     }
                     let message = ev.object.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
                     return Err(format!("kubernetes watch error: {message}").into());
@@ -345,25 +324,6 @@ impl KubernetesSource {
             delay.reset();
         }
         Ok(WatchEnd::Closed)
-    }
-
-    fn endpoints_of(&self, slice: &Slice) -> Vec<Authority> {
-        let port = match &self.port_name {
-            Some(name) => slice.ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())),
-            None => slice.ports.first(),
-        }
-        .and_then(|p| p.port);
-        let Some(port) = port else { return Vec::new() };
-        slice
-            .endpoints
-            .iter()
-            .filter(|e| e.conditions.ready.unwrap_or(true))
-            .flat_map(|e| e.addresses.iter())
-            .filter_map(|a| {
-                let host = if a.contains(':') { format!("[{a}]") } else { a.clone() };
-                format!("{host}:{port}").parse().ok()
-            })
-            .collect()
     }
 }
 

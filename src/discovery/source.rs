@@ -344,6 +344,113 @@ pub(crate) fn watch_idle(service: &str, kind: &'static str, idle: Duration, resu
     tracing::warn!(service, source = kind, idle = ?idle, resume_from, "discovery watch silent past its idle timeout; reconnecting");
 }
 
+/// How a watch ended without an error.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) enum WatchEnd {
+    /// The stream ended (the server's timeout, a closed connection): resume
+    /// from the last position seen.
+    Closed,
+    /// The position is too old to resume from (etcd: compacted or cancelled;
+    /// Kubernetes: 410 Gone): list again.
+    Relist,
+}
+
+/// A source that lists everything once and then watches for changes,
+/// resuming each watch from the last position it saw (etcd, Kubernetes).
+/// [`run_list_watch`] drives it.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) trait ListWatch: Send + Sync + 'static {
+    /// What the source knows between watches.
+    type State: Send;
+    /// The source's kind, as in logs and metric labels.
+    const KIND: &'static str;
+    /// Why a watch that ended with [`WatchEnd::Relist`] cannot resume (for the log).
+    const RELIST_REASON: &'static str;
+
+    /// Longest a watch may stay silent.
+    fn idle(&self) -> Duration;
+
+    /// List everything and publish it.
+    fn list(&self, registry: &Registry, service: &str) -> impl Future<Output = Result<Self::State, BoxError>> + Send;
+
+    /// Watch from the state's position until the stream ends, keeping the
+    /// state up to date (and clearing its [`heard`](Self::heard) flag first).
+    fn watch(
+        &self,
+        st: &mut Self::State,
+        registry: &Registry,
+        service: &str,
+        delay: &mut RetryDelay,
+    ) -> impl Future<Output = Result<WatchEnd, BoxError>> + Send;
+
+    /// The current watch has sent a line.
+    fn heard(st: &Self::State) -> bool;
+
+    /// The position the next watch resumes from, for logs.
+    fn resume_from(st: &Self::State) -> String;
+}
+
+/// The list-then-watch loop of a [`ListWatch`] source: list (again when
+/// needed), then watch and resume for ever. A watch silent past the idle
+/// timeout is reconnected at once; a failed list or watch, or a second silent
+/// watch in a row, marks the endpoints stale and backs off.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) async fn run_list_watch<S: ListWatch>(source: S, registry: Registry, service: String) {
+    let kind = S::KIND;
+    let mut delay = RetryDelay::new();
+    // The listed-and-watched state; `None` lists (again).
+    let mut state: Option<S::State> = None;
+    let mut silent_in_row = 0u32;
+    loop {
+        let st = match &mut state {
+            Some(st) => st,
+            None => match source.list(&registry, &service).await {
+                Ok(st) => {
+                    delay.reset();
+                    state.insert(st)
+                }
+                Err(e) => {
+                    failed(&registry, &service, kind, e, &mut delay).await;
+                    continue;
+                }
+            },
+        };
+        let result = source.watch(st, &registry, &service, &mut delay).await;
+        if S::heard(st) {
+            silent_in_row = 0;
+        }
+        match result {
+            Ok(WatchEnd::Closed) => {
+                tracing::debug!(service, source = kind, resume_from = %S::resume_from(st), "discovery watch ended; resuming");
+                if !S::heard(st) {
+                    // Ended without a line: do not spin on a server that closes at once.
+                    tokio::time::sleep(delay.next()).await;
+                }
+            }
+            Ok(WatchEnd::Relist) => {
+                tracing::debug!(
+                    service,
+                    source = kind,
+                    resume_from = %S::resume_from(st),
+                    reason = S::RELIST_REASON,
+                    "discovery watch cannot resume; listing again"
+                );
+                state = None;
+            }
+            Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
+                silent_in_row += 1;
+                watch_idle(&service, kind, source.idle(), &S::resume_from(st));
+            }
+            Err(e) => {
+                if e.is::<WatchIdle>() {
+                    silent_in_row += 1;
+                }
+                failed(&registry, &service, kind, e, &mut delay).await;
+            }
+        }
+    }
+}
+
 #[cfg(all(test, any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s")))]
 mod tests {
     use super::{default_connector, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES, KEEPALIVE_TIME};
