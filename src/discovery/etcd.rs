@@ -13,7 +13,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::registry::Registry;
-use super::source::{open_watch, run_list_watch, HttpClient, Lines, ListWatch, RetryDelay, SourceTask, WatchEnd};
+use super::source::{open_watch, run_list_watch, HttpClient, Lines, ListWatch, SourceTask, WatchCx, WatchEnd};
 use crate::redact::RedactedUrl;
 use crate::BoxError;
 
@@ -162,7 +162,8 @@ impl EtcdSource {
     /// Start following, publishing into `registry` under `service`.
     pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
         registry.register(service);
-        SourceTask::spawn(run_list_watch(self, registry, service.to_owned()))
+        let idle = self.idle;
+        SourceTask::spawn(run_list_watch(self, idle, registry, service.to_owned()))
     }
 }
 
@@ -170,18 +171,6 @@ impl ListWatch for EtcdSource {
     type State = State;
     const KIND: &'static str = "etcd";
     const RELIST_REASON: &'static str = "watch compacted or cancelled";
-
-    fn idle(&self) -> Duration {
-        self.idle
-    }
-
-    fn heard(st: &State) -> bool {
-        st.heard
-    }
-
-    fn resume_from(st: &State) -> String {
-        st.revision.to_string()
-    }
 
     /// Read the keys and publish them.
     async fn list(&self, registry: &Registry, service: &str) -> Result<State, BoxError> {
@@ -197,19 +186,12 @@ impl ListWatch for EtcdSource {
             apply(&mut keys, service, Some(kv));
         }
         registry.set(service, keys.values().cloned());
-        Ok(State { revision, keys, heard: false })
+        Ok(State { revision, keys })
     }
 
     /// Watch from the revision after `st.revision` until the stream ends,
     /// keeping `st` up to date.
-    async fn watch(
-        &self,
-        st: &mut State,
-        registry: &Registry,
-        service: &str,
-        delay: &mut RetryDelay,
-    ) -> Result<WatchEnd, BoxError> {
-        st.heard = false;
+    async fn watch(&self, st: &mut State, cx: &mut WatchCx<'_>) -> Result<WatchEnd, BoxError> {
         let watch = self.post(
             "/v3/watch",
             serde_json::json!({ "create_request": {
@@ -226,8 +208,8 @@ impl ListWatch for EtcdSource {
                 return Err(format!("etcd watch error: {err}").into());
             }
             let Some(result) = line.result else { continue };
-            let first = !std::mem::replace(&mut st.heard, true);
-            delay.reset();
+            let first = !std::mem::replace(&mut cx.heard, true);
+            cx.delay.reset();
             if result.canceled || result.compact_revision.as_deref().is_some_and(|r| r != "0") {
                 // Compacted past our revision, or cancelled: list again.
                 return Ok(WatchEnd::Relist);
@@ -242,7 +224,7 @@ impl ListWatch for EtcdSource {
                         st.keys.remove(&String::from_utf8_lossy(&k).into_owned());
                     }
                 } else {
-                    apply(&mut st.keys, service, Some(ev.kv));
+                    apply(&mut st.keys, cx.service, Some(ev.kv));
                 }
             }
             // A progress notification (no events, not the creation answer,
@@ -255,10 +237,14 @@ impl ListWatch for EtcdSource {
             }
             if changed || first {
                 // An event, or the first line of a live watch (which clears a stale mark).
-                registry.set(service, st.keys.values().cloned());
+                cx.registry.set(cx.service, st.keys.values().cloned());
             }
         }
         Ok(WatchEnd::Closed)
+    }
+
+    fn resume_from(st: &State) -> String {
+        st.revision.to_string()
     }
 }
 
@@ -267,8 +253,6 @@ pub(crate) struct State {
     /// The last revision seen (of the list, an event or a progress notification).
     revision: u64,
     keys: BTreeMap<String, Authority>,
-    /// The current watch has sent a line.
-    heard: bool,
 }
 
 /// Put a key/value into the map; a value that is not `host:port` is skipped with a warning.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::registry::Registry;
 use super::source::{
-    open_watch, run_list_watch, HttpClient, Lines, ListWatch, RetryDelay, SourceTask, StatusError, WatchEnd,
+    open_watch, run_list_watch, HttpClient, Lines, ListWatch, SourceTask, StatusError, WatchCx, WatchEnd,
 };
 use crate::redact::{redact_opt, RedactedUrl};
 use crate::BoxError;
@@ -74,8 +74,6 @@ pub(crate) struct State {
     /// The resource version of the last list, event or bookmark.
     rv: String,
     slices: BTreeMap<String, Vec<Authority>>,
-    /// The current watch has sent a line.
-    heard: bool,
 }
 
 impl fmt::Debug for KubernetesSource {
@@ -196,7 +194,8 @@ impl KubernetesSource {
     /// Start listing and watching, publishing into `registry` under `service`.
     pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
         registry.register(service);
-        SourceTask::spawn(run_list_watch(self, registry, service.to_owned()))
+        let idle = self.idle;
+        SourceTask::spawn(run_list_watch(self, idle, registry, service.to_owned()))
     }
 
     fn request(&self, query: &str) -> Result<Request<Full<Bytes>>, BoxError> {
@@ -241,18 +240,6 @@ impl ListWatch for KubernetesSource {
     const KIND: &'static str = "kubernetes";
     const RELIST_REASON: &'static str = "resource version expired";
 
-    fn idle(&self) -> Duration {
-        self.idle
-    }
-
-    fn heard(st: &State) -> bool {
-        st.heard
-    }
-
-    fn resume_from(st: &State) -> String {
-        st.rv.clone()
-    }
-
     /// List the slices and publish them.
     async fn list(&self, registry: &Registry, service: &str) -> Result<State, BoxError> {
         let (_, body) =
@@ -263,18 +250,11 @@ impl ListWatch for KubernetesSource {
             slices.insert(s.metadata.name.clone(), self.endpoints_of(&s));
         }
         registry.set(service, union(&slices));
-        Ok(State { rv: list.metadata.resource_version, slices, heard: false })
+        Ok(State { rv: list.metadata.resource_version, slices })
     }
 
     /// Watch from `st.rv` until the stream ends, keeping `st` up to date.
-    async fn watch(
-        &self,
-        st: &mut State,
-        registry: &Registry,
-        service: &str,
-        delay: &mut RetryDelay,
-    ) -> Result<WatchEnd, BoxError> {
-        st.heard = false;
+    async fn watch(&self, st: &mut State, cx: &mut WatchCx<'_>) -> Result<WatchEnd, BoxError> {
         let query =
             format!("&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT_SECS}&resourceVersion={}", st.rv);
         let res = match open_watch(&self.client, self.request(&query)?, self.idle).await {
@@ -287,7 +267,7 @@ impl ListWatch for KubernetesSource {
         let mut lines = Lines::new(res.into_body());
         while let Some(line) = lines.next_within(self.idle).await? {
             let ev: WatchEvent = serde_json::from_slice(&line)?;
-            let first = !std::mem::replace(&mut st.heard, true);
+            let first = !std::mem::replace(&mut cx.heard, true);
             match ev.kind.as_str() {
                 "ADDED" | "MODIFIED" | "DELETED" => {
                     let slice: Slice = serde_json::from_value(ev.object)?;
@@ -297,7 +277,7 @@ impl ListWatch for KubernetesSource {
                     } else {
                         st.slices.insert(slice.metadata.name.clone(), self.endpoints_of(&slice));
                     }
-                    registry.set(service, union(&st.slices));
+                    cx.registry.set(cx.service, union(&st.slices));
                 }
                 "BOOKMARK" => {
                     if let Some(v) = ev.object.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()) {
@@ -305,7 +285,7 @@ impl ListWatch for KubernetesSource {
                     }
                     if first {
                         // The watch is live: the set is current again (clears a stale mark).
-                        registry.set(service, union(&st.slices));
+                        cx.registry.set(cx.service, union(&st.slices));
                     }
                 }
                 "ERROR" => {
@@ -321,9 +301,13 @@ impl ListWatch for KubernetesSource {
                 }
                 other => return Err(format!("unexpected watch event type `{other}`").into()),
             }
-            delay.reset();
+            cx.delay.reset();
         }
         Ok(WatchEnd::Closed)
+    }
+
+    fn resume_from(st: &State) -> String {
+        st.rv.clone()
     }
 }
 

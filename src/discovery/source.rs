@@ -355,6 +355,17 @@ pub(crate) enum WatchEnd {
     Relist,
 }
 
+/// What a watch works with: where it publishes, the backoff it resets while
+/// it hears from the server, and whether it has sent a line yet.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) struct WatchCx<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) service: &'a str,
+    pub(crate) delay: &'a mut RetryDelay,
+    /// The watch has sent a line.
+    pub(crate) heard: bool,
+}
+
 /// A source that lists everything once and then watches for changes,
 /// resuming each watch from the last position it saw (etcd, Kubernetes).
 /// [`run_list_watch`] drives it.
@@ -367,24 +378,16 @@ pub(crate) trait ListWatch: Send + Sync + 'static {
     /// Why a watch that ended with [`WatchEnd::Relist`] cannot resume (for the log).
     const RELIST_REASON: &'static str;
 
-    /// Longest a watch may stay silent.
-    fn idle(&self) -> Duration;
-
     /// List everything and publish it.
     fn list(&self, registry: &Registry, service: &str) -> impl Future<Output = Result<Self::State, BoxError>> + Send;
 
     /// Watch from the state's position until the stream ends, keeping the
-    /// state up to date (and clearing its [`heard`](Self::heard) flag first).
+    /// state up to date.
     fn watch(
         &self,
         st: &mut Self::State,
-        registry: &Registry,
-        service: &str,
-        delay: &mut RetryDelay,
+        cx: &mut WatchCx<'_>,
     ) -> impl Future<Output = Result<WatchEnd, BoxError>> + Send;
-
-    /// The current watch has sent a line.
-    fn heard(st: &Self::State) -> bool;
 
     /// The position the next watch resumes from, for logs.
     fn resume_from(st: &Self::State) -> String;
@@ -392,10 +395,10 @@ pub(crate) trait ListWatch: Send + Sync + 'static {
 
 /// The list-then-watch loop of a [`ListWatch`] source: list (again when
 /// needed), then watch and resume for ever. A watch silent past the idle
-/// timeout is reconnected at once; a failed list or watch, or a second silent
+/// timeout (`idle`) is reconnected at once; a failed list or watch, or a second silent
 /// watch in a row, marks the endpoints stale and backs off.
 #[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
-pub(crate) async fn run_list_watch<S: ListWatch>(source: S, registry: Registry, service: String) {
+pub(crate) async fn run_list_watch<S: ListWatch>(source: S, idle: Duration, registry: Registry, service: String) {
     let kind = S::KIND;
     let mut delay = RetryDelay::new();
     // The listed-and-watched state; `None` lists (again).
@@ -415,14 +418,16 @@ pub(crate) async fn run_list_watch<S: ListWatch>(source: S, registry: Registry, 
                 }
             },
         };
-        let result = source.watch(st, &registry, &service, &mut delay).await;
-        if S::heard(st) {
+        let mut cx = WatchCx { registry: &registry, service: &service, delay: &mut delay, heard: false };
+        let result = source.watch(st, &mut cx).await;
+        let heard = cx.heard;
+        if heard {
             silent_in_row = 0;
         }
         match result {
             Ok(WatchEnd::Closed) => {
                 tracing::debug!(service, source = kind, resume_from = %S::resume_from(st), "discovery watch ended; resuming");
-                if !S::heard(st) {
+                if !heard {
                     // Ended without a line: do not spin on a server that closes at once.
                     tokio::time::sleep(delay.next()).await;
                 }
@@ -439,7 +444,7 @@ pub(crate) async fn run_list_watch<S: ListWatch>(source: S, registry: Registry, 
             }
             Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
                 silent_in_row += 1;
-                watch_idle(&service, kind, source.idle(), &S::resume_from(st));
+                watch_idle(&service, kind, idle, &S::resume_from(st));
             }
             Err(e) => {
                 if e.is::<WatchIdle>() {
