@@ -394,9 +394,9 @@ pub(crate) trait ListWatch: Send + Sync + 'static {
 }
 
 /// The list-then-watch loop of a [`ListWatch`] source: list (again when
-/// needed), then watch and resume for ever. A watch silent past the idle
-/// timeout (`idle`) is reconnected at once; a failed list or watch, or a second silent
-/// watch in a row, marks the endpoints stale and backs off.
+/// needed), then watch and resume for ever. A watch silent past `idle` is
+/// reconnected at once; a failed list or watch, or a second silent watch in a
+/// row, marks the endpoints stale and backs off.
 #[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
 pub(crate) async fn run_list_watch<S: ListWatch>(source: S, idle: Duration, registry: Registry, service: String) {
     let kind = S::KIND;
