@@ -180,6 +180,11 @@ fn slice(name: &str, rv: u32, endpoints: &[(&str, bool)], port: u16) -> String {
     )
 }
 
+/// The source of the tests' Kubernetes Service `shop/orders`, port `http`, on the API server at `addr`.
+fn orders_source(addr: SocketAddr) -> KubernetesSource {
+    KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders").port_name("http")
+}
+
 #[tokio::test]
 async fn kubernetes_lists_then_watches_endpoint_slices() {
     let (events_tx, events_rx) = mpsc::channel::<String>(16);
@@ -217,10 +222,7 @@ async fn kubernetes_lists_then_watches_endpoint_slices() {
     .await;
 
     let registry = Registry::new();
-    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
-        .port_name("http")
-        .token("sa-token")
-        .spawn(registry.clone(), "orders");
+    let _task = orders_source(addr).token("sa-token").spawn(registry.clone(), "orders");
     // Not-ready endpoints are left out; the named port is used.
     wait_for(&registry, "orders", &["10.0.1.1:8080", "10.0.2.1:8080"]).await;
 
@@ -347,9 +349,7 @@ async fn kubernetes_watch_ending_after_a_bookmark_resumes_from_it_without_listin
     )
     .await;
     let registry = Registry::new();
-    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
-        .port_name("http")
-        .spawn(registry.clone(), "orders");
+    let _task = orders_source(addr).spawn(registry.clone(), "orders");
     wait_for(&registry, "orders", &["10.0.1.2:8080"]).await;
     eventually("a second watch", || requests.lock().unwrap().len() >= 3).await;
 
@@ -379,9 +379,7 @@ async fn kubernetes_watch_error_resumes_and_410_gone_lists_again() {
     )
     .await;
     let registry = Registry::new();
-    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
-        .port_name("http")
-        .spawn(registry.clone(), "orders");
+    let _task = orders_source(addr).spawn(registry.clone(), "orders");
     eventually("list, watch, watch, list, watch", || requests.lock().unwrap().len() >= 5).await;
     wait_for(&registry, "orders", &["10.0.1.9:8080"]).await;
 
@@ -408,10 +406,7 @@ async fn kubernetes_silent_watch_reconnects_after_the_idle_timeout_and_goes_stal
     )
     .await;
     let registry = Registry::new();
-    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
-        .port_name("http")
-        .idle_timeout(Duration::from_millis(300))
-        .spawn(registry.clone(), "orders");
+    let _task = orders_source(addr).idle_timeout(Duration::from_millis(300)).spawn(registry.clone(), "orders");
     wait_for(&registry, "orders", &["10.0.1.1:8080"]).await;
 
     eventually("a reconnect after the idle timeout", || requests.lock().unwrap().len() >= 3).await;
@@ -474,10 +469,7 @@ async fn kubernetes_second_silent_watch_in_a_row_marks_stale_and_a_live_one_clea
     )
     .await;
     let registry = Registry::new();
-    let _task = KubernetesSource::new(format!("http://{addr}").parse().unwrap(), "shop", "orders")
-        .port_name("http")
-        .idle_timeout(Duration::from_millis(300))
-        .spawn(registry.clone(), "orders");
+    let _task = orders_source(addr).idle_timeout(Duration::from_millis(300)).spawn(registry.clone(), "orders");
     wait_for(&registry, "orders", &["10.0.1.1:8080"]).await;
 
     eventually("marked stale after two silent watches", || registry.resolution("orders").unwrap().is_stale()).await;

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::registry::Registry;
-use super::source::{failed, open_watch, watch_idle, HttpClient, Lines, RetryDelay, SourceTask, WatchIdle};
+use super::source::{open_watch, run_list_watch, HttpClient, Lines, ListWatch, SourceTask, WatchCx, WatchEnd};
 use crate::redact::RedactedUrl;
 use crate::BoxError;
 
@@ -162,60 +162,15 @@ impl EtcdSource {
     /// Start following, publishing into `registry` under `service`.
     pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
         registry.register(service);
-        let service = service.to_owned();
-        SourceTask::spawn(async move {
-            let mut delay = RetryDelay::new();
-            // The listed-and-watched state; `None` lists (again).
-            let mut state: Option<State> = None;
-            let mut silent_in_row = 0u32;
-            loop {
-                let st = match &mut state {
-                    Some(st) => st,
-                    None => match self.list(&registry, &service).await {
-                        Ok(st) => {
-                            delay.reset();
-                            state.insert(st)
-                        }
-                        Err(e) => {
-                            failed(&registry, &service, "etcd", e, &mut delay).await;
-                            continue;
-                        }
-                    },
-                };
-                let result = self.watch(st, &registry, &service, &mut delay).await;
-                if st.heard {
-                    silent_in_row = 0;
-                }
-                match result {
-                    Ok(WatchEnd::Closed) => {
-                        tracing::debug!(service, revision = st.revision, "etcd watch ended; resuming");
-                        if !st.heard {
-                            // Ended without a line: do not spin on a server that closes at once.
-                            tokio::time::sleep(delay.next()).await;
-                        }
-                    }
-                    Ok(WatchEnd::Relist) => {
-                        tracing::debug!(
-                            service,
-                            revision = st.revision,
-                            "etcd watch compacted or cancelled; listing again"
-                        );
-                        state = None;
-                    }
-                    Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
-                        silent_in_row += 1;
-                        watch_idle(&service, "etcd", self.idle, &st.revision.to_string());
-                    }
-                    Err(e) => {
-                        if e.is::<WatchIdle>() {
-                            silent_in_row += 1;
-                        }
-                        failed(&registry, &service, "etcd", e, &mut delay).await;
-                    }
-                }
-            }
-        })
+        let idle = self.idle;
+        SourceTask::spawn(run_list_watch(self, idle, registry, service.to_owned()))
     }
+}
+
+impl ListWatch for EtcdSource {
+    type State = State;
+    const KIND: &'static str = "etcd";
+    const RELIST_REASON: &'static str = "watch compacted or cancelled";
 
     /// Read the keys and publish them.
     async fn list(&self, registry: &Registry, service: &str) -> Result<State, BoxError> {
@@ -231,19 +186,12 @@ impl EtcdSource {
             apply(&mut keys, service, Some(kv));
         }
         registry.set(service, keys.values().cloned());
-        Ok(State { revision, keys, heard: false })
+        Ok(State { revision, keys })
     }
 
     /// Watch from the revision after `st.revision` until the stream ends,
     /// keeping `st` up to date.
-    async fn watch(
-        &self,
-        st: &mut State,
-        registry: &Registry,
-        service: &str,
-        delay: &mut RetryDelay,
-    ) -> Result<WatchEnd, BoxError> {
-        st.heard = false;
+    async fn watch(&self, st: &mut State, cx: &mut WatchCx<'_>) -> Result<WatchEnd, BoxError> {
         let watch = self.post(
             "/v3/watch",
             serde_json::json!({ "create_request": {
@@ -260,8 +208,8 @@ impl EtcdSource {
                 return Err(format!("etcd watch error: {err}").into());
             }
             let Some(result) = line.result else { continue };
-            let first = !std::mem::replace(&mut st.heard, true);
-            delay.reset();
+            let first = !std::mem::replace(&mut cx.heard, true);
+            cx.delay.reset();
             if result.canceled || result.compact_revision.as_deref().is_some_and(|r| r != "0") {
                 // Compacted past our revision, or cancelled: list again.
                 return Ok(WatchEnd::Relist);
@@ -276,7 +224,7 @@ impl EtcdSource {
                         st.keys.remove(&String::from_utf8_lossy(&k).into_owned());
                     }
                 } else {
-                    apply(&mut st.keys, service, Some(ev.kv));
+                    apply(&mut st.keys, cx.service, Some(ev.kv));
                 }
             }
             // A progress notification (no events, not the creation answer,
@@ -289,28 +237,22 @@ impl EtcdSource {
             }
             if changed || first {
                 // An event, or the first line of a live watch (which clears a stale mark).
-                registry.set(service, st.keys.values().cloned());
+                cx.registry.set(cx.service, st.keys.values().cloned());
             }
         }
         Ok(WatchEnd::Closed)
     }
+
+    fn resume_from(st: &State) -> String {
+        st.revision.to_string()
+    }
 }
 
 /// What the source knows between watches.
-struct State {
+pub(crate) struct State {
     /// The last revision seen (of the list, an event or a progress notification).
     revision: u64,
     keys: BTreeMap<String, Authority>,
-    /// The current watch has sent a line.
-    heard: bool,
-}
-
-/// How a watch ended without an error.
-enum WatchEnd {
-    /// The stream ended: resume from the last revision.
-    Closed,
-    /// Compacted past the revision, or cancelled: list again.
-    Relist,
 }
 
 /// Put a key/value into the map; a value that is not `host:port` is skipped with a warning.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::registry::Registry;
 use super::source::{
-    failed, open_watch, watch_idle, HttpClient, Lines, RetryDelay, SourceTask, StatusError, WatchIdle,
+    open_watch, run_list_watch, HttpClient, Lines, ListWatch, SourceTask, StatusError, WatchCx, WatchEnd,
 };
 use crate::redact::{redact_opt, RedactedUrl};
 use crate::BoxError;
@@ -70,20 +70,10 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(180);
 const WATCH_TIMEOUT_SECS: u64 = 300;
 
 /// What the source knows between watches.
-struct State {
+pub(crate) struct State {
     /// The resource version of the last list, event or bookmark.
     rv: String,
     slices: BTreeMap<String, Vec<Authority>>,
-    /// The current watch has sent a line.
-    heard: bool,
-}
-
-/// How a watch ended without an error.
-enum WatchEnd {
-    /// The server closed the stream: resume from the last resource version.
-    Closed,
-    /// 410 Gone: list again.
-    Gone,
 }
 
 impl fmt::Debug for KubernetesSource {
@@ -204,57 +194,8 @@ impl KubernetesSource {
     /// Start listing and watching, publishing into `registry` under `service`.
     pub fn spawn(self, registry: Registry, service: &str) -> SourceTask {
         registry.register(service);
-        let service = service.to_owned();
-        SourceTask::spawn(async move {
-            let mut delay = RetryDelay::new();
-            // The listed-and-watched state; `None` lists (again).
-            let mut state: Option<State> = None;
-            let mut silent_in_row = 0u32;
-            loop {
-                let st = match &mut state {
-                    Some(st) => st,
-                    None => match self.list(&registry, &service).await {
-                        Ok(st) => {
-                            delay.reset();
-                            state.insert(st)
-                        }
-                        Err(e) => {
-                            failed(&registry, &service, "kubernetes", e, &mut delay).await;
-                            continue;
-                        }
-                    },
-                };
-                let result = self.watch(st, &registry, &service, &mut delay).await;
-                if st.heard {
-                    silent_in_row = 0;
-                }
-                match result {
-                    // The server ended the watch (its `timeoutSeconds`): resume.
-                    Ok(WatchEnd::Closed) => {
-                        tracing::debug!(service, resource_version = %st.rv, "kubernetes watch ended; resuming");
-                        if !st.heard {
-                            // Ended without a line: do not spin on a server that closes at once.
-                            tokio::time::sleep(delay.next()).await;
-                        }
-                    }
-                    // 410 Gone: the resource version is too old to resume from.
-                    Ok(WatchEnd::Gone) => {
-                        tracing::debug!(service, resource_version = %st.rv, "kubernetes resource version expired; listing again");
-                        state = None;
-                    }
-                    Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
-                        silent_in_row += 1;
-                        watch_idle(&service, "kubernetes", self.idle, &st.rv);
-                    }
-                    Err(e) => {
-                        if e.is::<WatchIdle>() {
-                            silent_in_row += 1;
-                        }
-                        failed(&registry, &service, "kubernetes", e, &mut delay).await;
-                    }
-                }
-            }
-        })
+        let idle = self.idle;
+        SourceTask::spawn(run_list_watch(self, idle, registry, service.to_owned()))
     }
 
     fn request(&self, query: &str) -> Result<Request<Full<Bytes>>, BoxError> {
@@ -274,79 +215,6 @@ impl KubernetesSource {
         Ok(req)
     }
 
-    /// List the slices and publish them.
-    async fn list(&self, registry: &Registry, service: &str) -> Result<State, BoxError> {
-        let (_, body) =
-            tokio::time::timeout(Duration::from_secs(30), self.client.fetch(self.request("")?, 16 << 20)).await??;
-        let list: SliceList = serde_json::from_slice(&body)?;
-        let mut slices: BTreeMap<String, Vec<Authority>> = BTreeMap::new();
-        for s in list.items {
-            slices.insert(s.metadata.name.clone(), self.endpoints_of(&s));
-        }
-        registry.set(service, union(&slices));
-        Ok(State { rv: list.metadata.resource_version, slices, heard: false })
-    }
-
-    /// Watch from `st.rv` until the stream ends, keeping `st` up to date.
-    async fn watch(
-        &self,
-        st: &mut State,
-        registry: &Registry,
-        service: &str,
-        delay: &mut RetryDelay,
-    ) -> Result<WatchEnd, BoxError> {
-        st.heard = false;
-        let query =
-            format!("&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT_SECS}&resourceVersion={}", st.rv);
-        let res = match open_watch(&self.client, self.request(&query)?, self.idle).await {
-            Ok(res) => res,
-            Err(e) if e.downcast_ref::<StatusError>().is_some_and(|e| e.status == http::StatusCode::GONE) => {
-                return Ok(WatchEnd::Gone)
-            }
-            Err(e) => return Err(e),
-        };
-        let mut lines = Lines::new(res.into_body());
-        while let Some(line) = lines.next_within(self.idle).await? {
-            let ev: WatchEvent = serde_json::from_slice(&line)?;
-            let first = !std::mem::replace(&mut st.heard, true);
-            match ev.kind.as_str() {
-                "ADDED" | "MODIFIED" | "DELETED" => {
-                    let slice: Slice = serde_json::from_value(ev.object)?;
-                    st.rv = slice.metadata.resource_version.clone();
-                    if ev.kind == "DELETED" {
-                        st.slices.remove(&slice.metadata.name);
-                    } else {
-                        st.slices.insert(slice.metadata.name.clone(), self.endpoints_of(&slice));
-                    }
-                    registry.set(service, union(&st.slices));
-                }
-                "BOOKMARK" => {
-                    if let Some(v) = ev.object.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()) {
-                        st.rv = v.to_owned();
-                    }
-                    if first {
-                        // The watch is live: the set is current again (clears a stale mark).
-                        registry.set(service, union(&st.slices));
-                    }
-                }
-                "ERROR" => {
-                    // A `Status` object: 410 Gone means the resource version expired.
-                    let reason = ev.object.get("reason").and_then(|r| r.as_str());
-                    if ev.object.get("code").and_then(|c| c.as_u64()) == Some(410)
-                        || matches!(reason, Some("Expired" | "Gone"))
-                    {
-                        return Ok(WatchEnd::Gone);
-                    }
-                    let message = ev.object.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
-                    return Err(format!("kubernetes watch error: {message}").into());
-                }
-                other => return Err(format!("unexpected watch event type `{other}`").into()),
-            }
-            delay.reset();
-        }
-        Ok(WatchEnd::Closed)
-    }
-
     fn endpoints_of(&self, slice: &Slice) -> Vec<Authority> {
         let port = match &self.port_name {
             Some(name) => slice.ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())),
@@ -364,6 +232,82 @@ impl KubernetesSource {
                 format!("{host}:{port}").parse().ok()
             })
             .collect()
+    }
+}
+
+impl ListWatch for KubernetesSource {
+    type State = State;
+    const KIND: &'static str = "kubernetes";
+    const RELIST_REASON: &'static str = "resource version expired";
+
+    /// List the slices and publish them.
+    async fn list(&self, registry: &Registry, service: &str) -> Result<State, BoxError> {
+        let (_, body) =
+            tokio::time::timeout(Duration::from_secs(30), self.client.fetch(self.request("")?, 16 << 20)).await??;
+        let list: SliceList = serde_json::from_slice(&body)?;
+        let mut slices: BTreeMap<String, Vec<Authority>> = BTreeMap::new();
+        for s in list.items {
+            slices.insert(s.metadata.name.clone(), self.endpoints_of(&s));
+        }
+        registry.set(service, union(&slices));
+        Ok(State { rv: list.metadata.resource_version, slices })
+    }
+
+    /// Watch from `st.rv` until the stream ends, keeping `st` up to date.
+    async fn watch(&self, st: &mut State, cx: &mut WatchCx<'_>) -> Result<WatchEnd, BoxError> {
+        let query =
+            format!("&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT_SECS}&resourceVersion={}", st.rv);
+        let res = match open_watch(&self.client, self.request(&query)?, self.idle).await {
+            Ok(res) => res,
+            Err(e) if e.downcast_ref::<StatusError>().is_some_and(|e| e.status == http::StatusCode::GONE) => {
+                return Ok(WatchEnd::Relist)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut lines = Lines::new(res.into_body());
+        while let Some(line) = lines.next_within(self.idle).await? {
+            let ev: WatchEvent = serde_json::from_slice(&line)?;
+            let first = !std::mem::replace(&mut cx.heard, true);
+            match ev.kind.as_str() {
+                "ADDED" | "MODIFIED" | "DELETED" => {
+                    let slice: Slice = serde_json::from_value(ev.object)?;
+                    st.rv = slice.metadata.resource_version.clone();
+                    if ev.kind == "DELETED" {
+                        st.slices.remove(&slice.metadata.name);
+                    } else {
+                        st.slices.insert(slice.metadata.name.clone(), self.endpoints_of(&slice));
+                    }
+                    cx.registry.set(cx.service, union(&st.slices));
+                }
+                "BOOKMARK" => {
+                    if let Some(v) = ev.object.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()) {
+                        st.rv = v.to_owned();
+                    }
+                    if first {
+                        // The watch is live: the set is current again (clears a stale mark).
+                        cx.registry.set(cx.service, union(&st.slices));
+                    }
+                }
+                "ERROR" => {
+                    // A `Status` object: 410 Gone means the resource version expired.
+                    let reason = ev.object.get("reason").and_then(|r| r.as_str());
+                    if ev.object.get("code").and_then(|c| c.as_u64()) == Some(410)
+                        || matches!(reason, Some("Expired" | "Gone"))
+                    {
+                        return Ok(WatchEnd::Relist);
+                    }
+                    let message = ev.object.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
+                    return Err(format!("kubernetes watch error: {message}").into());
+                }
+                other => return Err(format!("unexpected watch event type `{other}`").into()),
+            }
+            cx.delay.reset();
+        }
+        Ok(WatchEnd::Closed)
+    }
+
+    fn resume_from(st: &State) -> String {
+        st.rv.clone()
     }
 }
 

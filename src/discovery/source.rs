@@ -344,6 +344,118 @@ pub(crate) fn watch_idle(service: &str, kind: &'static str, idle: Duration, resu
     tracing::warn!(service, source = kind, idle = ?idle, resume_from, "discovery watch silent past its idle timeout; reconnecting");
 }
 
+/// How a watch ended without an error.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) enum WatchEnd {
+    /// The stream ended (the server's timeout, a closed connection): resume
+    /// from the last position seen.
+    Closed,
+    /// The position is too old to resume from (etcd: compacted or cancelled;
+    /// Kubernetes: 410 Gone): list again.
+    Relist,
+}
+
+/// What a watch works with: where it publishes, the backoff it resets while
+/// it hears from the server, and whether it has sent a line yet.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) struct WatchCx<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) service: &'a str,
+    pub(crate) delay: &'a mut RetryDelay,
+    /// The watch has sent a line.
+    pub(crate) heard: bool,
+}
+
+/// A source that lists everything once and then watches for changes,
+/// resuming each watch from the last position it saw (etcd, Kubernetes).
+/// [`run_list_watch`] drives it.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) trait ListWatch: Send + Sync + 'static {
+    /// What the source knows between watches.
+    type State: Send;
+    /// The source's kind, as in logs and metric labels.
+    const KIND: &'static str;
+    /// Why a watch that ended with [`WatchEnd::Relist`] cannot resume (for the log).
+    const RELIST_REASON: &'static str;
+
+    /// List everything and publish it.
+    fn list(&self, registry: &Registry, service: &str) -> impl Future<Output = Result<Self::State, BoxError>> + Send;
+
+    /// Watch from the state's position until the stream ends, keeping the
+    /// state up to date.
+    fn watch(
+        &self,
+        st: &mut Self::State,
+        cx: &mut WatchCx<'_>,
+    ) -> impl Future<Output = Result<WatchEnd, BoxError>> + Send;
+
+    /// The position the next watch resumes from, for logs.
+    fn resume_from(st: &Self::State) -> String;
+}
+
+/// The list-then-watch loop of a [`ListWatch`] source: list (again when
+/// needed), then watch and resume for ever. A watch silent past `idle` is
+/// reconnected at once; a failed list or watch, or a second silent watch in a
+/// row, marks the endpoints stale and backs off.
+#[cfg(any(feature = "discovery-etcd", feature = "discovery-k8s"))]
+pub(crate) async fn run_list_watch<S: ListWatch>(source: S, idle: Duration, registry: Registry, service: String) {
+    let kind = S::KIND;
+    let mut delay = RetryDelay::new();
+    // The listed-and-watched state; `None` lists (again).
+    let mut state: Option<S::State> = None;
+    let mut silent_in_row = 0u32;
+    loop {
+        let st = match &mut state {
+            Some(st) => st,
+            None => match source.list(&registry, &service).await {
+                Ok(st) => {
+                    delay.reset();
+                    state.insert(st)
+                }
+                Err(e) => {
+                    failed(&registry, &service, kind, e, &mut delay).await;
+                    continue;
+                }
+            },
+        };
+        let mut cx = WatchCx { registry: &registry, service: &service, delay: &mut delay, heard: false };
+        let result = source.watch(st, &mut cx).await;
+        let heard = cx.heard;
+        if heard {
+            silent_in_row = 0;
+        }
+        match result {
+            Ok(WatchEnd::Closed) => {
+                tracing::debug!(service, source = kind, resume_from = %S::resume_from(st), "discovery watch ended; resuming");
+                if !heard {
+                    // Ended without a line: do not spin on a server that closes at once.
+                    tokio::time::sleep(delay.next()).await;
+                }
+            }
+            Ok(WatchEnd::Relist) => {
+                tracing::debug!(
+                    service,
+                    source = kind,
+                    resume_from = %S::resume_from(st),
+                    reason = S::RELIST_REASON,
+                    "discovery watch cannot resume; listing again"
+                );
+                state = None;
+            }
+            Err(e) if e.is::<WatchIdle>() && silent_in_row == 0 => {
+                silent_in_row += 1;
+                watch_idle(&service, kind, idle, &S::resume_from(st));
+            }
+            Err(e) => {
+                if e.is::<WatchIdle>() {
+                    silent_in_row += 1;
+                }
+                failed(&registry, &service, kind, e, &mut delay).await;
+            }
+        }
+    }
+}
+
 #[cfg(all(test, any(feature = "discovery-consul", feature = "discovery-etcd", feature = "discovery-k8s")))]
 mod tests {
     use super::{default_connector, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES, KEEPALIVE_TIME};
