@@ -338,6 +338,10 @@ fn is_rejection(e: &BoxError) -> bool {
         if err.is::<crate::bulkhead::BulkheadFull>() {
             return true;
         }
+        #[cfg(feature = "rate-limit")]
+        if err.is::<crate::rate_limit::RateLimited>() {
+            return true;
+        }
         cur = err.source();
     }
     false
