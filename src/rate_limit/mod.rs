@@ -83,6 +83,9 @@ mod limiter;
 mod rate;
 mod service;
 
+#[cfg(feature = "rate-limit-redis")]
+pub mod redis;
+
 pub use config::{Overflow, RateLimitConfig};
 pub use error::{RateLimited, Reason};
 pub use future::ResponseFuture;

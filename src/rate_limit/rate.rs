@@ -163,13 +163,6 @@ impl Policy {
         Policy { rate, burst: burst.max(1) }
     }
 
-    /// GCRA's delay variation tolerance: how far the theoretical arrival
-    /// time may run ahead of now (`interval × burst`).
-    #[cfg_attr(not(feature = "rate-limit-redis"), allow(dead_code))]
-    pub(crate) fn tolerance(&self) -> Duration {
-        self.rate.interval().saturating_mul(self.burst)
-    }
-
     /// The window announced in `RateLimit-Policy` (`w`), in whole seconds
     /// (at least 1).
     pub(crate) fn window_secs(&self) -> u64 {
@@ -222,7 +215,6 @@ mod tests {
     fn header_window_and_quota() {
         let p = Policy::new("100/s".parse().unwrap(), 20);
         assert_eq!((p.quota_per_window(), p.window_secs()), (100, 1));
-        assert_eq!(p.tolerance(), Duration::from_millis(200));
         let p = Policy::new("5/100ms".parse().unwrap(), 0);
         assert_eq!(p.burst, 1);
         assert_eq!((p.quota_per_window(), p.window_secs()), (50, 1));
