@@ -72,7 +72,7 @@ impl<F, K: Hash + Eq> KeyedLimiter<F, K> {
     }
 
     /// Take a permit of `key`'s limit.
-    fn acquire_key(&self, key: Option<K>) -> Result<(), RateLimited> {
+    pub(crate) fn acquire_key(&self, key: Option<K>) -> Result<(), RateLimited> {
         let Some(key) = key else { return self.acquire_anonymous() };
         let mut keys = self.lock();
         keys.tick += 1;
@@ -223,6 +223,23 @@ pub enum KeySpec {
     Authority,
     /// The peer's IP address, from a `SocketAddr` extension.
     PeerIp,
+}
+
+impl serde::Serialize for KeySpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KeySpec::Global => s.serialize_str("global"),
+            KeySpec::Authority => s.serialize_str("authority"),
+            KeySpec::PeerIp => s.serialize_str("peer-ip"),
+            KeySpec::Header(h) => s.collect_str(&format_args!("header:{h}")),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl KeySpec {

@@ -95,6 +95,10 @@ impl<L> RateLimitLayer<L> {
         &self.limiter
     }
 
+    pub(crate) fn limiter_arc(&self) -> Arc<L> {
+        self.limiter.clone()
+    }
+
     /// The limiter's name (the `service` label of its metrics).
     pub fn name(&self) -> &str {
         &self.shared.name

@@ -44,6 +44,9 @@ pub trait Limiter<Req> {
     fn acquire(&self, req: &Req) -> Acquire<Self::Pending>;
 }
 
+/// The decision of a call that asks a shared store.
+pub type Decide = std::pin::Pin<Box<dyn Future<Output = Result<(), RateLimited>> + Send>>;
+
 /// Tokio's clock for governor: paused time in tests moves the limiter too.
 #[derive(Clone, Debug)]
 pub(crate) struct MeshClock {

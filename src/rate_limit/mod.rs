@@ -74,6 +74,7 @@
 //! clock (so tests with paused time and `max_wait` agree with it).
 
 mod config;
+mod configured;
 mod error;
 mod future;
 pub mod headers;
@@ -86,12 +87,13 @@ mod service;
 #[cfg(feature = "rate-limit-redis")]
 pub mod redis;
 
-pub use config::{Overflow, RateLimitConfig};
+pub use config::{Overflow, RateLimitConfig, StoreErrorPolicy};
+pub use configured::ConfiguredLimiter;
 pub use error::{RateLimited, Reason};
 pub use future::ResponseFuture;
 pub use keyed::{KeySpec, KeySpecError, KeyedLimiter, KeyedRateLimitBuilder};
 pub use layer::{KeyedRateLimitLayer, RateLimitBuilder, RateLimitLayer};
-pub use limiter::{Acquire, Limiter, LocalLimiter};
+pub use limiter::{Acquire, Decide, Limiter, LocalLimiter};
 pub use rate::{Policy, Rate, RateParseError};
 pub use service::RateLimit;
 

@@ -69,8 +69,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -244,8 +242,7 @@ impl<F> fmt::Debug for RedisRateLimiter<F> {
     }
 }
 
-/// The decision of a call that asks Redis.
-pub type Decide = Pin<Box<dyn Future<Output = Result<(), RateLimited>> + Send>>;
+pub use super::limiter::Decide;
 
 impl RedisRateLimiter {
     /// A builder for a limiter on the Redis at `url` (`redis://host:port/db`).
@@ -486,6 +483,18 @@ impl Inner {
             };
         }
         Acquire::Pending(Box::pin(self.clone().decide(self.redis_key(&key))))
+    }
+}
+
+impl<F> RedisRateLimiter<F> {
+    /// Another handle on the same limiter (one connection, one set of leases).
+    pub(crate) fn clone_handle(&self) -> RedisRateLimiter {
+        RedisRateLimiter { inner: self.inner.clone(), key_fn: Global }
+    }
+
+    /// Take a permit of `key`'s shared limit.
+    pub(crate) fn acquire_key(&self, key: String) -> Acquire<Decide> {
+        self.inner.acquire(key)
     }
 }
 
