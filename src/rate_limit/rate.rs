@@ -114,9 +114,9 @@ impl fmt::Display for Rate {
         let p = self.period;
         let units: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "min"), (1000, "s")];
         let ms = p.as_millis();
-        if p.subsec_nanos() % 1_000_000 == 0 {
+        if p.subsec_nanos().is_multiple_of(1_000_000) {
             for (size, unit) in units {
-                if ms % u128::from(size) == 0 {
+                if ms.is_multiple_of(u128::from(size)) {
                     let n = ms / u128::from(size);
                     return if n == 1 {
                         write!(f, "{}/{unit}", self.count)

@@ -225,14 +225,14 @@ async fn server_error_layer_sends_429_with_ratelimit_fields() {
     assert!(se.is_retryable());
 }
 
-fn keyed_layer(
-    max_keys: usize,
-    overflow: Overflow,
-) -> KeyedRateLimitLayer<fn(&(Option<&'static str>, u32)) -> Option<&'static str>, &'static str> {
+type Req = (Option<&'static str>, u32);
+type KeyOf = fn(&Req) -> Option<&'static str>;
+
+fn keyed_layer(max_keys: usize, overflow: Overflow) -> KeyedRateLimitLayer<KeyOf, &'static str> {
     let config = RateLimitConfig { rate: rate("1/s"), burst: Some(2), max_keys, overflow, ..Default::default() };
     RateLimitLayer::builder()
         .config(&config)
-        .key((|req: &(Option<&'static str>, u32)| req.0) as fn(&_) -> _)
+        .key((|req: &Req| req.0) as KeyOf)
         .tier("gold", Policy::new(rate("10/s"), 5))
         .build()
         .unwrap()
