@@ -203,6 +203,7 @@ struct Inner {
     max_lease: u32,
     lease_ttl: Duration,
     conn: Mutex<Conn>,
+    connecting: tokio::sync::Mutex<()>,
     leases: Mutex<HashMap<String, Lease>>,
     calls: Counter,
     errors: Counter,
@@ -295,17 +296,16 @@ impl Inner {
     /// The connection and script hash, connecting (and loading the script)
     /// when there is none and Redis is not marked down.
     async fn connection(&self) -> Result<(MultiplexedConnection, Arc<str>), StoreError> {
-        {
-            let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((conn, sha)) = &c.conn {
-                return Ok((conn.clone(), sha.clone()));
-            }
-            let now = Instant::now();
-            if c.down_until.is_some_and(|until| now < until) {
-                return Err(StoreError::Down);
-            }
-            // This call probes; the others fail fast until it is done.
-            c.down_until = Some(now + self.backoff);
+        if let Some(found) = self.current()? {
+            return Ok(found);
+        }
+        // One call connects; the others wait for it (within the timeout)
+        // instead of failing while nothing is known to be wrong.
+        let _connecting = tokio::time::timeout(self.timeout, self.connecting.lock())
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?;
+        if let Some(found) = self.current()? {
+            return Ok(found);
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
@@ -326,6 +326,19 @@ impl Inner {
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
+    }
+
+    /// The open connection, `None` when there is none, `Err(Down)` while
+    /// Redis is left alone after a failure.
+    fn current(&self) -> Result<Option<(MultiplexedConnection, Arc<str>)>, StoreError> {
+        let c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((conn, sha)) = &c.conn {
+            return Ok(Some((conn.clone(), sha.clone())));
+        }
+        if c.down_until.is_some_and(|until| Instant::now() < until) {
+            return Err(StoreError::Down);
+        }
+        Ok(None)
     }
 
     /// A Redis call failed: drop the connection and wait `backoff` before
@@ -641,6 +654,7 @@ impl RedisRateLimiterBuilder {
             max_lease: self.max_lease,
             lease_ttl: self.lease_ttl,
             conn: Mutex::new(Conn { conn: None, down_until: None }),
+            connecting: tokio::sync::Mutex::new(()),
             leases: Mutex::new(HashMap::new()),
             redis_calls: AtomicU64::new(0),
         };
