@@ -88,6 +88,10 @@ pub(crate) fn downcast_mesh(e: &(dyn std::error::Error + 'static)) -> Option<Err
     if let Some(e) = e.downcast_ref::<crate::bulkhead::BulkheadFull>() {
         return Some(ErrorResponse::of(e));
     }
+    #[cfg(feature = "rate-limit")]
+    if let Some(e) = e.downcast_ref::<crate::rate_limit::RateLimited>() {
+        return Some(ErrorResponse::of(e));
+    }
     #[cfg(feature = "timeout")]
     if let Some(e) = e.downcast_ref::<crate::timeout::Elapsed>() {
         return Some(ErrorResponse::of(e));
@@ -126,6 +130,10 @@ pub(crate) fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<Refusal
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if e.is::<crate::circuit_breaker::CircuitOpen>() || e.is::<crate::bulkhead::BulkheadFull>() {
+            return Some(Refusal::Rejected);
+        }
+        #[cfg(feature = "rate-limit")]
+        if e.is::<crate::rate_limit::RateLimited>() {
             return Some(Refusal::Rejected);
         }
         if e.is::<crate::timeout::Elapsed>() {
@@ -263,7 +271,10 @@ where
                 let e: BoxError = e.into();
                 let answer = error_response(&*e).unwrap_or(ErrorResponse::INTERNAL);
                 tracing::debug!(error = %e, status = answer.status.as_u16(), "mapped error to response");
-                let res = to_response(answer, *this.grpc);
+                #[allow(unused_mut)]
+                let mut res = to_response(answer, *this.grpc);
+                #[cfg(feature = "rate-limit")]
+                crate::rate_limit::headers::annotate(&mut res, &*e);
                 #[cfg(feature = "stack")]
                 let res = mark_refusal(res, &*e);
                 Poll::Ready(Ok(res))

@@ -47,6 +47,9 @@ pub mod discovery;
 #[cfg(feature = "publish")]
 pub mod publish;
 
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
+
 #[cfg(feature = "stack")]
 pub mod health;
 #[cfg(feature = "stack")]

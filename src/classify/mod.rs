@@ -340,6 +340,10 @@ pub(crate) fn is_rejection(e: &BoxError) -> bool {
         if err.is::<crate::bulkhead::BulkheadFull>() {
             return true;
         }
+        #[cfg(feature = "rate-limit")]
+        if err.is::<crate::rate_limit::RateLimited>() {
+            return true;
+        }
         cur = err.source();
     }
     false

@@ -42,6 +42,10 @@ type DiscoveryL<C> = Passthrough<C>;
 type CorrelationL = crate::correlation::CorrelationIdClientLayer;
 #[cfg(not(feature = "correlation-id"))]
 type CorrelationL = Passthrough<()>;
+#[cfg(feature = "rate-limit")]
+type RateLimitL = crate::rate_limit::RateLimitLayer<crate::rate_limit::ConfiguredLimiter>;
+#[cfg(not(feature = "rate-limit"))]
+type RateLimitL = Passthrough<()>;
 #[cfg(feature = "jwt")]
 type JwtL = crate::jwt::JwtClientLayer;
 #[cfg(not(feature = "jwt"))]
@@ -49,7 +53,7 @@ type JwtL = Passthrough<()>;
 
 /// The service a [`ClientStack`] makes around `S`: from the outside in,
 /// metrics → correlation id → token forwarding → total timeout → retry →
-/// circuit breaker → bulkhead → attempt timeout → discovery → `S`, each
+/// rate limit → circuit breaker → bulkhead → attempt timeout → discovery → `S`, each
 /// layer present only when configured (and its Cargo feature on).
 pub type ClientService<S, C = HttpClassifier, P = HttpRequests> = Observe<
     Opt<
@@ -61,8 +65,11 @@ pub type ClientService<S, C = HttpClassifier, P = HttpRequests> = Observe<
                 Opt<
                     RetryLayer<IgnoreRejections<C>, P>,
                     Opt<
-                        CircuitBreakerLayer<IgnoreRejections<C>>,
-                        Opt<BulkheadLayer, Opt<TimeoutLayer, Opt<DiscoveryL<C>, S>>>,
+                        RateLimitL,
+                        Opt<
+                            CircuitBreakerLayer<IgnoreRejections<C>>,
+                            Opt<BulkheadLayer, Opt<TimeoutLayer, Opt<DiscoveryL<C>, S>>>,
+                        >,
                     >,
                 >,
             >,
@@ -97,6 +104,7 @@ pub struct ClientStack<C = HttpClassifier, P = HttpRequests> {
     jwt: Option<JwtL>,
     total: Option<TimeoutLayer>,
     retry: Option<RetryLayer<IgnoreRejections<C>, P>>,
+    rate_limit: Option<RateLimitL>,
     breaker: Option<CircuitBreakerLayer<IgnoreRejections<C>>>,
     bulkhead: Option<BulkheadLayer>,
     attempt: Option<TimeoutLayer>,
@@ -117,6 +125,7 @@ where
             jwt: self.jwt.clone(),
             total: self.total.clone(),
             retry: self.retry.clone(),
+            rate_limit: self.rate_limit.clone(),
             breaker: self.breaker.clone(),
             bulkhead: self.bulkhead.clone(),
             attempt: self.attempt.clone(),
@@ -135,6 +144,7 @@ impl<C, P> fmt::Debug for ClientStack<C, P> {
             .field("forward_token", &self.jwt.is_some())
             .field("total_timeout", &self.total.is_some())
             .field("retry", &self.retry.is_some())
+            .field("rate_limit", &self.rate_limit.is_some())
             .field("circuit_breaker", &self.breaker.is_some())
             .field("bulkhead", &self.bulkhead.is_some())
             .field("attempt_timeout", &self.attempt.is_some())
@@ -158,6 +168,7 @@ where
         let s = opt(&self.attempt, s);
         let s = opt(&self.bulkhead, s);
         let s = opt(&self.breaker, s);
+        let s = opt(&self.rate_limit, s);
         let s = opt(&self.retry, s);
         let s = opt(&self.total, s);
         let s = opt(&self.jwt, s);
@@ -257,6 +268,13 @@ impl ClientConfig {
             Some(b) => Some(BulkheadLayer::builder().name(&self.name).config(b).build().map_err(invalid)?),
             None => None,
         };
+        #[cfg(feature = "rate-limit")]
+        let rate_limit = match &self.rate_limit {
+            Some(r) => Some(r.layer(&self.name).map_err(invalid)?),
+            None => None,
+        };
+        #[cfg(not(feature = "rate-limit"))]
+        let rate_limit = None;
         #[cfg(feature = "correlation-id")]
         let correlation =
             self.correlation.then(|| crate::correlation::CorrelationIdClientLayer::new().name(&self.name));
@@ -303,6 +321,7 @@ impl ClientConfig {
             jwt,
             total: timeouts.total.map(|t| t.name(&self.name).carry_in_request(false)),
             retry,
+            rate_limit,
             breaker,
             bulkhead,
             attempt: timeouts.attempt.map(|t| t.name(&self.name).carry_in_request(false)),

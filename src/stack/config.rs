@@ -120,6 +120,11 @@ pub struct ClientConfig {
     /// The bulkhead: the most calls in flight at once (the connection limit).
     #[serde(with = "toggle")]
     pub bulkhead: Option<BulkheadConfig>,
+    /// An outbound rate limit (feature `rate-limit`): each attempt takes a
+    /// permit, waiting up to its `max_wait`; off in every preset (it needs
+    /// the dependency's quota).
+    #[cfg(feature = "rate-limit")]
+    pub rate_limit: Option<crate::rate_limit::RateLimitConfig>,
     /// Attach the correlation id and trace context in scope to every request
     /// (needs the `correlation-id` feature; on by default when it is
     /// enabled).
@@ -178,6 +183,14 @@ pub struct ServerConfig {
     /// Shed load: answer `503` (gRPC `RESOURCE_EXHAUSTED`) at once when this
     /// many requests are in flight.
     pub max_concurrent_requests: Option<usize>,
+    /// Limit the request rate (feature `rate-limit`): over it, `429` with
+    /// `Retry-After` and the `RateLimit-Policy` / `RateLimit` fields (gRPC
+    /// `RESOURCE_EXHAUSTED` with pushback), before load shedding. Off in
+    /// every preset: a quota is the service's own (a default one would shed
+    /// legitimate traffic); a section's unset values are
+    /// [`RateLimitConfig`](crate::rate_limit::RateLimitConfig)'s defaults.
+    #[cfg(feature = "rate-limit")]
+    pub rate_limit: Option<crate::rate_limit::RateLimitConfig>,
     /// Read or make the request's correlation id and trace context, echo it,
     /// make it current for the handler (needs the `correlation-id` feature;
     /// on by default when it is enabled).
@@ -246,6 +259,8 @@ impl ClientConfig {
             retry: Some(retry),
             circuit_breaker: Some(breaker),
             bulkhead: Some(BulkheadConfig { max_concurrent_calls: max_calls, max_wait: Duration::ZERO }),
+            #[cfg(feature = "rate-limit")]
+            rate_limit: None,
             correlation: cfg!(feature = "correlation-id"),
             forward_token_to: Vec::new(),
             endpoints: Vec::new(),
@@ -308,6 +323,17 @@ impl ClientConfig {
                 }
             }
         }
+        #[cfg(feature = "rate-limit")]
+        if let Some(r) = &self.rate_limit {
+            r.validate()?;
+            if total.is_some_and(|t| r.max_wait >= t) {
+                return Err(ConfigError::Conflict {
+                    field: "rate_limit.max_wait",
+                    other: "timeout.total",
+                    reason: "waiting for a permit may take the whole total timeout",
+                });
+            }
+        }
         if let Some(b) = &self.bulkhead {
             b.validate()?;
             if total.is_some_and(|t| b.max_wait >= t) {
@@ -352,6 +378,8 @@ impl ServerConfig {
             name: "server".into(),
             timeout: Some(Duration::from_secs(30)),
             max_concurrent_requests: Some(if preset == Preset::Testing { 256 } else { 1024 }),
+            #[cfg(feature = "rate-limit")]
+            rate_limit: None,
             correlation: cfg!(feature = "correlation-id"),
             metrics: true,
             log_calls: preset == Preset::Development,
@@ -365,6 +393,10 @@ impl ServerConfig {
         }
         if self.max_concurrent_requests == Some(0) {
             return Err(ConfigError::Zero { field: "server.max_concurrent_requests" });
+        }
+        #[cfg(feature = "rate-limit")]
+        if let Some(r) = &self.rate_limit {
+            r.validate()?;
         }
         if self.correlation && !cfg!(feature = "correlation-id") {
             return Err(ConfigError::Conflict {

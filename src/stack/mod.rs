@@ -17,6 +17,7 @@
 //!            ─▶ Jwt (forward)    token added once, to allowed authorities only
 //!            ─▶ Timeout (total)  bounds the call, backoff included; deadline in extensions
 //!            ─▶ Retry            sees every failure below; never sleeps past the deadline
+//!            ─▶ RateLimit        a permit per attempt, waiting up to max_wait (feature rate-limit)
 //!            ─▶ CircuitBreaker   one outcome per attempt; open = fast rejection
 //!            ─▶ Bulkhead         a permit per attempt in flight
 //!            ─▶ Timeout (attempt) one attempt's time, not counting the wait for a permit
@@ -35,6 +36,13 @@
 //! - **The total timeout above the retry** bounds the whole call including
 //!   backoff sleeps; the retry reads the deadline and does not start a retry
 //!   that cannot finish.
+//! - **The rate limit below the retry, above the breaker and bulkhead**:
+//!   each attempt is a request the dependency's quota counts; a call it
+//!   rejects takes no bulkhead permit and is no outcome for the breaker;
+//!   its [`RateLimited`](crate::rate_limit::RateLimited) is a rejection the
+//!   retry does not retry (so never before its `Retry-After`), and its wait
+//!   for a permit ends at the total timeout's deadline. On the server, the
+//!   rate limit sits above load shedding: a `429` takes no shedding permit.
 //! - **The bulkhead below the breaker**: calls the breaker rejects take no
 //!   permit; a full bulkhead is a local condition, not a failure of the
 //!   dependency, so the breaker does not count it.

@@ -21,11 +21,17 @@ type CorrelationL = crate::correlation::CorrelationIdLayer;
 type CorrelationL = super::client::Passthrough<()>;
 
 /// The service a [`ServerStack`] makes around a handler or router `S`: from
-/// the outside in, metrics → correlation id → error mapping → load shedding
-/// → request timeout → `S`. It never fails (`Error` converts to
+/// the outside in, metrics → correlation id → error mapping → rate limit →
+/// load shedding → request timeout → `S`. It never fails (`Error` converts to
 /// `Infallible`), as axum's `Router::layer` requires.
-pub type ServerService<S> =
-    ServerError<Observe<Opt<CorrelationL, ServerError<Opt<BulkheadLayer, Opt<TimeoutLayer, S>>>>, HttpClassifier>>;
+pub type ServerService<S> = ServerError<
+    Observe<Opt<CorrelationL, ServerError<Opt<RateLimitL, Opt<BulkheadLayer, Opt<TimeoutLayer, S>>>>>, HttpClassifier>,
+>;
+
+#[cfg(feature = "rate-limit")]
+type RateLimitL = crate::rate_limit::RateLimitLayer<crate::rate_limit::ConfiguredLimiter>;
+#[cfg(not(feature = "rate-limit"))]
+type RateLimitL = super::client::Passthrough<()>;
 
 /// The server-side layers built from a [`ServerConfig`], for an axum
 /// `Router::layer` or a hyper server's service:
@@ -35,6 +41,10 @@ pub type ServerService<S> =
 ///   (a shed request is `rejected`, a timed-out one `timeout`);
 /// - the correlation id and trace context read (or made), echoed, and
 ///   current while the handler runs — also on the error responses below;
+/// - a rate limit (feature `rate-limit`): over it, `429` with `Retry-After`
+///   and the `RateLimit-Policy` / `RateLimit` fields (gRPC:
+///   `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`); a rejected
+///   request takes no load-shedding permit;
 /// - load shedding: beyond `max_concurrent_requests` in flight, `503` with
 ///   `Retry-After` at once (gRPC: `RESOURCE_EXHAUSTED`);
 /// - a request timeout: `504` (gRPC: `DEADLINE_EXCEEDED`). The handler
@@ -67,6 +77,7 @@ pub type ServerService<S> =
 pub struct ServerStack {
     observe: ObserveLayer<HttpClassifier>,
     correlation: Option<CorrelationL>,
+    rate_limit: Option<RateLimitL>,
     shed: Option<BulkheadLayer>,
     timeout: Option<TimeoutLayer>,
 }
@@ -76,6 +87,7 @@ impl fmt::Debug for ServerStack {
         f.debug_struct("ServerStack")
             .field("observe", &self.observe)
             .field("correlation", &self.correlation.is_some())
+            .field("rate_limit", &self.rate_limit.is_some())
             .field("load_shedding", &self.shed.as_ref().map(BulkheadLayer::available_permits))
             .field("timeout", &self.timeout.is_some())
             .finish()
@@ -88,6 +100,7 @@ impl<S> Layer<S> for ServerStack {
     fn layer(&self, inner: S) -> Self::Service {
         let s = Optional::layer(self.timeout.as_ref(), inner);
         let s = Optional::layer(self.shed.as_ref(), s);
+        let s = Optional::layer(self.rate_limit.as_ref(), s);
         let s = ServerErrorLayer::new().layer(s);
         let s = Optional::layer(self.correlation.as_ref(), s);
         ServerErrorLayer::new().layer(self.observe.layer(s))
@@ -119,6 +132,15 @@ impl ServerConfig {
                 HttpClassifier::new(),
             ),
             correlation,
+            #[cfg(feature = "rate-limit")]
+            rate_limit: match &self.rate_limit {
+                Some(r) => Some(
+                    r.layer(&self.name).map_err(|source| StackError::Invalid { service: self.name.clone(), source })?,
+                ),
+                None => None,
+            },
+            #[cfg(not(feature = "rate-limit"))]
+            rate_limit: None,
             shed: self
                 .max_concurrent_requests
                 .map(|n| {

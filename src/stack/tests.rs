@@ -596,3 +596,89 @@ async fn server_metrics_tell_shed_and_timed_out_requests_apart() {
     assert_eq!(requests("failure"), 1, "the handler's 500");
     assert_eq!(requests("success"), 1);
 }
+
+#[cfg(feature = "rate-limit")]
+mod rate_limit {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use crate::stack::MeshConfig;
+
+    const TOML: &str = r#"
+        preset = "testing"
+        [client.orders]
+        timeout = { attempt = "200ms", total = "1s" }
+        rate_limit = { rate = "10/s", burst = 1, max_wait = "150ms" }
+        [server]
+        rate_limit = { rate = "2/s", burst = 2, key = "header:x-api-key" }
+    "#;
+
+    #[test]
+    fn config_is_validated_at_load() {
+        let cfg = MeshConfig::from_toml_str(TOML).unwrap();
+        let r = cfg.server.rate_limit.as_ref().unwrap();
+        assert_eq!(r.policy().burst, 2);
+        assert_eq!(r.key, Some("header:x-api-key".parse().unwrap()));
+        for bad in [
+            r#"[server]
+               rate_limit = { rate = "fast" }"#,
+            r#"[server]
+               rate_limit = { rate = "1/s", key = "cookie:x" }"#,
+            r#"[server]
+               rate_limit = { rate = "1/s", burst = 0 }"#,
+            r#"[client.a]
+               timeout = { total = "1s" }
+               rate_limit = { rate = "1/s", max_wait = "2s" }"#,
+        ] {
+            let err = MeshConfig::from_toml_str(bad).and_then(|c| {
+                c.server.stack()?;
+                c.client("a")?.http_stack().map(|_| ())
+            });
+            assert!(err.is_err(), "{bad}");
+        }
+        #[cfg(not(feature = "rate-limit-redis"))]
+        assert!(MeshConfig::from_toml_str("[server]\nrate_limit = { store = \"redis://x\" }")
+            .and_then(|c| c.server.stack().map(|_| ()))
+            .is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_stack_limits_per_key_with_429() {
+        let cfg = MeshConfig::from_toml_str(TOML).unwrap();
+        let svc =
+            ServiceBuilder::new().layer(cfg.server.stack().unwrap()).service_fn(|_req: http::Request<String>| async {
+                Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+            });
+        let req = |key: &str| http::Request::get("/").header("x-api-key", key).body(String::new()).unwrap();
+        for _ in 0..2 {
+            assert_eq!(svc.clone().oneshot(req("a")).await.unwrap().status(), 200);
+        }
+        let res = svc.clone().oneshot(req("a")).await.unwrap();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert_eq!(res.headers()["ratelimit"], "\"server\";r=0;t=1");
+        assert_eq!(svc.clone().oneshot(req("b")).await.unwrap().status(), 200, "another key has its own limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_stack_throttles_each_attempt_within_max_wait() {
+        let cfg = MeshConfig::from_toml_str(TOML).unwrap();
+        let stack = cfg.client("orders").unwrap().http_stack().unwrap();
+        let svc = ServiceBuilder::new().layer(stack).service_fn(
+            |_req: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+                Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+            },
+        );
+        let req = || http::Request::get("http://orders/").body(Default::default()).unwrap();
+        let start = tokio::time::Instant::now();
+        svc.clone().oneshot(req()).await.unwrap();
+        svc.clone().oneshot(req()).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(100), "the second call waited for its permit");
+        // Two at once: one waits 100 ms, the other would wait 200 ms > max_wait.
+        let (a, b) = tokio::join!(svc.clone().oneshot(req()), svc.clone().oneshot(req()));
+        let err = a.err().or(b.err()).expect("one is rejected");
+        assert!(crate::rate_limit::headers::find(&*err).is_some(), "{err}");
+    }
+}
