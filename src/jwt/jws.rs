@@ -114,9 +114,7 @@ impl ClaimRules {
         validate_nbf: bool,
         required: &[String],
     ) -> Self {
-        let mut v = Validation::default();
-        v.leeway = leeway;
-        v.validate_nbf = validate_nbf;
+        let mut v = Validation { leeway, validate_nbf, ..Validation::default() };
         let mut required: Vec<&str> = required.iter().map(String::as_str).collect();
         if !issuers.is_empty() {
             v.set_issuer(issuers);
@@ -182,10 +180,9 @@ fn registered_types(claims: &[u8]) -> Result<(), JwtError> {
         return Err(JwtError::InvalidClaims);
     }
     let r: Registered = serde_json::from_str(json).map_err(|_| JwtError::InvalidClaims)?;
-    let checks: [(&Option<Value>, fn(&Value) -> bool); 5] =
-        [(&r.exp, date), (&r.nbf, date), (&r.sub, text), (&r.iss, names), (&r.aud, names)];
-    let ok = checks.iter().all(|(v, valid)| v.as_ref().is_none_or(valid));
-    if ok {
+    let valid = |claim: &Option<Value>, check: fn(&Value) -> bool| claim.as_ref().is_none_or(check);
+    if valid(&r.exp, date) && valid(&r.nbf, date) && valid(&r.sub, text) && valid(&r.iss, names) && valid(&r.aud, names)
+    {
         Ok(())
     } else {
         Err(JwtError::InvalidClaims)
