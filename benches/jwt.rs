@@ -9,9 +9,10 @@
 //!   `decode_header` and a `HashMap` lookup by `kid` first) and puts the claims
 //!   in the request's extensions;
 //! - `layer`: `JwtPropagationLayer` around the same no-op service (size cap,
-//!   key choice, its own verification with keys prepared once and the
-//!   header and claims read once, the token made current while the inner
-//!   service runs, metrics handles, the claims in the extensions).
+//!   the header read for the key choice, `jsonwebtoken::decode` with the
+//!   key's `DecodingKey` and `Validation` made once, the registered claims'
+//!   types checked, the token made current while the inner service runs,
+//!   metrics handles, the claims in the extensions).
 //!
 //! The two services are driven by hand (`call` + one poll with a no-op
 //! waker): their futures are ready at once. Each iteration builds the request

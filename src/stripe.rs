@@ -4,18 +4,36 @@
 //! do not wait for the same cache line.
 
 use std::cell::Cell;
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicUsize, Ordering};
 
 /// At most this many stripes.
 const MAX_STRIPES: usize = 16;
 
+#[cfg(not(loom))]
 thread_local! {
     /// Threads are numbered in the order they first ask.
     static THREAD_NUMBER: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+#[cfg(not(loom))]
 static NEXT_THREAD_NUMBER: AtomicUsize = AtomicUsize::new(0);
+
+// Under loom, per loom thread and per execution: each execution numbers its
+// threads the same way, so each takes the same path.
+#[cfg(loom)]
+loom::thread_local! {
+    static THREAD_NUMBER: Cell<usize> = Cell::new(usize::MAX);
+}
+
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref NEXT_THREAD_NUMBER: AtomicUsize = AtomicUsize::new(0);
+}
 
 /// This thread's number: thread `n` uses stripe `n & (stripes - 1)`.
 #[inline]
@@ -63,7 +81,7 @@ fn cpus() -> usize {
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -72,6 +72,7 @@ mod layer;
 mod pool;
 mod service;
 mod shared;
+mod sync;
 
 pub use config::BulkheadConfig;
 pub use error::BulkheadFull;

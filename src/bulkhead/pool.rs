@@ -18,13 +18,15 @@
 //!
 //! Fairness: while anyone waits, a new call does not take a free permit past
 //! it but queues too, and [`Notify`] wakes waiters in order.
+//!
+//! The atomics, `Arc` and `Notify` come from [`sync`](super::sync), loom's
+//! under `cfg(loom)`: the loom tests below check every interleaving of
+//! taking and returning permits, the queueing rule and the wake-ups
+//! (`scripts/loom.sh`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use tokio::sync::Notify;
-
+use super::sync::{Arc, AtomicUsize, Notify, Ordering};
 use crate::stripe;
 
 /// A stripe gets at least this many permits (fewer stripes for a small bulkhead).
@@ -58,7 +60,17 @@ impl Stripe {
         let mut n = self.available.load(Ordering::Relaxed);
         loop {
             if n == 0 {
-                return false;
+                // Empty, confirmed by a read-modify-write, which reads the
+                // latest count. A waiter counts itself in `waiters` and then
+                // looks here; a returned permit is counted here and then
+                // `waiters` is read. With a plain (relaxed) look, both could
+                // miss the other and the wake-up was lost (found by
+                // `loom_a_returned_permit_wakes_a_waiter`).
+                match self.available.compare_exchange(0, 0, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => return false,
+                    Err(now) => n = now,
+                }
+                continue;
             }
             match self.available.compare_exchange_weak(n, n - 1, Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => return true,
@@ -138,7 +150,7 @@ impl Pool {
 
     /// Wait for a permit, in line with the other waiters. Dropping the future
     /// leaves the line (and passes on a wake-up it got but did not use).
-    pub(crate) async fn acquire(self: Arc<Self>) -> BulkheadPermit {
+    pub(crate) async fn acquire(self: std::sync::Arc<Self>) -> BulkheadPermit {
         let _waiting = Waiting::new(&self.common);
         loop {
             let notified = self.common.notify.notified();
@@ -215,7 +227,7 @@ impl fmt::Debug for BulkheadPermit {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::time::Duration;
 
@@ -355,5 +367,119 @@ mod tests {
         drop(permit);
         assert_eq!(pool.available_permits(), 1);
         assert_eq!(pool.waiters(), 0);
+    }
+}
+
+/// Model-checked with loom (`scripts/loom.sh`): every interleaving of the
+/// threads, up to `LOOM_MAX_PREEMPTIONS` preemptions each.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+
+    use loom::future::block_on;
+    use loom::thread;
+
+    use super::*;
+
+    /// Threads take and return permits of a pool of 2 permits in 2 stripes
+    /// (one each), some waiting and some giving up at once: never more than
+    /// 2 are held, and all come back.
+    #[test]
+    fn loom_never_more_than_the_limit_and_no_permit_lost() {
+        loom::model(|| {
+            let pool = std::sync::Arc::new(Pool::with_stripes(2, 2));
+            let inside = Arc::new(AtomicUsize::new(0));
+            let call = |pool: &std::sync::Arc<Pool>, inside: &AtomicUsize, wait: bool| {
+                let permit = if wait { Some(block_on(pool.clone().acquire())) } else { pool.try_acquire() };
+                if let Some(permit) = permit {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    assert!(now <= 2, "{now} permits held of 2");
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    drop(permit);
+                }
+            };
+            let threads: Vec<_> = [true, false]
+                .into_iter()
+                .map(|wait| {
+                    let (pool, inside) = (pool.clone(), inside.clone());
+                    thread::spawn(move || call(&pool, &inside, wait))
+                })
+                .collect();
+            call(&pool, &inside, true);
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(pool.available_permits(), 2);
+            assert_eq!(pool.waiters(), 0);
+            assert!(!pool.in_use());
+        });
+    }
+
+    /// A permit returned (to either stripe) while a call waits wakes it: a
+    /// lost wake-up would leave the waiter blocked, which loom reports.
+    #[test]
+    fn loom_a_returned_permit_wakes_a_waiter() {
+        loom::model(|| {
+            let pool = std::sync::Arc::new(Pool::with_stripes(2, 2));
+            let (a, b) = (pool.try_acquire().unwrap(), pool.try_acquire().unwrap());
+            let waiter = {
+                let pool = pool.clone();
+                thread::spawn(move || drop(block_on(pool.acquire())))
+            };
+            drop(b);
+            waiter.join().unwrap();
+            drop(a);
+            assert_eq!(pool.available_permits(), 2);
+            assert_eq!(pool.waiters(), 0);
+        });
+    }
+
+    /// While a call waits, a new call does not take the permit returned for
+    /// it: it is refused (or finds the permit already taken by the waiter).
+    #[test]
+    fn loom_new_calls_queue_behind_a_waiter() {
+        loom::model(|| {
+            let pool = std::sync::Arc::new(Pool::with_stripes(1, 1));
+            let held = pool.try_acquire().unwrap();
+            let waiter = {
+                let pool = pool.clone();
+                // The waiter keeps its permit until joined.
+                thread::spawn(move || block_on(pool.acquire()))
+            };
+            while pool.waiters() == 0 {
+                thread::yield_now();
+            }
+            drop(held);
+            assert!(pool.try_acquire().is_none(), "a new call took the permit past the waiter");
+            drop(waiter.join().unwrap());
+            assert_eq!(pool.available_permits(), 1);
+        });
+    }
+
+    /// A waiter that gives up (its future dropped), even after the wake-up
+    /// meant for it, does not swallow it: the waiter behind it gets the
+    /// permit.
+    #[test]
+    fn loom_a_cancelled_waiter_does_not_swallow_a_wake_up() {
+        loom::model(|| {
+            let pool = std::sync::Arc::new(Pool::with_stripes(1, 1));
+            let held = pool.try_acquire().unwrap();
+            let stays = {
+                let pool = pool.clone();
+                thread::spawn(move || drop(block_on(pool.acquire())))
+            };
+            {
+                let mut gives_up = pin!(pool.clone().acquire());
+                let mut cx = Context::from_waker(Waker::noop());
+                assert!(gives_up.as_mut().poll(&mut cx).is_pending(), "the permit is held");
+                drop(held);
+                // Dropped with or without the wake-up, before or after `stays` got in line.
+            }
+            stays.join().unwrap();
+            assert_eq!(pool.available_permits(), 1);
+            assert_eq!(pool.waiters(), 0);
+        });
     }
 }

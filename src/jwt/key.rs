@@ -4,11 +4,11 @@ use std::fmt;
 
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
 
 use super::error::{JwtConfigError, JwtError};
-use super::jws::{ClaimRules, Jws, SignatureCheck};
+use super::jws::{ClaimRules, Jws};
 
 /// A key that verifies tokens, with the **one** algorithm it accepts.
 ///
@@ -95,24 +95,24 @@ pub(crate) fn family_name(family: AlgorithmFamily) -> &'static str {
     }
 }
 
-/// A key ready to verify: its algorithm, its signature check prepared once,
-/// and the layer's claim rules.
+/// A key ready to verify: its algorithm, and the `jsonwebtoken` key and
+/// validation (the layer's claim rules, for this algorithm) made once.
 pub(crate) struct VerifyKey {
     pub(crate) kid: Option<String>,
     pub(crate) alg: Algorithm,
-    check: SignatureCheck,
-    rules: Arc<ClaimRules>,
+    key: DecodingKey,
+    validation: Validation,
 }
 
 impl VerifyKey {
     pub(crate) fn new(key: JwtKey, rules: &Arc<ClaimRules>) -> Self {
-        VerifyKey { kid: key.kid, alg: key.alg, check: SignatureCheck::new(key.key, key.alg), rules: rules.clone() }
+        VerifyKey { kid: key.kid, alg: key.alg, key: key.key, validation: rules.for_alg(key.alg) }
     }
 
     /// Verify `jws` and check its claims.
     #[inline]
-    pub(crate) fn verify<C: DeserializeOwned>(&self, jws: &Jws<'_, '_>) -> Result<C, JwtError> {
-        super::jws::verify(jws, &self.check, self.alg, &self.rules)
+    pub(crate) fn verify<C: DeserializeOwned>(&self, jws: &Jws<'_>) -> Result<C, JwtError> {
+        super::jws::verify(jws, &self.key, self.alg, &self.validation)
     }
 }
 

@@ -15,9 +15,9 @@
 //!     string, `sub` as a number …) is refused even when it is not checked;
 //!     a header with `crit` is refused (no extension is understood); the
 //!     `Authorization` value is size-capped before any decoding;
-//!   - each key is prepared once (for HMAC, its key schedule), and a token's
-//!     header and claims are each read once (`BENCHMARKS.md` in the
-//!     repository compares the layer with calling `jsonwebtoken::decode`).
+//!   - the signature and the registered claims are checked by
+//!     `jsonwebtoken::decode`, with each key's `DecodingKey` and `Validation`
+//!     made once, when the layer (or the JWKS cache) takes the key.
 //!
 //!   A request that fails is answered `401` with
 //!   `WWW-Authenticate: Bearer error="invalid_token"` (gRPC: a trailers-only

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::JwtError;
 use super::jwks::{JwksCache, KeyWait, Lookup};
-use super::jws::{ClaimRules, HeaderBuf, Jws, Required};
+use super::jws::{ClaimRules, Jws};
 use super::key::VerifyKey;
 use super::token::BearerToken;
 
@@ -47,8 +47,7 @@ impl Validator {
         // are decoded as unpadded base64url, so a token that verifies is a
         // `b64token`, and one that does not is dropped here.
         let text = token.as_bytes();
-        let mut header = HeaderBuf::new();
-        let jws = match Jws::parse(text, &mut header) {
+        let jws = match Jws::parse(text) {
             Ok(j) => j,
             Err(e) => return Check::Invalid(e),
         };
@@ -80,7 +79,7 @@ impl Validator {
     }
 
     /// The key to check `jws` with.
-    fn select(&self, jws: &Jws<'_, '_>, cached_only: bool) -> Result<KeyRef<'_>, Selected> {
+    fn select(&self, jws: &Jws<'_>, cached_only: bool) -> Result<KeyRef<'_>, Selected> {
         // One static key: whatever the `kid`, it is the key (its algorithm
         // is checked against the token's by the verification).
         if self.jwks.is_none() {
@@ -172,29 +171,14 @@ impl Default for Rules {
 impl Rules {
     /// The rules as the keys check them.
     pub(crate) fn claim_rules(&self) -> ClaimRules {
-        let mut required = Required::default();
-        for name in &self.required {
-            required.add(name);
-        }
-        if !self.issuers.is_empty() {
-            required.add("iss");
-        }
-        let audiences = if self.any_audience {
-            None
-        } else {
-            required.add("aud");
-            Some(self.audiences.clone())
-        };
-        if self.subject.is_some() {
-            required.add("sub");
-        }
-        ClaimRules {
-            issuers: self.issuers.clone(),
+        let audiences = (!self.any_audience).then_some(self.audiences.as_slice());
+        ClaimRules::new(
+            &self.issuers,
             audiences,
-            subject: self.subject.clone(),
-            leeway: self.leeway,
-            validate_nbf: self.validate_nbf,
-            required,
-        }
+            self.subject.as_deref(),
+            self.leeway,
+            self.validate_nbf,
+            &self.required,
+        )
     }
 }
