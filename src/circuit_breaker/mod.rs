@@ -155,7 +155,7 @@ mod layer;
 mod service;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use self::config::{CircuitBreakerConfig, SlidingWindow};
 pub use self::error::CircuitOpen;

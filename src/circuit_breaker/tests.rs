@@ -272,9 +272,9 @@ async fn max_wait_in_half_open_reopens_on_time_without_a_call() {
     assert_eq!(h.metrics().calls, 1);
 }
 
-/// A log sink for a `tracing` subscriber.
+/// A log sink for a `tracing` subscriber (the health tests use it too).
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Log(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Log {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
