@@ -77,18 +77,22 @@ fn header(h: &FieldTable, name: &str) -> Option<String> {
     }
 }
 
+/// A consumer of `queue` that acknowledges on delivery.
+async fn consumer(ch: &Channel, queue: &str) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions { no_ack: true, ..Default::default() },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Consume until `want` distinct event ids arrived (or nothing comes for [`services::PATIENCE`]).
 /// Returns (id, partition key, seq) in arrival order, and the number of copies.
 async fn consume(ch: &Channel, queue: &str, want: usize) -> (Vec<stack::Seen>, usize) {
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consumer(ch, queue).await;
     let mut seen = Vec::new();
     let mut ids = HashMap::new();
     let mut copies = 0;
@@ -255,15 +259,7 @@ async fn stored_copies(ch: &Channel, queue: &str) -> HashMap<String, u32> {
         .await
         .unwrap();
     let count = q.message_count() as usize;
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consumer(ch, queue).await;
     let mut copies = HashMap::new();
     for _ in 0..count {
         let d = tokio::time::timeout(services::PATIENCE, consumer.next())
