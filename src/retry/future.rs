@@ -158,7 +158,7 @@ where
                     // Never sleep past the deadline of an enclosing timeout:
                     // give up with this result instead.
                     if let Some(deadline) = Deadline::current() {
-                        if Instant::now().checked_add(delay).is_none_or(|at| at >= deadline.instant()) {
+                        if crate::deadline::instant_after(Instant::now(), delay) >= deadline.instant() {
                             tracing::debug!(
                                 service = %s.shared.name,
                                 delay_ms = delay.as_millis() as u64,
