@@ -25,7 +25,7 @@ pub mod error;
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
-#[cfg(any(feature = "discovery", feature = "jwt", feature = "stack"))]
+#[cfg(any(feature = "discovery", feature = "jwt", feature = "stack", feature = "rate-limit"))]
 mod redact;
 #[cfg(feature = "retry")]
 pub mod retry;

@@ -34,7 +34,10 @@ pub(crate) fn redact_url(url: &str) -> Cow<'_, str> {
 }
 
 /// `Debug`s a URL (anything `Display`) as a string with its user info redacted.
-#[cfg_attr(not(any(feature = "discovery-http", feature = "jwt", feature = "stack")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "discovery-http", feature = "jwt", feature = "stack", feature = "rate-limit")),
+    allow(dead_code)
+)]
 pub(crate) struct RedactedUrl<'a, T: ?Sized>(pub(crate) &'a T);
 
 impl<T: fmt::Display + ?Sized> fmt::Debug for RedactedUrl<'_, T> {

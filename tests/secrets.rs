@@ -264,3 +264,21 @@ fn stack_config_hides_user_info() {
         hidden_error("ClientConfig::http_stack error", &e);
     }
 }
+
+#[cfg(all(feature = "stack", feature = "rate-limit-redis"))]
+#[test]
+fn rate_limit_store_password_is_hidden() {
+    use tower_mesh::rate_limit::redis::RedisRateLimiter;
+    use tower_mesh::rate_limit::RateLimitConfig;
+    use tower_mesh::stack::{ClientConfig, MeshConfig};
+    let store = format!("redis://:{SECRET}@127.0.0.1:6379/0");
+    let rate_limit = RateLimitConfig { store: Some(store.clone()), ..RateLimitConfig::default() };
+    hidden("RateLimitConfig", &rate_limit);
+    let mut client = ClientConfig::default().named("orders");
+    client.rate_limit = Some(rate_limit.clone());
+    hidden("ClientConfig with a rate limit", &client);
+    let mut mesh = MeshConfig::default();
+    mesh.server.rate_limit = Some(rate_limit);
+    hidden("MeshConfig with a server rate limit", &mesh);
+    hidden("RedisRateLimiterBuilder", &RedisRateLimiter::builder(store));
+}

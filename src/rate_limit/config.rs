@@ -39,7 +39,7 @@ pub enum Overflow {
 /// assert_eq!(cfg.policy().burst, 50);
 /// assert!(serde_json::from_str::<RateLimitConfig>(r#"{ "rate": "fast" }"#).is_err());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// The steady rate. Default `100/s`.
@@ -74,6 +74,25 @@ pub struct RateLimitConfig {
     /// Leased mode: the most tokens an instance takes from the store at
     /// once (0, the default: one decision per call).
     pub lease: u32,
+}
+
+impl std::fmt::Debug for RateLimitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A password in the store's URL stays out.
+        f.debug_struct("RateLimitConfig")
+            .field("rate", &self.rate)
+            .field("burst", &self.burst)
+            .field("max_wait", &self.max_wait)
+            .field("max_keys", &self.max_keys)
+            .field("overflow", &self.overflow)
+            .field("key", &self.key)
+            .field("store", &self.store.as_deref().map(crate::redact::RedactedUrl))
+            .field("store_timeout", &self.store_timeout)
+            .field("on_store_error", &self.on_store_error)
+            .field("fallback_rate", &self.fallback_rate)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 /// What a shared limiter does when its store cannot decide.

@@ -532,7 +532,7 @@ where
 }
 
 /// Builder of a [`RedisRateLimiter`] layer, from [`RedisRateLimiter::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisRateLimiterBuilder {
     url: String,
     name: String,
@@ -545,6 +545,25 @@ pub struct RedisRateLimiterBuilder {
     fail: Option<FailPolicy>,
     max_lease: u32,
     lease_ttl: Duration,
+}
+
+impl fmt::Debug for RedisRateLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A password in the URL stays out.
+        f.debug_struct("RedisRateLimiterBuilder")
+            .field("url", &crate::redact::RedactedUrl(self.url.as_str()))
+            .field("name", &self.name)
+            .field("rate", &self.rate)
+            .field("burst", &self.burst)
+            .field("max_wait", &self.max_wait)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("backoff", &self.backoff)
+            .field("fail", &self.fail)
+            .field("max_lease", &self.max_lease)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
 }
 
 impl RedisRateLimiterBuilder {

@@ -156,13 +156,15 @@ impl fmt::Debug for ClientConfig {
         fn urls(v: &[String]) -> Vec<RedactedUrl<'_, str>> {
             v.iter().map(|e| RedactedUrl(e.as_str())).collect()
         }
-        f.debug_struct("ClientConfig")
-            .field("name", &self.name)
+        let mut d = f.debug_struct("ClientConfig");
+        d.field("name", &self.name)
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
             .field("circuit_breaker", &self.circuit_breaker)
-            .field("bulkhead", &self.bulkhead)
-            .field("correlation", &self.correlation)
+            .field("bulkhead", &self.bulkhead);
+        #[cfg(feature = "rate-limit")]
+        d.field("rate_limit", &self.rate_limit);
+        d.field("correlation", &self.correlation)
             .field("forward_token_to", &urls(&self.forward_token_to))
             .field("endpoints", &urls(&self.endpoints))
             .field("metrics", &self.metrics)
