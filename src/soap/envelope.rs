@@ -201,7 +201,6 @@ impl Envelope {
             depth: 0,
             bindings: Bindings::new(),
             text,
-            skipped: 0,
             budget: limits.max_body,
         }
         .envelope(&message)?;

@@ -1,6 +1,7 @@
 //! The envelope parser: quick-xml events checked against the limits.
 
 use super::*;
+use crate::soap::skip::{next_event, skip_content};
 
 pub(super) struct Parser<'a, 'l> {
     pub(super) reader: Reader<&'a [u8]>,
@@ -12,9 +13,6 @@ pub(super) struct Parser<'a, 'l> {
     /// subtrees (the Body's content, header blocks) declare nothing here.
     pub(super) bindings: Bindings<'a>,
     pub(super) text: &'a str,
-    /// Bytes skipped past the reader (see [`skip`](Parser::skip)): its
-    /// positions count from where it was, so they are offset by this.
-    pub(super) skipped: usize,
     /// How many bytes of namespace declarations standalone header blocks and
     /// fault details may still be given (the size limit, in all).
     pub(super) budget: usize,
@@ -22,15 +20,11 @@ pub(super) struct Parser<'a, 'l> {
 
 impl<'a> Parser<'a, '_> {
     pub(super) fn next(&mut self) -> Result<Event<'a>, SoapError> {
-        match self.reader.read_event() {
-            Ok(Event::DocType(_)) => Err(SoapError::DocType),
-            Ok(e) => Ok(e),
-            Err(e) => Err(SoapError::xml(self.reader.error_position() + self.skipped as u64, e)),
-        }
+        next_event(&mut self.reader)
     }
 
     pub(super) fn pos(&self) -> usize {
-        self.reader.buffer_position() as usize + self.skipped
+        self.reader.buffer_position() as usize
     }
 
     pub(super) fn enter(&mut self) -> Result<(), SoapError> {
@@ -385,20 +379,9 @@ impl<'a> Parser<'a, '_> {
     /// end tag, checking depth, end tags and references (see [`skip`](super::skip)).
     /// Returns the offset of the end tag.
     pub(super) fn skip(&mut self) -> Result<usize, SoapError> {
-        let from = self.pos();
-        let end_tag = crate::soap::skip::skip_content(self.text, from, self.depth, self.limits.max_depth)?;
-        // Move the reader to the element's end tag and let it read that: it
-        // checks the name against the start tag it read.
-        let rest: &'a [u8] = self.reader.get_ref();
-        *self.reader.get_mut() = &rest[end_tag - from..];
-        self.skipped += end_tag - from;
-        match self.next()? {
-            Event::End(_) => {
-                self.close();
-                Ok(end_tag)
-            }
-            _ => Err(SoapError::Structure("unclosed element")),
-        }
+        let end_tag = skip_content(&mut self.reader, self.depth, self.limits.max_depth)?;
+        self.close();
+        Ok(end_tag)
     }
 
     /// Parse a Fault whose start tag was just read. Only the elements the

@@ -1,6 +1,7 @@
 //! Making a fragment of a message standalone: the namespace declarations it uses added.
 
 use super::*;
+use crate::soap::skip::{next_event, skip_content};
 
 /// Whether `c` may be in an XML name without a colon (an NCName; XML 1.0
 /// fifth edition, `NameChar` less `:`).
@@ -100,26 +101,23 @@ pub(super) fn standalone<P: AsRef<str>, N: AsRef<str>>(
     let b = fragment.as_bytes();
     let mut out = Vec::new();
     let mut copied = 0;
-    let mut pos = 0;
     let mut own: Vec<&str> = Vec::new();
-    while pos < b.len() {
-        let mut reader = Reader::from_str(&fragment[pos..]);
-        let event = reader.read_event().map_err(|e| SoapError::xml(pos as u64, e))?;
-        let after = pos + reader.buffer_position() as usize;
+    let mut reader = Reader::from_str(fragment);
+    loop {
+        let pos = reader.buffer_position() as usize;
+        let event = next_event(&mut reader)?;
+        let after = reader.buffer_position() as usize;
         let (e, is_start) = match event {
             Event::Start(e) => (e, true),
             Event::Empty(e) => (e, false),
             Event::Eof => break,
-            _ => {
-                pos = after;
-                continue;
-            }
+            _ => continue,
         };
         let lt = pos + memchr::memchr(b'<', &b[pos..after]).unwrap_or(0);
         let name_end = lt + 1 + e.name().0.len();
         let end = if is_start {
-            let end_tag = crate::soap::skip::skip_content(fragment, after, 0, usize::MAX)?;
-            end_tag + memchr::memchr(b'>', &b[end_tag..]).map_or(b.len() - end_tag, |k| k + 1)
+            skip_content(&mut reader, 0, usize::MAX)?;
+            reader.buffer_position() as usize
         } else {
             after
         };
@@ -159,7 +157,6 @@ pub(super) fn standalone<P: AsRef<str>, N: AsRef<str>>(
                 return Err(SoapError::TooLarge { limit });
             }
         }
-        pos = end;
     }
     if copied == 0 {
         return Ok(None);
