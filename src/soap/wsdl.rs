@@ -260,82 +260,7 @@ impl Wsdl {
                 wsdl.target_namespace = attr(&e, "targetNamespace")?;
             }
             let parent: Vec<(Ns, &str)> = path.iter().map(|(n, s)| (*n, s.as_str())).collect();
-            let name = || attr(&e, "name").map(Option::unwrap_or_default);
-            let version = match ns {
-                Ns::Soap11 => Some(SoapVersion::V11),
-                Ns::Soap12 => Some(SoapVersion::V12),
-                _ => None,
-            };
-            match (parent.as_slice(), ns, local) {
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "import") => {
-                    wsdl.imports.push(WsdlImport { namespace: attr(&e, "namespace")?, location: attr(&e, "location")? })
-                }
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "message") => wsdl.messages.push(name()?),
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "portType") => {
-                    wsdl.port_types.push(WsdlPortType { name: name()?, operations: Vec::new() })
-                }
-                ([_, (Ns::Wsdl, "portType")], Ns::Wsdl, "operation") => {
-                    if let Some(pt) = wsdl.port_types.last_mut() {
-                        pt.operations.push(WsdlAbstractOperation { name: name()?, ..Default::default() });
-                    }
-                }
-                (
-                    [_, (Ns::Wsdl, "portType"), (Ns::Wsdl, "operation")],
-                    Ns::Wsdl,
-                    kind @ ("input" | "output" | "fault"),
-                ) => {
-                    let message = attr(&e, "message")?.map(|m| local_of(&m));
-                    if let Some(op) = wsdl.port_types.last_mut().and_then(|pt| pt.operations.last_mut()) {
-                        match kind {
-                            "input" => op.input = message,
-                            "output" => op.output = message,
-                            _ => op.faults.extend(message),
-                        }
-                    }
-                }
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "binding") => wsdl.bindings.push(WsdlBinding {
-                    name: name()?,
-                    port_type: attr(&e, "type")?.map(|t| local_of(&t)).unwrap_or_default(),
-                    ..Default::default()
-                }),
-                ([_, (Ns::Wsdl, "binding")], Ns::Soap11 | Ns::Soap12, "binding") => {
-                    if let Some(b) = wsdl.bindings.last_mut() {
-                        b.version = version;
-                        b.style = attr(&e, "style")?;
-                        b.transport = attr(&e, "transport")?;
-                    }
-                }
-                ([_, (Ns::Wsdl, "binding")], Ns::Wsdl, "operation") => {
-                    if let Some(b) = wsdl.bindings.last_mut() {
-                        b.operations.push(WsdlBindingOperation { name: name()?, ..Default::default() });
-                    }
-                }
-                ([_, (Ns::Wsdl, "binding"), (Ns::Wsdl, "operation")], Ns::Soap11 | Ns::Soap12, "operation") => {
-                    let action = attr(&e, "soapAction")?;
-                    let style = attr(&e, "style")?;
-                    if let Some(op) = wsdl.bindings.last_mut().and_then(|b| b.operations.last_mut()) {
-                        op.soap_action = action;
-                        op.style = style;
-                    }
-                }
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "service") => {
-                    wsdl.services.push(WsdlService { name: name()?, ports: Vec::new() })
-                }
-                ([_, (Ns::Wsdl, "service")], Ns::Wsdl, "port") => {
-                    let binding = attr(&e, "binding")?.map(|b| local_of(&b)).unwrap_or_default();
-                    if let Some(s) = wsdl.services.last_mut() {
-                        s.ports.push(WsdlPort { name: name()?, binding, ..Default::default() });
-                    }
-                }
-                ([_, (Ns::Wsdl, "service"), (Ns::Wsdl, "port")], Ns::Soap11 | Ns::Soap12 | Ns::Http, "address") => {
-                    let location = attr(&e, "location")?;
-                    if let Some(p) = wsdl.services.last_mut().and_then(|s| s.ports.last_mut()) {
-                        p.address = location;
-                        p.version = version;
-                    }
-                }
-                _ => {}
-            }
+            wsdl.element(&parent, ns, local, &e)?;
             if !empty {
                 path.push((ns, local.to_owned()));
             }
@@ -347,6 +272,84 @@ impl Wsdl {
             return Err(SoapError::Structure("unclosed element in WSDL"));
         }
         Ok(wsdl)
+    }
+
+    /// Note the element `e` (`ns`, `local`) found inside the elements `parent`.
+    fn element(&mut self, parent: &[(Ns, &str)], ns: Ns, local: &str, e: &BytesStart<'_>) -> Result<(), SoapError> {
+        let wsdl = self;
+        let name = || attr(e, "name").map(Option::unwrap_or_default);
+        let version = match ns {
+            Ns::Soap11 => Some(SoapVersion::V11),
+            Ns::Soap12 => Some(SoapVersion::V12),
+            _ => None,
+        };
+        match (parent, ns, local) {
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "import") => {
+                wsdl.imports.push(WsdlImport { namespace: attr(e, "namespace")?, location: attr(e, "location")? })
+            }
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "message") => wsdl.messages.push(name()?),
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "portType") => {
+                wsdl.port_types.push(WsdlPortType { name: name()?, operations: Vec::new() })
+            }
+            ([_, (Ns::Wsdl, "portType")], Ns::Wsdl, "operation") => {
+                if let Some(pt) = wsdl.port_types.last_mut() {
+                    pt.operations.push(WsdlAbstractOperation { name: name()?, ..Default::default() });
+                }
+            }
+            ([_, (Ns::Wsdl, "portType"), (Ns::Wsdl, "operation")], Ns::Wsdl, kind @ ("input" | "output" | "fault")) => {
+                let message = attr(e, "message")?.map(|m| local_of(&m));
+                if let Some(op) = wsdl.port_types.last_mut().and_then(|pt| pt.operations.last_mut()) {
+                    match kind {
+                        "input" => op.input = message,
+                        "output" => op.output = message,
+                        _ => op.faults.extend(message),
+                    }
+                }
+            }
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "binding") => wsdl.bindings.push(WsdlBinding {
+                name: name()?,
+                port_type: attr(e, "type")?.map(|t| local_of(&t)).unwrap_or_default(),
+                ..Default::default()
+            }),
+            ([_, (Ns::Wsdl, "binding")], Ns::Soap11 | Ns::Soap12, "binding") => {
+                if let Some(b) = wsdl.bindings.last_mut() {
+                    b.version = version;
+                    b.style = attr(e, "style")?;
+                    b.transport = attr(e, "transport")?;
+                }
+            }
+            ([_, (Ns::Wsdl, "binding")], Ns::Wsdl, "operation") => {
+                if let Some(b) = wsdl.bindings.last_mut() {
+                    b.operations.push(WsdlBindingOperation { name: name()?, ..Default::default() });
+                }
+            }
+            ([_, (Ns::Wsdl, "binding"), (Ns::Wsdl, "operation")], Ns::Soap11 | Ns::Soap12, "operation") => {
+                let action = attr(e, "soapAction")?;
+                let style = attr(e, "style")?;
+                if let Some(op) = wsdl.bindings.last_mut().and_then(|b| b.operations.last_mut()) {
+                    op.soap_action = action;
+                    op.style = style;
+                }
+            }
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "service") => {
+                wsdl.services.push(WsdlService { name: name()?, ports: Vec::new() })
+            }
+            ([_, (Ns::Wsdl, "service")], Ns::Wsdl, "port") => {
+                let binding = attr(e, "binding")?.map(|b| local_of(&b)).unwrap_or_default();
+                if let Some(s) = wsdl.services.last_mut() {
+                    s.ports.push(WsdlPort { name: name()?, binding, ..Default::default() });
+                }
+            }
+            ([_, (Ns::Wsdl, "service"), (Ns::Wsdl, "port")], Ns::Soap11 | Ns::Soap12 | Ns::Http, "address") => {
+                let location = attr(e, "location")?;
+                if let Some(p) = wsdl.services.last_mut().and_then(|s| s.ports.last_mut()) {
+                    p.address = location;
+                    p.version = version;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Every SOAP operation of every port: service, port, address, version,

@@ -145,7 +145,9 @@ impl<'a> Parser<'a, '_> {
         QualifiedName { namespace: ns.map(str::to_owned), local: local.to_owned() }
     }
 
-    pub(super) fn envelope(mut self, message: &Bytes) -> Result<Envelope, SoapError> {
+    /// Read the prolog and the root's start tag: the contents of the
+    /// `Envelope` start tag and the SOAP version.
+    fn root(&mut self) -> Result<(Range<usize>, SoapVersion), SoapError> {
         // Prolog: declaration, comments, processing instructions, whitespace.
         let (root, root_empty) = loop {
             match self.next()? {
@@ -161,7 +163,6 @@ impl<'a> Parser<'a, '_> {
         };
         self.open(&root)?;
         let envelope_tag = self.span(&root);
-        let mut body_tag = 0..0;
         let (ns, local) = self.resolve(root.name().0, false);
         if local != "Envelope" {
             return Err(SoapError::NotAnEnvelope);
@@ -173,6 +174,25 @@ impl<'a> Parser<'a, '_> {
         if root_empty {
             return Err(SoapError::Structure("no Body"));
         }
+        Ok((envelope_tag, version))
+    }
+
+    /// Read what follows the `Envelope`: comments, processing instructions, whitespace.
+    fn epilog(&mut self) -> Result<(), SoapError> {
+        loop {
+            match self.next()? {
+                Event::Eof => break,
+                Event::Text(t) if t.xml10_content().trim().is_empty() => {}
+                Event::Comment(_) | Event::PI(_) => {}
+                _ => return Err(SoapError::Structure("content after the Envelope")),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn envelope(mut self, message: &Bytes) -> Result<Envelope, SoapError> {
+        let (envelope_tag, version) = self.root()?;
+        let mut body_tag = 0..0;
         let env_ns = version.namespace();
 
         let mut headers = Vec::new();
@@ -229,15 +249,7 @@ impl<'a> Parser<'a, '_> {
         }
         let body = body.ok_or(SoapError::Structure("no Body"))?;
 
-        // Epilog.
-        loop {
-            match self.next()? {
-                Event::Eof => break,
-                Event::Text(t) if t.xml10_content().trim().is_empty() => {}
-                Event::Comment(_) | Event::PI(_) => {}
-                _ => return Err(SoapError::Structure("content after the Envelope")),
-            }
-        }
+        self.epilog()?;
         if let Some(f) = fault.as_deref_mut() {
             let f: &mut SoapFault = f;
             f.version = version;
@@ -392,12 +404,7 @@ impl<'a> Parser<'a, '_> {
         // Local names of the open elements inside the Fault.
         let mut path: Vec<&'a str> = Vec::with_capacity(4);
         let mut text = String::new();
-        let mut code: Option<QualifiedName> = None;
-        let mut subcodes = Vec::new();
-        let mut reason: Option<String> = None;
-        let mut actor = None;
-        let mut node = None;
-        let mut detail = None;
+        let mut parts = FaultParts::default();
         loop {
             match self.next()? {
                 Event::Start(e) => {
@@ -410,7 +417,7 @@ impl<'a> Parser<'a, '_> {
                         let end = self.skip()?;
                         let made =
                             standalone(&self.text[start..end], &inherited, &mut self.budget, self.limits.max_body)?;
-                        detail = Some(match made {
+                        parts.detail = Some(match made {
                             Some(made) => Bytes::from(made),
                             None => message.slice(start..end),
                         });
@@ -424,7 +431,7 @@ impl<'a> Parser<'a, '_> {
                     text.clear();
                 }
                 Event::Empty(e) if self.depth == base && matches!(e.local_name().into_inner(), "detail" | "Detail") => {
-                    detail = Some(Bytes::new());
+                    parts.detail = Some(Bytes::new());
                 }
                 Event::Text(t) => text.push_str(&t.xml10_content()),
                 Event::CData(t) => text.push_str(&t.xml10_content()),
@@ -435,16 +442,18 @@ impl<'a> Parser<'a, '_> {
                         break;
                     }
                     match (version, path.as_slice()) {
-                        (SoapVersion::V11, ["faultcode"]) => code = Some(self.resolve_text_qname(&text)),
-                        (SoapVersion::V11, ["faultstring"]) => reason = Some(text.trim().to_owned()),
-                        (SoapVersion::V11, ["faultactor"]) => actor = Some(text.trim().to_owned()),
-                        (SoapVersion::V12, ["Code", "Value"]) => code = Some(self.resolve_text_qname(&text)),
-                        (SoapVersion::V12, ["Code", .., "Value"]) => subcodes.push(self.resolve_text_qname(&text)),
-                        (SoapVersion::V12, ["Reason", "Text"]) if reason.is_none() => {
-                            reason = Some(text.trim().to_owned())
+                        (SoapVersion::V11, ["faultcode"]) => parts.code = Some(self.resolve_text_qname(&text)),
+                        (SoapVersion::V11, ["faultstring"]) => parts.reason = Some(text.trim().to_owned()),
+                        (SoapVersion::V11, ["faultactor"]) => parts.actor = Some(text.trim().to_owned()),
+                        (SoapVersion::V12, ["Code", "Value"]) => parts.code = Some(self.resolve_text_qname(&text)),
+                        (SoapVersion::V12, ["Code", .., "Value"]) => {
+                            parts.subcodes.push(self.resolve_text_qname(&text))
                         }
-                        (SoapVersion::V12, ["Node"]) => node = Some(text.trim().to_owned()),
-                        (SoapVersion::V12, ["Role"]) => actor = Some(text.trim().to_owned()),
+                        (SoapVersion::V12, ["Reason", "Text"]) if parts.reason.is_none() => {
+                            parts.reason = Some(text.trim().to_owned())
+                        }
+                        (SoapVersion::V12, ["Node"]) => parts.node = Some(text.trim().to_owned()),
+                        (SoapVersion::V12, ["Role"]) => parts.actor = Some(text.trim().to_owned()),
                         _ => {}
                     }
                     path.pop();
@@ -455,7 +464,25 @@ impl<'a> Parser<'a, '_> {
                 _ => {}
             }
         }
-        let code_name = code.ok_or(SoapError::Structure("Fault without a code"))?;
+        parts.into_fault(version)
+    }
+}
+
+/// What the elements of a Fault said, as they are read.
+#[derive(Default)]
+struct FaultParts {
+    code: Option<QualifiedName>,
+    subcodes: Vec<QualifiedName>,
+    reason: Option<String>,
+    actor: Option<String>,
+    node: Option<String>,
+    detail: Option<Bytes>,
+}
+
+impl FaultParts {
+    /// The Fault of `version` they make; its code is required.
+    fn into_fault(mut self, version: SoapVersion) -> Result<SoapFault, SoapError> {
+        let code_name = self.code.ok_or(SoapError::Structure("Fault without a code"))?;
         let env_ns = version.namespace();
         let mut local_parts = code_name.local.split('.');
         let head = local_parts.next().unwrap_or_default();
@@ -463,18 +490,18 @@ impl<'a> Parser<'a, '_> {
         let class = if standard { FaultCode::from_local(head) } else { FaultCode::Other };
         if version == SoapVersion::V11 {
             for part in local_parts {
-                subcodes.push(QualifiedName { namespace: code_name.namespace.clone(), local: part.to_owned() });
+                self.subcodes.push(QualifiedName { namespace: code_name.namespace.clone(), local: part.to_owned() });
             }
         }
         Ok(SoapFault {
             version,
             code: class,
             code_name,
-            subcodes,
-            reason: reason.unwrap_or_default(),
-            actor,
-            node,
-            detail,
+            subcodes: self.subcodes,
+            reason: self.reason.unwrap_or_default(),
+            actor: self.actor,
+            node: self.node,
+            detail: self.detail,
             http_status: None,
         })
     }

@@ -115,6 +115,82 @@ pub(super) fn not_understood(names: &[&QualifiedName]) -> Vec<Bytes> {
         .collect()
 }
 
+/// Check the request whose envelope was read (or could not be): the
+/// envelope, with the [`SoapOperation`] it calls put in `parts`, or the
+/// fault response answering it.
+pub(super) fn check_request(
+    config: &Config,
+    hint: SoapVersion,
+    parts: &mut Parts,
+    envelope: Result<Envelope, SoapError>,
+) -> Result<Envelope, Response<EnvelopeBody>> {
+    let envelope = match envelope {
+        Ok(env) => env,
+        Err(e) => {
+            let (v, mut fault) = parse_fault(&e);
+            let v = if fault.is_version_mismatch() { v } else { hint };
+            fault.version = v;
+            let mut res = fault_response(config, v, &fault, &[]);
+            if matches!(e, SoapError::TooLarge { .. }) {
+                *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            }
+            return Err(res);
+        }
+    };
+    let version = envelope.version();
+    if config.strict_content_type && media_type_version(parts.headers.get(CONTENT_TYPE)) != Some(version) {
+        return Err(unsupported_media_type(config, version, parts.headers.get(CONTENT_TYPE)));
+    }
+    let missing: Vec<&QualifiedName> = envelope
+        .headers()
+        .iter()
+        .filter(|h| h.must_understand() && h.targets_ultimate_receiver())
+        .map(|h| h.name())
+        .filter(|n| !config.understood.contains(n))
+        .collect();
+    if !missing.is_empty() {
+        let reason = format!("header block {} not understood", missing[0]);
+        let fault = SoapFault::new(FaultCode::MustUnderstand, reason);
+        let blocks = if version == SoapVersion::V12 { not_understood(&missing) } else { Vec::new() };
+        return Err(fault_response(config, version, &fault, &blocks));
+    }
+    let op = SoapOperation { version, action: action_of(parts, version), element: envelope.body_element().cloned() };
+    parts.extensions.insert(op);
+    Ok(envelope)
+}
+
+/// The fault answering a request the server failed to serve.
+pub(super) fn internal_error(config: &Config, version: SoapVersion) -> Response<EnvelopeBody> {
+    fault_response(config, version, &SoapFault::server("internal error"), &[])
+}
+
+/// The response answering the handler's response `parts`, whose body was read
+/// as `read`: the same with the body in a SOAP envelope, or a fault.
+pub(super) fn written(
+    config: &Config,
+    version: SoapVersion,
+    read: Result<Bytes, BoxError>,
+    parts: Option<http::response::Parts>,
+) -> Response<EnvelopeBody> {
+    let (bytes, mut parts) = match (read, parts) {
+        (Ok(bytes), Some(p)) => (bytes, p),
+        (Err(e), _) => {
+            let e = body_error(e, config.limits.body_limit());
+            tracing::warn!(service = &*config.name, error = %e, "reading the SOAP handler's response failed");
+            let fault = SoapFault::server("internal server error");
+            return fault_response(config, version, &fault, &[]);
+        }
+        (Ok(_), None) => {
+            let fault = SoapFault::server("internal server error");
+            return fault_response(config, version, &fault, &[]);
+        }
+    };
+    parts.headers.insert(CONTENT_TYPE, content_type(version));
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let body = EnvelopeBody::new(version, &[], bytes);
+    Response::from_parts(parts, body)
+}
+
 impl<S, ReqB, ResB> Future for ServerFuture<S, ReqB, ResB>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>>,
@@ -134,62 +210,17 @@ where
                     let config = config.clone();
                     let hint = *version;
                     let limit = config.limits.body_limit();
-                    let read = ready!(body.poll(cx));
+                    let read = ready!(body.poll(cx)).map(|c| c.to_bytes()).map_err(|e| body_error(e, limit));
                     let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
-                        return Poll::Ready(Ok(fault_response(
-                            &config,
-                            hint,
-                            &SoapFault::server("internal error"),
-                            &[],
-                        )));
+                        return Poll::Ready(Ok(internal_error(&config, hint)));
                     };
-                    let envelope = match read.map_err(|e| body_error(e, limit)) {
-                        Ok(collected) => Envelope::parse(collected.to_bytes(), &config.limits),
-                        Err(e) => Err(e),
-                    };
-                    let envelope = match envelope {
-                        Ok(env) => env,
-                        Err(e) => {
-                            let (v, mut fault) = parse_fault(&e);
-                            let v = if fault.is_version_mismatch() { v } else { hint };
-                            fault.version = v;
-                            let mut res = fault_response(&config, v, &fault, &[]);
-                            if matches!(e, SoapError::TooLarge { .. }) {
-                                *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                            }
-                            return Poll::Ready(Ok(res));
-                        }
+                    let envelope = read.and_then(|bytes| Envelope::parse(bytes, &config.limits));
+                    let envelope = match check_request(&config, hint, &mut parts, envelope) {
+                        Ok(envelope) => envelope,
+                        Err(res) => return Poll::Ready(Ok(res)),
                     };
                     let version = envelope.version();
-                    if config.strict_content_type
-                        && media_type_version(parts.headers.get(CONTENT_TYPE)) != Some(version)
-                    {
-                        return Poll::Ready(Ok(unsupported_media_type(
-                            &config,
-                            version,
-                            parts.headers.get(CONTENT_TYPE),
-                        )));
-                    }
-                    let missing: Vec<&QualifiedName> = envelope
-                        .headers()
-                        .iter()
-                        .filter(|h| h.must_understand() && h.targets_ultimate_receiver())
-                        .map(|h| h.name())
-                        .filter(|n| !config.understood.contains(n))
-                        .collect();
-                    if !missing.is_empty() {
-                        let reason = format!("header block {} not understood", missing[0]);
-                        let fault = SoapFault::new(FaultCode::MustUnderstand, reason);
-                        let blocks = if version == SoapVersion::V12 { not_understood(&missing) } else { Vec::new() };
-                        return Poll::Ready(Ok(fault_response(&config, version, &fault, &blocks)));
-                    }
-                    let op = SoapOperation {
-                        version,
-                        action: action_of(&parts, version),
-                        element: envelope.body_element().cloned(),
-                    };
                     let body = envelope.body();
-                    parts.extensions.insert(op);
                     if let Some(validator) = &config.validator {
                         let fut = validator.validate_as(&envelope, config.name.clone());
                         parts.extensions.insert(envelope);
@@ -211,8 +242,7 @@ where
                     let checked = ready!(fut.as_mut().poll(cx));
                     let (config, version) = (config.clone(), *version);
                     let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
-                        let fault = SoapFault::server("internal error");
-                        return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
+                        return Poll::Ready(Ok(internal_error(&config, version)));
                     };
                     match checked {
                         Ok(user) => {
@@ -243,33 +273,12 @@ where
                     }
                 }
                 StateProj::Writing { body, parts, config, version } => {
-                    let read = ready!(body.poll(cx));
-                    let parts = parts.take();
-                    let (config, version) = (config.clone(), *version);
-                    let (bytes, mut parts) = match (read, parts) {
-                        (Ok(c), Some(p)) => (c.to_bytes(), p),
-                        (Err(e), _) => {
-                            let e = body_error(e, config.limits.body_limit());
-                            tracing::warn!(service = &*config.name, error = %e, "reading the SOAP handler's response failed");
-                            let fault = SoapFault::server("internal server error");
-                            return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
-                        }
-                        (Ok(_), None) => {
-                            let fault = SoapFault::server("internal server error");
-                            return Poll::Ready(Ok(fault_response(&config, version, &fault, &[])));
-                        }
-                    };
-                    parts.headers.insert(CONTENT_TYPE, content_type(version));
-                    parts.headers.remove(http::header::CONTENT_LENGTH);
-                    let body = EnvelopeBody::new(version, &[], bytes);
-                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    let read = ready!(body.poll(cx)).map(|c| c.to_bytes());
+                    return Poll::Ready(Ok(written(config, *version, read, parts.take())));
                 }
                 StateProj::Done { res } => {
-                    let fault = SoapFault::server("internal error");
-                    let config = Config::default();
-                    return Poll::Ready(Ok(res
-                        .take()
-                        .unwrap_or_else(|| fault_response(&config, SoapVersion::V11, &fault, &[]))));
+                    let res = res.take().unwrap_or_else(|| internal_error(&Config::default(), SoapVersion::V11));
+                    return Poll::Ready(Ok(res));
                 }
             }
         }
