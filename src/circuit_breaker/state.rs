@@ -1,13 +1,12 @@
 //! The shared state machine and the sliding windows.
 
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Label};
-use tokio::runtime::{Handle, Id};
+use tokio::runtime::Id;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -15,6 +14,8 @@ use super::closer::{Closer, FastPath, MAX_SEC as FAST_MAX_SEC};
 use super::config::{CircuitBreakerConfig, SlidingWindow};
 use super::CircuitOpen;
 use crate::classify::CancelPolicy;
+
+mod expiry;
 mod settings;
 mod window;
 
@@ -341,71 +342,6 @@ impl Shared {
             self.metrics.rejected.increment(1);
         }
         result
-    }
-
-    /// If the breaker is half-open and its max wait has passed by `now`,
-    /// re-open it as of the end of the max wait (the open wait counts from
-    /// then), as the expiry timer does; the change to notify.
-    fn expire_half_open(&self, g: &mut Inner, now: Instant) -> Option<StateChange> {
-        let max = self.settings.max_wait_in_half_open;
-        if g.state != CircuitState::HalfOpen || max.is_zero() {
-            return None;
-        }
-        let deadline = g.half_open.since + max;
-        if now < deadline {
-            return None;
-        }
-        let t = g.half_open.totals;
-        let rates = (t.calls > 0).then(|| t.rates());
-        Some(self.transition(g, CircuitState::Open, deadline, rates))
-    }
-
-    /// Just entered half-open: with a max wait, arm a task that re-opens the
-    /// breaker when it ends, so the state, the metrics and the listeners see
-    /// the change on time even when no call comes. Without a tokio runtime
-    /// (or timers), the change is applied when the breaker is next used or
-    /// observed ([`Shared::observed_state`]), as of the same moment.
-    fn arm_expiry(self: &Arc<Self>, g: &mut Inner) {
-        let max = self.settings.max_wait_in_half_open;
-        if g.state != CircuitState::HalfOpen || max.is_zero() {
-            return;
-        }
-        let Ok(handle) = Handle::try_current() else { return };
-        if g.no_timers == Some(handle.id()) {
-            return;
-        }
-        // `sleep_until` panics in a runtime built without timers (there is
-        // no other way to ask): that runtime is remembered.
-        let deadline = g.half_open.since + max;
-        let Ok(sleep) = catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(deadline))) else {
-            g.no_timers = Some(handle.id());
-            return;
-        };
-        let (weak, period) = (Arc::downgrade(self), g.epoch);
-        let task = handle.spawn(async move {
-            sleep.await;
-            if let Some(shared) = weak.upgrade() {
-                shared.expire_on_timer(period);
-            }
-        });
-        if let Some(old) = g.expiry.replace(task.abort_handle()) {
-            old.abort();
-        }
-    }
-
-    /// The expiry task of half-open period `period` woke.
-    fn expire_on_timer(&self, period: u32) {
-        let now = Instant::now();
-        let mut g = self.lock();
-        if g.epoch != period {
-            return;
-        }
-        g.expiry = None;
-        let change = self.expire_half_open(&mut g, now);
-        drop(g);
-        if let Some(c) = change {
-            self.notify(&c);
-        }
     }
 
     /// Record a finished call that was admitted with `ticket` (see [`acquire`]).
