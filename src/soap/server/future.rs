@@ -117,13 +117,13 @@ pub(super) fn not_understood(names: &[&QualifiedName]) -> Vec<Bytes> {
 
 /// Check the request whose envelope was read (or could not be): the
 /// envelope, with the [`SoapOperation`] it calls put in `parts`, or the
-/// fault response answering it.
+/// fault response answering it (boxed: an error path only).
 pub(super) fn check_request(
     config: &Config,
     hint: SoapVersion,
     parts: &mut Parts,
     envelope: Result<Envelope, SoapError>,
-) -> Result<Envelope, Response<EnvelopeBody>> {
+) -> Result<Envelope, Box<Response<EnvelopeBody>>> {
     let envelope = match envelope {
         Ok(env) => env,
         Err(e) => {
@@ -134,12 +134,12 @@ pub(super) fn check_request(
             if matches!(e, SoapError::TooLarge { .. }) {
                 *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
             }
-            return Err(res);
+            return Err(Box::new(res));
         }
     };
     let version = envelope.version();
     if config.strict_content_type && media_type_version(parts.headers.get(CONTENT_TYPE)) != Some(version) {
-        return Err(unsupported_media_type(config, version, parts.headers.get(CONTENT_TYPE)));
+        return Err(Box::new(unsupported_media_type(config, version, parts.headers.get(CONTENT_TYPE))));
     }
     let missing: Vec<&QualifiedName> = envelope
         .headers()
@@ -152,7 +152,7 @@ pub(super) fn check_request(
         let reason = format!("header block {} not understood", missing[0]);
         let fault = SoapFault::new(FaultCode::MustUnderstand, reason);
         let blocks = if version == SoapVersion::V12 { not_understood(&missing) } else { Vec::new() };
-        return Err(fault_response(config, version, &fault, &blocks));
+        return Err(Box::new(fault_response(config, version, &fault, &blocks)));
     }
     let op = SoapOperation { version, action: action_of(parts, version), element: envelope.body_element().cloned() };
     parts.extensions.insert(op);
@@ -217,7 +217,7 @@ where
                     let envelope = read.and_then(|bytes| Envelope::parse(bytes, &config.limits));
                     let envelope = match check_request(&config, hint, &mut parts, envelope) {
                         Ok(envelope) => envelope,
-                        Err(res) => return Poll::Ready(Ok(res)),
+                        Err(res) => return Poll::Ready(Ok(*res)),
                     };
                     let version = envelope.version();
                     let body = envelope.body();
