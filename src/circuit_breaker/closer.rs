@@ -327,7 +327,7 @@ mod loom_tests {
     /// locked path moves the word to second 6: the success is in exactly
     /// one close, of second 5 (it ended in second 5).
     #[test]
-    fn loom_a_fired_timer_leaves_no_past_second_guarded() {
+    fn loom_a_success_across_a_second_change_is_closed_once() {
         loom::model(|| {
             let base = Instant::now();
             let fast = Arc::new(FastPath::new());
