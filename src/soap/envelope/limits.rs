@@ -1,5 +1,8 @@
 //! The limits every message is read within.
 
+#[cfg(doc)]
+use super::{HeaderBlock, SoapError};
+
 /// Default maximum size of a SOAP message: 4 MiB.
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 /// Default maximum element nesting depth.
