@@ -5,22 +5,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Label};
+use metrics::Label;
 use tokio::runtime::Id;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::closer::{Closer, FastPath, MAX_SEC as FAST_MAX_SEC};
-use super::config::{CircuitBreakerConfig, SlidingWindow};
+use super::config::SlidingWindow;
 use super::CircuitOpen;
-use crate::classify::CancelPolicy;
 
 mod expiry;
 mod settings;
 mod window;
 
-pub(crate) use self::settings::*;
-pub(crate) use self::window::*;
+pub(crate) use self::settings::{metric_labels, Settings};
+use self::settings::{with_label, Metrics};
+use self::window::{Totals, Window};
 
 /// The state of a circuit breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,18 +1,16 @@
 //! Parsing envelopes safely: no DTD, no entity expansion, bounded size and depth.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use quick_xml::events::attributes::{AttrError, Attribute};
-use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::events::{BytesRef, BytesStart};
 use quick_xml::Reader;
 
 use super::error::SoapError;
-use super::fault::{FaultCode, QualifiedName, SoapFault};
+use super::fault::{QualifiedName, SoapFault};
 use super::version::SoapVersion;
 
 mod limits;
@@ -20,10 +18,13 @@ mod namespaces;
 mod parser;
 mod standalone;
 
-pub use self::limits::*;
-use self::namespaces::*;
-use self::parser::*;
-use self::standalone::*;
+pub use self::limits::{
+    SoapLimits, DEFAULT_MAX_ATTRIBUTES, DEFAULT_MAX_BODY, DEFAULT_MAX_DEPTH, DEFAULT_MAX_HEADER_BLOCKS,
+    DEFAULT_MAX_NAMESPACES,
+};
+use self::namespaces::{for_each_attribute, rebase, Bindings};
+use self::parser::Parser;
+use self::standalone::standalone;
 
 /// One header block of a received envelope.
 ///

@@ -2,8 +2,6 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -12,25 +10,24 @@ use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, Full, Limited};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::client::{body_error, SOAP_ACTION};
-use super::envelope::{Envelope, SoapLimits};
+use super::client::SOAP_ACTION;
+use super::envelope::SoapLimits;
 use super::error::SoapError;
-use super::fault::{FaultCode, QualifiedName, SoapFault};
+use super::fault::{QualifiedName, SoapFault};
 use super::security::WSSE_NS;
-use super::validator::{AuthenticatedUser, BoxFuture, UsernameTokenValidator};
+use super::validator::UsernameTokenValidator;
 use super::version::SoapVersion;
-use super::write::{escape_into, push_str, EnvelopeBody};
+use super::write::EnvelopeBody;
 use crate::BoxError;
 
 mod future;
 
-pub use self::future::*;
+pub use self::future::ServerFuture;
+use self::future::{fault_response, State};
 
 /// The operation a SOAP request calls, put in the request's extensions by
 /// [`SoapServerLayer`] for routing (next to the parsed [`Envelope`]).

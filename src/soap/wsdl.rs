@@ -1,13 +1,10 @@
 //! WSDL 1.1: services, ports, endpoint addresses and operations.
 
-use std::fmt;
-
-use base64::Engine as _;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
@@ -20,7 +17,8 @@ use crate::BoxError;
 
 mod location;
 
-pub use self::location::*;
+pub(crate) use self::location::basic_auth_value;
+pub use self::location::WsdlUrl;
 
 /// Namespace of WSDL 1.1.
 pub const WSDL_NS: &str = "http://schemas.xmlsoap.org/wsdl/";

@@ -1,10 +1,12 @@
 //! The end of half-open's max wait: on time by a task, or when next observed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use tokio::runtime::Handle;
+use tokio::time::Instant;
 
-use super::*;
+use super::{CircuitState, Inner, Shared, StateChange};
 
 impl Shared {
     /// If the breaker is half-open and its max wait has passed by `now`,

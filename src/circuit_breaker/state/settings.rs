@@ -1,6 +1,12 @@
 //! A breaker's settings as its state reads them, and its metric handles.
 
-use super::*;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Label};
+
+use super::window::Totals;
+use crate::circuit_breaker::config::{CircuitBreakerConfig, SlidingWindow};
+use crate::classify::CancelPolicy;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {

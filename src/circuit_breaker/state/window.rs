@@ -1,6 +1,10 @@
 //! The sliding windows: a ring of outcomes (count) or of per-second buckets (time).
 
-use super::*;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::circuit_breaker::config::SlidingWindow;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Totals {

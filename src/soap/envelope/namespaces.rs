@@ -1,6 +1,12 @@
 //! Namespace declarations in scope, and the checks of a start tag's attributes.
 
-use super::*;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+use quick_xml::events::attributes::{AttrError, Attribute};
+use quick_xml::events::BytesStart;
+
+use crate::soap::error::SoapError;
 
 /// A namespace declaration's prefix or namespace: a slice of the message or,
 /// when the attribute needed unescaping, a string held by [`Bindings`].

@@ -1,7 +1,21 @@
 //! The envelope parser: quick-xml events checked against the limits.
 
-use super::*;
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::Reader;
+
+use super::limits::SoapLimits;
+use super::namespaces::{for_each_attribute, mentions_xmlns, rebase, split_qname, Bindings, NsStr};
+use super::standalone::standalone;
+use super::{fault_part, resolve_ref, Envelope, FirstElement, HeaderBlock, Text, XML_NS};
+use crate::soap::error::SoapError;
+use crate::soap::fault::{FaultCode, QualifiedName, SoapFault};
 use crate::soap::skip::{next_event, skip_content};
+use crate::soap::version::SoapVersion;
 
 pub(super) struct Parser<'a, 'l> {
     pub(super) reader: Reader<&'a [u8]>,

@@ -1,6 +1,12 @@
 //! Making a fragment of a message standalone: the namespace declarations it uses added.
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use super::namespaces::{for_each_attribute, rebase, INLINE_BINDINGS};
+use crate::soap::error::SoapError;
 use crate::soap::skip::{next_event, skip_content};
 
 /// Whether `c` may be in an XML name without a colon (an NCName; XML 1.0

@@ -1,3 +1,4 @@
+use super::standalone::Scope;
 use super::*;
 use proptest::prelude::*;
 

@@ -1,6 +1,31 @@
 //! The response future of [`SoapServer`](super::SoapServer).
 
-use super::*;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Full, Limited};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{action_of, handler_fault, media_type_version, unsupported_media_type, Config, SoapOperation};
+use crate::soap::client::body_error;
+use crate::soap::envelope::Envelope;
+use crate::soap::error::SoapError;
+use crate::soap::fault::{FaultCode, QualifiedName, SoapFault};
+use crate::soap::validator::{AuthenticatedUser, BoxFuture};
+use crate::soap::version::SoapVersion;
+use crate::soap::write::{escape_into, push_str, EnvelopeBody};
+use crate::BoxError;
 
 pin_project! {
     /// Response future of [`SoapServer`].

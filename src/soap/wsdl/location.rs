@@ -1,6 +1,14 @@
 //! WSDL locations and the credentials they carry.
 
-use super::*;
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Method, Request, Uri};
+use http_body_util::Empty;
+
+use crate::soap::error::SoapError;
 
 /// `Basic base64(user:password)`.
 pub(crate) fn basic_auth_value(user: &str, password: &str) -> HeaderValue {
