@@ -24,6 +24,9 @@ use super::version::SoapVersion;
 use super::write::EnvelopeBody;
 use crate::BoxError;
 
+#[cfg(doc)]
+use super::{envelope::Envelope, validator::AuthenticatedUser};
+
 mod future;
 
 pub use self::future::ServerFuture;
