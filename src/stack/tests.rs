@@ -698,14 +698,16 @@ mod rate_limit {
         rate_limit = { rate = "1/min", burst = 1 }
     "#;
 
+    /// When calls reached the backend.
+    type Arrivals = Arc<Mutex<Vec<Instant>>>;
+    type Res = http::Response<String>;
+    use crate::BoxError;
+
     /// A client stack for `name` of [`RETRYING`] and the instants its calls
     /// reach the backend.
     fn retrying(
         name: &str,
-    ) -> (
-        impl tower::Service<http::Request<String>, Response = http::Response<String>, Error = crate::BoxError> + Clone,
-        Arc<Mutex<Vec<Instant>>>,
-    ) {
+    ) -> (impl tower::Service<http::Request<String>, Response = Res, Error = BoxError> + Clone, Arrivals) {
         let cfg = MeshConfig::from_toml_str(RETRYING).unwrap();
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let seen = arrivals.clone();
