@@ -57,7 +57,7 @@
 //! drops the connection; for `retry_backoff` after that, calls do not wait
 //! on Redis at all, then one call tries to reconnect. Meanwhile the
 //! [`FailPolicy`] decides: `Open` admits through a per-instance local
-//! limit (`fallback`), `Closed` rejects with [`RateLimited`] of reason
+//! limit (`fallback`), `Closed` rejects with [`RateLimited`](super::RateLimited) of reason
 //! [`StoreUnavailable`](super::Reason::StoreUnavailable). Nothing queues
 //! (each call waits at most one timeout) and the shared limit applies again
 //! as soon as Redis answers. [`RedisRateLimiter::fallback_decisions`]
@@ -175,7 +175,7 @@ pub struct Decision {
     pub redis_time_us: u64,
 }
 
-/// The shared limiter of a [`RateLimitLayer`] backed by Redis; built by
+/// The shared limiter of a [`RateLimitLayer`](super::RateLimitLayer) backed by Redis; built by
 /// [`RedisRateLimiter::builder`]. See the [module docs](self).
 ///
 /// `F` computes each call's key (one shared limit per key); the default,
