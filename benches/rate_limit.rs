@@ -1,5 +1,5 @@
-//! The rate limiter's admit path against governor used directly and tower's
-//! `RateLimit`; heap allocations per call; the keyed lookup; and, when a
+//! The rate limiter's admit path against governor used directly, tower's
+//! `RateLimit` and tower-resilience's `RateLimiter`; heap allocations per call; the keyed lookup; and, when a
 //! Redis answers at TOWER_MESH_REDIS_URL (default redis://127.0.0.1:6379),
 //! exact-mode decisions per second and p99 latency against a raw redis-rs
 //! EVALSHA loop with the same script and concurrency, and leased mode's
@@ -71,28 +71,90 @@ fn clone(req: &http::Request<()>) -> http::Request<()> {
     r
 }
 
-fn local(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    let _guard = rt.enter();
-    let req = http::Request::builder().header("x-api-key", "key-1").body(()).unwrap();
-    let mut unkeyed = RateLimitLayer::new(HUGE.parse().unwrap(), 1_000_000).layer(Noop);
-    let keyed_cfg = RateLimitConfig {
+/// tower-resilience's rate limiter, at a limit every call is under.
+fn resilience_layer() -> tower_resilience::ratelimiter::RateLimiterLayer {
+    tower_resilience::ratelimiter::RateLimiterLayer::builder()
+        .limit_for_period(1_000_000_000)
+        .refresh_period(Duration::from_secs(1))
+        .timeout_duration(Duration::ZERO)
+        .build()
+        .expect("a valid configuration")
+}
+
+fn governor_direct() -> governor::DefaultDirectRateLimiter {
+    governor::RateLimiter::direct(governor::Quota::per_second(std::num::NonZeroU32::new(1_000_000_000).unwrap()))
+}
+
+fn keyed_config() -> RateLimitConfig {
+    RateLimitConfig {
         rate: HUGE.parse().unwrap(),
         key: Some("header:x-api-key".parse().unwrap()),
         ..Default::default()
-    };
-    let mut keyed = keyed_cfg.layer("bench").unwrap().layer(Noop);
+    }
+}
+
+fn request() -> http::Request<()> {
+    http::Request::builder().header("x-api-key", "key-1").body(()).unwrap()
+}
+
+/// `RATE_LIMIT_COUNT=<subject>:<n>`: `n` admitted calls of one subject, then
+/// exit — for instruction counts (`scripts/count-rate-limit.sh`). Subjects:
+/// `governor` (`check()` alone), `bare` (the no-op service driven by hand),
+/// `layer`, `keyed`, `tower`, `resilience` (each around the no-op service).
+fn count(spec: &str, rt: &tokio::runtime::Runtime) {
+    let (subject, n) = spec.split_once(':').expect("<subject>:<n>");
+    let n: u64 = n.parse().expect("a count");
+    let _guard = rt.enter();
+    let req = request();
+    let mut cx = Context::from_waker(noop_waker_ref());
+    fn run<S: Service<http::Request<()>>>(mut svc: S, n: u64, cx: &mut Context<'_>, req: &http::Request<()>)
+    where
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..n {
+            black_box(drive::call_once(&mut svc, cx, clone(req)));
+        }
+    }
+    match subject {
+        "governor" => {
+            let gov = governor_direct();
+            for _ in 0..n {
+                black_box(gov.check()).unwrap();
+            }
+        }
+        "bare" => run(Noop, n, &mut cx, &req),
+        "layer" => run(RateLimitLayer::new(HUGE.parse().unwrap(), 1_000_000).layer(Noop), n, &mut cx, &req),
+        "keyed" => run(keyed_config().layer("bench").unwrap().layer(Noop), n, &mut cx, &req),
+        "tower" => run(
+            tower::limit::RateLimit::new(Noop, tower::limit::rate::Rate::new(u64::MAX / 2, Duration::from_secs(1))),
+            n,
+            &mut cx,
+            &req,
+        ),
+        "resilience" => run(resilience_layer().layer(Noop), n, &mut cx, &req),
+        other => panic!("unknown subject {other}"),
+    }
+}
+
+fn local(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let _guard = rt.enter();
+    let req = request();
+    let mut unkeyed = RateLimitLayer::new(HUGE.parse().unwrap(), 1_000_000).layer(Noop);
+    let mut keyed = keyed_config().layer("bench").unwrap().layer(Noop);
     let mut configured_local =
         RateLimitConfig { rate: HUGE.parse().unwrap(), ..Default::default() }.layer("bench").unwrap().layer(Noop);
-    let gov =
-        governor::RateLimiter::direct(governor::Quota::per_second(std::num::NonZeroU32::new(1_000_000_000).unwrap()));
+    let gov = governor_direct();
     let mut tower_rl =
         tower::limit::RateLimit::new(Noop, tower::limit::rate::Rate::new(u64::MAX / 2, Duration::from_secs(1)));
+    let mut resilience = resilience_layer().layer(Noop);
 
     println!(
-        "allocations per call: tower-mesh unkeyed {:.3}, configured keyed (header) {:.3}, tower RateLimit {:.3}",
+        "allocations per call: tower-mesh unkeyed {:.3}, configured keyed (header) {:.3}, tower RateLimit {:.3}, \
+         tower-resilience {:.3}",
         allocations(&mut unkeyed, &req),
         allocations(&mut keyed, &req),
-        allocations(&mut tower_rl, &req)
+        allocations(&mut tower_rl, &req),
+        allocations(&mut resilience, &req)
     );
 
     let mut g = c.benchmark_group("rate_limit");
@@ -115,6 +177,13 @@ fn local(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         b.iter_batched(
             || clone(&req),
             |r| drive::call_once(&mut tower_rl, &mut cx, r),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("tower-resilience RateLimiter", |b| {
+        b.iter_batched(
+            || clone(&req),
+            |r| drive::call_once(&mut resilience, &mut cx, r),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -253,6 +322,9 @@ async fn leased(url: &str) {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    if let Ok(spec) = std::env::var("RATE_LIMIT_COUNT") {
+        return count(&spec, &rt);
+    }
     let mut c = Criterion::default().configure_from_args();
     local(&mut c, &rt);
     let url = std::env::var("TOWER_MESH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());

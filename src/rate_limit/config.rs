@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::keyed::KeySpec;
+use super::key::KeySpec;
 use super::rate::{Policy, Rate};
 use crate::config::{check_nonzero, check_range, ConfigError};
 
@@ -57,7 +57,8 @@ pub struct RateLimitConfig {
     /// What happens to new keys beyond `max_keys`.
     pub overflow: Overflow,
     /// Where each request's key comes from (`header:x-api-key`,
-    /// `authority`, `peer-ip`, `global`); `None`: one limit for all.
+    /// `claim:sub`, `authority`, `peer-ip`, `global`: see [`KeySpec`]);
+    /// `None`: one limit for all.
     pub key: Option<KeySpec>,
     /// A shared store: `redis://host:port/db` (feature `rate-limit-redis`)
     /// makes the limit shared by every instance. `None`: in process.

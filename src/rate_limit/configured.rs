@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::config::RateLimitConfig;
-use super::keyed::{KeySpec, KeyedLimiter};
+use super::key::{KeySpec, PeerAddr};
+use super::keyed::KeyedLimiter;
 use super::layer::RateLimitLayer;
 use super::limiter::{Acquire, Decide, Limiter, LocalLimiter};
 use crate::config::ConfigError;
@@ -23,7 +24,16 @@ enum Kind {
 /// Built by [`RateLimitConfig::layer`]; the configured stacks use it.
 pub struct ConfiguredLimiter {
     key: Option<KeySpec>,
+    peer: PeerAddr,
     kind: Kind,
+}
+
+impl ConfiguredLimiter {
+    /// The key of `req` (`None`: the anonymous limit).
+    #[inline]
+    fn key_of<B>(&self, req: &http::Request<B>) -> Option<String> {
+        self.key.as_ref().and_then(|spec| spec.key_with(req, self.peer))
+    }
 }
 
 impl fmt::Debug for ConfiguredLimiter {
@@ -48,21 +58,18 @@ impl<B> Limiter<http::Request<B>> for ConfiguredLimiter {
                 Ok(()) => Acquire::Admitted,
                 Err(e) => Acquire::Denied(e),
             },
-            Kind::Keyed(k) => {
-                let key = self.key.as_ref().and_then(|spec| spec.key(req));
-                match k.acquire_key(key) {
-                    Ok(()) => Acquire::Admitted,
-                    Err(e) => Acquire::Denied(e),
-                }
-            }
+            Kind::Keyed(k) => match k.acquire_key(self.key_of(req)) {
+                Ok(()) => Acquire::Admitted,
+                Err(e) => Acquire::Denied(e),
+            },
             #[cfg(feature = "rate-limit-redis")]
-            Kind::Shared(r) => {
-                let key = match &self.key {
-                    Some(spec) => spec.key(req).unwrap_or_else(|| String::from("anonymous")),
-                    None => String::from("global"),
-                };
-                r.acquire_key(key)
-            }
+            Kind::Shared(r) => match &self.key {
+                Some(_) => match self.key_of(req) {
+                    Some(key) => r.acquire_key(&key),
+                    None => r.acquire_key("anonymous"),
+                },
+                None => r.acquire_key("global"),
+            },
         }
     }
 }
@@ -72,6 +79,16 @@ impl RateLimitConfig {
     /// a shared limit when `store` is set, a keyed one when `key` is (other
     /// than `global`), else one in-process limit.
     pub fn layer(&self, name: &str) -> Result<RateLimitLayer<ConfiguredLimiter>, ConfigError> {
+        self.layer_with_peer(name, PeerAddr::SOCKET_ADDR)
+    }
+
+    /// [`layer`](Self::layer), with `peer-ip` keys read where `peer` says
+    /// (axum: `PeerAddr::of::<ConnectInfo<SocketAddr>>()`).
+    pub fn layer_with_peer(
+        &self,
+        name: &str,
+        peer: PeerAddr,
+    ) -> Result<RateLimitLayer<ConfiguredLimiter>, ConfigError> {
         self.validate()?;
         let key = self.key.clone().filter(|k| *k != KeySpec::Global);
         #[cfg(feature = "rate-limit-redis")]
@@ -94,7 +111,7 @@ impl RateLimitConfig {
                 .build()?;
             let limiter = layer.limiter().clone_handle();
             return Ok(RateLimitLayer::with_limiter(
-                ConfiguredLimiter { key, kind: Kind::Shared(limiter) },
+                ConfiguredLimiter { key, peer, kind: Kind::Shared(limiter) },
                 name,
                 self.max_wait,
             ));
@@ -107,6 +124,6 @@ impl RateLimitConfig {
                 Kind::Keyed(layer.limiter_arc())
             }
         };
-        Ok(RateLimitLayer::with_limiter(ConfiguredLimiter { key, kind }, name, self.max_wait))
+        Ok(RateLimitLayer::with_limiter(ConfiguredLimiter { key, peer, kind }, name, self.max_wait))
     }
 }

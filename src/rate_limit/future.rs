@@ -157,7 +157,7 @@ impl<S, Req, L: Limiter<Req>> Slow<S, Req, L> {
 /// Whether a call denied with `e` waits for its permit, given the last
 /// instant it may wait until.
 pub(crate) fn may_wait(e: &RateLimited, now: Instant, until: Instant) -> Option<Instant> {
-    let wake = now.checked_add(e.retry_after())?;
+    let wake = crate::deadline::instant_after(now, e.retry_after());
     (e.reason() == Reason::OverLimit && wake <= until).then_some(wake)
 }
 

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use metrics::Counter;
@@ -196,95 +195,5 @@ impl<F, K: Hash + Eq> KeyedRateLimitBuilder<F, K> {
 impl<F, K> fmt::Debug for KeyedRateLimitBuilder<F, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimitBuilder").field("base", &self.base).finish_non_exhaustive()
-    }
-}
-
-/// Where the key of an HTTP request comes from, as written in configuration:
-/// `header:<name>`, `authority` (the URI's or the `Host` header's),
-/// `peer-ip` (a `std::net::SocketAddr` request extension, as servers that
-/// insert the peer address provide), `global` (one limit for all).
-///
-/// ```
-/// use tower_mesh::rate_limit::KeySpec;
-///
-/// let spec: KeySpec = "header:x-api-key".parse().unwrap();
-/// let req = http::Request::get("/").header("x-api-key", "k1").body(()).unwrap();
-/// assert_eq!(spec.key(&req).as_deref(), Some("k1"));
-/// assert!("cookie:x".parse::<KeySpec>().is_err());
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum KeySpec {
-    /// One limit for all requests.
-    Global,
-    /// A request header's value (requests without it share the anonymous limit).
-    Header(http::HeaderName),
-    /// The request's authority (`host:port`).
-    Authority,
-    /// The peer's IP address, from a `SocketAddr` extension.
-    PeerIp,
-}
-
-impl serde::Serialize for KeySpec {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            KeySpec::Global => s.serialize_str("global"),
-            KeySpec::Authority => s.serialize_str("authority"),
-            KeySpec::PeerIp => s.serialize_str("peer-ip"),
-            KeySpec::Header(h) => s.collect_str(&format_args!("header:{h}")),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for KeySpec {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl KeySpec {
-    /// The key of `req`, or `None` (the anonymous limit).
-    pub fn key<B>(&self, req: &http::Request<B>) -> Option<String> {
-        match self {
-            KeySpec::Global => Some(String::new()),
-            KeySpec::Header(name) => {
-                req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            }
-            KeySpec::Authority => req
-                .uri()
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)),
-            KeySpec::PeerIp => req.extensions().get::<std::net::SocketAddr>().map(|a| a.ip().to_string()),
-        }
-    }
-}
-
-/// A key specification that could not be parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeySpecError(String);
-
-impl fmt::Display for KeySpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid rate limit key `{}`: expected `header:<name>`, `authority`, `peer-ip` or `global`", self.0)
-    }
-}
-
-impl std::error::Error for KeySpecError {}
-
-impl FromStr for KeySpec {
-    type Err = KeySpecError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || KeySpecError(s.to_owned());
-        match s.trim() {
-            "global" => Ok(KeySpec::Global),
-            "authority" => Ok(KeySpec::Authority),
-            "peer-ip" => Ok(KeySpec::PeerIp),
-            other => {
-                let name = other.strip_prefix("header:").ok_or_else(err)?;
-                http::HeaderName::from_bytes(name.trim().as_bytes()).map(KeySpec::Header).map_err(|_| err())
-            }
-        }
     }
 }

@@ -44,8 +44,12 @@
 //!   ([`retry_after`](RateLimited::retry_after)). Waiting holds no permit, so
 //!   dropping the future cancels cleanly.
 //! - [`RateLimitBuilder::key`] gives each key its own limit
-//!   ([`KeyedRateLimitLayer`], [`KeySpec`] for HTTP keys), with a tier table
-//!   of per-key policies and a bound on the keys tracked ([`Overflow`]).
+//!   ([`KeyedRateLimitLayer`]), with a tier table of per-key policies and a
+//!   bound on the keys tracked ([`Overflow`]). In configuration, [`KeySpec`]
+//!   names the key of an HTTP request: `header:x-api-key`, `claim:sub` (a
+//!   claim of the JWT that the `jwt` feature's layer validated; that layer
+//!   goes outside the rate limit), `authority`, `peer-ip` (a `SocketAddr`
+//!   extension, or axum's `ConnectInfo<SocketAddr>` through [`PeerAddr`]).
 //! - With feature `rate-limit-redis`, [`redis::RedisRateLimiter`] makes
 //!   one limit shared by every instance.
 //!
@@ -78,6 +82,7 @@ mod configured;
 mod error;
 mod future;
 pub mod headers;
+mod key;
 mod keyed;
 mod layer;
 mod limiter;
@@ -91,7 +96,8 @@ pub use config::{Overflow, RateLimitConfig, StoreErrorPolicy};
 pub use configured::ConfiguredLimiter;
 pub use error::{RateLimited, Reason};
 pub use future::ResponseFuture;
-pub use keyed::{KeySpec, KeySpecError, KeyedLimiter, KeyedRateLimitBuilder};
+pub use key::{KeySpec, KeySpecError, PeerAddr};
+pub use keyed::{KeyedLimiter, KeyedRateLimitBuilder};
 pub use layer::{KeyedRateLimitLayer, RateLimitBuilder, RateLimitLayer};
 pub use limiter::{Acquire, Decide, Limiter, LocalLimiter};
 pub use rate::{Policy, Rate, RateParseError};

@@ -25,6 +25,14 @@ use crate::error::BoxError;
 /// (as tower's `Buffer` worker does), hence `S: Clone`. Dropping a waiting
 /// future cancels the wait; no permit is held while waiting. A wait never
 /// goes past the deadline of an enclosing [`Deadline`] scope.
+///
+/// Why `Clone` and not waiting in `poll_ready` (tower's `RateLimit`): the
+/// decision needs the request (its key), and a decision from Redis takes a
+/// round trip; a service that stayed unready meanwhile would serialise the
+/// requests of an HTTP/2 connection. Where the stacks put it, `Clone` is
+/// already required: by the retry layer above it (client stack), and by
+/// axum's `Router::layer`, tonic's `Server::layer` and hyper-util's
+/// `TowerToHyperService` (server stack).
 pub struct RateLimit<S, L = LocalLimiter> {
     inner: S,
     limiter: Arc<L>,
@@ -108,7 +116,8 @@ where
 impl<S: Clone, L> RateLimit<S, L> {
     /// The last instant a call made now may wait until.
     fn until(&self, now: Instant) -> Instant {
-        let until = now.checked_add(self.shared.max_wait).unwrap_or(now);
+        // A `max_wait` too long for an `Instant` waits as long as needed.
+        let until = crate::deadline::instant_after(now, self.shared.max_wait);
         match Deadline::current() {
             Some(d) => until.min(d.instant()),
             None => until,

@@ -132,6 +132,16 @@ async fn a_wait_longer_than_max_wait_is_rejected_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_max_wait_too_long_for_an_instant_waits_as_long_as_needed() {
+    // `with_limiter` takes any duration (the builder caps it at an hour).
+    let limiter = LocalLimiter::new("forever".into(), Policy::new(rate("1/min"), 1));
+    let mut svc = RateLimitLayer::with_limiter(limiter, "forever", Duration::MAX).layer(echo());
+    call(&mut svc, 1).await.unwrap();
+    let start = Instant::now();
+    assert_eq!(call(&mut svc, 2).await.unwrap(), 2, "waited for the permit instead of being rejected");
+    assert_eq!(start.elapsed(), Duration::from_secs(60));
+}
+#[tokio::test(start_paused = true)]
 async fn a_wait_never_outlasts_the_deadline() {
     let layer = RateLimitLayer::builder().rate(rate("10/s")).burst(1).max_wait(Duration::from_secs(5)).build().unwrap();
     let mut svc = layer.layer(echo());
@@ -366,4 +376,55 @@ async fn admit_path_counts_calls() {
     }
     assert_eq!(ok, 10);
     assert_eq!(calls.load(Ordering::SeqCst), 10, "rejected calls never reach the inner service");
+}
+
+#[test]
+fn claim_and_peer_keys() {
+    let spec: KeySpec = "claim:sub".parse().unwrap_or(KeySpec::Global);
+    let mut req = http::Request::new(());
+    let peer: std::net::SocketAddr = "192.0.2.7:5000".parse().unwrap();
+    req.extensions_mut().insert(peer);
+    assert_eq!(KeySpec::PeerIp.key(&req).as_deref(), Some("192.0.2.7"));
+    #[cfg(feature = "jwt")]
+    {
+        assert_eq!(spec, KeySpec::Claim("sub".into()));
+        assert_eq!(spec.key(&req), None, "no claims: the anonymous limit");
+        let claims: crate::jwt::Claims =
+            serde_json::from_str(r#"{"sub":"alice","aud":"api","tenant":"acme","tier":3,"roles":["a"]}"#).unwrap();
+        req.extensions_mut().insert(claims);
+        let key = |s: &str| s.parse::<KeySpec>().unwrap().key(&req);
+        assert_eq!(key("claim:sub").as_deref(), Some("alice"));
+        assert_eq!(key("claim:aud").as_deref(), Some("api"));
+        assert_eq!(key("claim:tenant").as_deref(), Some("acme"));
+        assert_eq!(key("claim:tier").as_deref(), Some("3"));
+        assert_eq!(key("claim:roles"), None, "not a string or a number");
+        let cfg: RateLimitConfig = serde_json::from_str(r#"{ "key": "claim:sub" }"#).unwrap();
+        assert_eq!(serde_json::to_value(&cfg).unwrap()["key"], "claim:sub");
+    }
+    #[cfg(not(feature = "jwt"))]
+    assert_eq!(spec, KeySpec::Global, "claim keys need the jwt feature");
+    assert!("claim:".parse::<KeySpec>().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_peer_keys_read_the_named_extension() {
+    #[derive(Clone)]
+    struct ConnectInfo(std::net::SocketAddr);
+    impl std::ops::Deref for ConnectInfo {
+        type Target = std::net::SocketAddr;
+        fn deref(&self) -> &std::net::SocketAddr {
+            &self.0
+        }
+    }
+    let cfg: RateLimitConfig = serde_json::from_str(r#"{ "rate": "1/min", "burst": 1, "key": "peer-ip" }"#).unwrap();
+    let layer = cfg.layer_with_peer("peers", PeerAddr::of::<ConnectInfo>()).unwrap();
+    let svc = layer.layer(service_fn(|_: http::Request<()>| async { Ok::<_, Infallible>(()) }));
+    let from = |ip: &str| {
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(ConnectInfo(format!("{ip}:1").parse().unwrap()));
+        req
+    };
+    svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
+    assert!(svc.clone().oneshot(from("192.0.2.1")).await.is_err(), "that peer spent its limit");
+    svc.clone().oneshot(from("192.0.2.2")).await.expect("another peer has its own");
 }

@@ -11,9 +11,10 @@ use tower_service::Service;
 
 use super::budget::BudgetToken;
 use super::error::{after_retry, as_error, LastFailure};
+use super::request::local_pushback;
 use super::service::RetryShared;
 use super::{AttemptFailure, Pushback, RetryRequests};
-use crate::classify::{Classify, Outcome};
+use crate::classify::{Classify, FailureKind, Outcome};
 use crate::deadline::Deadline;
 
 pin_project! {
@@ -104,8 +105,11 @@ where
                 StateProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx));
                     let s = &this.shared.settings;
+                    let local = local_pushback(result.as_ref().err().and_then(as_error));
                     let kind = match s.classifier.classify(result.as_ref()) {
                         Outcome::Failure(kind) if s.shared.retry_if.is_none_or(|f| f(&kind)) => kind,
+                        // Rate limited here, not sent: retried after its wait.
+                        _ if local.is_some() => FailureKind::Custom("rate limited"),
                         // A retry turned away by the stack's own protection
                         // (an open breaker): keep the last real failure.
                         _ => return Poll::Ready(result.map_err(|e| after_retry(e, this.last.take(), *this.retries))),
@@ -116,7 +120,7 @@ where
                     }
                     let pushback = match &result {
                         Ok(res) => s.requests.pushback(res),
-                        Err(_) => Pushback::None,
+                        Err(_) => local.map_or(Pushback::None, Pushback::After),
                     };
                     // Not replayable (a POST, a streaming body ...), or not
                     // safe to repeat after this failure: never retried.

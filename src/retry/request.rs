@@ -89,8 +89,12 @@ impl<'a> AttemptFailure<'a> {
 
     /// Whether the request never reached the server: the error's chain
     /// holds an I/O error of kind `ConnectionRefused` (a connection that
-    /// could not be opened, as hyper-util and tonic report it).
+    /// could not be opened, as hyper-util and tonic report it) or a rate
+    /// limiter's rejection of this process.
     pub fn not_sent(&self) -> bool {
+        if local_pushback(self.error).is_some() {
+            return true;
+        }
         let mut cur = self.error;
         while let Some(e) = cur {
             if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
@@ -99,6 +103,21 @@ impl<'a> AttemptFailure<'a> {
             cur = e.source();
         }
         false
+    }
+}
+
+/// A rejection by a rate limiter of this process, below the retry layer (a
+/// [`RateLimited`](crate::rate_limit::RateLimited) in the error's chain):
+/// how long until its permit. The request never left, so it is retried as
+/// after a server's `Retry-After`: not before that wait, and not at all when
+/// the wait is longer than `max_pushback` or ends after the deadline.
+pub(crate) fn local_pushback(error: Option<&(dyn std::error::Error + 'static)>) -> Option<Duration> {
+    #[cfg(feature = "rate-limit")]
+    return crate::rate_limit::headers::find(error?).map(|e| e.retry_after());
+    #[cfg(not(feature = "rate-limit"))]
+    {
+        let _ = error;
+        None
     }
 }
 
@@ -315,8 +334,8 @@ impl std::error::Error for InvalidIdempotent {}
 ///   `INTERNAL`, `UNKNOWN`, errors, per-attempt timeouts, …);
 /// * any other method only when the server did not process the call:
 ///   `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with server pushback
-///   (`grpc-retry-pushback-ms`), or a connection refused
-///   ([`AttemptFailure::not_sent`]). Never after `DEADLINE_EXCEEDED`,
+///   (`grpc-retry-pushback-ms`), a connection refused or a local rate
+///   limiter's rejection ([`AttemptFailure::not_sent`]). Never after `DEADLINE_EXCEEDED`,
 ///   `INTERNAL`, `UNKNOWN`, another transport error or a per-attempt
 ///   timeout: the server may have done the work.
 ///

@@ -116,6 +116,22 @@ impl ServerStack {
 }
 
 impl ServerConfig {
+    /// [`stack`](Self::stack), with `peer-ip` rate limit keys read where
+    /// `peer` says. For axum's `ConnectInfo`
+    /// (`Router::into_make_service_with_connect_info::<SocketAddr>()`):
+    /// `cfg.stack_with_peer(PeerAddr::of::<ConnectInfo<SocketAddr>>())`.
+    #[cfg(feature = "rate-limit")]
+    pub fn stack_with_peer(&self, peer: crate::rate_limit::PeerAddr) -> Result<ServerStack, StackError> {
+        let mut stack = self.stack()?;
+        if let Some(r) = &self.rate_limit {
+            let layer = r
+                .layer_with_peer(&self.name, peer)
+                .map_err(|source| StackError::Invalid { service: self.name.clone(), source })?;
+            stack.rate_limit = Some(layer);
+        }
+        Ok(stack)
+    }
+
     /// Validate and build the server layers.
     pub fn stack(&self) -> Result<ServerStack, StackError> {
         self.validate().map_err(|source| StackError::Invalid { service: self.name.clone(), source })?;

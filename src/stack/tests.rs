@@ -600,7 +600,10 @@ async fn server_metrics_tell_shed_and_timed_out_requests_apart() {
 #[cfg(feature = "rate-limit")]
 mod rate_limit {
     use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
+
+    use tokio::time::Instant;
 
     use tower::{ServiceBuilder, ServiceExt};
 
@@ -676,9 +679,71 @@ mod rate_limit {
         svc.clone().oneshot(req()).await.unwrap();
         svc.clone().oneshot(req()).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_millis(100), "the second call waited for its permit");
-        // Two at once: one waits 100 ms, the other would wait 200 ms > max_wait.
+        // Two at once: one waits 100 ms, the other would wait 200 ms >
+        // max_wait: rejected, and retried after the rejection's Retry-After.
         let (a, b) = tokio::join!(svc.clone().oneshot(req()), svc.clone().oneshot(req()));
-        let err = a.err().or(b.err()).expect("one is rejected");
-        assert!(crate::rate_limit::headers::find(&*err).is_some(), "{err}");
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+    }
+
+    const RETRYING: &str = r#"
+        preset = "testing"
+        [client.orders]
+        timeout = { attempt = "200ms", total = "5s" }
+        retry = { max_retries = 1, backoff = { initial = "1ms", max_delay = "1ms" } }
+        rate_limit = { rate = "1/s", burst = 1 }
+        [client.reports]
+        timeout = { attempt = "200ms", total = "5s" }
+        retry = { max_retries = 1, backoff = { initial = "1ms", max_delay = "1ms" } }
+        rate_limit = { rate = "1/min", burst = 1 }
+    "#;
+
+    /// When calls reached the backend.
+    type Arrivals = Arc<Mutex<Vec<Instant>>>;
+    type Res = http::Response<String>;
+    use crate::BoxError;
+
+    /// A client stack for `name` of [`RETRYING`] and the instants its calls
+    /// reach the backend.
+    fn retrying(
+        name: &str,
+    ) -> (impl tower::Service<http::Request<String>, Response = Res, Error = BoxError> + Clone, Arrivals) {
+        let cfg = MeshConfig::from_toml_str(RETRYING).unwrap();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let seen = arrivals.clone();
+        let svc = ServiceBuilder::new().layer(cfg.client(name).unwrap().http_stack().unwrap()).service_fn(
+            move |_req: http::Request<String>| {
+                seen.lock().unwrap().push(Instant::now());
+                async { Ok::<_, Infallible>(http::Response::new(String::from("ok"))) }
+            },
+        );
+        (svc, arrivals)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_retry_waits_a_local_rejections_retry_after() {
+        let (svc, arrivals) = retrying("orders");
+        let req = || http::Request::get("http://orders/").body(String::new()).unwrap();
+        svc.clone().oneshot(req()).await.unwrap();
+        // Over the limit: rejected before it leaves; the retry waits the
+        // rejection's Retry-After (1 s, not the 1 ms backoff) and goes.
+        svc.clone().oneshot(req()).await.unwrap();
+        let a = arrivals.lock().unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1] - a[0], Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_when_the_rejections_wait_ends_after_the_deadline() {
+        let (svc, arrivals) = retrying("reports");
+        let req = || http::Request::get("http://reports/").body(String::new()).unwrap();
+        svc.clone().oneshot(req()).await.unwrap();
+        let start = Instant::now();
+        // A minute to wait, 5 s of total timeout: the rejection at once.
+        let err = svc.clone().oneshot(req()).await.unwrap_err();
+        let limited = crate::rate_limit::headers::find(&*err).expect("the RateLimited");
+        assert_eq!(limited.retry_after(), Duration::from_secs(60));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(arrivals.lock().unwrap().len(), 1);
     }
 }
