@@ -31,6 +31,7 @@ use tower_mesh::publish::{ContentMode, Outgoing};
 #[path = "support/publish.rs"]
 mod harness;
 use harness::*;
+#[allow(unused_imports)] // its unit tests' imports, unused without the test harness
 #[path = "../tests/support/services.rs"]
 mod services;
 use services::tansu::Tansu;

@@ -41,7 +41,9 @@ async fn start_etcd() -> Option<Etcd> {
         let data_dir = [OsString::from("--data-dir"), dir.join("data").into()];
         flags.into_iter().flatten().map(OsString::from).chain(data_dir).collect::<Vec<_>>()
     });
-    process.wait_ready(|| async { post(&url, "/v3/kv/range", serde_json::json!({ "key": b64("x") })).await.is_ok() }).await;
+    process
+        .wait_ready(|| async { post(&url, "/v3/kv/range", serde_json::json!({ "key": b64("x") })).await.is_ok() })
+        .await;
     Some(Etcd { _process: process, url })
 }
 

@@ -231,7 +231,10 @@ impl KafkaBuilder {
                 // and re-sends in order.
                 .set("enable.gapless.guarantee", "true");
         } else {
-            config.set("enable.idempotence", "false").set("acks", "all").set("max.in.flight.requests.per.connection", "1");
+            config
+                .set("enable.idempotence", "false")
+                .set("acks", "all")
+                .set("max.in.flight.requests.per.connection", "1");
         }
         if config.get("topic.metadata.propagation.max.ms").is_none() {
             // A topic that does not exist fails its messages with
