@@ -1,8 +1,11 @@
 //! Publisher throughput and publish-to-ack latency for Redis Streams, MQTT
 //! and Kafka: our `Service` (alone and under the full resilience stack) vs
 //! the raw client doing the same confirmed publish, same run. Redis and
-//! Mosquitto are the local servers; Kafka is librdkafka's mock cluster
-//! (in-process, over TCP on loopback).
+//! Mosquitto are the local servers; Kafka runs against librdkafka's mock
+//! cluster (in-process, over TCP on loopback) and against a real
+//! Kafka-protocol broker, tansu, that the bench starts on a free loopback
+//! port (row `kafka-tansu`; skipped without the `tansu` binary, see
+//! `tests/support/tansu.rs`).
 //!
 //! ```text
 //! cargo bench --bench publish_brokers --features redis,mqtt,kafka,timeout,retry,circuit-breaker,bulkhead -- --warm-up-time 1 --measurement-time 3
@@ -28,6 +31,10 @@ use tower_mesh::publish::{ContentMode, Outgoing};
 #[path = "support/publish.rs"]
 mod harness;
 use harness::*;
+#[allow(unused_imports)] // its unit tests' imports, unused without the test harness
+#[path = "../tests/support/services.rs"]
+mod services;
+use services::tansu::Tansu;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
@@ -191,36 +198,57 @@ fn mqtt(rt: &tokio::runtime::Runtime) -> Option<Broker> {
     })
 }
 
-fn kafka(rt: &tokio::runtime::Runtime) -> Option<Broker> {
-    // The mock cluster lives as long as the bench (leaked: it is not Send).
-    let mock = Box::leak(Box::new(rdkafka::mocking::MockCluster::new(1).unwrap()));
-    let topic = format!("towermesh.bench.{}", std::process::id());
-    mock.create_topic(&topic, 4, 1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
+/// The Kafka variants against the cluster at `bootstrap`, where `topic`
+/// exists; `cleanup` runs after the summary.
+fn kafka_variants(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    bootstrap: &str,
+    topic: String,
+    cleanup: Box<dyn FnOnce(&tokio::runtime::Runtime)>,
+) -> Broker {
     rt.block_on(async {
         let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
+            .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
             .set("enable.gapless.guarantee", "true")
             .set("message.timeout.ms", "10000")
             .create()
             .unwrap();
         let t = topic.clone();
-        let ours = Kafka::builder(bootstrap.as_str()).topic(move |_| t.clone()).config(config()).build().unwrap();
+        let ours = Kafka::builder(bootstrap).topic(move |_| t.clone()).config(config()).build().unwrap();
         ours.wait_connected().await.unwrap();
         let t = topic.clone();
-        let stacked = Kafka::builder(bootstrap.as_str()).topic(move |_| t.clone()).config(config()).build().unwrap();
+        let stacked = Kafka::builder(bootstrap).topic(move |_| t.clone()).config(config()).build().unwrap();
         stacked.wait_connected().await.unwrap();
-        Some(Broker {
-            name: "kafka-mock",
+        Broker {
+            name,
             raw: runner(RawKafka { producer, topic }),
             ours: runner(Ours(ours)),
             stacked: runner(Ours(stack(stacked))),
-            cleanup: Box::new(|_| {}),
-        })
+            cleanup,
+        }
     })
 }
 
+fn kafka_mock(rt: &tokio::runtime::Runtime) -> Option<Broker> {
+    // The mock cluster lives as long as the bench (leaked: it is not Send).
+    let mock = Box::leak(Box::new(rdkafka::mocking::MockCluster::new(1).unwrap()));
+    let topic = format!("towermesh.bench.{}", std::process::id());
+    mock.create_topic(&topic, 4, 1).unwrap();
+    Some(kafka_variants(rt, "kafka-mock", &mock.bootstrap_servers(), topic, Box::new(|_| {})))
+}
+
+/// A private tansu broker (stopped after the summary); skipped without the
+/// binary (`$TOWER_MESH_TANSU_BIN` or `tansu` in cargo's bin directory).
+fn kafka_tansu(rt: &tokio::runtime::Runtime) -> Option<Broker> {
+    let tansu = rt.block_on(Tansu::start())?;
+    let topic = format!("towermesh.bench.{}", std::process::id());
+    rt.block_on(tansu.create_topic(&topic, 4));
+    let bootstrap = tansu.bootstrap().to_owned();
+    Some(kafka_variants(rt, "kafka-tansu", &bootstrap, topic, Box::new(move |_| drop(tansu))))
+}
+
 fn main() {
-    run(|rt| [redis(rt), mqtt(rt), kafka(rt)].into_iter().flatten().collect());
+    run(|rt| [redis(rt), mqtt(rt), kafka_mock(rt), kafka_tansu(rt)].into_iter().flatten().collect());
 }

@@ -5,7 +5,9 @@
 #
 # Services the broker tests talk to (RabbitMQ, NATS, Redis, Mosquitto) are
 # expected to run already; tests skip without them unless
-# TOWER_MESH_REQUIRE_SERVICES=1, which makes them fail instead.
+# TOWER_MESH_REQUIRE_SERVICES=1, which makes them fail instead. The servers
+# the tests start themselves (etcd, the Kafka broker tansu) are installed here
+# when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +32,17 @@ fi
 if ! command -v "${TOWER_MESH_ETCD_BIN:-etcd}" >/dev/null 2>&1; then
   echo "== installing etcd-server (discovery etcd test)"
   apt_install etcd-server
+fi
+
+# Kafka publisher tests: a real Kafka-protocol broker (tansu, a Rust binary),
+# started by the tests on loopback. Built from source once and kept in cargo's
+# bin directory; TOWER_MESH_TANSU_BIN names another binary.
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if [ -z "${TOWER_MESH_TANSU_BIN:-}" ] && [ ! -x "$cargo_bin/tansu" ] && ! command -v tansu >/dev/null 2>&1; then
+  echo "== installing tansu 0.6.0 (Kafka publisher tests): cargo install tansu --locked --features dynostore"
+  echo "   note: built from source once, about 12 minutes on 2 cores; later runs use $cargo_bin/tansu"
+  cargo install tansu --version 0.6.0 --locked --features dynostore --quiet \
+    || echo "note: installing tansu failed; the Kafka tests against it will skip" >&2
 fi
 
 echo "== cargo test --all-features"

@@ -4,58 +4,47 @@
 
 #![cfg(feature = "discovery-etcd")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+#[path = "support/services.rs"]
+mod services;
+
+use std::ffi::OsString;
 use std::time::Duration;
 
+use services::process::{free_port, require_binary, ServerProcess};
 use tower_mesh::discovery::{EtcdSource, Registry};
 
-fn required() -> bool {
-    std::env::var("TOWER_MESH_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A private etcd; killed (and its data directory removed) on drop.
+/// A private etcd, answering at `url`; stopped (and its data directory
+/// removed) on drop.
 struct Etcd {
-    child: Child,
-    dir: std::path::PathBuf,
+    _process: ServerProcess,
     url: String,
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_etcd() -> Option<Etcd> {
-    let bin = std::env::var("TOWER_MESH_ETCD_BIN").unwrap_or_else(|_| "etcd".to_owned());
-    if Command::new(&bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-        let msg = format!("skipped: no etcd binary `{bin}` (apt-get install etcd-server)");
-        assert!(!required(), "{msg}, and TOWER_MESH_REQUIRE_SERVICES=1");
-        println!("{msg}");
-        return None;
-    }
+/// Start an etcd and wait until it answers; `None` (skipped) without the
+/// binary.
+async fn start_etcd() -> Option<Etcd> {
+    let bin = require_binary("etcd", "TOWER_MESH_ETCD_BIN", "etcd", "apt-get install etcd-server")?;
     let (client, peer) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("tower-mesh-etcd-{}-{client}", std::process::id()));
     let url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(&bin)
-        .args(["--name", "test", "--data-dir"])
-        .arg(&dir)
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("test={peer_url}"), "--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcd");
-    Some(Etcd { child, dir, url })
+    let cluster = format!("test={peer_url}");
+    let mut process = ServerProcess::start("etcd", &bin, |dir| {
+        let flags = [
+            ["--name", "test"],
+            ["--listen-client-urls", &url],
+            ["--advertise-client-urls", &url],
+            ["--listen-peer-urls", &peer_url],
+            ["--initial-advertise-peer-urls", &peer_url],
+            ["--initial-cluster", &cluster],
+            ["--log-level", "error"],
+        ];
+        let data_dir = [OsString::from("--data-dir"), dir.join("data").into()];
+        flags.into_iter().flatten().map(OsString::from).chain(data_dir).collect::<Vec<_>>()
+    });
+    process
+        .wait_ready(|| async { post(&url, "/v3/kv/range", serde_json::json!({ "key": b64("x") })).await.is_ok() })
+        .await;
+    Some(Etcd { _process: process, url })
 }
 
 /// A JSON-gateway call (for the test's own writes).
@@ -102,13 +91,7 @@ async fn wait_for(registry: &Registry, want: &[&str], within: Duration) {
 
 #[tokio::test]
 async fn etcd_keys_under_a_prefix_become_endpoints_within_a_second() {
-    let Some(etcd) = start_etcd() else { return };
-    // Wait for etcd to answer.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while post(&etcd.url, "/v3/kv/range", serde_json::json!({ "key": b64("x") })).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "etcd did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let Some(etcd) = start_etcd().await else { return };
     put(&etcd.url, "/services/orders/a", "10.0.0.1:8080").await;
     put(&etcd.url, "/services/billing/x", "10.9.9.9:80").await;
 

@@ -5,11 +5,19 @@
     feature = "circuit-breaker",
     feature = "bulkhead"
 ))]
-//! The Kafka publisher against librdkafka's built-in mock cluster (no Kafka
-//! broker runs here; the mock speaks the Kafka protocol over TCP on
-//! loopback): 10,000 events through the full resilience stack read back with
-//! a raw rdkafka consumer, connections cut by the mock broker mid-stream,
-//! cluster unreachable at start (through the TCP proxy).
+//! The Kafka publisher against a real Kafka-protocol broker, tansu (a
+//! private one per test, started on a free loopback port: see
+//! `support/tansu.rs`), and against librdkafka's built-in mock cluster.
+//!
+//! On both (`tansu_*` and `mock_*`): 10,000 events through the full
+//! resilience stack read back with a raw rdkafka consumer (each once, in
+//! per-key order, with its headers and key), the cluster unreachable at
+//! start (through the TCP proxy), delivery reports and typed errors.
+//! tansu only: connections cut mid-stream by the TCP proxy (the mock's
+//! metadata names its own listeners, so no proxy can sit in front of it),
+//! an unknown topic (the mock creates topics on first use). Mock only:
+//! the broker closing the connection and answering retriable errors on
+//! produce requests (its fault controls).
 
 #[path = "support/services.rs"]
 mod services;
@@ -29,6 +37,7 @@ use tower_mesh::publish::{Event, PublishError, PublisherConfig, ReconnectBackoff
 
 use services::proxy::Proxy;
 use services::stack::{self, TP};
+use services::tansu::Tansu;
 
 const PARTITIONS: i32 = 4;
 
@@ -46,12 +55,46 @@ fn config() -> PublisherConfig {
     }
 }
 
-/// A mock cluster with one topic of [`PARTITIONS`] partitions.
-fn cluster(brokers: i32) -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String) {
-    let mock = MockCluster::new(brokers).unwrap();
-    let topic = format!("towermesh.test.{}", correlation_uuid::Uuid::new_v4().simple());
-    mock.create_topic(&topic, PARTITIONS, 1).unwrap();
-    (mock, topic)
+/// The cluster a test runs against.
+enum Cluster {
+    /// librdkafka's mock cluster (in this process).
+    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    /// A private tansu broker (a child process).
+    Tansu(Tansu),
+}
+
+impl Cluster {
+    /// A mock cluster of `brokers` brokers.
+    fn mock(brokers: i32) -> Cluster {
+        Cluster::Mock(MockCluster::new(brokers).unwrap())
+    }
+
+    /// A tansu broker; `None` (skipped) without the binary.
+    async fn tansu() -> Option<Cluster> {
+        Tansu::start().await.map(Cluster::Tansu)
+    }
+
+    fn bootstrap(&self) -> String {
+        match self {
+            Cluster::Mock(mock) => mock.bootstrap_servers(),
+            Cluster::Tansu(tansu) => tansu.bootstrap().to_owned(),
+        }
+    }
+
+    /// A new topic of [`PARTITIONS`] partitions.
+    async fn topic(&self) -> String {
+        let topic = topic_name();
+        match self {
+            Cluster::Mock(mock) => mock.create_topic(&topic, PARTITIONS, 1).unwrap(),
+            Cluster::Tansu(tansu) => tansu.create_topic(&topic, PARTITIONS).await,
+        }
+        topic
+    }
+}
+
+/// A topic name no other test uses.
+fn topic_name() -> String {
+    format!("towermesh.test.{}", correlation_uuid::Uuid::new_v4().simple())
 }
 
 fn builder(bootstrap: &str, topic: &str) -> KafkaBuilder {
@@ -117,10 +160,9 @@ fn first_copies(seen: &[stack::Seen]) -> Vec<stack::Seen> {
     unique
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_events_through_the_full_stack() {
-    let (mock, topic) = cluster(3);
-    let bootstrap = mock.bootstrap_servers();
+async fn ten_thousand_events_through_the_full_stack(cluster: Cluster) {
+    let topic = cluster.topic().await;
+    let bootstrap = cluster.bootstrap();
     let publisher = builder(&bootstrap, &topic).build().unwrap();
     let svc = stack::full_stack(publisher, Duration::from_secs(1), stack::breaker("kafka"));
     let receipts = stack::publish_all(svc, stack::N, "kafka", |_| {}).await;
@@ -131,53 +173,100 @@ async fn ten_thousand_events_through_the_full_stack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_cut_mid_stream_lose_nothing() {
-    let (mock, topic) = cluster(1);
-    let bootstrap = mock.bootstrap_servers();
-    // The TCP proxy cannot sit in front of the mock cluster (its metadata
-    // names its own listeners): the mock broker cuts the connection itself.
-    let publisher = builder(&bootstrap, &topic).build().unwrap();
-    let svc = stack::full_stack(publisher, Duration::from_secs(1), stack::breaker("kafka-fault"));
+async fn mock_ten_thousand_events_through_the_full_stack() {
+    ten_thousand_events_through_the_full_stack(Cluster::mock(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_ten_thousand_events_through_the_full_stack() {
+    let Some(cluster) = Cluster::tansu().await else { return };
+    ten_thousand_events_through_the_full_stack(cluster).await;
+}
+
+/// `FAULT_N` events through the full stack, `cut()` six times on the way;
+/// then every event is read back: 0 lost, each key in order (a duplicate
+/// only as a copy of the same event).
+async fn publish_through_cuts(bootstrap: &str, topic: &str, name: &str, mut cut: impl FnMut()) {
+    let publisher = builder(bootstrap, topic).build().unwrap();
+    let svc = stack::full_stack(publisher, Duration::from_secs(1), stack::breaker(name));
     let mut cuts = 0;
-    let receipts = stack::publish_all(svc, stack::FAULT_N, "kafka-fault", |i| {
+    let receipts = stack::publish_all(svc, stack::FAULT_N, name, |i| {
         if i > 0 && i % (stack::FAULT_N / 6) == 0 {
-            // The mock broker closes the connection on the next produce
-            // request (as a cut would), then answers retriable errors
-            // (leader moved, request timed out).
-            mock.request_errors(
-                RDKafkaApiKey::Produce,
-                &[
-                    RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
-                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-                ],
-            );
+            cut();
             cuts += 1;
         }
     })
     .await;
     assert_eq!(receipts, stack::FAULT_N);
     assert!(cuts >= 3);
-    let seen = consume(&bootstrap, &topic, stack::FAULT_N).await;
+    let seen = consume(bootstrap, topic, stack::FAULT_N).await;
     let unique = first_copies(&seen);
     assert_eq!(unique.len(), stack::FAULT_N, "0 lost");
     stack::check_all_present_in_order(&unique, stack::FAULT_N);
-    println!("kafka fault test: {cuts} cuts, 0 lost, {} duplicates", seen.len() - stack::FAULT_N);
+    println!("{name}: {cuts} cuts, 0 lost, {} duplicates", seen.len() - stack::FAULT_N);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_down_at_start_opens_the_breaker_and_recovers() {
-    let (mock, topic) = cluster(1);
-    let proxy = Proxy::start(&mock.bootstrap_servers()).await;
+async fn mock_connections_cut_by_the_broker_mid_stream_lose_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = topic_name();
+    mock.create_topic(&topic, PARTITIONS, 1).unwrap();
+    // The TCP proxy cannot sit in front of the mock cluster (its metadata
+    // names its own listeners): the mock broker cuts the connection itself,
+    // on the next produce request (as a cut would), then answers retriable
+    // errors (leader moved, request timed out).
+    publish_through_cuts(&mock.bootstrap_servers(), &topic, "kafka-fault", || {
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            ],
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_connections_cut_mid_stream_by_the_proxy_lose_nothing() {
+    // The broker names the proxy in its metadata: after the bootstrap every
+    // connection (the publisher's, the test consumer's) goes through it.
+    let port = services::process::free_port();
+    let proxy = Proxy::start(&format!("127.0.0.1:{port}")).await;
+    let Some(tansu) = Tansu::start_advertising(port, proxy.addr()).await else { return };
+    let topic = topic_name();
+    tansu.create_topic(&topic, PARTITIONS).await;
+    let before = proxy.accepted();
+    publish_through_cuts(tansu.bootstrap(), &topic, "kafka-cut", || proxy.cut()).await;
+    assert!(proxy.accepted() > before + 3, "the publisher reconnected through the proxy after the cuts");
+}
+
+async fn broker_down_at_start_opens_the_breaker_and_recovers(cluster: Cluster) {
+    let topic = cluster.topic().await;
+    let proxy = Proxy::start(&cluster.bootstrap()).await;
     proxy.set_refusing(true);
     let publisher = builder(&proxy.addr().to_string(), &topic).build().unwrap();
     stack::down_then_recover(publisher, &proxy, "kafka-down").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivery_report_and_typed_errors() {
-    let (mock, topic) = cluster(1);
-    let bootstrap = mock.bootstrap_servers();
+async fn mock_broker_down_at_start_opens_the_breaker_and_recovers() {
+    broker_down_at_start_opens_the_breaker_and_recovers(Cluster::mock(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_broker_down_at_start_opens_the_breaker_and_recovers() {
+    let Some(cluster) = Cluster::tansu().await else { return };
+    broker_down_at_start_opens_the_breaker_and_recovers(cluster).await;
+}
+
+/// Partition and offset in the receipts; an invalid topic name, a message
+/// over `message.max.bytes` and (where the cluster does not create topics on
+/// first use) an unknown topic fail with their typed errors.
+async fn delivery_report_and_typed_errors(cluster: Cluster) {
+    let topic = cluster.topic().await;
+    let bootstrap = cluster.bootstrap();
     let mut publisher = builder(&bootstrap, &topic).build().unwrap();
     let event = stack::context().sync_scope(|| stack::event(7, "kafka-one"));
     let first = publisher.ready().await.unwrap().call(event.clone()).await.unwrap();
@@ -196,4 +285,49 @@ async fn delivery_report_and_typed_errors() {
     let err = big.ready().await.unwrap().call(large).await.unwrap_err();
     assert!(matches!(err, PublishError::Rejected { .. }), "{err}");
     assert!(!err.is_transient());
+
+    if let Cluster::Tansu(_) = cluster {
+        let mut unknown = builder(&bootstrap, &topic_name()).build().unwrap();
+        let err = unknown.ready().await.unwrap().call(stack::event(1, "kafka-unknown")).await.unwrap_err();
+        assert!(matches!(err, PublishError::Unroutable { .. }), "{err}");
+        assert!(!err.is_transient());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_delivery_report_and_typed_errors() {
+    delivery_report_and_typed_errors(Cluster::mock(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_delivery_report_and_typed_errors() {
+    let Some(cluster) = Cluster::tansu().await else { return };
+    delivery_report_and_typed_errors(cluster).await;
+}
+
+/// A broker without the idempotent producer (the mock cluster with
+/// `InitProducerId` turned off): each message fails at once with a typed,
+/// permanent `Rejected` that says how to turn idempotence off, not a hang or
+/// an endless replacement of the producer; with `idempotence(false)` it goes
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_broker_without_the_idempotent_producer_fails_typed_until_idempotence_is_off() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.apiversion(RDKafkaApiKey::InitProducerId, None, None).unwrap();
+    let topic = topic_name();
+    mock.create_topic(&topic, PARTITIONS, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+
+    let mut publisher = builder(&bootstrap, &topic).build().unwrap();
+    for i in 0..3 {
+        let call = publisher.ready().await.unwrap().call(stack::event(i, "kafka-no-idempotence"));
+        let err = tokio::time::timeout(services::PATIENCE, call).await.expect("an answer, not a hang").unwrap_err();
+        assert!(matches!(err, PublishError::Rejected { .. }), "{err}");
+        assert!(err.to_string().contains("idempotence(false)"), "{err}");
+        assert!(!err.is_transient());
+    }
+
+    let mut plain = builder(&bootstrap, &topic).idempotence(false).build().unwrap();
+    let receipt = plain.ready().await.unwrap().call(stack::event(3, "kafka-no-idempotence")).await.unwrap();
+    assert!(receipt.confirmation.partition.is_some());
 }

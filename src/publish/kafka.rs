@@ -20,8 +20,39 @@
 //! the broker refuses (too large, not authorized...)
 //! [`PublishError::Rejected`].
 //!
-//! The tests run against librdkafka's built-in mock cluster
-//! (`rdkafka::mocking::MockCluster`), as no Kafka broker runs where they do.
+//! A topic that does not exist fails its messages with
+//! [`PublishError::Unroutable`] after `topic.metadata.propagation.max.ms`,
+//! which the builder sets to half the `confirm_timeout` (at most 30 s, the
+//! librdkafka default) unless you set it: a missing topic is reported,
+//! not timed out and re-sent.
+//!
+//! # Compatibility
+//!
+//! The tests run against a real Kafka-protocol broker, [tansu] 0.6 (a
+//! Kafka-compatible broker written in Rust), and against librdkafka's
+//! built-in mock cluster (`rdkafka::mocking::MockCluster`, for the faults
+//! only it can inject). What tansu 0.6 does differently from Apache Kafka:
+//!
+//! - **Idempotent producer: supported** (`InitProducerId`, producer ids and
+//!   sequence numbers); the publisher works with its defaults.
+//! - **No automatic topic creation**: create topics first (`tansu topic
+//!   create`, or an admin client's `CreateTopics`); a message to a missing
+//!   topic fails with `Unroutable`.
+//! - **No broker-side message size limit**: a message larger than
+//!   librdkafka's `message.max.bytes` (1,000,000 by default; set it with
+//!   [`KafkaBuilder::set`]) fails with [`PublishError::Rejected`] before it
+//!   is sent, as with any broker.
+//! - **No ACLs enforced** (SASL/SCRAM authentication with `tansu broker
+//!   --authentication` only): "not authorized" errors do not happen there;
+//!   against Apache Kafka they fail with `Rejected`.
+//! - Transactions are not used by the publisher.
+//!
+//! A broker that does **not** support the idempotent producer (no
+//! `InitProducerId`), or does not allow it (`IdempotentWrite` on the
+//! cluster, before Kafka 2.8), makes librdkafka fail the producer for good:
+//! from then on every message fails at once with `Rejected`, whose reason
+//! says so (no hang, no endless replacement of the producer). Build the
+//! publisher with [`KafkaBuilder::idempotence`]`(false)` for such a broker.
 //!
 //! ```no_run
 //! use tower::ServiceExt;
@@ -41,11 +72,12 @@
 //! ```
 //!
 //! [rdkafka]: https://docs.rs/rdkafka
+//! [tansu]: https://crates.io/crates/tansu
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -77,7 +109,15 @@ pub struct Kafka {
     config: ClientConfig,
     topic: TopicFn,
     connect_timeout: Duration,
+    idempotence: bool,
+    /// Set when a producer died of a fatal error that a new producer would
+    /// meet again (the broker does not support or allow the idempotent
+    /// producer): from then on every message fails with it.
+    refused: Refused,
 }
+
+/// Why every message is refused, once a producer met a permanent fatal error.
+type Refused = Arc<OnceLock<String>>;
 
 impl fmt::Debug for Kafka {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,6 +137,8 @@ impl Kafka {
                 config,
                 topic: Arc::new(|e: &Event| e.ty().to_owned()),
                 connect_timeout: Duration::ZERO,
+                idempotence: true,
+                refused: Refused::default(),
             },
             config: PublisherConfig { name: BROKER.into(), ..Default::default() },
         }
@@ -152,9 +194,21 @@ impl KafkaBuilder {
 
     /// Set a librdkafka producer property (`compression.type`,
     /// `security.protocol`, `linger.ms`...). `enable.idempotence` and
-    /// `message.timeout.ms` are set by [`build`](Self::build).
+    /// `message.timeout.ms` are set by [`build`](Self::build), and
+    /// `topic.metadata.propagation.max.ms` unless set here.
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.transport.config.set(key, value);
+        self
+    }
+
+    /// Use the idempotent producer (the default: `true`). Turn it off only
+    /// for a broker that does not support it (no `InitProducerId`, see
+    /// [compatibility](self#compatibility)): the producer then keeps one
+    /// request in flight per broker connection (per-key order survives
+    /// librdkafka's retries), and a retried request may store a message
+    /// twice.
+    pub fn idempotence(mut self, on: bool) -> Self {
+        self.transport.idempotence = on;
         self
     }
 
@@ -167,14 +221,29 @@ impl KafkaBuilder {
     /// Start the publisher (inside a Tokio runtime); it connects in the background.
     pub fn build(mut self) -> Result<KafkaPublisher, PublishError> {
         let timeout_ms = self.config.confirm_timeout.as_millis().clamp(1, i32::MAX as u128);
-        self.transport
-            .config
-            .set("enable.idempotence", "true")
-            // A message that fails for good (timed out) stops the producer
-            // (fatal error) instead of leaving a gap that later messages of
-            // its partition would pass: the publisher replaces the producer
-            // and re-sends in order.
-            .set("enable.gapless.guarantee", "true")
+        let config = &mut self.transport.config;
+        if self.transport.idempotence {
+            config
+                .set("enable.idempotence", "true")
+                // A message that fails for good (timed out) stops the producer
+                // (fatal error) instead of leaving a gap that later messages of
+                // its partition would pass: the publisher replaces the producer
+                // and re-sends in order.
+                .set("enable.gapless.guarantee", "true");
+        } else {
+            config
+                .set("enable.idempotence", "false")
+                .set("acks", "all")
+                .set("max.in.flight.requests.per.connection", "1");
+        }
+        if config.get("topic.metadata.propagation.max.ms").is_none() {
+            // A topic that does not exist fails its messages with
+            // `Unroutable` after this long, well before they time out (and
+            // would be re-sent on a new producer, again and again).
+            let propagation_ms = (timeout_ms / 2).clamp(1, 30_000);
+            config.set("topic.metadata.propagation.max.ms", propagation_ms.to_string());
+        }
+        config
             .set("message.timeout.ms", timeout_ms.to_string())
             // Room for every unconfirmed message and for reports not yet
             // handed back by the polling thread: a send never meets QueueFull
@@ -203,9 +272,11 @@ impl ClientContext for LostContext {
     }
 }
 
-/// An idempotent Kafka producer.
+/// An idempotent Kafka producer (or none, when the broker refused it for
+/// good: every message then fails with [`PublishError::Rejected`]).
 pub struct KafkaConnection {
     producer: Option<FutureProducer<LostContext>>,
+    refused: Refused,
 }
 
 impl fmt::Debug for KafkaConnection {
@@ -218,6 +289,16 @@ impl Drop for KafkaConnection {
     fn drop(&mut self) {
         // Dropping a producer joins its polling thread: not on a runtime worker.
         if let Some(producer) = self.producer.take() {
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                if is_permanent(code) {
+                    tracing::error!(broker = BROKER, %code, reason, "the broker refuses the idempotent producer; \
+                        every message now fails (build the publisher with idempotence(false) for this broker)");
+                    let _ = self.refused.set(format!(
+                        "{reason} (the idempotent producer is not supported or not allowed by this broker; \
+                         build the publisher with `KafkaBuilder::idempotence(false)`)"
+                    ));
+                }
+            }
             // Nothing more from this producer: a new one re-sends what it
             // left unconfirmed, and must not be overtaken by it.
             producer.purge(PurgeConfig::default().queue().inflight());
@@ -227,6 +308,18 @@ impl Drop for KafkaConnection {
             }
         }
     }
+}
+
+/// A fatal producer error that a new producer would meet again: the broker
+/// does not support the idempotent producer (no `InitProducerId`), or does
+/// not allow it (`IdempotentWrite` on the cluster, before Kafka 2.8).
+fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnsupportedFeature
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+    )
 }
 
 fn map_error(e: &KafkaError) -> PublishError {
@@ -259,12 +352,16 @@ impl Transport for Kafka {
     type Confirm = KafkaConfirm;
 
     async fn connect(&mut self, lost: LostSignal) -> Result<KafkaConnection, BoxError> {
+        let refused = self.refused.clone();
+        if self.refused.get().is_some() {
+            return Ok(KafkaConnection { producer: None, refused });
+        }
         let producer: FutureProducer<LostContext> = self.config.create_with_context(LostContext { lost })?;
         // Wait until the cluster answers (librdkafka would connect lazily):
         // a cluster that is down is reported now, as Unavailable.
         let probe = producer.clone();
         let timeout = self.connect_timeout;
-        let conn = KafkaConnection { producer: Some(producer) };
+        let conn = KafkaConnection { producer: Some(producer), refused };
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout).map(drop)).await??;
         Ok(conn)
     }
@@ -280,8 +377,10 @@ impl Transport for Kafka {
                 attribute: "type",
                 reason: "does not make a valid Kafka topic",
             }))
+        } else if let Some(reason) = conn.refused.get() {
+            Err(PublishError::Rejected { broker: BROKER, reason: reason.clone() })
         } else {
-            let producer = conn.producer.as_ref().expect("a live connection has its producer");
+            let producer = conn.producer.as_ref().expect("a connection not refused has its producer");
             let mut record = FutureRecord::<[u8], [u8]>::to(&topic).payload(&msg.body[..]).headers(Kafka::headers(msg));
             if let Some(key) = msg.event.partition_key() {
                 record = record.key(key.as_bytes());

@@ -64,6 +64,121 @@ pub fn require_service(name: &str, env_var: &str, default_addr: &str) -> Option<
     }
 }
 
+/// Servers a test starts itself (etcd, a Kafka broker): find the binary,
+/// pick a free loopback port, wait until it answers, stop it on drop.
+pub mod process {
+    use std::ffi::OsString;
+    use std::future::Future;
+    use std::net::{SocketAddr, TcpListener};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// The binary of server `name`: the path in `env_var`, else `default`
+    /// (looked up in `PATH`), if it runs with `--version`. Otherwise prints
+    /// `skipped: no <name> binary ...` (with `install`, how to get it) and
+    /// returns `None` — or panics when [`REQUIRE_ENV`](super::REQUIRE_ENV) is set.
+    pub fn require_binary(name: &str, env_var: &str, default: &str, install: &str) -> Option<PathBuf> {
+        let bin = PathBuf::from(super::env_or(env_var, default));
+        let runs = Command::new(&bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if runs.is_ok_and(|s| s.success()) {
+            return Some(bin);
+        }
+        let msg = format!("no {name} binary `{}` ({install}; or set {env_var})", bin.display());
+        assert!(!super::services_required(), "{name} is required ({}=1) but there is {msg}", super::REQUIRE_ENV);
+        println!("skipped: {msg}");
+        eprintln!("skipped: {msg}");
+        None
+    }
+
+    /// A port that was free on 127.0.0.1 a moment ago (for a server that
+    /// cannot be told to pick its own).
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// A server process started by a test, with a fresh temporary directory
+    /// (its data directory, if it needs one, and its output in `log`);
+    /// killed, waited for and the directory removed on drop.
+    pub struct ServerProcess {
+        name: String,
+        child: Child,
+        dir: PathBuf,
+    }
+
+    impl ServerProcess {
+        /// Start `bin` with the arguments `args(dir)`, `dir` the process's
+        /// own temporary directory.
+        pub fn start<I, A>(name: &str, bin: &Path, args: impl FnOnce(&Path) -> I) -> ServerProcess
+        where
+            I: IntoIterator<Item = A>,
+            A: Into<OsString>,
+        {
+            static STARTED: AtomicUsize = AtomicUsize::new(0);
+            let n = STARTED.fetch_add(1, Ordering::SeqCst);
+            let dir = std::env::temp_dir().join(format!("tower-mesh-{name}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let log = std::fs::File::create(dir.join("log")).unwrap();
+            let child = Command::new(bin)
+                .args(args(&dir).into_iter().map(Into::into))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {name} (`{}`): {e}", bin.display()));
+            ServerProcess { name: name.to_owned(), child, dir }
+        }
+
+        /// What the process has printed so far.
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        }
+
+        /// Poll `ready` every 50 ms until it says yes. Fails the test when
+        /// the process exits first, or after [`PATIENCE`](super::PATIENCE)
+        /// (a bound only a broken server reaches), with the process's output.
+        pub async fn wait_ready<F: Future<Output = bool>>(&mut self, mut ready: impl FnMut() -> F) {
+            let deadline = tokio::time::Instant::now() + super::PATIENCE;
+            loop {
+                if ready().await {
+                    return;
+                }
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("{} exited ({status}) before it was ready; its output:\n{}", self.name, self.log());
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} not ready after {:?}; its output:\n{}",
+                    self.name,
+                    super::PATIENCE,
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        /// [`wait_ready`](Self::wait_ready) until `addr` accepts TCP connections.
+        pub async fn wait_accepting(&mut self, addr: SocketAddr) {
+            self.wait_ready(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
+        }
+    }
+
+    impl Drop for ServerProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A private Kafka-protocol broker (tansu) for one test.
+#[cfg(feature = "kafka")]
+#[path = "tansu.rs"]
+pub mod tansu;
+
 #[cfg(test)]
 mod tests {
     use super::*;
