@@ -50,6 +50,9 @@ pub mod publish;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 
+#[cfg(feature = "chaos")]
+pub mod chaos;
+
 #[cfg(feature = "stack")]
 pub mod health;
 #[cfg(feature = "stack")]
