@@ -52,6 +52,8 @@ pub mod rate_limit;
 
 #[cfg(feature = "chaos")]
 pub mod chaos;
+#[cfg(feature = "fallback")]
+pub mod fallback;
 
 #[cfg(feature = "stack")]
 pub mod health;
