@@ -162,8 +162,12 @@ pub enum AllowedCallers {
     /// from outside traffic, or in tests.
     Header(HeaderName, HeaderValue),
     /// Callers the function accepts.
-    Custom(Arc<dyn Fn(&HeaderMap, &http::Extensions) -> bool + Send + Sync>),
+    Custom(CallerCheck),
 }
+
+/// A function that says whether a request (its headers and extensions)
+/// comes from an allowed caller.
+pub type CallerCheck = Arc<dyn Fn(&HeaderMap, &http::Extensions) -> bool + Send + Sync>;
 
 impl AllowedCallers {
     pub(crate) fn allows<B>(&self, req: &Request<B>) -> bool {

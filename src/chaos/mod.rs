@@ -85,7 +85,7 @@ mod tests;
 
 pub use config::{AbortConfig, ChaosConfig, DelayConfig, HeaderFaultsConfig, MatchConfig};
 pub use error::{ChaosConfigError, InjectedFault};
-pub use fault::{Abort, AllowedCallers, Delay, RequestMatch, ABORT_HEADER, DELAY_HEADER};
+pub use fault::{Abort, AllowedCallers, CallerCheck, Delay, RequestMatch, ABORT_HEADER, DELAY_HEADER};
 pub use future::{FaultInjected, ResponseFuture};
 pub use layer::{ChaosLayer, ChaosLayerBuilder};
 pub use service::Chaos;
