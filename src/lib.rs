@@ -52,6 +52,8 @@ pub mod rate_limit;
 
 #[cfg(feature = "chaos")]
 pub mod chaos;
+#[cfg(feature = "coalesce")]
+pub mod coalesce;
 #[cfg(feature = "fallback")]
 pub mod fallback;
 

@@ -1,0 +1,175 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use tower::{Layer, Service, ServiceExt};
+
+use super::*;
+use crate::error::BoxError;
+
+/// An upstream that counts its calls and answers `"answer N"` (N = the
+/// call's number) when `gate` lets it (one permit per call), or fails
+/// when the path is `/fail`.
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        Upstream { calls: Arc::default(), gate: Arc::new(tokio::sync::Semaphore::new(0)) }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<()>> for Upstream {
+    type Response = Response<String>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<String>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            gate.acquire().await.unwrap().forget();
+            if req.uri().path() == "/fail" {
+                return Err(BoxError::from("upstream failed"));
+            }
+            Ok(Response::new(format!("answer {n}")))
+        })
+    }
+}
+
+fn get(path: &str) -> Request<()> {
+    Request::get(path).body(()).unwrap()
+}
+
+/// Spawns a call and waits until it is parked (in flight or waiting).
+async fn spawn_call(
+    svc: &Coalesce<Upstream, fn(&Request<()>) -> Option<(Method, http::Uri)>, (Method, http::Uri), Response<String>>,
+    req: Request<()>,
+) -> tokio::task::JoinHandle<Result<Response<String>, BoxError>> {
+    let handle = tokio::spawn(svc.clone().oneshot(req));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    handle
+}
+
+type Svc = Coalesce<Upstream, fn(&Request<()>) -> Option<(Method, http::Uri)>, (Method, http::Uri), Response<String>>;
+
+fn layer() -> (CoalesceLayer<fn(&Request<()>) -> Option<(Method, http::Uri)>, (Method, http::Uri), Response<String>>, Upstream, Svc) {
+    let layer = CoalesceLayer::new(http_key as fn(&Request<()>) -> Option<(Method, http::Uri)>);
+    let up = Upstream::new();
+    let svc = layer.layer(up.clone());
+    (layer, up, svc)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_thousand_identical_gets_make_one_call() {
+    let (layer, up, svc) = layer();
+    let mut handles = Vec::new();
+    for _ in 0..1_000 {
+        handles.push(tokio::spawn(svc.clone().oneshot(get("/menu"))));
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(up.calls(), 1);
+    up.gate.add_permits(1);
+    for h in handles {
+        assert_eq!(h.await.unwrap().unwrap().body(), "answer 1");
+    }
+    assert_eq!(up.calls(), 1);
+    assert_eq!(layer.in_flight(), 0, "nothing left in flight");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn different_keys_and_unsafe_methods_are_not_shared() {
+    let (_layer, up, svc) = layer();
+    let a = spawn_call(&svc, get("/a")).await;
+    let b = spawn_call(&svc, get("/b")).await;
+    let post = spawn_call(&svc, Request::post("/a").body(()).unwrap()).await;
+    assert_eq!(up.calls(), 3);
+    up.gate.add_permits(3);
+    for h in [a, b, post] {
+        assert_eq!(h.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_waiter_that_goes_away_does_not_disturb_the_others() {
+    let (_layer, up, svc) = layer();
+    let leader = spawn_call(&svc, get("/menu")).await;
+    let quitter = spawn_call(&svc, get("/menu")).await;
+    let stayer = spawn_call(&svc, get("/menu")).await;
+    quitter.abort();
+    assert!(quitter.await.unwrap_err().is_cancelled());
+    up.gate.add_permits(1);
+    assert_eq!(leader.await.unwrap().unwrap().body(), "answer 1");
+    assert_eq!(stayer.await.unwrap().unwrap().body(), "answer 1");
+    assert_eq!(up.calls(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn when_the_leader_goes_away_a_waiter_runs_the_call() {
+    let (layer, up, svc) = layer();
+    let leader = spawn_call(&svc, get("/menu")).await;
+    let waiters: Vec<_> = futures::future::join_all((0..3).map(|_| spawn_call(&svc, get("/menu")))).await;
+    assert_eq!(up.calls(), 1);
+    leader.abort();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(up.calls(), 2, "one waiter took the call over");
+    up.gate.add_permits(1);
+    for w in waiters {
+        assert_eq!(w.await.unwrap().unwrap().body(), "answer 2");
+    }
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_error_reaches_every_waiter() {
+    let (_layer, up, svc) = layer();
+    let leader = spawn_call(&svc, get("/fail")).await;
+    let waiter = spawn_call(&svc, get("/fail")).await;
+    up.gate.add_permits(1);
+    for h in [leader, waiter] {
+        let err = h.await.unwrap().unwrap_err();
+        let shared = err.downcast_ref::<CoalescedError>().expect("a CoalescedError");
+        assert_eq!(shared.to_string(), "upstream failed");
+        assert!(std::error::Error::source(shared).is_some());
+    }
+    // Alone, the caller gets its own error as it was.
+    let alone = spawn_call(&svc, get("/fail")).await;
+    up.gate.add_permits(1);
+    let err = alone.await.unwrap().unwrap_err();
+    assert!(err.downcast_ref::<CoalescedError>().is_none());
+    assert_eq!(err.to_string(), "upstream failed");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn beyond_max_keys_requests_run_alone() {
+    let layer = CoalesceLayer::new(http_key as fn(&Request<()>) -> Option<(Method, http::Uri)>).max_keys(1);
+    let up = Upstream::new();
+    let svc = layer.layer(up.clone());
+    let a = spawn_call(&svc, get("/a")).await;
+    let b1 = spawn_call(&svc, get("/b")).await;
+    let b2 = spawn_call(&svc, get("/b")).await;
+    assert_eq!(up.calls(), 3, "/b is not tracked: both run");
+    assert_eq!(layer.in_flight(), 1);
+    up.gate.add_permits(3);
+    for h in [a, b1, b2] {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(layer.in_flight(), 0);
+}
