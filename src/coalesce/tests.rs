@@ -53,10 +53,7 @@ fn get(path: &str) -> Request<()> {
 }
 
 /// Spawns a call and waits until it is parked (in flight or waiting).
-async fn spawn_call(
-    svc: &Coalesce<Upstream, fn(&Request<()>) -> Option<(Method, http::Uri)>, (Method, http::Uri), Response<String>>,
-    req: Request<()>,
-) -> tokio::task::JoinHandle<Result<Response<String>, BoxError>> {
+async fn spawn_call(svc: &Svc, req: Request<()>) -> tokio::task::JoinHandle<Result<Response<String>, BoxError>> {
     let handle = tokio::spawn(svc.clone().oneshot(req));
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -64,10 +61,12 @@ async fn spawn_call(
     handle
 }
 
-type Svc = Coalesce<Upstream, fn(&Request<()>) -> Option<(Method, http::Uri)>, (Method, http::Uri), Response<String>>;
+type KeyFn = fn(&Request<()>) -> Option<HttpKey>;
+type HttpKey = (Method, http::Uri);
+type Svc = Coalesce<Upstream, KeyFn, HttpKey, Response<String>>;
 
-fn layer() -> (CoalesceLayer<fn(&Request<()>) -> Option<(Method, http::Uri)>, (Method, http::Uri), Response<String>>, Upstream, Svc) {
-    let layer = CoalesceLayer::new(http_key as fn(&Request<()>) -> Option<(Method, http::Uri)>);
+fn layer() -> (CoalesceLayer<KeyFn, HttpKey, Response<String>>, Upstream, Svc) {
+    let layer = CoalesceLayer::new(http_key as KeyFn);
     let up = Upstream::new();
     let svc = layer.layer(up.clone());
     (layer, up, svc)
@@ -159,7 +158,7 @@ async fn an_error_reaches_every_waiter() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn beyond_max_keys_requests_run_alone() {
-    let layer = CoalesceLayer::new(http_key as fn(&Request<()>) -> Option<(Method, http::Uri)>).max_keys(1);
+    let layer = CoalesceLayer::new(http_key as KeyFn).max_keys(1);
     let up = Upstream::new();
     let svc = layer.layer(up.clone());
     let a = spawn_call(&svc, get("/a")).await;
