@@ -83,9 +83,12 @@ async fn serve(upstream: drill::Upstream) -> std::io::Result<std::net::SocketAdd
                     let upstream = upstream.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await?.to_bytes();
-                        let res = upstream.oneshot(Request::from_parts(parts, Full::new(body))).await?;
-                        Ok::<_, BoxError>(res.map(Full::new))
+                        let body = match body.collect().await {
+                            Ok(body) => body.to_bytes(),
+                            Err(e) => return Err(std::io::Error::other(e)),
+                        };
+                        let res = upstream.oneshot(Request::from_parts(parts, Full::new(body))).await;
+                        res.map(|res| res.map(Full::new)).map_err(std::io::Error::other)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
