@@ -56,6 +56,8 @@ pub mod chaos;
 pub mod coalesce;
 #[cfg(feature = "fallback")]
 pub mod fallback;
+#[cfg(any(feature = "fallback", feature = "coalesce"))]
+mod request_key;
 
 #[cfg(feature = "stack")]
 pub mod health;

@@ -58,7 +58,7 @@ pub struct CoalesceLayer<F, K, Res> {
 }
 
 /// The default bound on keys in flight.
-const MAX_KEYS: usize = 10_000;
+pub(crate) const MAX_KEYS: usize = 10_000;
 
 impl<F, K: Hash + Eq, Res> CoalesceLayer<F, K, Res> {
     /// Share calls between requests with the same key (as `key` says).

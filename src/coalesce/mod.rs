@@ -54,6 +54,9 @@
 //! a shared call takes one permit of the bulkhead, breaker or rate limiter
 //! below.
 //!
+//! [`CoalesceConfig`] is the layer of an HTTP client as configuration
+//! (`max_keys`).
+//!
 //! # Metrics
 //!
 //! `tower_mesh_coalesce_calls_total{service, role}` counts requests by
@@ -68,20 +71,43 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-use http::{Method, Request, Uri};
-
+pub use crate::request_key::http_key;
 pub use flight::CoalescedError;
 pub use future::ResponseFuture;
 pub use layer::CoalesceLayer;
 pub use service::Coalesce;
 
+/// Request coalescing for an HTTP client, as configuration:
+/// `coalesce = { max_keys = 10000 }`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceConfig {
+    /// The most keys in flight (default 10,000).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    layer::MAX_KEYS
+}
+
+impl Default for CoalesceConfig {
+    fn default() -> Self {
+        CoalesceConfig { max_keys: default_max_keys() }
+    }
+}
+
+/// The key function of [`CoalesceConfig::http_layer`].
+pub type HttpKeyFn<B> = fn(&http::Request<B>) -> Option<(http::Method, http::Uri)>;
+
+impl CoalesceConfig {
+    /// The layer: `GET` / `HEAD` requests to the same URI share a call.
+    pub fn http_layer<B, Res>(&self, name: &str) -> CoalesceLayer<HttpKeyFn<B>, (http::Method, http::Uri), Res> {
+        CoalesceLayer::new(http_key as HttpKeyFn<B>).max_keys(self.max_keys).name(name)
+    }
+}
+
 /// What a key of [`CoalesceLayer`] is: any `Hash + Eq` type.
 pub trait Key: std::hash::Hash + Eq {}
 
 impl<K: std::hash::Hash + Eq> Key for K {}
-
-/// The key of an HTTP request for [`CoalesceLayer`]: its method and URI,
-/// for `GET` and `HEAD` requests only.
-pub fn http_key<B>(req: &Request<B>) -> Option<(Method, Uri)> {
-    matches!(*req.method(), Method::GET | Method::HEAD).then(|| (req.method().clone(), req.uri().clone()))
-}

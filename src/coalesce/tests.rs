@@ -172,3 +172,23 @@ async fn beyond_max_keys_requests_run_alone() {
     }
     assert_eq!(layer.in_flight(), 0);
 }
+
+#[cfg(feature = "stack")] // toml
+#[tokio::test(flavor = "current_thread")]
+async fn config_makes_an_http_layer() {
+    let cfg: CoalesceConfig = toml::from_str("max_keys = 1").unwrap();
+    let layer = cfg.http_layer::<(), Response<String>>("menu");
+    let up = Upstream::new();
+    let svc = layer.layer(up.clone());
+    let a = tokio::spawn(svc.clone().oneshot(get("/a")));
+    let b = tokio::spawn(svc.clone().oneshot(get("/b")));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(layer.in_flight(), 1, "max_keys = 1");
+    up.gate.add_permits(2);
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert_eq!(CoalesceConfig::default().max_keys, 10_000);
+    assert!(toml::from_str::<CoalesceConfig>("max = 1").is_err());
+}

@@ -55,12 +55,16 @@
 //! Put it at the top of a client stack, above the timeouts, retries,
 //! breaker and bulkhead whose rejections it covers.
 //!
+//! [`FallbackConfig`] is the stale-cache fallback of an HTTP client as
+//! configuration (`on`, `capacity`, `ttl`, `header`).
+//!
 //! # Metrics
 //!
 //! `tower_mesh_fallback_total{service, reason}` counts fallback answers
 //! (`reason` is `rejected`, `timeout` or `failure`); each also emits a
 //! `debug` tracing event.
 
+mod config;
 mod future;
 mod layer;
 mod service;
@@ -73,6 +77,8 @@ use http::{HeaderName, HeaderValue};
 
 use crate::error::BoxError;
 
+pub use crate::request_key::http_key;
+pub use config::{FallbackConfig, HttpKeyFn, HttpStaleLayer};
 pub use future::ResponseFuture;
 pub use layer::FallbackLayer;
 pub use service::Fallback;
@@ -130,7 +136,8 @@ impl std::fmt::Display for FallbackReason {
 }
 
 /// Which outcomes get a fallback answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Trigger {
     /// Rejections and timeouts of the layers below only.
     Rejections,

@@ -193,3 +193,15 @@ async fn a_dropped_call_is_not_answered_nor_cached() {
     assert!(futures::poll!(std::pin::pin!(call)).is_pending());
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+#[cfg(feature = "stack")] // toml
+#[test]
+fn config_makes_an_http_stale_layer() {
+    let cfg: FallbackConfig = toml::from_str("on = \"rejections\"\ncapacity = 10\nttl = \"5s\"\nheader = \"x-fb\"").unwrap();
+    assert_eq!((cfg.on, cfg.capacity.get(), cfg.ttl), (Trigger::Rejections, 10, Duration::from_secs(5)));
+    assert!(cfg.http_layer::<(), String>("menu").is_some());
+    let bad = FallbackConfig { header: Some("bad header".into()), ..FallbackConfig::default() };
+    assert!(bad.http_layer::<(), String>("menu").is_none());
+    assert!(toml::from_str::<FallbackConfig>("on = \"sometimes\"").is_err());
+    assert_eq!(http_key(&Request::post("/x").body(()).unwrap()), None);
+}
