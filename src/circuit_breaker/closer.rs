@@ -27,10 +27,15 @@
 //! As a safety net, a guarded success still reads the clock once every
 //! [`CHECK_EVERY`] counts (a runtime so busy that its timer driver is not
 //! turned cannot keep an old second open for long).
+//!
+//! The word's atomics are loom's under `cfg(loom)`: the loom tests below
+//! check every interleaving of successes, the locked path closing and
+//! reopening the word, and the timer unguarding it (`scripts/loom.sh`).
 
 use std::future::Future as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
@@ -38,6 +43,9 @@ use std::time::Duration;
 
 use tokio::runtime::{Handle, Id, RuntimeFlavor};
 use tokio::time::{Instant, Sleep};
+
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
 
 /// Bits of the word that hold the count (the rest hold the second and [`GUARD`]).
 const COUNT_BITS: u32 = 24;
@@ -189,7 +197,7 @@ impl Closer {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -280,5 +288,97 @@ mod tests {
         // Arming for a second that is already over arms nothing.
         assert!(!closer.arm(&fast, base, 0));
         assert!(closer.arm(&fast, base, 1));
+    }
+}
+
+/// Model-checked with loom (`scripts/loom.sh`): every interleaving of the
+/// threads, up to `LOOM_MAX_PREEMPTIONS` preemptions each.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::thread;
+
+    use super::*;
+
+    /// Successes counted while the locked path closes the word: each one
+    /// counted lock-free is in exactly one `close`, none lost or counted
+    /// twice, and none is counted once the word is closed.
+    #[test]
+    fn loom_every_success_counted_is_closed_once() {
+        loom::model(|| {
+            let base = Instant::now();
+            let fast = Arc::new(FastPath::new());
+            fast.open(3, true);
+            let counters: Vec<_> = (0..2)
+                .map(|_| {
+                    let fast = fast.clone();
+                    thread::spawn(move || (0..2).filter(|_| fast.count(base, Some(base))).count() as u32)
+                })
+                .collect();
+            let first = fast.close();
+            let counted: u32 = counters.into_iter().map(|t| t.join().unwrap()).sum();
+            let (sec, n) = first.expect("the word was open");
+            assert_eq!(sec, 3);
+            assert_eq!(n, counted, "the close holds every success counted before it");
+            assert_eq!(fast.close(), None);
+        });
+    }
+
+    /// The timer of second 5 fires while a success is counted and the
+    /// locked path moves the word to second 6: the success is in exactly
+    /// one close, of second 5 (it ended in second 5).
+    #[test]
+    fn loom_a_success_across_a_second_change_is_closed_once() {
+        loom::model(|| {
+            let base = Instant::now();
+            let fast = Arc::new(FastPath::new());
+            fast.guarded.store(5, Ordering::Release);
+            fast.open(5, true);
+            let timer = {
+                let fast = fast.clone();
+                thread::spawn(move || fast.wake_by_ref())
+            };
+            let counter = {
+                let fast = fast.clone();
+                thread::spawn(move || fast.count(base, Some(base + std::time::Duration::from_secs(5))) as u32)
+            };
+            // The locked path: second 5 is over, the word opens for second 6.
+            let closed = fast.close().map_or(0, |(sec, n)| {
+                assert_eq!(sec, 5);
+                n
+            });
+            fast.open(6, false);
+            timer.join().unwrap();
+            let counted = counter.join().unwrap();
+            let later = fast.close().map_or(0, |(sec, n)| {
+                assert_eq!(sec, 6);
+                n
+            });
+            assert_eq!(closed + later, counted);
+            assert!(fast.close().is_none());
+        });
+    }
+
+    /// The timer of second 5 fires while the word is guarded for second 5
+    /// and successes are counted: once it has fired the word is unguarded,
+    /// and a success then reads the clock (which says second 6) and is not
+    /// counted lock-free.
+    #[test]
+    fn loom_a_fired_timer_unguards_its_second() {
+        loom::model(|| {
+            let base = Instant::now();
+            let later = Some(base + std::time::Duration::from_secs(6));
+            let fast = Arc::new(FastPath::new());
+            fast.guarded.store(5, Ordering::Release);
+            fast.open(5, true);
+            let counter = {
+                let fast = fast.clone();
+                thread::spawn(move || fast.count(base, later) as u32)
+            };
+            fast.wake_by_ref();
+            assert!(!fast.is_guarded());
+            assert!(!fast.count(base, later), "a success after the timer fired read the clock");
+            let counted = counter.join().unwrap();
+            assert_eq!(fast.close(), Some((5, counted)));
+        });
     }
 }

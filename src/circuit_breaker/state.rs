@@ -1,20 +1,26 @@
 //! The shared state machine and the sliding windows.
 
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Label};
-use tokio::runtime::{Handle, Id};
+use metrics::Label;
+use tokio::runtime::Id;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::closer::{Closer, FastPath, MAX_SEC as FAST_MAX_SEC};
-use super::config::{CircuitBreakerConfig, SlidingWindow};
+use super::config::SlidingWindow;
 use super::CircuitOpen;
-use crate::classify::CancelPolicy;
+
+mod expiry;
+mod settings;
+mod window;
+
+pub(crate) use self::settings::{metric_labels, Settings};
+use self::settings::{with_label, Metrics};
+use self::window::{Totals, Window};
 
 /// The state of a circuit breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,248 +128,7 @@ pub(crate) enum Rec {
     Ignored,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Totals {
-    pub(crate) calls: u32,
-    pub(crate) failures: u32,
-    pub(crate) slow: u32,
-}
-
-impl Totals {
-    fn add(&mut self, failed: bool, slow: bool) {
-        self.calls += 1;
-        self.failures += failed as u32;
-        self.slow += slow as u32;
-    }
-    fn rates(&self) -> (f64, f64) {
-        let c = self.calls.max(1) as f64;
-        (self.failures as f64 * 100.0 / c, self.slow as f64 * 100.0 / c)
-    }
-}
-
-/// Ring of the last `n` outcomes (bit 0 failed, bit 1 slow) with running totals: O(1) per record.
-#[derive(Debug)]
-pub(crate) struct CountWindow {
-    slots: Box<[u8]>,
-    next: usize,
-    len: usize,
-    totals: Totals,
-}
-
-impl CountWindow {
-    pub(crate) fn new(n: usize) -> Self {
-        CountWindow { slots: vec![0; n].into_boxed_slice(), next: 0, len: 0, totals: Totals::default() }
-    }
-    #[inline]
-    fn record(&mut self, failed: bool, slow: bool) {
-        if self.len == self.slots.len() {
-            let old = self.slots[self.next];
-            self.totals.calls -= 1;
-            self.totals.failures -= (old & 1) as u32;
-            self.totals.slow -= (old >> 1) as u32;
-        } else {
-            self.len += 1;
-        }
-        self.slots[self.next] = failed as u8 | ((slow as u8) << 1);
-        self.next += 1;
-        if self.next == self.slots.len() {
-            self.next = 0;
-        }
-        self.totals.add(failed, slow);
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Bucket {
-    sec: u64,
-    totals: Totals,
-}
-
-/// Ring of per-second buckets with running totals; buckets that fall out of
-/// the window are subtracted as time advances (amortized O(1) per record).
-#[derive(Debug)]
-pub(crate) struct TimeWindow {
-    buckets: Box<[Bucket]>,
-    base: Instant,
-    head: u64,
-    /// End of the `head` second: a record before it needs no bucket arithmetic.
-    head_end: Instant,
-    totals: Totals,
-}
-
-impl TimeWindow {
-    pub(crate) fn new(secs: usize, now: Instant) -> Self {
-        TimeWindow {
-            buckets: vec![Bucket::default(); secs].into_boxed_slice(),
-            base: now,
-            head: 0,
-            head_end: now + Duration::from_secs(1),
-            totals: Totals::default(),
-        }
-    }
-    #[inline]
-    fn advance(&mut self, now: Instant) {
-        if now < self.head_end {
-            return;
-        }
-        self.advance_slow(now);
-    }
-    #[cold]
-    fn advance_slow(&mut self, now: Instant) {
-        let sec = now.saturating_duration_since(self.base).as_secs();
-        if sec <= self.head {
-            return;
-        }
-        let n = self.buckets.len() as u64;
-        let steps = (sec - self.head).min(n);
-        for s in sec + 1 - steps..=sec {
-            let b = &mut self.buckets[(s % n) as usize];
-            self.totals.calls -= b.totals.calls;
-            self.totals.failures -= b.totals.failures;
-            self.totals.slow -= b.totals.slow;
-            *b = Bucket { sec: s, totals: Totals::default() };
-        }
-        self.head = sec;
-        self.head_end = self.base + Duration::from_secs(sec + 1);
-    }
-    /// Empty the window, keeping the bucket alignment (whole seconds since
-    /// the breaker was built, like resilience4j's epoch-second buckets).
-    fn clear(&mut self, now: Instant) {
-        self.buckets.fill(Bucket::default());
-        self.totals = Totals::default();
-        self.head = now.saturating_duration_since(self.base).as_secs();
-        self.head_end = self.base + Duration::from_secs(self.head + 1);
-        let n = self.buckets.len() as u64;
-        self.buckets[(self.head % n) as usize].sec = self.head;
-    }
-    /// Add `n` successes of second `sec` (counted without the lock, see
-    /// [`Shared::fast`]); a second that has left the window is dropped.
-    fn add_successes(&mut self, sec: u64, n: u32) {
-        let len = self.buckets.len() as u64;
-        if sec > self.head || self.head - sec >= len {
-            return;
-        }
-        let b = &mut self.buckets[(sec % len) as usize];
-        if b.sec != sec {
-            return;
-        }
-        b.totals.calls += n;
-        self.totals.calls += n;
-    }
-    fn record(&mut self, now: Instant, failed: bool, slow: bool) {
-        self.advance(now);
-        let n = self.buckets.len() as u64;
-        let b = &mut self.buckets[(self.head % n) as usize];
-        debug_assert_eq!(b.sec, self.head);
-        b.totals.add(failed, slow);
-        self.totals.add(failed, slow);
-    }
-}
-
-#[derive(Debug)]
-pub(crate) enum Window {
-    Count(CountWindow),
-    Time(TimeWindow),
-}
-
-impl Window {
-    fn new(kind: SlidingWindow, now: Instant) -> Self {
-        match kind {
-            SlidingWindow::Count(n) => Window::Count(CountWindow::new(n)),
-            SlidingWindow::Time(d) => {
-                let secs = d.as_secs() + (d.subsec_nanos() > 0) as u64;
-                Window::Time(TimeWindow::new(secs.max(1) as usize, now))
-            }
-        }
-    }
-    fn clear(&mut self, now: Instant) {
-        match self {
-            Window::Count(w) => *w = CountWindow::new(w.slots.len()),
-            Window::Time(w) => w.clear(now),
-        }
-    }
-    /// `now`: the current time if the caller read it (timed calls), else read here.
-    fn record(&mut self, now: Option<Instant>, failed: bool, slow: bool) {
-        match self {
-            Window::Count(w) => w.record(failed, slow),
-            Window::Time(w) => w.record(now.unwrap_or_else(Instant::now), failed, slow),
-        }
-    }
-    /// A full count window without failures or slow calls (see [`Shared::clean`]).
-    fn is_clean(&self) -> bool {
-        match self {
-            Window::Count(w) => w.len == w.slots.len() && w.totals.failures == 0 && w.totals.slow == 0,
-            Window::Time(_) => false,
-        }
-    }
-    fn totals(&mut self, now: Option<Instant>) -> Totals {
-        match self {
-            Window::Count(w) => w.totals,
-            Window::Time(w) => {
-                w.advance(now.unwrap_or_else(Instant::now));
-                w.totals
-            }
-        }
-    }
-}
-
 pub(crate) type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
-
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub(crate) failure_rate: f64,
-    pub(crate) slow_rate: f64,
-    /// `None`: slow-call detection off.
-    pub(crate) slow_duration: Option<Duration>,
-    /// Whether calls are timed (slow-call detection or the duration histogram).
-    pub(crate) measure: bool,
-    pub(crate) window: SlidingWindow,
-    pub(crate) minimum_calls: u32,
-    pub(crate) wait_in_open: Duration,
-    pub(crate) wait_multiplier: f64,
-    pub(crate) max_wait_in_open: Duration,
-    pub(crate) permitted_in_half_open: u32,
-    pub(crate) max_wait_in_half_open: Duration,
-    pub(crate) cancel_policy: CancelPolicy,
-    /// Count the stack's own rejections (`CircuitOpen`, `BulkheadFull`) from
-    /// below as failures (default: ignored).
-    pub(crate) count_rejections: bool,
-}
-
-impl Settings {
-    pub(crate) fn from_config(c: &CircuitBreakerConfig) -> Self {
-        let minimum_calls = match c.sliding_window {
-            SlidingWindow::Count(n) => c.minimum_calls.min(n),
-            SlidingWindow::Time(_) => c.minimum_calls,
-        };
-        Settings {
-            failure_rate: c.failure_rate_threshold,
-            slow_rate: c.slow_call_rate_threshold,
-            slow_duration: c.slow_call_duration,
-            measure: c.slow_call_duration.is_some() || c.measure_call_durations,
-            window: c.sliding_window,
-            minimum_calls: minimum_calls.min(u32::MAX as usize) as u32,
-            wait_in_open: c.wait_in_open,
-            wait_multiplier: c.wait_in_open_multiplier,
-            max_wait_in_open: c.max_wait_in_open,
-            permitted_in_half_open: c.permitted_calls_in_half_open.min(u32::MAX as usize) as u32,
-            max_wait_in_half_open: c.max_wait_in_half_open,
-            cancel_policy: c.cancel_policy,
-            count_rejections: c.count_rejections,
-        }
-    }
-
-    #[inline]
-    fn exceeded(&self, t: Totals) -> bool {
-        // A healthy window (nothing failed, nothing slow) has both rates at
-        // exactly 0: decide without the two divisions, with the same result.
-        if t.failures == 0 && t.slow == 0 {
-            return self.failure_rate <= 0.0 || self.slow_rate <= 0.0;
-        }
-        let (fr, sr) = t.rates();
-        fr >= self.failure_rate || sr >= self.slow_rate
-    }
-}
 
 #[derive(Debug)]
 struct HalfOpen {
@@ -389,50 +154,6 @@ struct Inner {
     expiry: Option<AbortHandle>,
     /// A runtime found to have no timers (no expiry task is armed there).
     no_timers: Option<Id>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Metrics {
-    pub(crate) success: Counter,
-    pub(crate) failure: Counter,
-    pub(crate) ignored: Counter,
-    pub(crate) rejected: Counter,
-    pub(crate) slow: Counter,
-    pub(crate) state: Gauge,
-    pub(crate) duration: Histogram,
-}
-
-/// The labels of one breaker's metrics: `service`, and `key` for the breakers
-/// of a keyed layer.
-pub(crate) fn metric_labels(service: &str, key: Option<String>) -> Vec<Label> {
-    let mut labels = vec![Label::new("service", service.to_owned())];
-    if let Some(key) = key {
-        labels.push(Label::new("key", key));
-    }
-    labels
-}
-
-fn with_label(labels: &[Label], key: &'static str, value: &'static str) -> Vec<Label> {
-    let mut v = labels.to_vec();
-    v.push(Label::from_static_parts(key, value));
-    v
-}
-
-impl Metrics {
-    fn new(labels: &[Label]) -> Self {
-        let calls = |outcome| {
-            metrics::counter!("tower_mesh_circuit_breaker_calls_total", with_label(labels, "outcome", outcome))
-        };
-        Metrics {
-            success: calls("success"),
-            failure: calls("failure"),
-            ignored: calls("ignored"),
-            rejected: calls("rejected"),
-            slow: metrics::counter!("tower_mesh_circuit_breaker_slow_calls_total", labels.to_vec()),
-            state: metrics::gauge!("tower_mesh_circuit_breaker_state", labels.to_vec()),
-            duration: metrics::histogram!("tower_mesh_circuit_breaker_call_duration_seconds", labels.to_vec()),
-        }
-    }
 }
 
 /// Everything the clones of one breaker share.
@@ -621,71 +342,6 @@ impl Shared {
             self.metrics.rejected.increment(1);
         }
         result
-    }
-
-    /// If the breaker is half-open and its max wait has passed by `now`,
-    /// re-open it as of the end of the max wait (the open wait counts from
-    /// then), as the expiry timer does; the change to notify.
-    fn expire_half_open(&self, g: &mut Inner, now: Instant) -> Option<StateChange> {
-        let max = self.settings.max_wait_in_half_open;
-        if g.state != CircuitState::HalfOpen || max.is_zero() {
-            return None;
-        }
-        let deadline = g.half_open.since + max;
-        if now < deadline {
-            return None;
-        }
-        let t = g.half_open.totals;
-        let rates = (t.calls > 0).then(|| t.rates());
-        Some(self.transition(g, CircuitState::Open, deadline, rates))
-    }
-
-    /// Just entered half-open: with a max wait, arm a task that re-opens the
-    /// breaker when it ends, so the state, the metrics and the listeners see
-    /// the change on time even when no call comes. Without a tokio runtime
-    /// (or timers), the change is applied when the breaker is next used or
-    /// observed ([`Shared::observed_state`]), as of the same moment.
-    fn arm_expiry(self: &Arc<Self>, g: &mut Inner) {
-        let max = self.settings.max_wait_in_half_open;
-        if g.state != CircuitState::HalfOpen || max.is_zero() {
-            return;
-        }
-        let Ok(handle) = Handle::try_current() else { return };
-        if g.no_timers == Some(handle.id()) {
-            return;
-        }
-        // `sleep_until` panics in a runtime built without timers (there is
-        // no other way to ask): that runtime is remembered.
-        let deadline = g.half_open.since + max;
-        let Ok(sleep) = catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(deadline))) else {
-            g.no_timers = Some(handle.id());
-            return;
-        };
-        let (weak, period) = (Arc::downgrade(self), g.epoch);
-        let task = handle.spawn(async move {
-            sleep.await;
-            if let Some(shared) = weak.upgrade() {
-                shared.expire_on_timer(period);
-            }
-        });
-        if let Some(old) = g.expiry.replace(task.abort_handle()) {
-            old.abort();
-        }
-    }
-
-    /// The expiry task of half-open period `period` woke.
-    fn expire_on_timer(&self, period: u32) {
-        let now = Instant::now();
-        let mut g = self.lock();
-        if g.epoch != period {
-            return;
-        }
-        g.expiry = None;
-        let change = self.expire_half_open(&mut g, now);
-        drop(g);
-        if let Some(c) = change {
-            self.notify(&c);
-        }
     }
 
     /// Record a finished call that was admitted with `ticket` (see [`acquire`]).

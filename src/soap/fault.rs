@@ -367,113 +367,117 @@ impl SoapFault {
     /// Write the `Fault` element for `version`, with `prefix` bound to the
     /// envelope namespace by an enclosing element.
     pub(crate) fn write(&self, version: SoapVersion, prefix: &str, out: &mut Vec<u8>) {
-        let code = self.code.local_name(version);
-        let open = |out: &mut Vec<u8>, name: &str| {
-            push_str(out, "<");
-            push_str(out, prefix);
-            push_str(out, ":");
-            push_str(out, name);
-            push_str(out, ">");
-        };
-        let close = |out: &mut Vec<u8>, name: &str| {
-            push_str(out, "</");
-            push_str(out, prefix);
-            push_str(out, ":");
-            push_str(out, name);
-            push_str(out, ">");
-        };
-        open(out, "Fault");
+        prefixed_tag(out, prefix, "Fault", false);
         match version {
-            SoapVersion::V11 => {
-                let namespaced = self.subcodes.iter().position(|s| s.namespace.as_deref() == Some(WSSE_NS));
-                let dotted = match namespaced {
-                    Some(i) => {
-                        let sub = &self.subcodes[i];
-                        push_str(out, "<faultcode xmlns:sc=\"");
-                        escape_into(sub.namespace.as_deref().unwrap_or_default(), out);
-                        push_str(out, "\">sc:");
-                        escape_into(&sub.local, out);
-                        &self.subcodes[i + 1..]
-                    }
-                    None => {
-                        push_str(out, "<faultcode>");
-                        push_str(out, prefix);
-                        push_str(out, ":");
-                        push_str(out, code);
-                        &self.subcodes[..]
-                    }
-                };
-                for sub in dotted {
-                    push_str(out, ".");
-                    escape_into(&sub.local, out);
-                }
-                push_str(out, "</faultcode><faultstring>");
-                escape_into(&self.reason, out);
-                push_str(out, "</faultstring>");
-                if let Some(actor) = &self.actor {
-                    push_str(out, "<faultactor>");
-                    escape_into(actor, out);
-                    push_str(out, "</faultactor>");
-                }
-                if let Some(detail) = &self.detail {
-                    push_str(out, "<detail>");
-                    out.extend_from_slice(detail);
-                    push_str(out, "</detail>");
-                }
+            SoapVersion::V11 => self.write_v11(prefix, out),
+            SoapVersion::V12 => self.write_v12(prefix, out),
+        }
+        prefixed_tag(out, prefix, "Fault", true);
+    }
+
+    /// The content of a SOAP 1.1 `Fault`.
+    fn write_v11(&self, prefix: &str, out: &mut Vec<u8>) {
+        let code = self.code.local_name(SoapVersion::V11);
+        let namespaced = self.subcodes.iter().position(|s| s.namespace.as_deref() == Some(WSSE_NS));
+        let dotted = match namespaced {
+            Some(i) => {
+                let sub = &self.subcodes[i];
+                push_str(out, "<faultcode xmlns:sc=\"");
+                escape_into(sub.namespace.as_deref().unwrap_or_default(), out);
+                push_str(out, "\">sc:");
+                escape_into(&sub.local, out);
+                &self.subcodes[i + 1..]
             }
-            SoapVersion::V12 => {
-                open(out, "Code");
-                open(out, "Value");
+            None => {
+                push_str(out, "<faultcode>");
                 push_str(out, prefix);
                 push_str(out, ":");
                 push_str(out, code);
-                close(out, "Value");
-                for sub in &self.subcodes {
-                    open(out, "Subcode");
-                    push_str(out, "<");
-                    push_str(out, prefix);
-                    push_str(out, ":Value");
-                    match &sub.namespace {
-                        Some(ns) => {
-                            push_str(out, " xmlns:sc=\"");
-                            escape_into(ns, out);
-                            push_str(out, "\">sc:");
-                        }
-                        None => push_str(out, ">"),
-                    }
-                    escape_into(&sub.local, out);
-                    close(out, "Value");
-                }
-                for _ in &self.subcodes {
-                    close(out, "Subcode");
-                }
-                close(out, "Code");
-                open(out, "Reason");
-                push_str(out, "<");
-                push_str(out, prefix);
-                push_str(out, ":Text xml:lang=\"en\">");
-                escape_into(&self.reason, out);
-                close(out, "Text");
-                close(out, "Reason");
-                if let Some(node) = &self.node {
-                    open(out, "Node");
-                    escape_into(node, out);
-                    close(out, "Node");
-                }
-                if let Some(actor) = &self.actor {
-                    open(out, "Role");
-                    escape_into(actor, out);
-                    close(out, "Role");
-                }
-                if let Some(detail) = &self.detail {
-                    open(out, "Detail");
-                    out.extend_from_slice(detail);
-                    close(out, "Detail");
-                }
+                &self.subcodes[..]
             }
+        };
+        for sub in dotted {
+            push_str(out, ".");
+            escape_into(&sub.local, out);
         }
-        close(out, "Fault");
+        push_str(out, "</faultcode><faultstring>");
+        escape_into(&self.reason, out);
+        push_str(out, "</faultstring>");
+        if let Some(actor) = &self.actor {
+            push_str(out, "<faultactor>");
+            escape_into(actor, out);
+            push_str(out, "</faultactor>");
+        }
+        if let Some(detail) = &self.detail {
+            push_str(out, "<detail>");
+            out.extend_from_slice(detail);
+            push_str(out, "</detail>");
+        }
     }
+
+    /// The content of a SOAP 1.2 `Fault`.
+    fn write_v12(&self, prefix: &str, out: &mut Vec<u8>) {
+        let code = self.code.local_name(SoapVersion::V12);
+        let open = |out: &mut Vec<u8>, name: &str| prefixed_tag(out, prefix, name, false);
+        let close = |out: &mut Vec<u8>, name: &str| prefixed_tag(out, prefix, name, true);
+        open(out, "Code");
+        open(out, "Value");
+        push_str(out, prefix);
+        push_str(out, ":");
+        push_str(out, code);
+        close(out, "Value");
+        for sub in &self.subcodes {
+            open(out, "Subcode");
+            push_str(out, "<");
+            push_str(out, prefix);
+            push_str(out, ":Value");
+            match &sub.namespace {
+                Some(ns) => {
+                    push_str(out, " xmlns:sc=\"");
+                    escape_into(ns, out);
+                    push_str(out, "\">sc:");
+                }
+                None => push_str(out, ">"),
+            }
+            escape_into(&sub.local, out);
+            close(out, "Value");
+        }
+        for _ in &self.subcodes {
+            close(out, "Subcode");
+        }
+        close(out, "Code");
+        open(out, "Reason");
+        push_str(out, "<");
+        push_str(out, prefix);
+        push_str(out, ":Text xml:lang=\"en\">");
+        escape_into(&self.reason, out);
+        close(out, "Text");
+        close(out, "Reason");
+        if let Some(node) = &self.node {
+            open(out, "Node");
+            escape_into(node, out);
+            close(out, "Node");
+        }
+        if let Some(actor) = &self.actor {
+            open(out, "Role");
+            escape_into(actor, out);
+            close(out, "Role");
+        }
+        if let Some(detail) = &self.detail {
+            open(out, "Detail");
+            out.extend_from_slice(detail);
+            close(out, "Detail");
+        }
+    }
+}
+
+/// `<prefix:name>`, or `</prefix:name>` when `end`.
+fn prefixed_tag(out: &mut Vec<u8>, prefix: &str, name: &str, end: bool) {
+    push_str(out, if end { "</" } else { "<" });
+    push_str(out, prefix);
+    push_str(out, ":");
+    push_str(out, name);
+    push_str(out, ">");
 }
 
 impl fmt::Display for SoapFault {

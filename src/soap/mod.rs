@@ -62,12 +62,11 @@
 //!   with any namespace-aware parser; they stay slices of the message, without
 //!   a copy, when nothing is to be added. [`Envelope::body`] is the plain
 //!   slice ([`Envelope::standalone_body`] the standalone one).
-//! - **Speed** — the Envelope, the Header and the Body's first element are
-//!   read with quick-xml; the content passed on as the Body slice (and a
-//!   header block's content) is skipped by a scan that makes no events and
-//!   keeps the checks above (depth, matching end tags, references, no
-//!   DOCTYPE, closed markup), several times cheaper per byte than quick-xml's
-//!   events, which check every text run's UTF-8 again.
+//! - **One XML reader** — the whole message is read with quick-xml's
+//!   reader, the content passed on as the Body slice (and a header block's
+//!   content) too: its events are dropped after the checks above (depth,
+//!   references, no DOCTYPE), quick-xml checking the markup itself (end tags
+//!   matching their start tags, closed comments, CDATA sections and tags).
 //!
 //! # Metrics
 //!

@@ -1,13 +1,10 @@
 //! WSDL 1.1: services, ports, endpoint addresses and operations.
 
-use std::fmt;
-
-use base64::Engine as _;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
@@ -17,6 +14,11 @@ use super::envelope::{resolve_ref, utf8_text, SoapLimits};
 use super::error::SoapError;
 use super::version::SoapVersion;
 use crate::BoxError;
+
+mod location;
+
+pub(crate) use self::location::basic_auth_value;
+pub use self::location::WsdlUrl;
 
 /// Namespace of WSDL 1.1.
 pub const WSDL_NS: &str = "http://schemas.xmlsoap.org/wsdl/";
@@ -256,82 +258,7 @@ impl Wsdl {
                 wsdl.target_namespace = attr(&e, "targetNamespace")?;
             }
             let parent: Vec<(Ns, &str)> = path.iter().map(|(n, s)| (*n, s.as_str())).collect();
-            let name = || attr(&e, "name").map(Option::unwrap_or_default);
-            let version = match ns {
-                Ns::Soap11 => Some(SoapVersion::V11),
-                Ns::Soap12 => Some(SoapVersion::V12),
-                _ => None,
-            };
-            match (parent.as_slice(), ns, local) {
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "import") => {
-                    wsdl.imports.push(WsdlImport { namespace: attr(&e, "namespace")?, location: attr(&e, "location")? })
-                }
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "message") => wsdl.messages.push(name()?),
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "portType") => {
-                    wsdl.port_types.push(WsdlPortType { name: name()?, operations: Vec::new() })
-                }
-                ([_, (Ns::Wsdl, "portType")], Ns::Wsdl, "operation") => {
-                    if let Some(pt) = wsdl.port_types.last_mut() {
-                        pt.operations.push(WsdlAbstractOperation { name: name()?, ..Default::default() });
-                    }
-                }
-                (
-                    [_, (Ns::Wsdl, "portType"), (Ns::Wsdl, "operation")],
-                    Ns::Wsdl,
-                    kind @ ("input" | "output" | "fault"),
-                ) => {
-                    let message = attr(&e, "message")?.map(|m| local_of(&m));
-                    if let Some(op) = wsdl.port_types.last_mut().and_then(|pt| pt.operations.last_mut()) {
-                        match kind {
-                            "input" => op.input = message,
-                            "output" => op.output = message,
-                            _ => op.faults.extend(message),
-                        }
-                    }
-                }
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "binding") => wsdl.bindings.push(WsdlBinding {
-                    name: name()?,
-                    port_type: attr(&e, "type")?.map(|t| local_of(&t)).unwrap_or_default(),
-                    ..Default::default()
-                }),
-                ([_, (Ns::Wsdl, "binding")], Ns::Soap11 | Ns::Soap12, "binding") => {
-                    if let Some(b) = wsdl.bindings.last_mut() {
-                        b.version = version;
-                        b.style = attr(&e, "style")?;
-                        b.transport = attr(&e, "transport")?;
-                    }
-                }
-                ([_, (Ns::Wsdl, "binding")], Ns::Wsdl, "operation") => {
-                    if let Some(b) = wsdl.bindings.last_mut() {
-                        b.operations.push(WsdlBindingOperation { name: name()?, ..Default::default() });
-                    }
-                }
-                ([_, (Ns::Wsdl, "binding"), (Ns::Wsdl, "operation")], Ns::Soap11 | Ns::Soap12, "operation") => {
-                    let action = attr(&e, "soapAction")?;
-                    let style = attr(&e, "style")?;
-                    if let Some(op) = wsdl.bindings.last_mut().and_then(|b| b.operations.last_mut()) {
-                        op.soap_action = action;
-                        op.style = style;
-                    }
-                }
-                ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "service") => {
-                    wsdl.services.push(WsdlService { name: name()?, ports: Vec::new() })
-                }
-                ([_, (Ns::Wsdl, "service")], Ns::Wsdl, "port") => {
-                    let binding = attr(&e, "binding")?.map(|b| local_of(&b)).unwrap_or_default();
-                    if let Some(s) = wsdl.services.last_mut() {
-                        s.ports.push(WsdlPort { name: name()?, binding, ..Default::default() });
-                    }
-                }
-                ([_, (Ns::Wsdl, "service"), (Ns::Wsdl, "port")], Ns::Soap11 | Ns::Soap12 | Ns::Http, "address") => {
-                    let location = attr(&e, "location")?;
-                    if let Some(p) = wsdl.services.last_mut().and_then(|s| s.ports.last_mut()) {
-                        p.address = location;
-                        p.version = version;
-                    }
-                }
-                _ => {}
-            }
+            wsdl.element(&parent, ns, local, &e)?;
             if !empty {
                 path.push((ns, local.to_owned()));
             }
@@ -343,6 +270,84 @@ impl Wsdl {
             return Err(SoapError::Structure("unclosed element in WSDL"));
         }
         Ok(wsdl)
+    }
+
+    /// Note the element `e` (`ns`, `local`) found inside the elements `parent`.
+    fn element(&mut self, parent: &[(Ns, &str)], ns: Ns, local: &str, e: &BytesStart<'_>) -> Result<(), SoapError> {
+        let wsdl = self;
+        let name = || attr(e, "name").map(Option::unwrap_or_default);
+        let version = match ns {
+            Ns::Soap11 => Some(SoapVersion::V11),
+            Ns::Soap12 => Some(SoapVersion::V12),
+            _ => None,
+        };
+        match (parent, ns, local) {
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "import") => {
+                wsdl.imports.push(WsdlImport { namespace: attr(e, "namespace")?, location: attr(e, "location")? })
+            }
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "message") => wsdl.messages.push(name()?),
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "portType") => {
+                wsdl.port_types.push(WsdlPortType { name: name()?, operations: Vec::new() })
+            }
+            ([_, (Ns::Wsdl, "portType")], Ns::Wsdl, "operation") => {
+                if let Some(pt) = wsdl.port_types.last_mut() {
+                    pt.operations.push(WsdlAbstractOperation { name: name()?, ..Default::default() });
+                }
+            }
+            ([_, (Ns::Wsdl, "portType"), (Ns::Wsdl, "operation")], Ns::Wsdl, kind @ ("input" | "output" | "fault")) => {
+                let message = attr(e, "message")?.map(|m| local_of(&m));
+                if let Some(op) = wsdl.port_types.last_mut().and_then(|pt| pt.operations.last_mut()) {
+                    match kind {
+                        "input" => op.input = message,
+                        "output" => op.output = message,
+                        _ => op.faults.extend(message),
+                    }
+                }
+            }
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "binding") => wsdl.bindings.push(WsdlBinding {
+                name: name()?,
+                port_type: attr(e, "type")?.map(|t| local_of(&t)).unwrap_or_default(),
+                ..Default::default()
+            }),
+            ([_, (Ns::Wsdl, "binding")], Ns::Soap11 | Ns::Soap12, "binding") => {
+                if let Some(b) = wsdl.bindings.last_mut() {
+                    b.version = version;
+                    b.style = attr(e, "style")?;
+                    b.transport = attr(e, "transport")?;
+                }
+            }
+            ([_, (Ns::Wsdl, "binding")], Ns::Wsdl, "operation") => {
+                if let Some(b) = wsdl.bindings.last_mut() {
+                    b.operations.push(WsdlBindingOperation { name: name()?, ..Default::default() });
+                }
+            }
+            ([_, (Ns::Wsdl, "binding"), (Ns::Wsdl, "operation")], Ns::Soap11 | Ns::Soap12, "operation") => {
+                let action = attr(e, "soapAction")?;
+                let style = attr(e, "style")?;
+                if let Some(op) = wsdl.bindings.last_mut().and_then(|b| b.operations.last_mut()) {
+                    op.soap_action = action;
+                    op.style = style;
+                }
+            }
+            ([(Ns::Wsdl, "definitions")], Ns::Wsdl, "service") => {
+                wsdl.services.push(WsdlService { name: name()?, ports: Vec::new() })
+            }
+            ([_, (Ns::Wsdl, "service")], Ns::Wsdl, "port") => {
+                let binding = attr(e, "binding")?.map(|b| local_of(&b)).unwrap_or_default();
+                if let Some(s) = wsdl.services.last_mut() {
+                    s.ports.push(WsdlPort { name: name()?, binding, ..Default::default() });
+                }
+            }
+            ([_, (Ns::Wsdl, "service"), (Ns::Wsdl, "port")], Ns::Soap11 | Ns::Soap12 | Ns::Http, "address") => {
+                let location = attr(e, "location")?;
+                if let Some(p) = wsdl.services.last_mut().and_then(|s| s.ports.last_mut()) {
+                    p.address = location;
+                    p.version = version;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Every SOAP operation of every port: service, port, address, version,
@@ -533,173 +538,4 @@ fn shown_location(url: &url::Url) -> String {
     let _ = url.set_password(None);
     url.set_fragment(None);
     url.as_str().chars().take(256).collect()
-}
-
-/// `Basic base64(user:password)`.
-pub(crate) fn basic_auth_value(user: &str, password: &str) -> HeaderValue {
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let mut v = HeaderValue::try_from(format!("Basic {token}")).unwrap_or_else(|_| HeaderValue::from_static("Basic"));
-    v.set_sensitive(true);
-    v
-}
-
-/// A WSDL location, with the credentials it carried taken out: from the
-/// user-info (`https://user:pass@host/…`) or from `user` / `password` query
-/// parameters (`…?WSDL&user=u&password=p`). They are sent as HTTP basic
-/// authentication and never shown: `Display` and `Debug` print
-/// `https://user:***@host/…`.
-///
-/// ```
-/// use tower_mesh::soap::WsdlUrl;
-///
-/// let url = WsdlUrl::parse("https://alice:p%40ss@example.com/svc?wsdl").unwrap();
-/// assert_eq!(url.uri(), "https://example.com/svc?wsdl");
-/// assert_eq!(url.username(), Some("alice"));
-/// assert_eq!(url.to_string(), "https://alice:***@example.com/svc?wsdl");
-/// assert!(!format!("{url:?}").contains("p@ss"));
-/// ```
-#[derive(Clone)]
-pub struct WsdlUrl {
-    uri: Uri,
-    username: Option<String>,
-    password: Option<String>,
-}
-
-fn percent_decode(s: &str) -> Result<String, SoapError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or(SoapError::InvalidUrl("bad percent-encoding"))?;
-            let hex = std::str::from_utf8(hex).map_err(|_| SoapError::InvalidUrl("bad percent-encoding"))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| SoapError::InvalidUrl("bad percent-encoding"))?);
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| SoapError::InvalidUrl("credentials are not UTF-8"))
-}
-
-impl WsdlUrl {
-    /// Parse `url`, taking its credentials out.
-    pub fn parse(url: &str) -> Result<WsdlUrl, SoapError> {
-        let (scheme, rest) = url.split_once("://").ok_or(SoapError::InvalidUrl("no scheme"))?;
-        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-            return Err(SoapError::InvalidUrl("scheme is not http or https"));
-        }
-        let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(auth_end);
-        let (mut username, mut password, host) = match authority.rsplit_once('@') {
-            Some((info, host)) => {
-                let (u, p) = match info.split_once(':') {
-                    Some((u, p)) => (percent_decode(u)?, Some(percent_decode(p)?)),
-                    None => (percent_decode(info)?, None),
-                };
-                (Some(u), p, host)
-            }
-            None => (None, None, authority),
-        };
-        let tail = tail.split('#').next().unwrap_or_default();
-        let (path, query) = match tail.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (tail, None),
-        };
-        let mut kept = Vec::new();
-        for pair in query.into_iter().flat_map(|q| q.split('&')) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            // Credentials never stay in the URI (which is sent and shown):
-            // the user-info's win, a second copy in the query is dropped.
-            match k {
-                "user" | "username" => {
-                    if username.is_none() {
-                        username = Some(percent_decode(v)?);
-                    }
-                }
-                "password" => {
-                    if password.is_none() {
-                        password = Some(percent_decode(v)?);
-                    }
-                }
-                _ => kept.push(pair),
-            }
-        }
-        let mut clean = format!("{scheme}://{host}{path}");
-        if !kept.is_empty() {
-            clean.push('?');
-            clean.push_str(&kept.join("&"));
-        }
-        let uri: Uri = clean.parse().map_err(|_| SoapError::InvalidUrl("not a valid URI"))?;
-        if uri.host().is_none() {
-            return Err(SoapError::InvalidUrl("no host"));
-        }
-        Ok(WsdlUrl { uri, username, password })
-    }
-
-    /// The URI without credentials.
-    pub fn uri(&self) -> &Uri {
-        &self.uri
-    }
-
-    /// The user name, if the URL had credentials.
-    pub fn username(&self) -> Option<&str> {
-        self.username.as_deref()
-    }
-
-    /// Whether a password came with the URL.
-    pub fn has_password(&self) -> bool {
-        self.password.is_some()
-    }
-
-    /// The `Authorization: Basic …` value for the URL's credentials (marked sensitive).
-    pub fn authorization(&self) -> Option<HeaderValue> {
-        let user = self.username.as_deref()?;
-        Some(basic_auth_value(user, self.password.as_deref().unwrap_or_default()))
-    }
-
-    /// The GET request that fetches the WSDL.
-    pub fn request(&self) -> Request<Empty<Bytes>> {
-        let mut req = Request::new(Empty::new());
-        *req.method_mut() = Method::GET;
-        *req.uri_mut() = self.uri.clone();
-        if let Some(auth) = self.authorization() {
-            req.headers_mut().insert(AUTHORIZATION, auth);
-        }
-        req
-    }
-
-    /// A client layer for `address` (e.g. a port's address from this WSDL)
-    /// using these credentials as basic auth.
-    pub fn client_layer(&self, address: Uri) -> super::SoapEnvelopeLayer {
-        let layer = super::SoapEnvelopeLayer::new(address);
-        match &self.username {
-            Some(u) => layer.basic_auth(u, self.password.as_deref().unwrap_or_default()),
-            None => layer,
-        }
-    }
-}
-
-impl fmt::Display for WsdlUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = self.uri.scheme_str().unwrap_or("http");
-        let authority = self.uri.authority().map(|a| a.as_str()).unwrap_or_default();
-        let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        write!(f, "{scheme}://")?;
-        if let Some(u) = &self.username {
-            write!(f, "{u}")?;
-            if self.password.is_some() {
-                f.write_str(":***")?;
-            }
-            f.write_str("@")?;
-        }
-        write!(f, "{authority}{path}")
-    }
-}
-
-impl fmt::Debug for WsdlUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("WsdlUrl").field(&format_args!("{self}")).finish()
-    }
 }
