@@ -55,9 +55,22 @@ pub(crate) enum Slot<Res> {
 
 type Sender<Res> = Arc<watch::Sender<Slot<Res>>>;
 
+/// A call in flight: which caller runs it (`id`), and the channel to its
+/// waiters, made when the first one comes (a call nobody waits for makes
+/// none).
+struct Entry<Res> {
+    id: u64,
+    tx: Option<Sender<Res>>,
+}
+
+struct Map<K, Res> {
+    entries: HashMap<K, Entry<Res>>,
+    next_id: u64,
+}
+
 /// The calls in flight, by key.
 pub(crate) struct Flights<K, Res> {
-    map: Mutex<HashMap<K, Sender<Res>>>,
+    map: Mutex<Map<K, Res>>,
     max_keys: usize,
 }
 
@@ -65,31 +78,33 @@ pub(crate) struct Flights<K, Res> {
 pub(crate) enum Role<K: Key, Res> {
     /// Run the call and tell the others (the guard reports).
     Lead(Guard<K, Res>),
-    /// Wait for the call another caller runs.
-    Follow(watch::Receiver<Slot<Res>>),
+    /// Wait for the call another caller runs (the key is handed back).
+    Follow(watch::Receiver<Slot<Res>>, K),
     /// Too many keys in flight: run the call alone.
     Alone,
 }
 
 impl<K: Hash + Eq, Res> Flights<K, Res> {
     pub(crate) fn new(max_keys: usize) -> Self {
-        Flights { map: Mutex::new(HashMap::new()), max_keys }
+        Flights { map: Mutex::new(Map { entries: HashMap::new(), next_id: 0 }), max_keys }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, Sender<Res>>> {
+    fn lock(&self) -> MutexGuard<'_, Map<K, Res>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The number of keys in flight.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
-    /// Removes `key`'s entry if it is still `tx`'s flight.
-    fn end(&self, key: &K, tx: &Sender<Res>) {
+    /// Ends `key`'s flight if it is still call `id`'s: the channel to its
+    /// waiters, if any came.
+    fn end(&self, key: &K, id: u64) -> Option<Sender<Res>> {
         let mut map = self.lock();
-        if map.get(key).is_some_and(|current| Arc::ptr_eq(current, tx)) {
-            map.remove(key);
+        match map.entries.get(key) {
+            Some(entry) if entry.id == id => map.entries.remove(key).and_then(|e| e.tx),
+            _ => None,
         }
     }
 }
@@ -98,15 +113,17 @@ impl<K: Hash + Eq + Clone, Res> Flights<K, Res> {
     /// Joins the flight for `key`, or starts one.
     pub(crate) fn join(self: &Arc<Self>, key: K) -> Role<K, Res> {
         let mut map = self.lock();
-        if let Some(tx) = map.get(&key) {
-            return Role::Follow(tx.subscribe());
+        if let Some(entry) = map.entries.get_mut(&key) {
+            let tx = entry.tx.get_or_insert_with(|| Arc::new(watch::Sender::new(Slot::Running)));
+            return Role::Follow(tx.subscribe(), key);
         }
-        if map.len() >= self.max_keys {
+        if map.entries.len() >= self.max_keys {
             return Role::Alone;
         }
-        let tx = Arc::new(watch::Sender::new(Slot::Running));
-        map.insert(key.clone(), tx.clone());
-        Role::Lead(Guard { flights: self.clone(), key: Some(key), tx })
+        let id = map.next_id;
+        map.next_id += 1;
+        map.entries.insert(key.clone(), Entry { id, tx: None });
+        Role::Lead(Guard { flights: self.clone(), key: Some(key), id })
     }
 }
 
@@ -116,27 +133,26 @@ impl<K: Hash + Eq + Clone, Res> Flights<K, Res> {
 pub(crate) struct Guard<K: Key, Res> {
     flights: Arc<Flights<K, Res>>,
     key: Option<K>,
-    tx: Sender<Res>,
+    id: u64,
 }
 
-impl<K: Hash + Eq + Clone, Res: Clone> Guard<K, Res> {
+impl<K: Key, Res: Clone> Guard<K, Res> {
     /// Ends the flight with `result`, shared with the waiters (if any); the
     /// caller's own result is the original one, or, when others waited for
     /// an error, the same [`CoalescedError`] they get.
     pub(crate) fn finish(mut self, result: Result<Res, BoxError>) -> Result<Res, BoxError> {
         let key = self.key.take().expect("a guard finishes once");
-        self.flights.end(&key, &self.tx);
-        if self.tx.receiver_count() == 0 {
+        let Some(tx) = self.flights.end(&key, self.id).filter(|tx| tx.receiver_count() > 0) else {
             return result;
-        }
+        };
         match result {
             Ok(res) => {
-                self.tx.send_replace(Slot::Done(Ok(res.clone())));
+                tx.send_replace(Slot::Done(Ok(res.clone())));
                 Ok(res)
             }
             Err(e) => {
                 let shared = CoalescedError(Arc::from(e));
-                self.tx.send_replace(Slot::Done(Err(shared.clone())));
+                tx.send_replace(Slot::Done(Err(shared.clone())));
                 Err(Box::new(shared))
             }
         }
@@ -146,8 +162,9 @@ impl<K: Hash + Eq + Clone, Res: Clone> Guard<K, Res> {
 impl<K: Key, Res> Drop for Guard<K, Res> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.flights.end(&key, &self.tx);
-            self.tx.send_replace(Slot::Abandoned);
+            if let Some(tx) = self.flights.end(&key, self.id) {
+                tx.send_replace(Slot::Abandoned);
+            }
         }
     }
 }

@@ -101,7 +101,7 @@ pub(crate) async fn follow<S, Req, K, Res>(
 where
     S: Service<Req, Response = Res>,
     S::Error: Into<BoxError>,
-    K: Hash + Eq + Clone,
+    K: Key + Clone,
     Res: Clone,
 {
     loop {
@@ -116,7 +116,7 @@ where
             }
         }
         match flights.join(key.clone()) {
-            Role::Follow(next) => rx = next,
+            Role::Follow(next, _) => rx = next,
             Role::Lead(guard) => {
                 shared.took_over();
                 let result = call(service, request).await;

@@ -76,12 +76,12 @@ where
         let Some(key) = (self.key)(&req) else {
             return ResponseFuture::alone(self.inner.call(req));
         };
-        match self.flights.join(key.clone()) {
+        match self.flights.join(key) {
             Role::Lead(guard) => {
                 self.shared.led();
                 ResponseFuture::lead(self.inner.call(req), guard)
             }
-            Role::Follow(rx) => {
+            Role::Follow(rx, key) => {
                 self.shared.followed();
                 let (service, flights, shared) = (self.inner.clone(), self.flights.clone(), self.shared.clone());
                 ResponseFuture::follow(Box::pin(follow(rx, service, req, key, flights, shared)))
