@@ -9,7 +9,9 @@
 //! allocations per call and the fan-in result; after it, the overhead ratio
 //! (subject median minus bare median) against the bulkhead's.
 //!
-//! Run: `cargo bench --all-features --bench coalesce`.
+//! Run: `cargo bench --all-features --bench coalesce`. Instructions per call:
+//! `COALESCE_COUNT=coalesce:N valgrind --tool=callgrind <bench binary>` for two
+//! values of N (the difference over the difference of N).
 
 use std::convert::Infallible;
 use std::future::Ready;
@@ -21,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use futures::task::noop_waker_ref;
-use http::{Method, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use tower::{Layer, Service, ServiceExt};
 use tower_mesh::bulkhead::BulkheadLayer;
-use tower_mesh::coalesce::{http_key, CoalesceLayer};
+use tower_mesh::coalesce::{http_key, CoalesceLayer, HttpKey};
 
 #[path = "support/alloc.rs"]
 mod alloc;
@@ -55,7 +57,7 @@ impl Service<Request<()>> for Noop {
     }
 }
 
-type KeyFn = fn(&Request<()>) -> Option<(Method, Uri)>;
+type KeyFn = fn(&Request<()>) -> Option<HttpKey>;
 
 fn request(uri: &Uri) -> Request<()> {
     let mut req = Request::new(());
@@ -115,6 +117,27 @@ fn main() {
     let uri: Uri = "http://upstream/menu".parse().unwrap();
     let coalesce = || CoalesceLayer::new(http_key as KeyFn).layer(Noop);
     let bulkhead = || BulkheadLayer::new(1024).layer(Noop);
+
+    // `COALESCE_COUNT=subject:N`: only N calls of one subject, for counting
+    // instructions under callgrind (see BENCHMARKS.md).
+    if let Ok(spec) = std::env::var("COALESCE_COUNT") {
+        let (subject, n) = spec.split_once(':').expect("COALESCE_COUNT=subject:N");
+        let n: usize = n.parse().expect("a number of calls");
+        let mut cx = Context::from_waker(noop_waker_ref());
+        match subject {
+            "bare" => (0..n).for_each(|_| drop(black_box(call_once(&mut Noop, &mut cx, request(&uri))))),
+            "bulkhead" => {
+                let mut s = bulkhead();
+                (0..n).for_each(|_| drop(black_box(call_once(&mut s, &mut cx, request(&uri)))));
+            }
+            "coalesce" => {
+                let mut s = coalesce();
+                (0..n).for_each(|_| drop(black_box(call_once(&mut s, &mut cx, request(&uri)))));
+            }
+            other => panic!("unknown subject {other}"),
+        }
+        return;
+    }
 
     println!("coalesce bench: allocations per call (no request shared)");
     allocations_per_call("bare", Noop, &uri);

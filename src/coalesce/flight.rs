@@ -1,5 +1,6 @@
 //! One call in flight for a key, and the callers waiting for its answer.
 
+use std::collections::hash_map::Entry as HashEntry;
 use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
@@ -64,7 +65,7 @@ struct Entry<Res> {
 }
 
 struct Map<K, Res> {
-    entries: HashMap<K, Entry<Res>>,
+    entries: HashMap<K, Entry<Res>, foldhash::fast::RandomState>,
     next_id: u64,
 }
 
@@ -86,7 +87,7 @@ pub(crate) enum Role<K: Key, Res> {
 
 impl<K: Hash + Eq, Res> Flights<K, Res> {
     pub(crate) fn new(max_keys: usize) -> Self {
-        Flights { map: Mutex::new(Map { entries: HashMap::new(), next_id: 0 }), max_keys }
+        Flights { map: Mutex::new(Map { entries: HashMap::default(), next_id: 0 }), max_keys }
     }
 
     fn lock(&self) -> MutexGuard<'_, Map<K, Res>> {
@@ -113,17 +114,22 @@ impl<K: Hash + Eq + Clone, Res> Flights<K, Res> {
     /// Joins the flight for `key`, or starts one.
     pub(crate) fn join(self: &Arc<Self>, key: K) -> Role<K, Res> {
         let mut map = self.lock();
-        if let Some(entry) = map.entries.get_mut(&key) {
-            let tx = entry.tx.get_or_insert_with(|| Arc::new(watch::Sender::new(Slot::Running)));
-            return Role::Follow(tx.subscribe(), key);
-        }
-        if map.entries.len() >= self.max_keys {
-            return Role::Alone;
-        }
+        let full = map.entries.len() >= self.max_keys;
         let id = map.next_id;
-        map.next_id += 1;
-        map.entries.insert(key.clone(), Entry { id, tx: None });
-        Role::Lead(Guard { flights: self.clone(), key: Some(key), id })
+        match map.entries.entry(key) {
+            HashEntry::Occupied(mut running) => {
+                let tx = running.get_mut().tx.get_or_insert_with(|| Arc::new(watch::Sender::new(Slot::Running)));
+                let rx = tx.subscribe();
+                Role::Follow(rx, running.key().clone())
+            }
+            HashEntry::Vacant(_) if full => Role::Alone,
+            HashEntry::Vacant(free) => {
+                let key = free.key().clone();
+                free.insert(Entry { id, tx: None });
+                map.next_id += 1;
+                Role::Lead(Guard { flights: self.clone(), key: Some(key), id })
+            }
+        }
     }
 }
 

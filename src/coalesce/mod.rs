@@ -71,7 +71,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-pub use crate::request_key::http_key;
+pub use crate::request_key::{http_key, HttpKey};
 pub use flight::CoalescedError;
 pub use future::ResponseFuture;
 pub use layer::CoalesceLayer;
@@ -98,11 +98,11 @@ impl Default for CoalesceConfig {
 }
 
 /// The key function of [`CoalesceConfig::http_layer`].
-pub type HttpKeyFn<B> = fn(&http::Request<B>) -> Option<(http::Method, http::Uri)>;
+pub type HttpKeyFn<B> = fn(&http::Request<B>) -> Option<crate::request_key::HttpKey>;
 
 impl CoalesceConfig {
     /// The layer: `GET` / `HEAD` requests to the same URI share a call.
-    pub fn http_layer<B, Res>(&self, name: &str) -> CoalesceLayer<HttpKeyFn<B>, (http::Method, http::Uri), Res> {
+    pub fn http_layer<B, Res>(&self, name: &str) -> CoalesceLayer<HttpKeyFn<B>, crate::request_key::HttpKey, Res> {
         CoalesceLayer::new(http_key as HttpKeyFn<B>).max_keys(self.max_keys).name(name)
     }
 }

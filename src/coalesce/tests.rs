@@ -1,7 +1,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
 use super::*;
@@ -62,7 +62,6 @@ async fn spawn_call(svc: &Svc, req: Request<()>) -> tokio::task::JoinHandle<Resu
 }
 
 type KeyFn = fn(&Request<()>) -> Option<HttpKey>;
-type HttpKey = (Method, http::Uri);
 type Svc = Coalesce<Upstream, KeyFn, HttpKey, Response<String>>;
 
 fn layer() -> (CoalesceLayer<KeyFn, HttpKey, Response<String>>, Upstream, Svc) {
@@ -191,4 +190,23 @@ async fn config_makes_an_http_layer() {
     b.await.unwrap().unwrap();
     assert_eq!(CoalesceConfig::default().max_keys, 10_000);
     assert!(toml::from_str::<CoalesceConfig>("max = 1").is_err());
+}
+
+#[test]
+fn http_keys_differ_in_every_part() {
+    let key = |method: &str, uri: &str| http_key(&Request::builder().method(method).uri(uri).body(()).unwrap());
+    let a = key("GET", "http://a.example/menu?x=1").unwrap();
+    assert_eq!(Some(a.clone()), key("GET", "http://a.example/menu?x=1"));
+    for other in [
+        key("HEAD", "http://a.example/menu?x=1"),
+        key("GET", "https://a.example/menu?x=1"),
+        key("GET", "http://b.example/menu?x=1"),
+        key("GET", "http://a.example/menu?x=2"),
+        key("GET", "/menu?x=1"),
+    ] {
+        assert_ne!(Some(a.clone()), other);
+    }
+    assert_eq!(key("PUT", "/menu"), None);
+    assert_eq!(a.method(), http::Method::GET);
+    assert_eq!(a.uri().path(), "/menu");
 }

@@ -3,13 +3,13 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use http::{HeaderName, Method, Request, Response, Uri};
+use http::{HeaderName, Request, Response};
 use serde::Deserialize;
 
 use super::source::Stale;
 use super::{FallbackLayer, Trigger};
 use crate::classify::HttpClassifier;
-use crate::request_key::http_key;
+use crate::request_key::{http_key, HttpKey};
 
 /// A stale-cache fallback for an HTTP client, as configuration:
 ///
@@ -51,10 +51,10 @@ impl Default for FallbackConfig {
 }
 
 /// The key function of [`FallbackConfig::http_layer`].
-pub type HttpKeyFn<B> = fn(&Request<B>) -> Option<(Method, Uri)>;
+pub type HttpKeyFn<B> = fn(&Request<B>) -> Option<HttpKey>;
 
 /// The layer [`FallbackConfig::http_layer`] makes.
-pub type HttpStaleLayer<B, ResB> = FallbackLayer<Stale<HttpKeyFn<B>, (Method, Uri), Response<ResB>>, HttpClassifier>;
+pub type HttpStaleLayer<B, ResB> = FallbackLayer<Stale<HttpKeyFn<B>, HttpKey, Response<ResB>>, HttpClassifier>;
 
 impl FallbackConfig {
     /// The layer: the last good answer to a `GET` / `HEAD` of the same URI,

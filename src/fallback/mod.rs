@@ -77,7 +77,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::error::BoxError;
 
-pub use crate::request_key::http_key;
+pub use crate::request_key::{http_key, HttpKey};
 pub use config::{FallbackConfig, HttpKeyFn, HttpStaleLayer};
 pub use future::ResponseFuture;
 pub use layer::FallbackLayer;
