@@ -50,6 +50,15 @@ pub mod publish;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 
+#[cfg(feature = "chaos")]
+pub mod chaos;
+#[cfg(feature = "coalesce")]
+pub mod coalesce;
+#[cfg(feature = "fallback")]
+pub mod fallback;
+#[cfg(any(feature = "fallback", feature = "coalesce"))]
+mod request_key;
+
 #[cfg(feature = "stack")]
 pub mod health;
 #[cfg(feature = "stack")]
