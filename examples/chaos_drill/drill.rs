@@ -67,7 +67,8 @@ async fn handler(_: Request<Full<Bytes>>) -> Result<Res, BoxError> {
     Ok(Response::new(Bytes::from_static(br#"{"items":[1,2,3]}"#)))
 }
 
-type Handler = tower::util::ServiceFn<fn(Request<Full<Bytes>>) -> Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>>>;
+type Handler =
+    tower::util::ServiceFn<fn(Request<Full<Bytes>>) -> Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>>>;
 
 fn boxed_handler(req: Request<Full<Bytes>>) -> Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>> {
     Box::pin(handler(req))
@@ -150,7 +151,12 @@ pub fn production_stack(transport: Client, upstream: Upstream, transitions: Arc<
     .classifier(HttpClassifier::new())
     .header(HeaderName::from_static("x-mesh-fallback"))
     .name("drill");
-    let bulkhead = BulkheadLayer::builder().name("drill").max_concurrent_calls(32).max_wait(Duration::from_millis(50)).build().unwrap();
+    let bulkhead = BulkheadLayer::builder()
+        .name("drill")
+        .max_concurrent_calls(32)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
     let stack = ServiceBuilder::new()
         .layer(fallback)
         .layer(TimeoutLayer::new(TOTAL_TIMEOUT))
@@ -218,14 +224,20 @@ impl Report {
 /// Sends `workers` callers' traffic (one call at a time each, `pause`
 /// between calls) through `client` while the upstream runs through its
 /// phases, `phase_len` each; a report per phase.
-pub async fn drive(client: Client, upstream: &Upstream, phases: usize, phase_len: Duration, workers: usize, pause: Duration) -> Vec<Report> {
+pub async fn drive(
+    client: Client,
+    upstream: &Upstream,
+    phases: usize,
+    phase_len: Duration,
+    workers: usize,
+    pause: Duration,
+) -> Vec<Report> {
     let reports = Arc::new(Mutex::new(vec![Report::default(); phases]));
     for phase in 0..phases {
         upstream.set_phase(phase);
         let end = Instant::now() + phase_len;
-        let tasks: Vec<_> = (0..workers)
-            .map(|_| tokio::spawn(worker(client.clone(), end, pause, reports.clone(), phase)))
-            .collect();
+        let tasks: Vec<_> =
+            (0..workers).map(|_| tokio::spawn(worker(client.clone(), end, pause, reports.clone(), phase))).collect();
         for t in tasks {
             t.await.unwrap();
         }
@@ -271,7 +283,20 @@ fn record(r: &mut Report, outcome: Result<Result<Res, BoxError>, tokio::time::er
 pub fn print(phases: &[Phase], with_stack: &[Report], bare: &[Report]) {
     println!(
         "{:<16} {:>7} | {:>6} {:>9} {:>8} {:>6} {:>5} {:>8} {:>8} | {:>6} {:>6} {:>5} {:>8} {:>8}",
-        "phase", "calls", "ok", "fallback", "rejected", "failed", "hung", "p50 ms", "p99 ms", "ok", "failed", "hung", "p50 ms", "p99 ms"
+        "phase",
+        "calls",
+        "ok",
+        "fallback",
+        "rejected",
+        "failed",
+        "hung",
+        "p50 ms",
+        "p99 ms",
+        "ok",
+        "failed",
+        "hung",
+        "p50 ms",
+        "p99 ms"
     );
     println!("{:<24} | {:^66} | {:^40}", "", "with the stack", "bare");
     for (i, p) in phases.iter().enumerate() {

@@ -60,9 +60,13 @@ pub enum ChaosConfigError {
 impl fmt::Display for ChaosConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChaosConfigError::Probability(field) => write!(f, "chaos: `{field}` must be a probability between 0.0 and 1.0"),
+            ChaosConfigError::Probability(field) => {
+                write!(f, "chaos: `{field}` must be a probability between 0.0 and 1.0")
+            }
             ChaosConfigError::DelayRange => f.write_str("chaos: the delay's `min` is above its `max`"),
-            ChaosConfigError::DelayShape => f.write_str("chaos: give a delay exactly one of `fixed`, `min` and `max`, or `mean`"),
+            ChaosConfigError::DelayShape => {
+                f.write_str("chaos: give a delay exactly one of `fixed`, `min` and `max`, or `mean`")
+            }
             ChaosConfigError::AbortCode(code) => {
                 write!(f, "chaos: `{code}` is not an HTTP status (100-599), a gRPC code (1-16) or an I/O error kind")
             }

@@ -54,9 +54,7 @@ struct Counters {
 
 impl Counters {
     fn new(name: &str) -> Self {
-        let c = |fault: &'static str| {
-            metrics::counter!("tower_mesh_chaos_injected_total", "service" => name.to_owned(), "fault" => fault)
-        };
+        let c = |fault: &'static str| metrics::counter!("tower_mesh_chaos_injected_total", "service" => name.to_owned(), "fault" => fault);
         Counters {
             delay: c("delay"),
             abort_http: c("abort_http"),
@@ -261,7 +259,8 @@ impl ChaosLayerBuilder {
 
     /// The layer, or why its faults cannot be used.
     pub fn build(self) -> Result<ChaosLayer, ChaosConfigError> {
-        let probability = |p: f64, field| if (0.0..=1.0).contains(&p) { Ok(()) } else { Err(ChaosConfigError::Probability(field)) };
+        let probability =
+            |p: f64, field| if (0.0..=1.0).contains(&p) { Ok(()) } else { Err(ChaosConfigError::Probability(field)) };
         if let Some((delay, p)) = &self.delay {
             probability(*p, "delay")?;
             delay.check()?;

@@ -16,14 +16,19 @@ use super::*;
 type Res = Result<Response<String>, crate::BoxError>;
 
 /// A service that answers `200 "ok"` and counts its calls.
-fn upstream(calls: Arc<AtomicUsize>) -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send> + Clone {
+fn upstream(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send> + Clone {
     tower::service_fn(move |_: Request<()>| {
         calls.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, Infallible>(Response::new("ok".to_owned())) }
     })
 }
 
-async fn send(svc: &mut (impl Service<Request<()>, Response = Response<String>, Error = crate::BoxError> + Send), req: Request<()>) -> Res {
+async fn send(
+    svc: &mut (impl Service<Request<()>, Response = Response<String>, Error = crate::BoxError> + Send),
+    req: Request<()>,
+) -> Res {
     svc.ready().await?.call(req).await
 }
 
@@ -46,7 +51,8 @@ async fn without_faults_every_call_reaches_the_service() {
 #[tokio::test(start_paused = true)]
 async fn aborts_follow_the_probability_and_skip_the_service() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ChaosLayer::builder().seed(1).abort(Abort::Status(StatusCode::SERVICE_UNAVAILABLE), 0.3).build().unwrap();
+    let layer =
+        ChaosLayer::builder().seed(1).abort(Abort::Status(StatusCode::SERVICE_UNAVAILABLE), 0.3).build().unwrap();
     let mut svc = ServiceBuilder::new().layer(layer).service(upstream(calls.clone()));
     let mut aborted = 0;
     for _ in 0..2_000 {
@@ -248,11 +254,17 @@ fn bad_settings_are_refused() {
     let b = ChaosLayer::builder;
     assert_eq!(b().abort(Abort::connection_reset(), 1.5).build().unwrap_err(), ChaosConfigError::Probability("abort"));
     assert_eq!(b().black_hole(-0.1).build().unwrap_err(), ChaosConfigError::Probability("black_hole"));
-    assert_eq!(b().delay(Delay::Fixed(Duration::ZERO), f64::NAN).build().unwrap_err(), ChaosConfigError::Probability("delay"));
+    assert_eq!(
+        b().delay(Delay::Fixed(Duration::ZERO), f64::NAN).build().unwrap_err(),
+        ChaosConfigError::Probability("delay")
+    );
     let backwards = Delay::Uniform { min: Duration::from_secs(2), max: Duration::from_secs(1) };
     assert_eq!(b().delay(backwards, 0.5).build().unwrap_err(), ChaosConfigError::DelayRange);
     assert!(matches!(b().abort(Abort::Grpc(0), 0.5).build(), Err(ChaosConfigError::AbortCode(_))));
-    assert!(matches!(b().header_faults(AllowedCallers::PeerIps(vec![])).build(), Err(ChaosConfigError::HeaderFaults(_))));
+    assert!(matches!(
+        b().header_faults(AllowedCallers::PeerIps(vec![])).build(),
+        Err(ChaosConfigError::HeaderFaults(_))
+    ));
     for bad in ["99", "600", "grpc:17", "grpc:x", "", "503 "] {
         assert!(bad.parse::<Abort>().is_err(), "{bad:?}");
     }

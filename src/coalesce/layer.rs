@@ -22,9 +22,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(name: Arc<str>) -> Self {
-        let c = |role: &'static str| {
-            metrics::counter!("tower_mesh_coalesce_calls_total", "service" => name.to_string(), "role" => role)
-        };
+        let c = |role: &'static str| metrics::counter!("tower_mesh_coalesce_calls_total", "service" => name.to_string(), "role" => role);
         Shared { led: c("leader"), followed: c("follower"), alone: c("alone"), took_over: c("takeover"), name }
     }
 
@@ -63,7 +61,11 @@ pub(crate) const MAX_KEYS: usize = 10_000;
 impl<F, K: Hash + Eq, Res> CoalesceLayer<F, K, Res> {
     /// Share calls between requests with the same key (as `key` says).
     pub fn new(key: F) -> Self {
-        CoalesceLayer { key, flights: Arc::new(Flights::new(MAX_KEYS)), shared: Arc::new(Shared::new(Arc::from("coalesce"))) }
+        CoalesceLayer {
+            key,
+            flights: Arc::new(Flights::new(MAX_KEYS)),
+            shared: Arc::new(Shared::new(Arc::from("coalesce"))),
+        }
     }
 
     /// At most `max` keys in flight (default 10,000); a request with a new

@@ -46,7 +46,14 @@ where
     F: TryFuture,
     Src: FallbackSource<Req, F::Ok>,
 {
-    pub(crate) fn new(call: F, kept: Src::Keep, source: Src, classifier: C, trigger: Trigger, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(
+        call: F,
+        kept: Src::Keep,
+        source: Src,
+        classifier: C,
+        trigger: Trigger,
+        shared: Arc<Shared>,
+    ) -> Self {
         ResponseFuture {
             state: State::Calling { call, kept: Some(kept) },
             source,

@@ -26,9 +26,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(name: Arc<str>, header: Option<HeaderName>) -> Self {
-        let c = |reason: FallbackReason| {
-            metrics::counter!("tower_mesh_fallback_total", "service" => name.to_string(), "reason" => reason.as_str())
-        };
+        let c = |reason: FallbackReason| metrics::counter!("tower_mesh_fallback_total", "service" => name.to_string(), "reason" => reason.as_str());
         Shared {
             rejected: c(FallbackReason::Rejected),
             timed_out: c(FallbackReason::TimedOut),

@@ -39,9 +39,11 @@ async fn a_failed_call_gets_the_value_and_the_marker() {
     let layer = FallbackLayer::value(response(StatusCode::OK, "fallback"))
         .classifier(HttpClassifier::new())
         .header(HeaderName::from_static("x-mesh-fallback"));
-    let mut svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(upstream(vec![Err("connection refused"), Ok(response(StatusCode::SERVICE_UNAVAILABLE, "")), Ok(response(StatusCode::NOT_FOUND, "nope"))]));
+    let mut svc = ServiceBuilder::new().layer(layer).service(upstream(vec![
+        Err("connection refused"),
+        Ok(response(StatusCode::SERVICE_UNAVAILABLE, "")),
+        Ok(response(StatusCode::NOT_FOUND, "nope")),
+    ]));
     for _ in 0..2 {
         let res = send(&mut svc, "/").await.unwrap();
         assert_eq!(res.body(), "fallback");
@@ -106,7 +108,9 @@ async fn a_backup_service_gets_a_copy_of_the_request() {
 
 #[tokio::test]
 async fn a_failing_backup_returns_its_own_error() {
-    let backup = tower::service_fn(|_: Request<&'static str>| async { Err::<Response<String>, _>(BoxError::from("replica down")) });
+    let backup = tower::service_fn(|_: Request<&'static str>| async {
+        Err::<Response<String>, _>(BoxError::from("replica down"))
+    });
     let mut svc = FallbackLayer::service(backup).layer(upstream(vec![Err("primary down")]));
     assert_eq!(send(&mut svc, "/").await.unwrap_err().to_string(), "replica down");
 }
@@ -144,9 +148,8 @@ async fn fallbacks_are_counted_by_reason() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        FallbackLayer::value(response(StatusCode::OK, "fb")).name("menu")
-    });
+    let layer =
+        metrics::with_local_recorder(&recorder, || FallbackLayer::value(response(StatusCode::OK, "fb")).name("menu"));
     let mut svc = layer.layer(upstream(vec![Err("a"), Err("b")]));
     for _ in 0..3 {
         send(&mut svc, "/").await.unwrap();
@@ -187,8 +190,9 @@ async fn a_dropped_call_is_not_answered_nor_cached() {
             response(StatusCode::OK, "fb")
         }
     };
-    let mut svc = FallbackLayer::from_fn(counted)
-        .layer(tower::service_fn(|_: Request<&'static str>| std::future::pending::<Result<Response<String>, BoxError>>()));
+    let mut svc = FallbackLayer::from_fn(counted).layer(tower::service_fn(|_: Request<&'static str>| {
+        std::future::pending::<Result<Response<String>, BoxError>>()
+    }));
     let call = svc.ready().await.unwrap().call(Request::new("/"));
     assert!(futures::poll!(std::pin::pin!(call)).is_pending());
     assert_eq!(calls.load(Ordering::SeqCst), 0);
@@ -197,7 +201,8 @@ async fn a_dropped_call_is_not_answered_nor_cached() {
 #[cfg(feature = "stack")] // toml
 #[test]
 fn config_makes_an_http_stale_layer() {
-    let cfg: FallbackConfig = toml::from_str("on = \"rejections\"\ncapacity = 10\nttl = \"5s\"\nheader = \"x-fb\"").unwrap();
+    let cfg: FallbackConfig =
+        toml::from_str("on = \"rejections\"\ncapacity = 10\nttl = \"5s\"\nheader = \"x-fb\"").unwrap();
     assert_eq!((cfg.on, cfg.capacity.get(), cfg.ttl), (Trigger::Rejections, 10, Duration::from_secs(5)));
     assert!(cfg.http_layer::<(), String>("menu").is_some());
     let bad = FallbackConfig { header: Some("bad header".into()), ..FallbackConfig::default() };
