@@ -108,7 +108,6 @@ pub struct TimeoutLayer {
     kind: TimeoutKind,
     duration: Duration,
     grpc_timeout: bool,
-    carry: bool,
     shared: Arc<Shared>,
 }
 
@@ -130,13 +129,7 @@ impl TimeoutLayer {
     }
 
     fn with_kind(kind: TimeoutKind, duration: Duration) -> Self {
-        TimeoutLayer {
-            kind,
-            duration,
-            grpc_timeout: false,
-            carry: true,
-            shared: Arc::new(Shared::new(DEFAULT_NAME.into())),
-        }
+        TimeoutLayer { kind, duration, grpc_timeout: false, shared: Arc::new(Shared::new(DEFAULT_NAME.into())) }
     }
 
     /// The name used in logs and as the `service` label of the metrics.
@@ -152,42 +145,6 @@ impl TimeoutLayer {
     /// so the server stops working on a call the client has given up on.
     pub fn grpc_timeout(mut self, enabled: bool) -> Self {
         self.grpc_timeout = enabled;
-        self
-    }
-
-    /// Whether the deadline is also attached to the request
-    /// ([`DeadlineCarrier::set_deadline`](crate::deadline::DeadlineCarrier::set_deadline):
-    /// an `http::Request`'s extensions). Default `true`, so the deadline
-    /// survives a hop to another task (a `tower::buffer::Buffer` below) and
-    /// an axum handler can extract it.
-    ///
-    /// Turn it off where every service below is called and polled in the
-    /// caller's task, as in the [`ClientStack`](crate::stack::ClientStack):
-    /// [`Deadline::current`](crate::deadline::Deadline::current) still gives
-    /// the deadline to each of them, and a call no longer allocates the
-    /// request's extension map or copies it into each retry.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower::{ServiceBuilder, ServiceExt};
-    /// use tower_mesh::deadline::{Deadline, DeadlineCarrier};
-    /// use tower_mesh::timeout::TimeoutLayer;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let svc = ServiceBuilder::new()
-    ///     .layer(TimeoutLayer::new(Duration::from_secs(2)).carry_in_request(false))
-    ///     .service_fn(|req: http::Request<()>| async move {
-    ///         // Not in the request, but current while the call runs.
-    ///         Ok::<_, std::convert::Infallible>((req.deadline(), Deadline::current()))
-    ///     });
-    /// let (carried, current) = svc.oneshot(http::Request::new(())).await.unwrap();
-    /// assert_eq!(carried, None);
-    /// assert!(current.is_some());
-    /// # }
-    /// ```
-    pub fn carry_in_request(mut self, carry: bool) -> Self {
-        self.carry = carry;
         self
     }
 
@@ -237,6 +194,6 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout::new(inner, self.kind, self.duration, self.grpc_timeout, self.carry, self.shared.clone())
+        Timeout::new(inner, self.kind, self.duration, self.grpc_timeout, self.shared.clone())
     }
 }
