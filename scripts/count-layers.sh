@@ -15,8 +15,12 @@ cd "$(dirname "$0")/.."
 
 command -v valgrind >/dev/null 2>&1 || { echo "count-layers: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 
-echo "== building the layers bench" >&2
-bin=$(cargo bench --all-features --bench layers --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n 1)
+# LAYERS_BIN: an already built bench binary (skips the build).
+bin=${LAYERS_BIN:-}
+if [ -z "$bin" ]; then
+  echo "== building the layers bench" >&2
+  bin=$(cargo bench --all-features --bench layers --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n 1)
+fi
 [ -x "$bin" ] || { echo "count-layers: could not find the layers bench binary" >&2; exit 1; }
 
 N1=${N1:-2000}
