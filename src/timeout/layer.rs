@@ -24,43 +24,36 @@ impl Shared {
         let counter = |kind: TimeoutKind| metrics::counter!("tower_mesh_timeout_elapsed_total", "service" => name.to_string(), "kind" => kind.as_str());
         Shared { attempt_elapsed: counter(TimeoutKind::Attempt), total_elapsed: counter(TimeoutKind::Total), name }
     }
-
-    /// What a response future needs to report a timeout of `kind`: the
-    /// counter (a no-op handle when no metrics recorder is installed) and,
-    /// only when `debug` events are enabled, the name — so a call pays for no
-    /// reference count it does not use.
-    #[inline]
-    pub(crate) fn reporter(&self, kind: TimeoutKind) -> Reporter {
-        let counter = match kind {
-            TimeoutKind::Attempt => self.attempt_elapsed.clone(),
-            TimeoutKind::Total => self.total_elapsed.clone(),
-        };
-        let name = if tracing::enabled!(tracing::Level::DEBUG) { Some(self.name.clone()) } else { None };
-        Reporter { counter, name }
-    }
 }
 
-/// Reports a timeout: see [`Shared::reporter`].
+/// Reports a timeout: counts it, logs it and makes the error. A response
+/// future holds one — a reference to its layer's [`Shared`], nothing built
+/// per call beyond that.
 #[derive(Clone)]
-pub(crate) struct Reporter {
-    counter: Counter,
-    name: Option<Arc<str>>,
-}
+pub(crate) struct Reporter(Arc<Shared>);
 
 impl Reporter {
+    #[inline]
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        Reporter(shared.clone())
+    }
+
     /// A call timed out: count it, log it and make the error.
     #[cold]
     pub(crate) fn elapsed(&self, kind: TimeoutKind, after: Duration) -> Elapsed {
-        self.counter.increment(1);
-        let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);
-        tracing::debug!(service = name, kind = kind.as_str(), timeout = ?after, "request timed out");
+        let shared = &*self.0;
+        match kind {
+            TimeoutKind::Attempt => shared.attempt_elapsed.increment(1),
+            TimeoutKind::Total => shared.total_elapsed.increment(1),
+        }
+        tracing::debug!(service = &*shared.name, kind = kind.as_str(), timeout = ?after, "request timed out");
         Elapsed::new(kind, after)
     }
 }
 
 impl fmt::Debug for Reporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name.as_deref().unwrap_or(DEFAULT_NAME))
+        fmt::Debug::fmt(&*self.0, f)
     }
 }
 

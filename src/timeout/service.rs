@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::error::TimeoutKind;
 use super::future::ResponseFuture;
-use super::layer::Shared;
+use super::layer::{Reporter, Shared};
 use crate::deadline::{Deadline, DeadlineCarrier};
 use crate::error::BoxError;
 
@@ -93,6 +93,6 @@ where
         let inner = &mut self.inner;
         // `deadline` is already the earliest of ours, the request's and the current one.
         let response = deadline.sync_scope_exact(|| inner.call(req));
-        ResponseFuture::new(deadline, response, kind, after, self.shared.reporter(kind))
+        ResponseFuture::new(deadline, response, kind, after, Reporter::new(&self.shared))
     }
 }
