@@ -82,22 +82,13 @@ impl<E> tower::retry::Policy<Req, Response<String>, E> for TowerRetry {
         if !req.method().is_idempotent() {
             return None;
         }
-        let mut copy = Request::new(req.body().clone());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        Some(copy)
+        Some(tower_peer::copy_request(req))
     }
 }
 
-fn breaker_error(e: tower_resilience::circuitbreaker::CircuitBreakerError<BoxError>) -> BoxError {
-    match e {
-        tower_resilience::circuitbreaker::CircuitBreakerError::Inner(e) => e,
-        open => Box::new(open),
-    }
-}
+#[path = "tower_peer.rs"]
+mod tower_peer;
+use tower_peer::breaker_error;
 
 /// The same stack from tower (timeouts, `Retry`, `ConcurrencyLimit`) and
 /// tower-resilience (the circuit breaker, count window of 100).

@@ -26,34 +26,41 @@ impl Shared {
     }
 }
 
-/// Reports a timeout: counts it, logs it and makes the error. A response
-/// future holds one — a reference to its layer's [`Shared`], nothing built
-/// per call beyond that.
+/// Reports a timeout: counts it, logs it and makes the error. Built per
+/// call with no atomic operation: the counter handle (a no-op, copied as
+/// `None`, when no metrics recorder is installed) and the name only when
+/// `debug` events may be enabled at all (one relaxed load, no callsite
+/// lookup).
 #[derive(Clone)]
-pub(crate) struct Reporter(Arc<Shared>);
+pub(crate) struct Reporter {
+    counter: Counter,
+    name: Option<Arc<str>>,
+}
 
 impl Reporter {
     #[inline]
-    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
-        Reporter(shared.clone())
+    pub(crate) fn new(shared: &Shared, kind: TimeoutKind) -> Self {
+        let counter = match kind {
+            TimeoutKind::Attempt => shared.attempt_elapsed.clone(),
+            TimeoutKind::Total => shared.total_elapsed.clone(),
+        };
+        let name = if tracing::level_enabled!(tracing::Level::DEBUG) { Some(shared.name.clone()) } else { None };
+        Reporter { counter, name }
     }
 
     /// A call timed out: count it, log it and make the error.
     #[cold]
     pub(crate) fn elapsed(&self, kind: TimeoutKind, after: Duration) -> Elapsed {
-        let shared = &*self.0;
-        match kind {
-            TimeoutKind::Attempt => shared.attempt_elapsed.increment(1),
-            TimeoutKind::Total => shared.total_elapsed.increment(1),
-        }
-        tracing::debug!(service = &*shared.name, kind = kind.as_str(), timeout = ?after, "request timed out");
+        self.counter.increment(1);
+        let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);
+        tracing::debug!(service = name, kind = kind.as_str(), timeout = ?after, "request timed out");
         Elapsed::new(kind, after)
     }
 }
 
 impl fmt::Debug for Reporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        f.write_str(self.name.as_deref().unwrap_or(DEFAULT_NAME))
     }
 }
 

@@ -93,6 +93,6 @@ where
         let inner = &mut self.inner;
         // `deadline` is already the earliest of ours, the request's and the current one.
         let response = deadline.sync_scope_exact(|| inner.call(req));
-        ResponseFuture::new(deadline, response, kind, after, Reporter::new(&self.shared))
+        ResponseFuture::new(deadline, response, kind, after, Reporter::new(&self.shared, kind))
     }
 }
