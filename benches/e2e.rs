@@ -198,22 +198,13 @@ impl<B, E> tower::retry::Policy<Req, Response<B>, E> for TowerRetry {
     }
 
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        let mut copy = Request::new(req.body().clone());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        Some(copy)
+        Some(tower_peer::copy_request(req))
     }
 }
 
-fn breaker_error(e: tower_resilience::circuitbreaker::CircuitBreakerError<BoxError>) -> BoxError {
-    match e {
-        tower_resilience::circuitbreaker::CircuitBreakerError::Inner(e) => e,
-        open => Box::new(open),
-    }
-}
+#[path = "support/tower_peer.rs"]
+mod tower_peer;
+use tower_peer::breaker_error;
 
 /// The client stack built from tower, tower-http and tower-resilience (see
 /// the module docs).

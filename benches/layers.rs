@@ -17,7 +17,13 @@
 //! they turn it on) makes tokio's clock check for a paused clock under a lock first; the pair shows
 //! what that adds.
 //!
+//! It also prints heap allocations per request of the README's HTTP client stack (total timeout,
+//! retry, circuit breaker, bulkhead, attempt timeout) and of the same stack built from tower and
+//! tower-resilience (`support/http_stack.rs`).
+//!
 //! Run: `cargo bench --all-features --bench layers` (CI only builds it: `cargo bench --no-run`).
+//! `scripts/count-layers.sh` runs it in a counting mode under callgrind instead (`LAYERS_COUNT`):
+//! instructions per call of each subject, which do not drift with the machine's load.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -229,6 +235,61 @@ impl Visit for CountAllocations<'_> {
     }
 }
 
+#[path = "support/http_stack.rs"]
+mod http_stack;
+
+/// Allocations per request of the README's HTTP stack and of its tower equivalent, over the same
+/// no-op HTTP service.
+fn http_stack_allocations(cx: &mut Context<'_>) {
+    fn count<S>(cx: &mut Context<'_>, name: &str, mut svc: S)
+    where
+        S: Service<http_stack::Req>,
+        S::Error: Debug,
+    {
+        let request = || http::Request::new(String::new());
+        for _ in 0..100 {
+            black_box(call_once(&mut svc, cx, request()));
+        }
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..ALLOC_CALLS {
+            black_box(call_once(&mut svc, cx, request()));
+        }
+        let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        println!("allocations per request: {name} {}", n as f64 / ALLOC_CALLS as f64);
+    }
+    count(cx, "http_bare", http_stack::NoopHttp);
+    #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "retry", feature = "timeout"))]
+    count(cx, "http_readme_stack", http_stack::mesh());
+    count(cx, "http_tower_stack", http_stack::tower());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counting mode: instructions per call under callgrind (scripts/count-layers.sh)
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `n` calls of one subject (after 100 to warm up) and nothing else.
+struct CountCalls<'a> {
+    cx: Context<'a>,
+    subject: String,
+    n: u64,
+}
+
+impl Visit for CountCalls<'_> {
+    fn visit<S>(&mut self, name: &'static str, mut svc: S)
+    where
+        S: Service<u32, Response = u32>,
+        S::Error: Debug,
+    {
+        if name != self.subject {
+            return;
+        }
+        for i in 0..100 + self.n {
+            black_box(call_once(&mut svc, &mut self.cx, black_box(i as u32)));
+        }
+        self.n = 0;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Criterion
 // ---------------------------------------------------------------------------------------------
@@ -426,6 +487,16 @@ fn main() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().expect("tokio runtime");
     let _rt = rt.enter();
 
+    // `LAYERS_COUNT=subject:n`: `n` calls of one subject, for callgrind (scripts/count-layers.sh).
+    if let Ok(spec) = std::env::var("LAYERS_COUNT") {
+        let (subject, n) = spec.split_once(':').expect("LAYERS_COUNT is subject:n, e.g. mesh_timeout:1000");
+        let n = n.parse().expect("LAYERS_COUNT: n is a number");
+        let mut count = CountCalls { cx: Context::from_waker(noop_waker_ref()), subject: subject.to_owned(), n };
+        subjects(&mut count);
+        assert_eq!(count.n, 0, "LAYERS_COUNT: unknown subject {subject}");
+        return;
+    }
+
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
@@ -437,6 +508,7 @@ fn main() {
     let test_mode = std::env::args().any(|a| a == "--test" || a == "--list");
     if !test_mode {
         subjects(&mut CountAllocations { cx: Context::from_waker(noop_waker_ref()) });
+        http_stack_allocations(&mut Context::from_waker(noop_waker_ref()));
         scaling_subjects(rt.handle());
     }
 

@@ -1,11 +1,14 @@
 //! The overall deadline of a call, visible to every layer beneath the one that
 //! set it.
 //!
-//! [`TimeoutLayer`](crate::timeout::TimeoutLayer) with a total timeout sets a
-//! [`Deadline`]: it is put in the request's extensions (for
-//! `http::Request`s, through [`DeadlineCarrier`]) and made current for the task
-//! while the inner service is called and polled, so a retry layer below never
-//! sleeps past it and a per-attempt timeout never outlives it.
+//! [`TimeoutLayer`](crate::timeout::TimeoutLayer) sets a [`Deadline`] and
+//! passes it on explicitly, in the request: [`DeadlineCarrier::set_deadline`]
+//! (for `http::Request`s, the request's extensions), so it survives a hop to
+//! another task (a `tower::buffer::Buffer`, a spawned task) and a retry layer
+//! below never sleeps past it and a per-attempt timeout never outlives it.
+//! While the inner service is called and polled the deadline is also
+//! [current](Deadline::current) for the task: that is how it reaches request
+//! types that cannot carry one, and code that has no request at hand.
 
 use std::cell::Cell;
 use std::fmt;
@@ -22,66 +25,10 @@ use tokio::time::Instant;
 // poll of the future it wraps (and restores the previous value after), so it
 // follows the task exactly as a tokio task-local would; a `Copy` value in a
 // const-initialised `Cell` makes that a couple of plain loads and stores.
+// The layers do not talk to each other through it: each reads the deadline
+// of a call from its request ([`of`]), where a timeout above put it.
 thread_local! {
     static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
-    // Set by a timeout future polled inside another one when it returns
-    // `Pending` with a timer that fires no later than the enclosing deadline:
-    // the enclosing timeout then needs no timer of its own for that poll.
-    #[cfg(feature = "timeout")]
-    static COVERED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Around the inner poll of a timeout future: makes its deadline current and
-/// collects whether a timer inside covers it. Restores both on drop.
-#[cfg(feature = "timeout")]
-pub(crate) struct PollFrame {
-    prev: Option<Deadline>,
-    prev_covered: bool,
-}
-
-#[cfg(feature = "timeout")]
-impl PollFrame {
-    /// The deadline that was current when the frame was entered: the
-    /// enclosing timeout's, if any.
-    #[inline]
-    pub(crate) fn enclosing(&self) -> Option<Deadline> {
-        self.prev
-    }
-
-    /// Whether a timeout inside reported a timer that fires by this frame's
-    /// deadline, during this poll.
-    #[inline]
-    pub(crate) fn covered(&self) -> bool {
-        COVERED.with(Cell::get)
-    }
-}
-
-#[cfg(feature = "timeout")]
-impl Drop for PollFrame {
-    #[inline]
-    fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.prev));
-        COVERED.with(|c| c.set(self.prev_covered));
-    }
-}
-
-#[cfg(feature = "timeout")]
-#[inline]
-pub(crate) fn enter_poll(deadline: Deadline) -> PollFrame {
-    let prev = CURRENT.with(|c| c.replace(Some(deadline)));
-    let prev_covered = COVERED.with(|c| c.replace(false));
-    PollFrame { prev, prev_covered }
-}
-
-/// A timeout future is `Pending` with a timer at `deadline`, or covered by
-/// one firing by then: tell an enclosing timeout whose deadline is not
-/// earlier that it is covered too.
-#[cfg(feature = "timeout")]
-#[inline]
-pub(crate) fn report_covered(deadline: Deadline, enclosing: Option<Deadline>) {
-    if enclosing.is_some_and(|e| deadline <= e) {
-        COVERED.with(|c| c.set(true));
-    }
 }
 
 /// Restores the previous current deadline when dropped (also on unwind).
@@ -210,6 +157,17 @@ impl Deadline {
     }
 }
 
+/// The deadline a call made now with `req` must meet: the earlier of the one
+/// the request carries and the task's [current](Deadline::current) one.
+#[cfg(any(feature = "timeout", feature = "retry"))]
+#[inline]
+pub(crate) fn of<R: DeadlineCarrier + ?Sized>(req: &R) -> Option<Deadline> {
+    match req.deadline() {
+        Some(carried) => Some(carried.min(Deadline::current())),
+        None => Deadline::current(),
+    }
+}
+
 /// Request types that can carry a [`Deadline`] to the services beneath.
 ///
 /// Implemented for `http::Request<B>` (the deadline goes in the extensions and,
@@ -244,8 +202,14 @@ impl<B> DeadlineCarrier for Request<B> {
     }
 
     fn set_deadline(&mut self, deadline: Deadline) {
-        let d = deadline.min(self.deadline());
-        self.extensions_mut().insert(d);
+        // In place when there is one already (a per-attempt timeout below a
+        // total one): no new allocation.
+        match self.extensions_mut().get_mut::<Deadline>() {
+            Some(carried) => *carried = deadline.min(Some(*carried)),
+            None => {
+                self.extensions_mut().insert(deadline);
+            }
+        }
     }
 
     fn set_grpc_timeout(&mut self, remaining: Duration) {

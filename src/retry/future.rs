@@ -15,7 +15,7 @@ use super::request::local_pushback;
 use super::service::RetryShared;
 use super::{AttemptFailure, Pushback, RetryRequests};
 use crate::classify::{Classify, FailureKind, Outcome};
-use crate::deadline::Deadline;
+use crate::deadline::{Deadline, DeadlineCarrier};
 
 pin_project! {
     #[project = StateProj]
@@ -51,40 +51,55 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, S>,
-        // A copy of the request: the next retry's (`None`: not retryable, or
-        // no retry left). During a backoff it is the request about to be sent.
-        copy: Option<Req>,
-        // How the last attempt failed, once one was retried: kept for the
-        // error of a retry the stack's own protection rejects. Boxed, like
-        // the backoff state: only a retried call pays for it.
-        last: Option<Box<LastFailure<S::Error>>>,
-        token: Option<BudgetToken>,
-        retries: u32,
-        previous_delay: Duration,
-        shared: Arc<RetryShared<S, C, P>>,
+        call: Call<S, Req, C, P>,
     }
+}
+
+/// What a call keeps between its attempts.
+struct Call<S: Service<Req>, Req, C, P> {
+    // A copy of the request: the next retry's (`None`: not retryable, or no
+    // retry left). During a backoff it is the request about to be sent.
+    copy: Option<Req>,
+    // The deadline the request carried (or the task had) at `call`: no retry
+    // starts after it, and each retry carries it again.
+    deadline: Option<Deadline>,
+    // How the last attempt failed, once one was retried: kept for the error
+    // of a retry the stack's own protection rejects. Boxed, like the backoff
+    // state: only a retried call pays for it.
+    last: Option<Box<LastFailure<S::Error>>>,
+    token: Option<BudgetToken>,
+    retries: u32,
+    previous_delay: Duration,
+    shared: Arc<RetryShared<S, C, P>>,
+}
+
+/// What follows an attempt.
+enum Next<S, T> {
+    /// The call's result.
+    Done(T),
+    /// A retry, after its backoff.
+    Retry(Pending<S>),
 }
 
 impl<S: Service<Req>, Req, C, P> ResponseFuture<S, Req, C, P> {
     #[inline]
-    pub(crate) fn new(fut: S::Future, copy: Option<Req>, shared: Arc<RetryShared<S, C, P>>) -> Self {
-        ResponseFuture {
-            state: State::Calling { fut },
-            copy,
-            last: None,
-            token: None,
-            retries: 0,
-            previous_delay: Duration::ZERO,
-            shared,
-        }
+    pub(crate) fn new(
+        fut: S::Future,
+        copy: Option<Req>,
+        deadline: Option<Deadline>,
+        shared: Arc<RetryShared<S, C, P>>,
+    ) -> Self {
+        let call = Call { copy, deadline, last: None, token: None, retries: 0, previous_delay: Duration::ZERO, shared };
+        ResponseFuture { state: State::Calling { fut }, call }
     }
 }
 
 impl<S: Service<Req>, Req, C, P> fmt::Debug for ResponseFuture<S, Req, C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("retries", &self.retries)
-            .field("retryable", &self.copy.is_some())
+            .field("retries", &self.call.retries)
+            .field("retryable", &self.call.copy.is_some())
+            .field("deadline", &self.call.deadline)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +110,7 @@ where
     S::Error: 'static,
     C: Classify<S::Response, S::Error>,
     P: RetryRequests<Req, S::Response>,
+    Req: DeadlineCarrier,
 {
     type Output = Result<S::Response, S::Error>;
 
@@ -104,102 +120,10 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx));
-                    let s = &this.shared.settings;
-                    let local = local_pushback(result.as_ref().err().and_then(as_error));
-                    let kind = match s.classifier.classify(result.as_ref()) {
-                        Outcome::Failure(kind) if s.shared.retry_if.is_none_or(|f| f(&kind)) => kind,
-                        // Rate limited here, not sent: retried after its wait.
-                        _ if local.is_some() => FailureKind::Custom("rate limited"),
-                        // A retry turned away by the stack's own protection
-                        // (an open breaker): keep the last real failure.
-                        _ => return Poll::Ready(result.map_err(|e| after_retry(e, this.last.take(), *this.retries))),
-                    };
-                    if *this.retries >= s.max_retries {
-                        s.shared.exhausted.increment(1);
-                        return Poll::Ready(result);
+                    match this.call.after_attempt(result) {
+                        Next::Done(result) => return Poll::Ready(result),
+                        Next::Retry(retry) => this.state.set(State::Retrying { retry: Box::pin(retry) }),
                     }
-                    let pushback = match &result {
-                        Ok(res) => s.requests.pushback(res),
-                        Err(_) => local.map_or(Pushback::None, Pushback::After),
-                    };
-                    // Not replayable (a POST, a streaming body ...), or not
-                    // safe to repeat after this failure: never retried.
-                    let failure = match &result {
-                        Ok(_) => AttemptFailure::new(kind, pushback),
-                        Err(e) => match as_error(e) {
-                            Some(e) => AttemptFailure::new(kind, pushback).with_error(e),
-                            None => AttemptFailure::new(kind, pushback),
-                        },
-                    };
-                    match this.copy.as_ref() {
-                        Some(copy) if s.requests.may_retry(copy, &failure) => {}
-                        Some(_) => {
-                            tracing::debug!(
-                                service = %s.shared.name,
-                                failure = %kind,
-                                "not retrying: the server may have processed the request"
-                            );
-                            return Poll::Ready(result);
-                        }
-                        None => return Poll::Ready(result),
-                    }
-                    let Some(service) = this.shared.service() else { return Poll::Ready(result) };
-                    let delay = match pushback {
-                        Pushback::Stop => return Poll::Ready(result),
-                        // The server said when: never sooner, even past
-                        // `max_delay`; longer than `max_pushback`: no retry.
-                        Pushback::After(d) if d > s.shared.max_pushback => {
-                            tracing::debug!(
-                                service = %s.shared.name,
-                                pushback_ms = d.as_millis() as u64,
-                                "not retrying: the server asks for a longer wait than max_pushback"
-                            );
-                            return Poll::Ready(result);
-                        }
-                        Pushback::After(d) => d,
-                        Pushback::None => s.shared.delay(*this.retries, *this.previous_delay),
-                    };
-                    // Never sleep past the deadline of an enclosing timeout:
-                    // give up with this result instead.
-                    if let Some(deadline) = Deadline::current() {
-                        if crate::deadline::instant_after(Instant::now(), delay) >= deadline.instant() {
-                            tracing::debug!(
-                                service = %s.shared.name,
-                                delay_ms = delay.as_millis() as u64,
-                                pushback = matches!(pushback, Pushback::After(_)),
-                                "not retrying: the next attempt would start after the deadline"
-                            );
-                            return Poll::Ready(result);
-                        }
-                    }
-                    if let Some(budget) = &s.shared.budget {
-                        match budget.withdraw() {
-                            Some(token) => *this.token = Some(token),
-                            None => {
-                                s.shared.budget_exhausted.increment(1);
-                                tracing::warn!(service = %s.shared.name, "retry budget exhausted; not retrying");
-                                return Poll::Ready(result);
-                            }
-                        }
-                    }
-                    *this.retries += 1;
-                    *this.previous_delay = delay;
-                    s.shared.retries.increment(1);
-                    tracing::debug!(
-                        service = %s.shared.name,
-                        retry = *this.retries,
-                        delay_ms = delay.as_millis() as u64,
-                        pushback = matches!(pushback, Pushback::After(_)),
-                        "retrying failed call"
-                    );
-                    // The failed response (and its connection) is released
-                    // here, before the wait; an error is kept.
-                    *this.last = Some(Box::new(match result {
-                        Ok(_) => LastFailure::Response(kind),
-                        Err(e) => LastFailure::Error(kind, e),
-                    }));
-                    let retry = Pending { sleep: tokio::time::sleep(delay), slept: delay.is_zero(), service };
-                    this.state.set(State::Retrying { retry: Box::pin(retry) });
                 }
                 StateProj::Retrying { retry } => {
                     let retry = retry.as_mut().project();
@@ -208,22 +132,165 @@ where
                         *retry.slept = true;
                     }
                     if let Err(e) = ready!(retry.service.poll_ready(cx)) {
-                        return Poll::Ready(Err(after_retry(e, this.last.take(), *this.retries)));
+                        let call = this.call;
+                        return Poll::Ready(Err(after_retry(e, call.last.take(), call.retries)));
                     }
-                    let req = this.copy.take().expect("a retry holds its request until it is sent");
-                    let s = &this.shared.settings;
-                    // Keep a copy only if another retry may follow this one.
-                    if *this.retries < s.max_retries {
-                        *this.copy = s.requests.clone_request(&req);
-                    }
-                    if let Some(token) = this.token.take() {
-                        token.spend();
-                    }
-                    s.shared.attempts.increment(1);
-                    let fut = retry.service.call(req);
+                    let fut = this.call.resend(retry.service);
                     this.state.set(State::Calling { fut });
                 }
             }
         }
+    }
+}
+
+impl<S, Req, C, P> Call<S, Req, C, P>
+where
+    S: Service<Req> + Clone,
+    S::Error: 'static,
+    C: Classify<S::Response, S::Error>,
+    P: RetryRequests<Req, S::Response>,
+    Req: DeadlineCarrier,
+{
+    /// An attempt ended with `result`: the call's result, or a retry.
+    fn after_attempt(&mut self, result: Result<S::Response, S::Error>) -> Next<S, Result<S::Response, S::Error>> {
+        let shared = &*self.shared;
+        let common = shared.common();
+        let local = local_pushback(result.as_ref().err().and_then(as_error));
+        let kind = match shared.classifier().classify(result.as_ref()) {
+            Outcome::Failure(kind) if common.retry_if.is_none_or(|f| f(&kind)) => kind,
+            // Rate limited here, not sent: retried after its wait.
+            _ if local.is_some() => FailureKind::Custom("rate limited"),
+            // A retry turned away by the stack's own protection (an open
+            // breaker): keep the last real failure.
+            _ => return Next::Done(result.map_err(|e| after_retry(e, self.last.take(), self.retries))),
+        };
+        if self.retries >= shared.max_retries() {
+            common.exhausted.increment(1);
+            return Next::Done(result);
+        }
+        let pushback = match &result {
+            Ok(res) => shared.requests().pushback(res),
+            Err(_) => local.map_or(Pushback::None, Pushback::After),
+        };
+        if !self.may_repeat(kind, pushback, &result) {
+            return Next::Done(result);
+        }
+        let Some(service) = shared.service() else { return Next::Done(result) };
+        let Some(delay) = self.delay(pushback) else { return Next::Done(result) };
+        if !self.take_from_budget() {
+            return Next::Done(result);
+        }
+        let common = self.shared.common();
+        self.retries += 1;
+        self.previous_delay = delay;
+        common.retries.increment(1);
+        tracing::debug!(
+            service = %common.name,
+            retry = self.retries,
+            delay_ms = delay.as_millis() as u64,
+            pushback = matches!(pushback, Pushback::After(_)),
+            "retrying failed call"
+        );
+        // The failed response (and its connection) is released here, before
+        // the wait; an error is kept.
+        self.last = Some(Box::new(match result {
+            Ok(_) => LastFailure::Response(kind),
+            Err(e) => LastFailure::Error(kind, e),
+        }));
+        Next::Retry(Pending { sleep: tokio::time::sleep(delay), slept: delay.is_zero(), service })
+    }
+
+    /// Whether the request may be sent again after this failure: it was
+    /// copied (not a POST, a streaming body ...), and the request policy
+    /// deems it safe to repeat.
+    fn may_repeat(&self, kind: FailureKind, pushback: Pushback, result: &Result<S::Response, S::Error>) -> bool {
+        let Some(copy) = self.copy.as_ref() else { return false };
+        let failure = AttemptFailure::new(kind, pushback);
+        let failure = match result.as_ref().err().and_then(as_error) {
+            Some(e) => failure.with_error(e),
+            None => failure,
+        };
+        if self.shared.requests().may_retry(copy, &failure) {
+            return true;
+        }
+        tracing::debug!(
+            service = %self.shared.common().name,
+            failure = %kind,
+            "not retrying: the server may have processed the request"
+        );
+        false
+    }
+
+    /// The wait before the retry: the server's pushback or the backoff.
+    /// `None`: no retry (the server said not to, asked for longer than
+    /// `max_pushback`, or the retry would start after the deadline).
+    fn delay(&self, pushback: Pushback) -> Option<Duration> {
+        let common = self.shared.common();
+        let delay = match pushback {
+            Pushback::Stop => return None,
+            // The server said when: never sooner, even past `max_delay`;
+            // longer than `max_pushback`: no retry.
+            Pushback::After(d) if d > common.max_pushback => {
+                tracing::debug!(
+                    service = %common.name,
+                    pushback_ms = d.as_millis() as u64,
+                    "not retrying: the server asks for a longer wait than max_pushback"
+                );
+                return None;
+            }
+            Pushback::After(d) => d,
+            Pushback::None => common.delay(self.retries, self.previous_delay),
+        };
+        // Never sleep past the deadline: give up with this result instead.
+        if let Some(deadline) = self.deadline {
+            if crate::deadline::instant_after(Instant::now(), delay) >= deadline.instant() {
+                tracing::debug!(
+                    service = %common.name,
+                    delay_ms = delay.as_millis() as u64,
+                    pushback = matches!(pushback, Pushback::After(_)),
+                    "not retrying: the next attempt would start after the deadline"
+                );
+                return None;
+            }
+        }
+        Some(delay)
+    }
+
+    /// Take the retry from the budget, if the layer has one: `false` when it
+    /// is spent.
+    fn take_from_budget(&mut self) -> bool {
+        let common = self.shared.common();
+        let Some(budget) = &common.budget else { return true };
+        match budget.withdraw() {
+            Some(token) => {
+                self.token = Some(token);
+                true
+            }
+            None => {
+                common.budget_exhausted.increment(1);
+                tracing::warn!(service = %common.name, "retry budget exhausted; not retrying");
+                false
+            }
+        }
+    }
+
+    /// Send the retry through `service` (ready), keeping a copy if another
+    /// may follow.
+    fn resend(&mut self, service: &mut S) -> S::Future {
+        let mut req = self.copy.take().expect("a retry holds its request until it is sent");
+        let shared = &*self.shared;
+        if self.retries < shared.max_retries() {
+            self.copy = shared.requests().clone_request(&req);
+        }
+        // After the copy: a request policy leaves a deadline out of its
+        // copies when it is all their extensions hold (see `HttpRequests`).
+        if let Some(deadline) = self.deadline {
+            req.set_deadline(deadline);
+        }
+        if let Some(token) = self.token.take() {
+            token.spend();
+        }
+        shared.common().attempts.increment(1);
+        service.call(req)
     }
 }

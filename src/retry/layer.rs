@@ -9,8 +9,9 @@ use super::{Backoff, CloneRequests, HttpRequests, Retry, RetryBudget, RetryConfi
 use crate::classify::{FailureKind, ResultClassifier};
 use crate::config::ConfigError;
 
-/// Per-layer state shared by every service and future the layer makes.
-pub(crate) struct Shared {
+/// What every call of a layer shares beside its classifier and request
+/// policy: the name, the budget, the backoff and the metric handles.
+pub(crate) struct Common {
     pub(crate) name: String,
     pub(crate) budget: Option<RetryBudget>,
     // Needed only once a call failed: kept here, out of every response future.
@@ -26,7 +27,7 @@ pub(crate) struct Shared {
     pub(crate) exhausted: Counter,
 }
 
-impl Shared {
+impl Common {
     fn new(
         name: String,
         budget: Option<RetryBudget>,
@@ -35,7 +36,7 @@ impl Shared {
         retry_if: Option<fn(&FailureKind) -> bool>,
     ) -> Self {
         let label = name.clone();
-        Shared {
+        Common {
             attempts: metrics::counter!("tower_mesh_retry_attempts_total", "service" => label.clone()),
             retries: metrics::counter!("tower_mesh_retry_retries_total", "service" => label.clone()),
             budget_exhausted: metrics::counter!("tower_mesh_retry_budget_exhausted_total", "service" => label.clone()),
@@ -70,7 +71,7 @@ pub(crate) struct Settings<C, P> {
     pub(crate) max_retries: u32,
     pub(crate) classifier: C,
     pub(crate) requests: P,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) common: Arc<Common>,
 }
 
 /// Retries failed calls with exponential backoff and jitter: see the
@@ -121,10 +122,10 @@ pub struct RetryLayer<C = ResultClassifier, P = CloneRequests> {
 impl<C, P> fmt::Debug for RetryLayer<C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryLayer")
-            .field("name", &self.settings.shared.name)
+            .field("name", &self.settings.common.name)
             .field("max_retries", &self.settings.max_retries)
-            .field("backoff", &self.settings.shared.backoff)
-            .field("budget", &self.settings.shared.budget)
+            .field("backoff", &self.settings.common.backoff)
+            .field("budget", &self.settings.common.budget)
             .finish_non_exhaustive()
     }
 }
@@ -152,7 +153,7 @@ impl<C, P> RetryLayer<C, P> {
     pub fn with_classifier<C2>(self, classifier: C2) -> RetryLayer<C2, P> {
         let s = self.settings;
         RetryLayer {
-            settings: Settings { max_retries: s.max_retries, classifier, requests: s.requests, shared: s.shared },
+            settings: Settings { max_retries: s.max_retries, classifier, requests: s.requests, common: s.common },
         }
     }
 
@@ -161,13 +162,13 @@ impl<C, P> RetryLayer<C, P> {
     pub fn with_requests<P2>(self, requests: P2) -> RetryLayer<C, P2> {
         let s = self.settings;
         RetryLayer {
-            settings: Settings { max_retries: s.max_retries, classifier: s.classifier, requests, shared: s.shared },
+            settings: Settings { max_retries: s.max_retries, classifier: s.classifier, requests, common: s.common },
         }
     }
 
     /// The budget shared by the services of this layer, if it has one.
     pub fn budget(&self) -> Option<&RetryBudget> {
-        self.settings.shared.budget.as_ref()
+        self.settings.common.budget.as_ref()
     }
 }
 
@@ -276,7 +277,7 @@ impl<C, P> RetryBuilder<C, P> {
                 max_retries: self.config.max_retries,
                 classifier: self.classifier,
                 requests: self.requests,
-                shared: Arc::new(Shared::new(
+                common: Arc::new(Common::new(
                     self.config.name,
                     budget,
                     backoff,

@@ -89,6 +89,7 @@ mod budget;
 mod config;
 mod error;
 mod future;
+mod grpc;
 mod layer;
 mod request;
 mod service;
@@ -98,9 +99,10 @@ pub use self::budget::{BudgetToken, RetryBudget};
 pub use self::config::{BackoffConfig, BudgetConfig, RetryConfig};
 pub use self::error::RetryRejected;
 pub use self::future::ResponseFuture;
+pub use self::grpc::GrpcRequests;
 pub use self::layer::{RetryBuilder, RetryLayer};
 pub use self::request::{
-    AttemptFailure, CloneRequests, GrpcRequests, HttpRequests, InvalidIdempotent, Pushback, ReplayBody, RetryRequests,
+    AttemptFailure, CloneRequests, HttpRequests, InvalidIdempotent, Pushback, ReplayBody, RetryRequests,
 };
 pub use self::service::Retry;
 

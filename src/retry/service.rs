@@ -5,9 +5,10 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::layer::Settings;
+use super::layer::{Common, Settings};
 use super::RetryRequests;
 use crate::classify::Classify;
+use crate::deadline::DeadlineCarrier;
 
 /// Retries failed calls to `S`; made by [`RetryLayer`](super::RetryLayer).
 ///
@@ -21,6 +22,11 @@ use crate::classify::Classify;
 /// crate's layers share their state, so every clone is as good as another; a
 /// change made through [`get_mut`](Retry::get_mut) after the first call does
 /// not reach the retries. Errors of `S` are returned unchanged.
+///
+/// The deadline a retry must not start after is read from the request at
+/// `call` ([`DeadlineCarrier`], where a timeout above put it, or the task's
+/// [current](crate::deadline::Deadline::current) one), and given to each
+/// retry again.
 pub struct Retry<S, C, P> {
     inner: S,
     shared: Arc<RetryShared<S, C, P>>,
@@ -29,10 +35,36 @@ pub struct Retry<S, C, P> {
 /// What the calls of one [`Retry`] (and its clones) share: the settings and
 /// the service retries are sent through clones of.
 pub(crate) struct RetryShared<S, C, P> {
-    pub(crate) settings: Settings<C, P>,
+    settings: Settings<C, P>,
     /// A clone of the service, taken at the first call. Locked only to clone
     /// it when a retry is due (never across an `.await`).
     template: OnceLock<Mutex<S>>,
+}
+
+impl<S, C, P> RetryShared<S, C, P> {
+    /// Retries allowed after the first attempt.
+    #[inline]
+    pub(crate) fn max_retries(&self) -> u32 {
+        self.settings.max_retries
+    }
+
+    /// Which results are failures.
+    #[inline]
+    pub(crate) fn classifier(&self) -> &C {
+        &self.settings.classifier
+    }
+
+    /// How requests are copied, and what a response says about retrying.
+    #[inline]
+    pub(crate) fn requests(&self) -> &P {
+        &self.settings.requests
+    }
+
+    /// Name, budget, backoff and metrics of the layer.
+    #[inline]
+    pub(crate) fn common(&self) -> &Common {
+        &self.settings.common
+    }
 }
 
 impl<S: Clone, C, P> RetryShared<S, C, P> {
@@ -74,8 +106,8 @@ impl<S: fmt::Debug, C, P> fmt::Debug for Retry<S, C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("name", &self.shared.settings.shared.name)
-            .field("max_retries", &self.shared.settings.max_retries)
+            .field("name", &self.shared.common().name)
+            .field("max_retries", &self.shared.max_retries())
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +118,7 @@ where
     S::Error: 'static,
     C: Classify<S::Response, S::Error> + Clone,
     P: RetryRequests<Req, S::Response> + Clone,
+    Req: DeadlineCarrier,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -98,17 +131,19 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let settings = &self.shared.settings;
-        if let Some(budget) = &settings.shared.budget {
+        let shared = &*self.shared;
+        if let Some(budget) = &shared.common().budget {
             budget.deposit();
         }
-        settings.shared.attempts.increment(1);
-        let copy = if settings.max_retries > 0 { settings.requests.clone_request(&req) } else { None };
-        if self.shared.template.get().is_none() {
+        shared.common().attempts.increment(1);
+        let copy = if shared.max_retries() > 0 { shared.requests().clone_request(&req) } else { None };
+        // Needed only by a call that may be retried.
+        let deadline = if copy.is_some() { crate::deadline::of(&req) } else { None };
+        if shared.template.get().is_none() {
             // The first call: keep a clone for the retries of every call.
-            let _ = self.shared.template.set(Mutex::new(self.inner.clone()));
+            let _ = shared.template.set(Mutex::new(self.inner.clone()));
         }
         let fut = self.inner.call(req);
-        ResponseFuture::new(fut, copy, self.shared.clone())
+        ResponseFuture::new(fut, copy, deadline, self.shared.clone())
     }
 }

@@ -113,6 +113,32 @@ async fn never_sleeps_past_the_deadline() {
     assert_eq!(Instant::now() - start, Duration::from_millis(300));
 }
 
+/// The deadline comes with the request: behind a `Buffer` (another task,
+/// where no deadline is current), a retry that would start after it is not
+/// made, and every retry carries it.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_in_the_request_bounds_the_retries_in_another_task() {
+    use crate::deadline::DeadlineCarrier;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let backend = service_fn(move |req: Request<Full<Bytes>>| {
+        s.lock().unwrap().push((Instant::now(), req.deadline(), req.extensions().len()));
+        async { Ok::<_, &'static str>(status(503, &[])) }
+    });
+    let retry =
+        RetryLayer::builder().max_retries(10).backoff(none(100)).classifier(HttpClassifier::new()).http().build();
+    let svc = tower::ServiceBuilder::new().buffer(8).layer(retry.unwrap()).service(backend);
+    let start = Instant::now();
+    let deadline = Deadline::at(start + Duration::from_millis(350));
+    let mut req = get();
+    req.set_deadline(deadline);
+    assert_eq!(svc.oneshot(req).await.unwrap().status(), 503);
+    // Attempts at 0, 100, 300 ms; the next would start at 700 ms > 350 ms.
+    let expected: Vec<_> = [0, 100, 300].map(|ms| (start + Duration::from_millis(ms), Some(deadline), 1)).into();
+    assert_eq!(*seen.lock().unwrap(), expected);
+    assert_eq!(Instant::now() - start, Duration::from_millis(300));
+}
+
 type Arrivals = Arc<Mutex<Vec<Instant>>>;
 
 fn http_service(
@@ -527,6 +553,9 @@ impl Clone for Counted {
         Counted(self.0.clone())
     }
 }
+
+// A request type of its own: it opts in to carrying no deadline.
+impl crate::deadline::DeadlineCarrier for Counted {}
 
 #[test]
 fn calls_counted_by_an_atomic_are_not_cloned_needlessly() {

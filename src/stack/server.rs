@@ -48,9 +48,9 @@ type RateLimitL = super::client::Passthrough<()>;
 /// - load shedding: beyond `max_concurrent_requests` in flight, `503` with
 ///   `Retry-After` at once (gRPC: `RESOURCE_EXHAUSTED`);
 /// - a request timeout: `504` (gRPC: `DEADLINE_EXCEEDED`). The handler
-///   reads the deadline with [`Deadline::current`](crate::deadline::Deadline::current),
-///   and the calls it makes through a [`ClientStack`](super::ClientStack)
-///   end by it.
+///   finds the deadline in the request's extensions (or with
+///   [`Deadline::current`](crate::deadline::Deadline::current)), and the
+///   calls it makes through a [`ClientStack`](super::ClientStack) end by it.
 ///
 /// Token validation needs keys, which do not belong in a configuration file:
 /// add a `JwtPropagationLayer` (feature `jwt`) under this
@@ -164,10 +164,9 @@ impl ServerConfig {
                 })
                 .transpose()
                 .map_err(|source| StackError::Invalid { service: self.name.clone(), source })?,
-            // The handler runs in the request's task: it reads the deadline
-            // with `Deadline::current()`, and the calls it makes through a
-            // client stack stop at it, with no copy in the request.
-            timeout: self.timeout.map(|t| TimeoutLayer::new(t).name(&self.name).carry_in_request(false)),
+            // The deadline goes in the request, and is current while the
+            // handler runs: the calls it makes through a client stack stop at it.
+            timeout: self.timeout.map(|t| TimeoutLayer::new(t).name(&self.name)),
         })
     }
 }

@@ -22,16 +22,13 @@ pin_project! {
     /// a call that completes at its first poll never touches the runtime's
     /// timer (a `Sleep` takes a reference to the runtime handle when made,
     /// and registers only when polled, so the deadline is the same either way).
-    /// Nor is it made while a timeout inside is waiting with a timer that
-    /// fires by this deadline (a per-attempt timeout under a total one).
+    /// It is part of the future, as in tower's `Timeout`: no call allocates.
     pub struct ResponseFuture<F> {
         // Polled with the call's deadline (the timer's) current.
         #[pin]
         response: F,
-        // Behind a pointer: a `Sleep` is about 110 bytes, and every layer
-        // above moves this future as it wraps it, on every call; only a call
-        // that waits allocates it (and then registers it, which costs more).
-        sleep: Option<Pin<Box<Sleep>>>,
+        #[pin]
+        sleep: Option<Sleep>,
         deadline: Deadline,
         kind: TimeoutKind,
         after: Duration,
@@ -76,31 +73,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let deadline = *this.deadline;
-        let frame = crate::deadline::enter_poll(deadline);
-        let polled = this.response.poll(cx);
-        let (enclosing, covered) = (frame.enclosing(), frame.covered());
-        drop(frame);
+        let polled = {
+            let _scope = crate::deadline::enter(deadline);
+            this.response.poll(cx)
+        };
         if let Poll::Ready(res) = polled {
             return Poll::Ready(res.map_err(Into::into));
         }
-        let sleep = this.sleep;
+        let mut sleep = this.sleep;
         if sleep.is_none() {
-            if covered {
-                // A timeout inside (a per-attempt one) is waiting with a timer
-                // that fires by our deadline and wakes this task: when it
-                // fires, that timeout fails the call, or the next poll finds
-                // nothing covering and makes our own timer. So a call whose
-                // attempt is timed registers one timer, not two.
-                crate::deadline::report_covered(deadline, enclosing);
-                return Poll::Pending;
-            }
-            *sleep = Some(Box::pin(tokio::time::sleep_until(deadline.instant())));
+            sleep.set(Some(tokio::time::sleep_until(deadline.instant())));
         }
-        match sleep.as_mut().expect("the timer was just set").as_mut().poll(cx) {
-            Poll::Pending => {
-                crate::deadline::report_covered(deadline, enclosing);
-                Poll::Pending
-            }
+        match sleep.as_pin_mut().expect("the timer was just set").poll(cx) {
+            Poll::Pending => Poll::Pending,
             Poll::Ready(()) => Poll::Ready(Err(this.reporter.elapsed(*this.kind, *this.after).into())),
         }
     }

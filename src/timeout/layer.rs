@@ -24,23 +24,13 @@ impl Shared {
         let counter = |kind: TimeoutKind| metrics::counter!("tower_mesh_timeout_elapsed_total", "service" => name.to_string(), "kind" => kind.as_str());
         Shared { attempt_elapsed: counter(TimeoutKind::Attempt), total_elapsed: counter(TimeoutKind::Total), name }
     }
-
-    /// What a response future needs to report a timeout of `kind`: the
-    /// counter (a no-op handle when no metrics recorder is installed) and,
-    /// only when `debug` events are enabled, the name — so a call pays for no
-    /// reference count it does not use.
-    #[inline]
-    pub(crate) fn reporter(&self, kind: TimeoutKind) -> Reporter {
-        let counter = match kind {
-            TimeoutKind::Attempt => self.attempt_elapsed.clone(),
-            TimeoutKind::Total => self.total_elapsed.clone(),
-        };
-        let name = if tracing::enabled!(tracing::Level::DEBUG) { Some(self.name.clone()) } else { None };
-        Reporter { counter, name }
-    }
 }
 
-/// Reports a timeout: see [`Shared::reporter`].
+/// Reports a timeout: counts it, logs it and makes the error. Built per
+/// call with no atomic operation: the counter handle (a no-op, copied as
+/// `None`, when no metrics recorder is installed) and the name only when
+/// `debug` events may be enabled at all (one relaxed load, no callsite
+/// lookup).
 #[derive(Clone)]
 pub(crate) struct Reporter {
     counter: Counter,
@@ -48,6 +38,16 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
+    #[inline]
+    pub(crate) fn new(shared: &Shared, kind: TimeoutKind) -> Self {
+        let counter = match kind {
+            TimeoutKind::Attempt => shared.attempt_elapsed.clone(),
+            TimeoutKind::Total => shared.total_elapsed.clone(),
+        };
+        let name = if tracing::level_enabled!(tracing::Level::DEBUG) { Some(shared.name.clone()) } else { None };
+        Reporter { counter, name }
+    }
+
     /// A call timed out: count it, log it and make the error.
     #[cold]
     pub(crate) fn elapsed(&self, kind: TimeoutKind, after: Duration) -> Elapsed {
@@ -108,7 +108,6 @@ pub struct TimeoutLayer {
     kind: TimeoutKind,
     duration: Duration,
     grpc_timeout: bool,
-    carry: bool,
     shared: Arc<Shared>,
 }
 
@@ -130,13 +129,7 @@ impl TimeoutLayer {
     }
 
     fn with_kind(kind: TimeoutKind, duration: Duration) -> Self {
-        TimeoutLayer {
-            kind,
-            duration,
-            grpc_timeout: false,
-            carry: true,
-            shared: Arc::new(Shared::new(DEFAULT_NAME.into())),
-        }
+        TimeoutLayer { kind, duration, grpc_timeout: false, shared: Arc::new(Shared::new(DEFAULT_NAME.into())) }
     }
 
     /// The name used in logs and as the `service` label of the metrics.
@@ -152,42 +145,6 @@ impl TimeoutLayer {
     /// so the server stops working on a call the client has given up on.
     pub fn grpc_timeout(mut self, enabled: bool) -> Self {
         self.grpc_timeout = enabled;
-        self
-    }
-
-    /// Whether the deadline is also attached to the request
-    /// ([`DeadlineCarrier::set_deadline`](crate::deadline::DeadlineCarrier::set_deadline):
-    /// an `http::Request`'s extensions). Default `true`, so the deadline
-    /// survives a hop to another task (a `tower::buffer::Buffer` below) and
-    /// an axum handler can extract it.
-    ///
-    /// Turn it off where every service below is called and polled in the
-    /// caller's task, as in the [`ClientStack`](crate::stack::ClientStack):
-    /// [`Deadline::current`](crate::deadline::Deadline::current) still gives
-    /// the deadline to each of them, and a call no longer allocates the
-    /// request's extension map or copies it into each retry.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower::{ServiceBuilder, ServiceExt};
-    /// use tower_mesh::deadline::{Deadline, DeadlineCarrier};
-    /// use tower_mesh::timeout::TimeoutLayer;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let svc = ServiceBuilder::new()
-    ///     .layer(TimeoutLayer::new(Duration::from_secs(2)).carry_in_request(false))
-    ///     .service_fn(|req: http::Request<()>| async move {
-    ///         // Not in the request, but current while the call runs.
-    ///         Ok::<_, std::convert::Infallible>((req.deadline(), Deadline::current()))
-    ///     });
-    /// let (carried, current) = svc.oneshot(http::Request::new(())).await.unwrap();
-    /// assert_eq!(carried, None);
-    /// assert!(current.is_some());
-    /// # }
-    /// ```
-    pub fn carry_in_request(mut self, carry: bool) -> Self {
-        self.carry = carry;
         self
     }
 
@@ -237,6 +194,6 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout::new(inner, self.kind, self.duration, self.grpc_timeout, self.carry, self.shared.clone())
+        Timeout::new(inner, self.kind, self.duration, self.grpc_timeout, self.shared.clone())
     }
 }

@@ -28,10 +28,17 @@
 //!
 //! The request type must implement
 //! [`DeadlineCarrier`](crate::deadline::DeadlineCarrier): `http::Request`
-//! does (the deadline goes in its extensions), plain types such as `()`,
-//! `u32` or `String` have no-op impls, and any other type opts in with an
-//! empty `impl DeadlineCarrier for MyRequest {}` (the deadline then travels
-//! only as the task's current deadline).
+//! does (the deadline goes in its extensions, so it survives a hop to
+//! another task, such as a `tower::buffer::Buffer`'s worker), plain types
+//! such as `()`, `u32` or `String` have no-op impls, and any other type opts
+//! in with an empty `impl DeadlineCarrier for MyRequest {}` (the deadline
+//! then travels only as the task's current deadline, which stays behind on
+//! a task hop).
+//!
+//! Each timeout arms its own timer when its call waits (none for a call
+//! whose response is ready at the first poll), so a per-attempt timeout
+//! below a total one waits with two timers; the timer is part of the
+//! response future, and no call allocates.
 //!
 //! As in tower, `poll_ready` is not timed (put a timeout above a `Buffer` or
 //! use a bulkhead with a maximum wait to bound waiting for capacity), and the

@@ -9,14 +9,15 @@ use tower_service::Service;
 
 use super::error::TimeoutKind;
 use super::future::ResponseFuture;
-use super::layer::Shared;
+use super::layer::{Reporter, Shared};
 use crate::deadline::{Deadline, DeadlineCarrier};
 use crate::error::BoxError;
 
 /// Service made by [`TimeoutLayer`](super::TimeoutLayer).
 ///
-/// On `call` it computes the call's deadline, attaches it to the request
-/// ([`DeadlineCarrier`]; unless [turned off](super::TimeoutLayer::carry_in_request)), calls the inner service with the deadline current
+/// On `call` it computes the call's deadline (its own, or an earlier one the
+/// request carries or the task has current), attaches it to the request
+/// ([`DeadlineCarrier`]), calls the inner service with the deadline current
 /// ([`Deadline::current`]) and polls the inner future in that scope too; the
 /// response future fails with [`Elapsed`](super::Elapsed) when the deadline
 /// passes first. `poll_ready` is the inner service's (as in tower's `Timeout`,
@@ -27,7 +28,6 @@ pub struct Timeout<S> {
     kind: TimeoutKind,
     duration: Duration,
     grpc_timeout: bool,
-    carry: bool,
     shared: Arc<Shared>,
 }
 
@@ -37,10 +37,9 @@ impl<S> Timeout<S> {
         kind: TimeoutKind,
         duration: Duration,
         grpc_timeout: bool,
-        carry: bool,
         shared: Arc<Shared>,
     ) -> Self {
-        Timeout { inner, kind, duration, grpc_timeout, carry, shared }
+        Timeout { inner, kind, duration, grpc_timeout, shared }
     }
 
     /// The inner service.
@@ -78,7 +77,7 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
         let own = Deadline::at(crate::deadline::instant_after(now, self.duration));
-        let deadline = own.min(Deadline::current()).min(req.deadline());
+        let deadline = own.min(crate::deadline::of(&req));
         // When a deadline set further up expires first, report it as the total
         // timeout, so a retry layer knows not to try again.
         let (kind, after) = if deadline == own {
@@ -87,15 +86,13 @@ where
             (TimeoutKind::Total, deadline.instant().saturating_duration_since(now))
         };
 
-        if self.carry {
-            req.set_deadline(deadline);
-        }
+        req.set_deadline(deadline);
         if self.grpc_timeout {
             req.set_grpc_timeout(after);
         }
         let inner = &mut self.inner;
-        // `deadline` is already the earliest of ours, the current one and the request's.
+        // `deadline` is already the earliest of ours, the request's and the current one.
         let response = deadline.sync_scope_exact(|| inner.call(req));
-        ResponseFuture::new(deadline, response, kind, after, self.shared.reporter(kind))
+        ResponseFuture::new(deadline, response, kind, after, Reporter::new(&self.shared, kind))
     }
 }
