@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use super::kind::{grpc_name, ServiceErrorKind};
 use super::parse::{self, Pushback, EXCERPT_LIMIT};
 use crate::classify::GrpcCode;
-use crate::error::{to_response, BoxError, ErrorResponse, MeshError};
+use crate::error::{to_response, BoxError, ErrorResponse, MeshError, MeshErrorKind};
 
 /// One error for any failed call: an HTTP error status, a gRPC status, a
 /// failed connection, or a tower-mesh layer's rejection.
@@ -374,13 +374,9 @@ fn recognise(e: &(dyn StdError + 'static)) -> Option<Recognised> {
     if let Some(e) = e.downcast_ref::<ServiceError>() {
         return Some(Recognised::Service(e.clone()));
     }
-    if let Some(answer) = crate::error::downcast_mesh(e) {
-        #[cfg(feature = "timeout")]
-        let refuse_retry =
-            e.downcast_ref::<crate::timeout::Elapsed>().is_some_and(|t| t.kind() == crate::timeout::TimeoutKind::Total);
-        #[cfg(not(feature = "timeout"))]
-        let refuse_retry = false;
-        return Some(Recognised::Mesh { answer, refuse_retry });
+    if let Some(mesh) = crate::layer_errors::as_mesh_error(e) {
+        let refuse_retry = mesh.kind() == MeshErrorKind::DeadlineExceeded;
+        return Some(Recognised::Mesh { answer: ErrorResponse::of(mesh), refuse_retry });
     }
     if e.is::<tokio::time::error::Elapsed>() {
         return Some(Recognised::Kind(ServiceErrorKind::DeadlineExceeded));
