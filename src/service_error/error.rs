@@ -18,7 +18,7 @@ use crate::error::{to_response, BoxError, ErrorResponse, MeshError, MeshErrorKin
 /// Built by [`from_http`](Self::from_http), [`from_grpc`](Self::from_grpc),
 /// [`from_grpc_headers`](Self::from_grpc_headers) and
 /// [`from_error`](Self::from_error), or for you by
-/// [`ServiceErrorLayer`](super::ServiceErrorLayer). It keeps:
+/// [`MapServiceErrorLayer`](super::MapServiceErrorLayer). It keeps:
 ///
 /// - its [`kind`](Self::kind), which decides [`is_retryable`](Self::is_retryable)
 ///   and how a server answers it;
