@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -29,8 +29,48 @@ use crate::classify::GrpcCode;
 /// The boxed error type the layers return, as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a tower-mesh error means to the layers around it, whichever layer
+/// raised it: the stack's metrics count a [`Rejected`](Self::Rejected) or
+/// timed-out call apart from a failure, a retry layer does not retry a
+/// rejection at once, a circuit breaker leaves rejections out of its count.
+///
+/// The names follow resilience4j's exceptions: `CallNotPermittedException`,
+/// `BulkheadFullException` and `RequestNotPermitted` are all
+/// [`Rejected`](Self::Rejected); `TimeoutException` is
+/// [`TimedOut`](Self::TimedOut).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MeshErrorKind {
+    /// A layer turned the call away without sending it: an open circuit
+    /// breaker, a full bulkhead, an exhausted rate limit.
+    Rejected,
+    /// An attempt took too long; another attempt may still be made.
+    TimedOut,
+    /// The call's total deadline passed: no time is left for another attempt.
+    DeadlineExceeded,
+    /// Any other failure (a service that cannot be found or reached, a token
+    /// that is refused, a broker that failed, an error response).
+    Failed,
+}
+
+impl MeshErrorKind {
+    /// `true` for [`TimedOut`](Self::TimedOut) and
+    /// [`DeadlineExceeded`](Self::DeadlineExceeded).
+    pub fn is_timeout(self) -> bool {
+        matches!(self, MeshErrorKind::TimedOut | MeshErrorKind::DeadlineExceeded)
+    }
+}
+
 /// An error raised by a tower-mesh layer itself (not by the service it wraps).
+///
+/// Every layer's error implements it; the crate finds one in a boxed error's
+/// [`source`](std::error::Error::source) chain with [`find_mesh_error`].
 pub trait MeshError: std::error::Error + Send + Sync + 'static {
+    /// What the error means to the layers around it. [`MeshErrorKind::Failed`]
+    /// unless the error says otherwise.
+    fn kind(&self) -> MeshErrorKind {
+        MeshErrorKind::Failed
+    }
     /// The HTTP status a server should answer with.
     fn http_status(&self) -> StatusCode;
     /// The gRPC code a server should answer with.
@@ -38,6 +78,12 @@ pub trait MeshError: std::error::Error + Send + Sync + 'static {
     /// How long the client should wait before trying again, if known.
     fn retry_after(&self) -> Option<Duration> {
         None
+    }
+    /// Add the header fields that describe this error to a server's answer
+    /// (beside `Retry-After`, which [`retry_after`](Self::retry_after) gives).
+    /// Nothing by default.
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        let _ = headers;
     }
 }
 
@@ -63,52 +109,20 @@ impl ErrorResponse {
         ErrorResponse { status: StatusCode::INTERNAL_SERVER_ERROR, grpc: GrpcCode::Internal, retry_after: None };
 }
 
+/// The tower-mesh errors in `err`'s source chain, outermost first.
+pub fn mesh_errors<'a>(err: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a dyn MeshError> {
+    std::iter::successors(Some(err), |e| e.source()).filter_map(crate::layer_errors::as_mesh_error)
+}
+
+/// The first tower-mesh error in `err`'s source chain, if any.
+pub fn find_mesh_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a dyn MeshError> {
+    mesh_errors(err).next()
+}
+
 /// Find the first tower-mesh error in `err`'s source chain and say how a server
 /// should answer it. `None` when no tower-mesh error is in the chain.
 pub fn error_response(err: &(dyn std::error::Error + 'static)) -> Option<ErrorResponse> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(r) = downcast_mesh(e) {
-            return Some(r);
-        }
-        cur = e.source();
-    }
-    None
-}
-
-/// The answer for `e` itself, if it is a tower-mesh error (its sources are
-/// not looked at).
-#[allow(unused_variables)]
-pub(crate) fn downcast_mesh(e: &(dyn std::error::Error + 'static)) -> Option<ErrorResponse> {
-    #[cfg(feature = "circuit-breaker")]
-    if let Some(e) = e.downcast_ref::<crate::circuit_breaker::CircuitOpen>() {
-        return Some(ErrorResponse::of(e));
-    }
-    #[cfg(feature = "bulkhead")]
-    if let Some(e) = e.downcast_ref::<crate::bulkhead::BulkheadFull>() {
-        return Some(ErrorResponse::of(e));
-    }
-    #[cfg(feature = "rate-limit")]
-    if let Some(e) = e.downcast_ref::<crate::rate_limit::RateLimited>() {
-        return Some(ErrorResponse::of(e));
-    }
-    #[cfg(feature = "timeout")]
-    if let Some(e) = e.downcast_ref::<crate::timeout::Elapsed>() {
-        return Some(ErrorResponse::of(e));
-    }
-    #[cfg(feature = "discovery")]
-    if let Some(e) = e.downcast_ref::<crate::discovery::DiscoveryError>() {
-        return Some(ErrorResponse::of(e));
-    }
-    #[cfg(feature = "jwt")]
-    if let Some(e) = e.downcast_ref::<crate::jwt::JwtError>() {
-        return Some(ErrorResponse::of(e));
-    }
-    #[cfg(feature = "stack")]
-    if let Some(e) = e.downcast_ref::<crate::service_error::ServiceError>() {
-        return Some(ErrorResponse::of(e));
-    }
-    None
+    find_mesh_error(err).map(ErrorResponse::of)
 }
 
 /// What a request ended in when a layer refused it or ran out of time, as
@@ -127,21 +141,11 @@ pub(crate) enum Refusal {
 /// error there that is one.
 #[cfg(feature = "stack")]
 pub(crate) fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.is::<crate::circuit_breaker::CircuitOpen>() || e.is::<crate::bulkhead::BulkheadFull>() {
-            return Some(Refusal::Rejected);
-        }
-        #[cfg(feature = "rate-limit")]
-        if e.is::<crate::rate_limit::RateLimited>() {
-            return Some(Refusal::Rejected);
-        }
-        if e.is::<crate::timeout::Elapsed>() {
-            return Some(Refusal::TimedOut);
-        }
-        cur = e.source();
-    }
-    None
+    mesh_errors(err).find_map(|e| match e.kind() {
+        MeshErrorKind::Rejected => Some(Refusal::Rejected),
+        kind if kind.is_timeout() => Some(Refusal::TimedOut),
+        _ => None,
+    })
 }
 
 /// `res`, the answer to `err`, marked with the error's [`Refusal`] if it is
@@ -271,10 +275,10 @@ where
                 let e: BoxError = e.into();
                 let answer = error_response(&*e).unwrap_or(ErrorResponse::INTERNAL);
                 tracing::debug!(error = %e, status = answer.status.as_u16(), "mapped error to response");
-                #[allow(unused_mut)]
                 let mut res = to_response(answer, *this.grpc);
-                #[cfg(feature = "rate-limit")]
-                crate::rate_limit::headers::annotate(&mut res, &*e);
+                for mesh in mesh_errors(&*e) {
+                    mesh.add_headers(res.headers_mut());
+                }
                 #[cfg(feature = "stack")]
                 let res = mark_refusal(res, &*e);
                 Poll::Ready(Ok(res))
@@ -341,5 +345,56 @@ mod tests {
         let r: Response<String> = to_response(a, true);
         assert_eq!(r.headers()["grpc-status"], "14");
         assert_eq!(r.headers()["grpc-retry-pushback-ms"], "1500");
+    }
+
+    #[test]
+    fn no_mesh_error_in_a_plain_chain() {
+        assert!(find_mesh_error(&Plain).is_none());
+        assert_eq!(mesh_errors(&Plain).count(), 0);
+    }
+
+    /// A wrapper that is no tower-mesh error, around one that may be.
+    #[derive(Debug)]
+    struct Wrapped(BoxError);
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout"))]
+    #[test]
+    fn kinds_are_found_through_the_source_chain() {
+        use crate::bulkhead::BulkheadFull;
+        use crate::circuit_breaker::{CircuitOpen, CircuitState};
+        use crate::timeout::{Elapsed, TimeoutKind};
+        let kind = |e: BoxError| find_mesh_error(&Wrapped(e)).map(MeshError::kind);
+        let open = CircuitOpen { name: "b".into(), state: CircuitState::Open, retry_after: None };
+        assert_eq!(kind(Box::new(open)), Some(MeshErrorKind::Rejected));
+        let full = BulkheadFull::new("b".into(), 1, Duration::ZERO);
+        assert_eq!(kind(Box::new(full)), Some(MeshErrorKind::Rejected));
+        let attempt = Elapsed::new(TimeoutKind::Attempt, Duration::from_secs(1));
+        assert_eq!(kind(Box::new(attempt)), Some(MeshErrorKind::TimedOut));
+        let total = Elapsed::new(TimeoutKind::Total, Duration::from_secs(1));
+        assert_eq!(kind(Box::new(total)), Some(MeshErrorKind::DeadlineExceeded));
+        assert_eq!(kind(Box::new(Plain)), None);
+    }
+
+    /// A publisher's error is answered as its `MeshError` says (it was once
+    /// missing from the errors looked for, and answered `500`).
+    #[cfg(feature = "publish")]
+    #[test]
+    fn publish_errors_are_answered() {
+        use crate::publish::PublishError;
+        let e = PublishError::ConnectionLost { broker: "nats", attempts: 3 };
+        let answer = error_response(&Wrapped(Box::new(e))).expect("a tower-mesh error");
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.grpc, GrpcCode::Unavailable);
+        assert_eq!(find_mesh_error(&PublishError::Closed).map(MeshError::kind), Some(MeshErrorKind::Failed));
     }
 }

@@ -20,6 +20,7 @@ pub mod classify;
 pub mod config;
 pub mod deadline;
 pub mod error;
+mod layer_errors;
 
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;

@@ -131,7 +131,7 @@ mod jwt {
         let key = JwtKey::hmac(hmac_secret(), Algorithm::HS256).unwrap();
         hidden("JwtKey", &key);
         let builder = JwtPropagationLayer::builder().key(key).audience("api").name("edge");
-        hidden("JwtPropagationLayerBuilder", &builder);
+        hidden("JwtPropagationBuilder", &builder);
         let layer = builder.build().unwrap();
         hidden("JwtPropagationLayer", &layer);
         hidden("JwtPropagation", &layer.layer(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(()) })));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::classify::GrpcCode;
-use crate::error::MeshError;
+use crate::error::{MeshError, MeshErrorKind};
 
 /// A call was rejected because the bulkhead had no free permit, immediately
 /// (`max_wait` zero) or after waiting `max_wait` for one.
@@ -58,6 +58,10 @@ impl fmt::Display for BulkheadFull {
 impl std::error::Error for BulkheadFull {}
 
 impl MeshError for BulkheadFull {
+    fn kind(&self) -> MeshErrorKind {
+        MeshErrorKind::Rejected
+    }
+
     fn http_status(&self) -> StatusCode {
         StatusCode::SERVICE_UNAVAILABLE
     }

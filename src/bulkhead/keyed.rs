@@ -145,13 +145,13 @@ impl<K: Hash + Eq> Registry<K> {
 /// assert_eq!(bulkhead.available_permits(&Some("a.example".to_owned())), 10);
 /// # }
 /// ```
-pub struct KeyedBulkheadLayer<F, K> {
+pub struct KeyedBulkheadLayer<K, F> {
     shared: Arc<Shared>,
     registry: Arc<Registry<K>>,
     key_fn: F,
 }
 
-impl<F, K: Hash + Eq> KeyedBulkheadLayer<F, K> {
+impl<K: Hash + Eq, F> KeyedBulkheadLayer<K, F> {
     pub(crate) fn new(shared: Arc<Shared>, key_fn: F) -> Self {
         Self::with_max_keys(shared, key_fn, DEFAULT_MAX_KEYS)
     }
@@ -191,20 +191,20 @@ impl<F, K: Hash + Eq> KeyedBulkheadLayer<F, K> {
     }
 }
 
-impl<F: Clone, K> Clone for KeyedBulkheadLayer<F, K> {
+impl<K, F: Clone> Clone for KeyedBulkheadLayer<K, F> {
     fn clone(&self) -> Self {
         KeyedBulkheadLayer { shared: self.shared.clone(), registry: self.registry.clone(), key_fn: self.key_fn.clone() }
     }
 }
 
-impl<F, K> fmt::Debug for KeyedBulkheadLayer<F, K> {
+impl<K, F> fmt::Debug for KeyedBulkheadLayer<K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBulkheadLayer").field("bulkhead", &self.shared).finish_non_exhaustive()
     }
 }
 
-impl<S, F: Clone, K> Layer<S> for KeyedBulkheadLayer<F, K> {
-    type Service = KeyedBulkhead<S, F, K>;
+impl<S, K, F: Clone> Layer<S> for KeyedBulkheadLayer<K, F> {
+    type Service = KeyedBulkhead<S, K, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
         KeyedBulkhead {
@@ -217,14 +217,14 @@ impl<S, F: Clone, K> Layer<S> for KeyedBulkheadLayer<F, K> {
 }
 
 /// Builder of a [`KeyedBulkheadLayer`], from [`BulkheadBuilder::key`].
-pub struct KeyedBulkheadBuilder<F, K> {
+pub struct KeyedBulkheadBuilder<K, F> {
     base: BulkheadBuilder,
     key_fn: F,
     max_keys: usize,
     _key: PhantomData<fn() -> K>,
 }
 
-impl<F, K> KeyedBulkheadBuilder<F, K> {
+impl<K, F> KeyedBulkheadBuilder<K, F> {
     pub(crate) fn new(base: BulkheadBuilder, key_fn: F) -> Self {
         KeyedBulkheadBuilder { base, key_fn, max_keys: DEFAULT_MAX_KEYS, _key: PhantomData }
     }
@@ -238,15 +238,15 @@ impl<F, K> KeyedBulkheadBuilder<F, K> {
     }
 }
 
-impl<F, K: Hash + Eq> KeyedBulkheadBuilder<F, K> {
+impl<K: Hash + Eq, F> KeyedBulkheadBuilder<K, F> {
     /// Validate and build.
-    pub fn build(self) -> Result<KeyedBulkheadLayer<F, K>, ConfigError> {
+    pub fn build(self) -> Result<KeyedBulkheadLayer<K, F>, ConfigError> {
         check_nonzero("bulkhead.max_keys", self.max_keys == 0)?;
         Ok(KeyedBulkheadLayer::with_max_keys(Arc::new(self.base.shared()?), self.key_fn, self.max_keys))
     }
 }
 
-impl<F, K> fmt::Debug for KeyedBulkheadBuilder<F, K> {
+impl<K, F> fmt::Debug for KeyedBulkheadBuilder<K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBulkheadBuilder")
             .field("base", &self.base)
@@ -256,14 +256,14 @@ impl<F, K> fmt::Debug for KeyedBulkheadBuilder<F, K> {
 }
 
 /// Service made by [`KeyedBulkheadLayer`].
-pub struct KeyedBulkhead<S, F, K> {
+pub struct KeyedBulkhead<S, K, F> {
     inner: S,
     shared: Arc<Shared>,
     registry: Arc<Registry<K>>,
     key_fn: F,
 }
 
-impl<S, F, K: Hash + Eq> KeyedBulkhead<S, F, K> {
+impl<S, K: Hash + Eq, F> KeyedBulkhead<S, K, F> {
     /// Permits free right now in `key`'s partition.
     pub fn available_permits(&self, key: &K) -> usize {
         self.registry.available_permits(key, self.shared.max)
@@ -275,7 +275,7 @@ impl<S, F, K: Hash + Eq> KeyedBulkhead<S, F, K> {
     }
 }
 
-impl<S: Clone, F: Clone, K> Clone for KeyedBulkhead<S, F, K> {
+impl<S: Clone, K, F: Clone> Clone for KeyedBulkhead<S, K, F> {
     fn clone(&self) -> Self {
         KeyedBulkhead {
             inner: self.inner.clone(),
@@ -286,7 +286,7 @@ impl<S: Clone, F: Clone, K> Clone for KeyedBulkhead<S, F, K> {
     }
 }
 
-impl<S: fmt::Debug, F, K> fmt::Debug for KeyedBulkhead<S, F, K> {
+impl<S: fmt::Debug, K, F> fmt::Debug for KeyedBulkhead<S, K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBulkhead")
             .field("inner", &self.inner)
@@ -295,7 +295,7 @@ impl<S: fmt::Debug, F, K> fmt::Debug for KeyedBulkhead<S, F, K> {
     }
 }
 
-impl<S, F, K, Req> Service<Req> for KeyedBulkhead<S, F, K>
+impl<S, K, F, Req> Service<Req> for KeyedBulkhead<S, K, F>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,

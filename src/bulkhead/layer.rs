@@ -80,7 +80,7 @@ impl BulkheadLayer {
     /// calls are rejected immediately when their partition is full. See
     /// [`KeyedBulkheadLayer`]; use [`BulkheadBuilder::key`] to set a name and
     /// a maximum wait.
-    pub fn keyed<Req, K, F>(max: usize, key_fn: F) -> KeyedBulkheadLayer<F, K>
+    pub fn keyed<Req, K, F>(max: usize, key_fn: F) -> KeyedBulkheadLayer<K, F>
     where
         F: Fn(&Req) -> K,
         K: std::hash::Hash + Eq,
@@ -167,7 +167,7 @@ impl BulkheadBuilder {
 
     /// Partition the bulkhead: one pool of `max_concurrent_calls` permits per
     /// key computed by `key_fn` from each request.
-    pub fn key<Req, K, F>(self, key_fn: F) -> KeyedBulkheadBuilder<F, K>
+    pub fn key<Req, K, F>(self, key_fn: F) -> KeyedBulkheadBuilder<K, F>
     where
         F: Fn(&Req) -> K,
     {

@@ -8,7 +8,7 @@ use http::StatusCode;
 
 use super::CircuitState;
 use crate::classify::GrpcCode;
-use crate::error::MeshError;
+use crate::error::{MeshError, MeshErrorKind};
 
 /// A call was rejected because the circuit breaker does not admit calls
 /// (open, forced open, or half-open with all probe slots taken).
@@ -56,6 +56,9 @@ impl fmt::Display for CircuitOpen {
 impl std::error::Error for CircuitOpen {}
 
 impl MeshError for CircuitOpen {
+    fn kind(&self) -> MeshErrorKind {
+        MeshErrorKind::Rejected
+    }
     fn http_status(&self) -> StatusCode {
         StatusCode::SERVICE_UNAVAILABLE
     }

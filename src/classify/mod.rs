@@ -307,9 +307,11 @@ mod tests {
     }
 }
 
-/// A classifier that leaves the stack's own rejections — an open breaker's
-/// `CircuitOpen`, a full bulkhead's `BulkheadFull` — out of the count
-/// ([`Outcome::Ignored`]) and asks `C` about everything else.
+/// A classifier that leaves the stack's own rejections — an error whose
+/// [`MeshError::kind`](crate::error::MeshError::kind) is
+/// [`Rejected`](crate::error::MeshErrorKind::Rejected), such as an open
+/// breaker's `CircuitOpen` or a full bulkhead's `BulkheadFull` — out of the
+/// count ([`Outcome::Ignored`]) and asks `C` about everything else.
 ///
 /// Give it to a retry layer above a breaker (retrying a rejection at once
 /// only adds load; the caller gets it fast). A circuit breaker needs no
@@ -329,24 +331,10 @@ mod tests {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IgnoreRejections<C>(pub C);
 
+/// Whether a tower-mesh error in `e`'s source chain is a
+/// [rejection](crate::error::MeshErrorKind::Rejected).
 pub(crate) fn is_rejection(e: &BoxError) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
-    while let Some(err) = cur {
-        #[cfg(feature = "circuit-breaker")]
-        if err.is::<crate::circuit_breaker::CircuitOpen>() {
-            return true;
-        }
-        #[cfg(feature = "bulkhead")]
-        if err.is::<crate::bulkhead::BulkheadFull>() {
-            return true;
-        }
-        #[cfg(feature = "rate-limit")]
-        if err.is::<crate::rate_limit::RateLimited>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    crate::error::mesh_errors(&**e).any(|m| m.kind() == crate::error::MeshErrorKind::Rejected)
 }
 
 impl<Res, C: Classify<Res, BoxError>> Classify<Res, BoxError> for IgnoreRejections<C> {

@@ -9,10 +9,7 @@ use metrics::Counter;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::context::{
-    with_current, RequestContext, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME, X_CORRELATION_ID,
-};
-use super::headers::Lookup;
+use super::context::{with_current, RequestContext, TRACEPARENT, TRACESTATE, X_CORRELATION_ID};
 use super::id::{CorrelationId, MakeCorrelationId, UuidV7};
 use super::trace::TraceParent;
 
@@ -74,14 +71,8 @@ impl ClientShared {
     /// replace the rest with fresh ones.
     #[cold]
     fn outside_scope(&self, headers: &mut HeaderMap) {
-        let (id_valid, parent_valid) = {
-            // One pass over a small map, see `Lookup`.
-            let found = Lookup::new(headers, [Some(&self.header), Some(&TRACEPARENT_NAME)]);
-            (
-                found.get(0, &self.header).is_some_and(|v| CorrelationId::from_header_value(v).is_ok()),
-                found.get(1, &TRACEPARENT).is_some_and(|v| TraceParent::parse_bytes(v.as_bytes()).is_ok()),
-            )
-        };
+        let id_valid = headers.get(&self.header).is_some_and(|v| CorrelationId::from_header_value(v).is_ok());
+        let parent_valid = headers.get(TRACEPARENT).is_some_and(|v| TraceParent::parse_bytes(v.as_bytes()).is_ok());
         if id_valid {
             self.propagated.increment(1);
         } else {
@@ -101,13 +92,9 @@ impl ClientShared {
     }
 }
 
-/// Remove a `tracestate` the caller set, if there is one: most requests have
-/// none, and finding that out in one pass over a small map (see `Lookup`)
-/// costs less than the hashed lookup of a removal.
+/// Remove a `tracestate` the caller set, if there is one.
 fn remove_tracestate(headers: &mut HeaderMap) {
-    if Lookup::new(headers, [Some(&TRACESTATE_NAME)]).contains(0, &TRACESTATE) {
-        headers.remove(TRACESTATE);
-    }
+    headers.remove(TRACESTATE);
 }
 
 impl fmt::Debug for ClientShared {

@@ -23,11 +23,6 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The W3C `tracestate` header.
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-// The trace headers in statics, for code that keeps references to them (a
-// constant is a new temporary at each use).
-pub(crate) static TRACEPARENT_NAME: HeaderName = TRACEPARENT;
-pub(crate) static TRACESTATE_NAME: HeaderName = TRACESTATE;
-
 /// The ids of the request being handled: its correlation id and, when it is
 /// traced, its W3C trace context.
 ///

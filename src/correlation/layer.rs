@@ -7,10 +7,7 @@ use http::{HeaderMap, HeaderName};
 use metrics::Counter;
 use tower_layer::Layer;
 
-use super::context::{
-    RequestContext, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME, X_CORRELATION_ID, X_REQUEST_ID,
-};
-use super::headers::Lookup;
+use super::context::{RequestContext, TRACEPARENT, TRACESTATE, X_CORRELATION_ID, X_REQUEST_ID};
 use super::id::{ByteSet, CorrelationId, MakeCorrelationId, UuidV7};
 use super::service::CorrelationIdService;
 use super::trace::{TraceParent, TraceState};
@@ -39,23 +36,37 @@ impl Outcome {
     }
 }
 
+/// One counter per [`Outcome`] of one metric.
+#[derive(Clone)]
+struct OutcomeCounters {
+    accepted: Counter,
+    generated: Counter,
+    rejected: Counter,
+}
+
+impl OutcomeCounters {
+    fn new(metric: &'static str, name: &str) -> Self {
+        let counter = |o: Outcome| metrics::counter!(metric, "service" => name.to_string(), "outcome" => o.as_str());
+        OutcomeCounters {
+            accepted: counter(Outcome::Accepted),
+            generated: counter(Outcome::Generated),
+            rejected: counter(Outcome::Rejected),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Counters {
-    ids: [Counter; 3],
-    traces: [Counter; 3],
+    ids: OutcomeCounters,
+    traces: OutcomeCounters,
     tracestate_rejected: Counter,
 }
 
 impl Counters {
     fn new(name: &str) -> Self {
-        let outcomes = [Outcome::Accepted, Outcome::Generated, Outcome::Rejected];
         Counters {
-            ids: outcomes.map(|o| {
-                metrics::counter!("tower_mesh_correlation_ids_total", "service" => name.to_string(), "outcome" => o.as_str())
-            }),
-            traces: outcomes.map(|o| {
-                metrics::counter!("tower_mesh_correlation_traces_total", "service" => name.to_string(), "outcome" => o.as_str())
-            }),
+            ids: OutcomeCounters::new("tower_mesh_correlation_ids_total", name),
+            traces: OutcomeCounters::new("tower_mesh_correlation_traces_total", name),
             tracestate_rejected: metrics::counter!("tower_mesh_correlation_tracestate_rejected_total", "service" => name.to_string()),
         }
     }
@@ -117,8 +128,7 @@ impl Shared {
     /// Read (or make) the request's context from its headers.
     #[inline]
     pub(crate) fn incoming(&self, headers: &HeaderMap) -> Incoming {
-        let found = self.find(headers);
-        let (correlation_id, id_in_place, accept_seen) = self.read_id(&found);
+        let (correlation_id, id_in_place, accept_seen) = self.read_id(headers);
         let mut incoming = Incoming {
             ctx: RequestContext::new(correlation_id),
             id_in_place,
@@ -127,49 +137,31 @@ impl Shared {
             drop_tracestate: false,
         };
         if self.trace_context {
-            self.read_trace(headers, &found, &mut incoming);
+            self.read_trace(headers, &mut incoming);
         }
         incoming
     }
 
-    /// The headers this layer reads, found in one pass over a small map
-    /// (see [`Lookup`]).
-    fn find<'h>(&self, headers: &'h HeaderMap) -> Found<'h> {
-        if self.accept.len() > SCAN_MAX_ACCEPT {
-            return Found::by_lookups(headers);
-        }
-        let mut names = [None; 3 + SCAN_MAX_ACCEPT];
-        names[MAIN] = Some(&self.header);
-        if self.trace_context {
-            names[PARENT] = Some(&TRACEPARENT_NAME);
-            names[STATE] = Some(&TRACESTATE_NAME);
-        }
-        for (slot, h) in names[ACCEPT..].iter_mut().zip(&self.accept) {
-            *slot = Some(h);
-        }
-        Found::new(headers, names)
-    }
-
     /// The id in use, whether it is the main header's value as it stands, and
     /// whether any alternative header was present.
-    fn read_id(&self, found: &Found<'_>) -> (CorrelationId, bool, bool) {
+    fn read_id(&self, headers: &HeaderMap) -> (CorrelationId, bool, bool) {
         let mut rejected = None;
-        if let Some(v) = found.get(MAIN, &self.header) {
+        if let Some(v) = headers.get(&self.header) {
             match CorrelationId::from_header_value_with(v, self.forbidden) {
                 Ok(id) => {
-                    self.counters.ids[0].increment(1);
+                    self.counters.ids.accepted.increment(1);
                     return (id, true, false);
                 }
                 Err(e) => rejected = Some((e, &self.header)),
             }
         }
         let mut accept_seen = false;
-        for (i, h) in self.accept.iter().enumerate() {
-            if let Some(v) = found.get(ACCEPT + i, h) {
+        for h in &self.accept {
+            if let Some(v) = headers.get(h) {
                 accept_seen = true;
                 match CorrelationId::from_header_value_with(v, self.forbidden) {
                     Ok(id) => {
-                        self.counters.ids[0].increment(1);
+                        self.counters.ids.accepted.increment(1);
                         return (id, false, true);
                     }
                     Err(e) => rejected = rejected.or(Some((e, h))),
@@ -179,7 +171,7 @@ impl Shared {
         let id = self.generator.make_correlation_id();
         match rejected {
             Some((reason, header)) => {
-                self.counters.ids[2].increment(1);
+                self.counters.ids.rejected.increment(1);
                 // The refused value itself is never logged.
                 tracing::debug!(
                     service = &*self.name,
@@ -190,20 +182,20 @@ impl Shared {
                     "replaced an invalid incoming correlation id"
                 );
             }
-            None => self.counters.ids[1].increment(1),
+            None => self.counters.ids.generated.increment(1),
         }
         (id, false, accept_seen)
     }
 
-    fn read_trace(&self, headers: &HeaderMap, found: &Found<'_>, incoming: &mut Incoming) {
-        let parsed = found.get(PARENT, &TRACEPARENT).map(|v| TraceParent::parse_bytes(v.as_bytes()));
+    fn read_trace(&self, headers: &HeaderMap, incoming: &mut Incoming) {
+        let parsed = headers.get(TRACEPARENT).map(|v| TraceParent::parse_bytes(v.as_bytes()));
         let ctx = &mut incoming.ctx;
         match parsed {
             Some(Ok(tp)) => {
-                self.counters.traces[0].increment(1);
+                self.counters.traces.accepted.increment(1);
                 // This hop's span: same trace, a new id.
                 ctx.traceparent = Some(tp.child());
-                if found.contains(STATE, &TRACESTATE) {
+                if headers.contains_key(TRACESTATE) {
                     match TraceState::from_header_values(headers.get_all(TRACESTATE)) {
                         Ok(ts) => ctx.tracestate = (!ts.is_empty()).then_some(ts),
                         Err(reason) => {
@@ -215,32 +207,20 @@ impl Shared {
                 }
             }
             Some(Err(reason)) => {
-                self.counters.traces[2].increment(1);
+                self.counters.traces.rejected.increment(1);
                 incoming.drop_trace_headers = true;
                 ctx.traceparent = Some(TraceParent::generate(self.sample_new_traces));
                 tracing::debug!(service = &*self.name, reason = reason.reason(), error = %reason, "replaced an invalid incoming traceparent with a new trace");
             }
             None => {
-                self.counters.traces[1].increment(1);
+                self.counters.traces.generated.increment(1);
                 // No tracestate without a traceparent.
-                incoming.drop_tracestate = found.contains(STATE, &TRACESTATE);
+                incoming.drop_tracestate = headers.contains_key(TRACESTATE);
                 ctx.traceparent = Some(TraceParent::generate(self.sample_new_traces));
             }
         }
     }
 }
-
-/// A scan keeps the values of at most this many alternative id headers; with
-/// more configured, the headers are looked up.
-const SCAN_MAX_ACCEPT: usize = 4;
-
-/// The headers the server layer reads: the main id header, `traceparent`,
-/// `tracestate`, then the alternative id headers.
-type Found<'h> = Lookup<'h, { 3 + SCAN_MAX_ACCEPT }>;
-const MAIN: usize = 0;
-const PARENT: usize = 1;
-const STATE: usize = 2;
-const ACCEPT: usize = 3;
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -106,7 +106,6 @@ mod client;
 mod context;
 mod error;
 mod future;
-mod headers;
 mod id;
 mod layer;
 mod service;

@@ -43,8 +43,8 @@ impl DiscoveryLayer {
     }
 
     /// A builder.
-    pub fn builder(registry: Registry) -> DiscoveryLayerBuilder {
-        DiscoveryLayerBuilder {
+    pub fn builder(registry: Registry) -> DiscoveryBuilder {
+        DiscoveryBuilder {
             registry,
             name: "discovery".into(),
             fixed: None,
@@ -73,7 +73,7 @@ impl<S, C: Clone> Layer<S> for DiscoveryLayer<C> {
 
 /// Builder of a [`DiscoveryLayer`].
 #[derive(Debug)]
-pub struct DiscoveryLayerBuilder<C = ResultClassifier> {
+pub struct DiscoveryBuilder<C = ResultClassifier> {
     registry: Registry,
     name: String,
     fixed: Option<String>,
@@ -83,7 +83,11 @@ pub struct DiscoveryLayerBuilder<C = ResultClassifier> {
     classifier: C,
 }
 
-impl<C> DiscoveryLayerBuilder<C> {
+/// The old name of [`DiscoveryBuilder`].
+#[deprecated(note = "renamed to DiscoveryBuilder")]
+pub type DiscoveryLayerBuilder<C = ResultClassifier> = DiscoveryBuilder<C>;
+
+impl<C> DiscoveryBuilder<C> {
     /// Name of the layer in logs (the `service` metric label is the logical service).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -118,8 +122,8 @@ impl<C> DiscoveryLayerBuilder<C> {
     /// What counts as a failure for outlier detection (e.g.
     /// [`HttpClassifier`](crate::classify::HttpClassifier) for HTTP, so a 503
     /// counts). Default: [`ResultClassifier`] (errors only).
-    pub fn classifier<C2>(self, classifier: C2) -> DiscoveryLayerBuilder<C2> {
-        DiscoveryLayerBuilder {
+    pub fn classifier<C2>(self, classifier: C2) -> DiscoveryBuilder<C2> {
+        DiscoveryBuilder {
             registry: self.registry,
             name: self.name,
             fixed: self.fixed,

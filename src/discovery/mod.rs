@@ -118,7 +118,9 @@ pub use etcd::EtcdSource;
 pub use future::ResponseFuture;
 #[cfg(feature = "discovery-k8s")]
 pub use kubernetes::KubernetesSource;
-pub use layer::{DiscoveryLayer, DiscoveryLayerBuilder};
+#[allow(deprecated)]
+pub use layer::DiscoveryLayerBuilder;
+pub use layer::{DiscoveryBuilder, DiscoveryLayer};
 pub use registry::{parse_endpoints, Registry, Resolution};
 pub use service::Discovery;
 #[cfg(any(

@@ -5,7 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The claims of a validated token, as put in the request's extensions by
 /// [`JwtPropagationLayer`](super::JwtPropagationLayer) (unless another
 /// claims type was chosen with
-/// [`claims`](super::JwtPropagationLayerBuilder::claims)).
+/// [`claims`](super::JwtPropagationBuilder::claims)).
 ///
 /// The registered claims are fields; every other claim is in
 /// [`extra`](Claims::extra).

@@ -54,8 +54,8 @@ impl<C> fmt::Debug for JwtPropagationLayer<C> {
 
 impl JwtPropagationLayer {
     /// Start building a layer.
-    pub fn builder() -> JwtPropagationLayerBuilder<Claims> {
-        JwtPropagationLayerBuilder {
+    pub fn builder() -> JwtPropagationBuilder<Claims> {
+        JwtPropagationBuilder {
             keys: Vec::new(),
             jwks: None,
             rules: Rules::default(),
@@ -81,7 +81,7 @@ impl<S, C> Layer<S> for JwtPropagationLayer<C> {
 /// is needed, and the audience must be said: [`audience`](Self::audience)
 /// (what this service is called in tokens meant for it) or, deliberately,
 /// [`any_audience`](Self::any_audience).
-pub struct JwtPropagationLayerBuilder<C> {
+pub struct JwtPropagationBuilder<C> {
     keys: Vec<JwtKey>,
     jwks: Option<Jwks>,
     rules: Rules,
@@ -91,9 +91,13 @@ pub struct JwtPropagationLayerBuilder<C> {
     _claims: PhantomData<fn() -> C>,
 }
 
-impl<C> fmt::Debug for JwtPropagationLayerBuilder<C> {
+/// The old name of [`JwtPropagationBuilder`].
+#[deprecated(note = "renamed to JwtPropagationBuilder")]
+pub type JwtPropagationLayerBuilder<C> = JwtPropagationBuilder<C>;
+
+impl<C> fmt::Debug for JwtPropagationBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtPropagationLayerBuilder")
+        f.debug_struct("JwtPropagationBuilder")
             .field("keys", &self.keys)
             .field("jwks", &self.jwks)
             .field("rules", &self.rules)
@@ -103,7 +107,7 @@ impl<C> fmt::Debug for JwtPropagationLayerBuilder<C> {
     }
 }
 
-impl<C> JwtPropagationLayerBuilder<C> {
+impl<C> JwtPropagationBuilder<C> {
     /// Add a static key. A token is checked with the key its `kid` names, or,
     /// without a `kid`, the first key of the token's algorithm.
     pub fn key(mut self, key: JwtKey) -> Self {
@@ -190,11 +194,11 @@ impl<C> JwtPropagationLayerBuilder<C> {
 
     /// Deserialize the claims as `T` instead of [`Claims`] (it is what the
     /// handler finds in the request's extensions).
-    pub fn claims<T>(self) -> JwtPropagationLayerBuilder<T>
+    pub fn claims<T>(self) -> JwtPropagationBuilder<T>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        JwtPropagationLayerBuilder {
+        JwtPropagationBuilder {
             keys: self.keys,
             jwks: self.jwks,
             rules: self.rules,

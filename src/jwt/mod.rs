@@ -139,7 +139,9 @@ pub use future::ResponseFuture;
 pub use jsonwebtoken::Algorithm;
 pub use jwks::Jwks;
 pub use key::JwtKey;
-pub use layer::{JwtPropagationLayer, JwtPropagationLayerBuilder};
+#[allow(deprecated)]
+pub use layer::JwtPropagationLayerBuilder;
+pub use layer::{JwtPropagationBuilder, JwtPropagationLayer};
 pub use service::JwtPropagation;
 pub use token::{BearerToken, TokenScope};
 

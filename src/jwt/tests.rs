@@ -274,7 +274,7 @@ async fn rs256_es256_and_eddsa_keys_verify_their_tokens_only() {
 
 #[test]
 fn configuration_errors() {
-    let err = |b: JwtPropagationLayerBuilder<Claims>| b.build().unwrap_err().to_string();
+    let err = |b: JwtPropagationBuilder<Claims>| b.build().unwrap_err().to_string();
     assert_eq!(err(JwtPropagationLayer::builder().any_audience()), "no JWT key and no JWKS URL configured");
     let key = || JwtKey::hmac(SECRET, Algorithm::HS256).unwrap();
     assert!(err(JwtPropagationLayer::builder().key(key())).contains("jwt.audience"));

@@ -160,7 +160,7 @@ impl fmt::Debug for BearerToken {
 }
 
 /// Largest token (or `Authorization` value) a [`BearerToken`] holds at all;
-/// the server layer's own cap ([`max_token_len`](super::JwtPropagationLayerBuilder::max_token_len))
+/// the server layer's own cap ([`max_token_len`](super::JwtPropagationBuilder::max_token_len))
 /// is usually lower.
 pub(crate) const MAX_LEN: usize = 16 * 1024;
 

@@ -14,7 +14,7 @@ type NoKey = fn(&()) -> Option<String>;
 
 enum Kind {
     Local(LocalLimiter),
-    Keyed(Arc<KeyedLimiter<NoKey, String>>),
+    Keyed(Arc<KeyedLimiter<String, NoKey>>),
     #[cfg(feature = "rate-limit-redis")]
     Shared(super::redis::RedisRateLimiter),
 }

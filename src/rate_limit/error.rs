@@ -9,7 +9,7 @@ use http::StatusCode;
 
 use super::rate::Policy;
 use crate::classify::GrpcCode;
-use crate::error::MeshError;
+use crate::error::{MeshError, MeshErrorKind};
 
 /// Why a call was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -109,6 +109,10 @@ impl StdError for RateLimited {
 }
 
 impl MeshError for RateLimited {
+    fn kind(&self) -> MeshErrorKind {
+        MeshErrorKind::Rejected
+    }
+
     fn http_status(&self) -> StatusCode {
         StatusCode::TOO_MANY_REQUESTS
     }
@@ -121,5 +125,11 @@ impl MeshError for RateLimited {
     /// sent in whole seconds, rounded up).
     fn retry_after(&self) -> Option<Duration> {
         Some(self.retry_after.max(Duration::from_millis(1)))
+    }
+
+    /// The `RateLimit-Policy` and `RateLimit` fields
+    /// (see [`headers::insert`](super::headers::insert)).
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        super::headers::insert(headers, self);
     }
 }

@@ -51,14 +51,6 @@ pub fn insert(headers: &mut HeaderMap, e: &RateLimited) {
     }
 }
 
-/// Add the fields to a server's answer to `err` when `err` (or one of its
-/// sources) is a [`RateLimited`]. Called by the server error mapping.
-pub(crate) fn annotate<B>(res: &mut http::Response<B>, err: &(dyn std::error::Error + 'static)) {
-    if let Some(e) = find(err) {
-        insert(res.headers_mut(), e);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

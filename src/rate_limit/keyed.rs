@@ -24,7 +24,7 @@ use crate::config::ConfigError;
 /// Metrics carry only the limiter's name, never the key, so their
 /// cardinality does not grow with the keys. Keys evicted are counted in
 /// `tower_mesh_rate_limit_evicted_keys_total`.
-pub struct KeyedLimiter<F, K> {
+pub struct KeyedLimiter<K, F> {
     name: Arc<str>,
     default: Policy,
     tiers: HashMap<K, Policy>,
@@ -50,7 +50,7 @@ struct Entry {
     used: u64,
 }
 
-impl<F, K: Hash + Eq> KeyedLimiter<F, K> {
+impl<K: Hash + Eq, F> KeyedLimiter<K, F> {
     /// How many keys are tracked now.
     pub fn keys(&self) -> usize {
         self.lock().map.len()
@@ -124,7 +124,7 @@ impl<F, K: Hash + Eq> KeyedLimiter<F, K> {
     }
 }
 
-impl<F, K> fmt::Debug for KeyedLimiter<F, K> {
+impl<K, F> fmt::Debug for KeyedLimiter<K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedLimiter")
             .field("name", &self.name)
@@ -136,7 +136,7 @@ impl<F, K> fmt::Debug for KeyedLimiter<F, K> {
     }
 }
 
-impl<F, K, Req> Limiter<Req> for KeyedLimiter<F, K>
+impl<K, F, Req> Limiter<Req> for KeyedLimiter<K, F>
 where
     F: Fn(&Req) -> Option<K>,
     K: Hash + Eq,
@@ -153,14 +153,14 @@ where
 }
 
 /// Builder of a [`KeyedRateLimitLayer`], from [`RateLimitBuilder::key`].
-pub struct KeyedRateLimitBuilder<F, K> {
+pub struct KeyedRateLimitBuilder<K, F> {
     base: RateLimitBuilder,
     key_fn: F,
     tiers: HashMap<K, Policy>,
     _key: PhantomData<fn() -> K>,
 }
 
-impl<F, K: Hash + Eq> KeyedRateLimitBuilder<F, K> {
+impl<K: Hash + Eq, F> KeyedRateLimitBuilder<K, F> {
     pub(crate) fn new(base: RateLimitBuilder, key_fn: F) -> Self {
         KeyedRateLimitBuilder { base, key_fn, tiers: HashMap::new(), _key: PhantomData }
     }
@@ -172,7 +172,7 @@ impl<F, K: Hash + Eq> KeyedRateLimitBuilder<F, K> {
     }
 
     /// Validate and build.
-    pub fn build(self) -> Result<KeyedRateLimitLayer<F, K>, ConfigError> {
+    pub fn build(self) -> Result<KeyedRateLimitLayer<K, F>, ConfigError> {
         let (name, config): (Arc<str>, RateLimitConfig) = self.base.validated()?;
         let clock = MeshClock::new();
         let default = config.policy();
@@ -192,7 +192,7 @@ impl<F, K: Hash + Eq> KeyedRateLimitBuilder<F, K> {
     }
 }
 
-impl<F, K> fmt::Debug for KeyedRateLimitBuilder<F, K> {
+impl<K, F> fmt::Debug for KeyedRateLimitBuilder<K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimitBuilder").field("base", &self.base).finish_non_exhaustive()
     }

@@ -171,7 +171,7 @@ impl RateLimitBuilder {
     /// One limit per key computed by `key_fn` from each request (an API key
     /// header, a tenant, a peer address; `None` puts the request in one
     /// shared "anonymous" limit), with at most `max_keys` keys tracked.
-    pub fn key<Req, K, F>(self, key_fn: F) -> KeyedRateLimitBuilder<F, K>
+    pub fn key<Req, K, F>(self, key_fn: F) -> KeyedRateLimitBuilder<K, F>
     where
         F: Fn(&Req) -> Option<K>,
         K: Hash + Eq,
@@ -195,4 +195,4 @@ impl RateLimitBuilder {
 
 /// A rate limit layer with one limit per key: [`RateLimitLayer`] with a
 /// [`KeyedLimiter`].
-pub type KeyedRateLimitLayer<F, K> = RateLimitLayer<KeyedLimiter<F, K>>;
+pub type KeyedRateLimitLayer<K, F> = RateLimitLayer<KeyedLimiter<K, F>>;

@@ -238,7 +238,7 @@ async fn server_error_layer_sends_429_with_ratelimit_fields() {
 type Req = (Option<&'static str>, u32);
 type KeyOf = fn(&Req) -> Option<&'static str>;
 
-fn keyed_layer(max_keys: usize, overflow: Overflow) -> KeyedRateLimitLayer<KeyOf, &'static str> {
+fn keyed_layer(max_keys: usize, overflow: Overflow) -> KeyedRateLimitLayer<&'static str, KeyOf> {
     let config = RateLimitConfig { rate: rate("1/s"), burst: Some(2), max_keys, overflow, ..Default::default() };
     RateLimitLayer::builder()
         .config(&config)

@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use super::kind::{grpc_name, ServiceErrorKind};
 use super::parse::{self, Pushback, EXCERPT_LIMIT};
 use crate::classify::GrpcCode;
-use crate::error::{to_response, BoxError, ErrorResponse, MeshError};
+use crate::error::{to_response, BoxError, ErrorResponse, MeshError, MeshErrorKind};
 
 /// One error for any failed call: an HTTP error status, a gRPC status, a
 /// failed connection, or a tower-mesh layer's rejection.
@@ -18,7 +18,7 @@ use crate::error::{to_response, BoxError, ErrorResponse, MeshError};
 /// Built by [`from_http`](Self::from_http), [`from_grpc`](Self::from_grpc),
 /// [`from_grpc_headers`](Self::from_grpc_headers) and
 /// [`from_error`](Self::from_error), or for you by
-/// [`ServiceErrorLayer`](super::ServiceErrorLayer). It keeps:
+/// [`MapServiceErrorLayer`](super::MapServiceErrorLayer). It keeps:
 ///
 /// - its [`kind`](Self::kind), which decides [`is_retryable`](Self::is_retryable)
 ///   and how a server answers it;
@@ -374,13 +374,9 @@ fn recognise(e: &(dyn StdError + 'static)) -> Option<Recognised> {
     if let Some(e) = e.downcast_ref::<ServiceError>() {
         return Some(Recognised::Service(e.clone()));
     }
-    if let Some(answer) = crate::error::downcast_mesh(e) {
-        #[cfg(feature = "timeout")]
-        let refuse_retry =
-            e.downcast_ref::<crate::timeout::Elapsed>().is_some_and(|t| t.kind() == crate::timeout::TimeoutKind::Total);
-        #[cfg(not(feature = "timeout"))]
-        let refuse_retry = false;
-        return Some(Recognised::Mesh { answer, refuse_retry });
+    if let Some(mesh) = crate::layer_errors::as_mesh_error(e) {
+        let refuse_retry = mesh.kind() == MeshErrorKind::DeadlineExceeded;
+        return Some(Recognised::Mesh { answer: ErrorResponse::of(mesh), refuse_retry });
     }
     if e.is::<tokio::time::error::Elapsed>() {
         return Some(Recognised::Kind(ServiceErrorKind::DeadlineExceeded));

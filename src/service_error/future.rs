@@ -1,4 +1,4 @@
-//! The response future of [`ServiceErrorService`](super::ServiceErrorService).
+//! The response future of [`MapServiceError`](super::MapServiceError).
 
 use std::fmt;
 use std::future::Future;
@@ -17,7 +17,7 @@ use super::layer::Shared;
 use crate::error::BoxError;
 
 pin_project! {
-    /// Response future of [`ServiceErrorService`](super::ServiceErrorService):
+    /// Response future of [`MapServiceError`](super::MapServiceError):
     /// waits for the response and, if it is an error, reads the start of its
     /// body into the [`ServiceError`]. Dropping it at any point drops the call
     /// or the body being read.

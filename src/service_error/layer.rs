@@ -18,7 +18,7 @@ use crate::error::BoxError;
 
 const DEFAULT_NAME: &str = "service";
 
-/// Configuration and metric handles of a [`ServiceErrorLayer`], shared by its
+/// Configuration and metric handles of a [`MapServiceErrorLayer`], shared by its
 /// services and their response futures.
 #[derive(Clone)]
 pub(crate) struct Shared {
@@ -65,7 +65,7 @@ impl Shared {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceErrorLayer")
+        f.debug_struct("MapServiceErrorLayer")
             .field("name", &self.name)
             .field("excerpt_limit", &self.excerpt_limit)
             .field("grpc_status", &self.grpc_status)
@@ -98,21 +98,25 @@ impl fmt::Debug for Shared {
 /// failure also emits a `debug` tracing event with the kind and the status,
 /// never the body.
 #[derive(Clone, Debug)]
-pub struct ServiceErrorLayer {
+pub struct MapServiceErrorLayer {
     shared: Arc<Shared>,
 }
 
-impl Default for ServiceErrorLayer {
+/// The old name of [`MapServiceErrorLayer`].
+#[deprecated(note = "renamed to MapServiceErrorLayer")]
+pub type ServiceErrorLayer = MapServiceErrorLayer;
+
+impl Default for MapServiceErrorLayer {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ServiceErrorLayer {
+impl MapServiceErrorLayer {
     /// A layer named `"service"`, treating statuses `>= 400` and non-zero
     /// `grpc-status` headers as errors, keeping 512 bytes of error bodies.
     pub fn new() -> Self {
-        ServiceErrorLayer { shared: Arc::new(Shared::new(DEFAULT_NAME.into())) }
+        MapServiceErrorLayer { shared: Arc::new(Shared::new(DEFAULT_NAME.into())) }
     }
 
     /// The name used as the `service` label of the metrics and in logs.
@@ -138,10 +142,10 @@ impl ServiceErrorLayer {
     /// once per status code here, not per call.
     ///
     /// ```
-    /// use tower_mesh::service_error::ServiceErrorLayer;
+    /// use tower_mesh::service_error::MapServiceErrorLayer;
     ///
     /// // A 404 is an answer, not a failure, for this client.
-    /// let layer = ServiceErrorLayer::new().statuses_where(|s| s.as_u16() >= 400 && s.as_u16() != 404);
+    /// let layer = MapServiceErrorLayer::new().statuses_where(|s| s.as_u16() >= 400 && s.as_u16() != 404);
     /// ```
     pub fn statuses_where(self, is_error: impl Fn(StatusCode) -> bool) -> Self {
         let mut set = StatusSet::empty();
@@ -170,22 +174,26 @@ impl ServiceErrorLayer {
     }
 }
 
-impl<S> Layer<S> for ServiceErrorLayer {
-    type Service = ServiceErrorService<S>;
+impl<S> Layer<S> for MapServiceErrorLayer {
+    type Service = MapServiceError<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServiceErrorService { inner, shared: self.shared.clone() }
+        MapServiceError { inner, shared: self.shared.clone() }
     }
 }
 
-/// The service made by [`ServiceErrorLayer`].
+/// The service made by [`MapServiceErrorLayer`].
 #[derive(Clone, Debug)]
-pub struct ServiceErrorService<S> {
+pub struct MapServiceError<S> {
     inner: S,
     shared: Arc<Shared>,
 }
 
-impl<S> ServiceErrorService<S> {
+/// The old name of [`MapServiceError`].
+#[deprecated(note = "renamed to MapServiceError")]
+pub type ServiceErrorService<S> = MapServiceError<S>;
+
+impl<S> MapServiceError<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -202,7 +210,7 @@ impl<S> ServiceErrorService<S> {
     }
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for ServiceErrorService<S>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for MapServiceError<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,

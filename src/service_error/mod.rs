@@ -9,7 +9,7 @@
 //! [`ServiceError::to_http_response`] / [`ServiceError::to_grpc_response`]
 //! build the answer directly.
 //!
-//! - [`ServiceErrorLayer`] wraps an HTTP client and turns error responses and
+//! - [`MapServiceErrorLayer`] wraps an HTTP client and turns error responses and
 //!   transport errors into `ServiceError`s (inside a [`BoxError`]).
 //! - [`ServiceError::from_http`], [`from_grpc`](ServiceError::from_grpc),
 //!   [`from_grpc_headers`](ServiceError::from_grpc_headers) and
@@ -77,13 +77,13 @@
 //! use http_body_util::Full;
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_mesh::service_error::{ServiceError, ServiceErrorKind, ServiceErrorLayer};
+//! use tower_mesh::service_error::{ServiceError, ServiceErrorKind, MapServiceErrorLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! // A downstream that is overloaded.
 //! let client = ServiceBuilder::new()
-//!     .layer(ServiceErrorLayer::new().name("orders"))
+//!     .layer(MapServiceErrorLayer::new().name("orders"))
 //!     .service_fn(|_req: Request<String>| async {
 //!         let res = Response::builder()
 //!             .status(StatusCode::SERVICE_UNAVAILABLE)
@@ -124,6 +124,8 @@ mod parse;
 pub use error::ServiceError;
 pub use future::ResponseFuture;
 pub use kind::ServiceErrorKind;
+pub use layer::{MapServiceError, MapServiceErrorLayer};
+#[allow(deprecated)]
 pub use layer::{ServiceErrorLayer, ServiceErrorService};
 pub use parse::{EXCERPT_LIMIT, MAX_RETRY_AFTER};
 

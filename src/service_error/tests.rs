@@ -558,13 +558,13 @@ fn response(code: u16, headers: &[(&'static str, &str)], body: Body) -> Response
     res
 }
 
-type Mocked = ServiceErrorService<mock::Mock<Request<()>, Response<Body>>>;
+type Mocked = MapServiceError<mock::Mock<Request<()>, Response<Body>>>;
 
-fn service(layer: ServiceErrorLayer) -> (mock::Spawn<Mocked>, mock::Handle<Request<()>, Response<Body>>) {
+fn service(layer: MapServiceErrorLayer) -> (mock::Spawn<Mocked>, mock::Handle<Request<()>, Response<Body>>) {
     mock::spawn_layer(layer)
 }
 
-async fn call(layer: ServiceErrorLayer, res: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
+async fn call(layer: MapServiceErrorLayer, res: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
     let (mut svc, mut handle) = service(layer);
     assert_ready_ok!(svc.poll_ready());
     let fut = svc.call(Request::new(()));
@@ -584,7 +584,7 @@ fn service_error(e: BoxError) -> ServiceError {
 async fn success_passes_untouched_with_its_body() {
     let (tx, b) = open_body();
     tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"hello ")))).unwrap();
-    let res = call(ServiceErrorLayer::new(), Ok(response(200, &[("x-a", "1")], b))).await.unwrap();
+    let res = call(MapServiceErrorLayer::new(), Ok(response(200, &[("x-a", "1")], b))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["x-a"], "1");
     // The body was not read: what is sent later still arrives, all of it.
@@ -592,16 +592,16 @@ async fn success_passes_untouched_with_its_body() {
     drop(tx);
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hello world");
 
-    let res = call(ServiceErrorLayer::new(), Ok(response(304, &[], body(&[])))).await.unwrap();
+    let res = call(MapServiceErrorLayer::new(), Ok(response(304, &[], body(&[])))).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
-    let res = call(ServiceErrorLayer::new(), Ok(response(200, &[("grpc-status", "0")], body(&[])))).await.unwrap();
+    let res = call(MapServiceErrorLayer::new(), Ok(response(200, &[("grpc-status", "0")], body(&[])))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn error_status_becomes_a_service_error_with_excerpt_and_retry_after() {
     let res = response(503, &[("retry-after", "4")], body(&[b"over", b"loaded\x1b\n"]));
-    let e = service_error(call(ServiceErrorLayer::new(), Ok(res)).await.unwrap_err());
+    let e = service_error(call(MapServiceErrorLayer::new(), Ok(res)).await.unwrap_err());
     assert_eq!(e.kind(), ServiceErrorKind::Unavailable);
     assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
     assert_eq!(e.retry_after(), Some(Duration::from_secs(4)));
@@ -610,13 +610,13 @@ async fn error_status_becomes_a_service_error_with_excerpt_and_retry_after() {
 
     // A trailers-only gRPC error on a 200.
     let res = response(200, &[("grpc-status", "7"), ("grpc-message", "not%20yours")], body(&[]));
-    let e = service_error(call(ServiceErrorLayer::new(), Ok(res)).await.unwrap_err());
+    let e = service_error(call(MapServiceErrorLayer::new(), Ok(res)).await.unwrap_err());
     assert_eq!(e.kind(), ServiceErrorKind::PermissionDenied);
     assert_eq!(e.message(), "not yours");
     assert_eq!(e.status(), None);
     // ...unless turned off.
     let res = response(200, &[("grpc-status", "7")], body(&[]));
-    assert!(call(ServiceErrorLayer::new().grpc_status(false), Ok(res)).await.is_ok());
+    assert!(call(MapServiceErrorLayer::new().grpc_status(false), Ok(res)).await.is_ok());
 }
 
 #[tokio::test]
@@ -626,20 +626,22 @@ async fn reads_no_more_than_the_limit() {
     for _ in 0..3 {
         tx.unbounded_send(Ok(Frame::data(Bytes::from(vec![b'x'; 300])))).unwrap();
     }
-    let e = service_error(call(ServiceErrorLayer::new(), Ok(response(500, &[], b))).await.unwrap_err());
+    let e = service_error(call(MapServiceErrorLayer::new(), Ok(response(500, &[], b))).await.unwrap_err());
     assert_eq!(e.body_excerpt().map(str::len), Some(512));
     // The rest of the body was dropped unread with the response.
     assert!(tx.is_closed());
 
     let e = service_error(
-        call(ServiceErrorLayer::new().excerpt_limit(4), Ok(response(404, &[], body(&[b"abcdef"])))).await.unwrap_err(),
+        call(MapServiceErrorLayer::new().excerpt_limit(4), Ok(response(404, &[], body(&[b"abcdef"]))))
+            .await
+            .unwrap_err(),
     );
     assert_eq!(e.body_excerpt(), Some("abcd"));
 
     // Limit zero: the body is not polled at all, even if it never ends.
     let (_tx, b) = open_body();
     let e =
-        service_error(call(ServiceErrorLayer::new().excerpt_limit(0), Ok(response(404, &[], b))).await.unwrap_err());
+        service_error(call(MapServiceErrorLayer::new().excerpt_limit(0), Ok(response(404, &[], b))).await.unwrap_err());
     assert_eq!((e.kind(), e.body_excerpt()), (ServiceErrorKind::NotFound, None));
 }
 
@@ -648,7 +650,7 @@ async fn a_failing_body_keeps_what_was_read() {
     let (tx, b) = open_body();
     tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"partial")))).unwrap();
     tx.unbounded_send(Err(io::Error::from(io::ErrorKind::ConnectionReset))).unwrap();
-    let e = service_error(call(ServiceErrorLayer::new(), Ok(response(502, &[], b))).await.unwrap_err());
+    let e = service_error(call(MapServiceErrorLayer::new(), Ok(response(502, &[], b))).await.unwrap_err());
     assert_eq!(e.kind(), ServiceErrorKind::Unavailable);
     assert_eq!(e.body_excerpt(), Some("partial"));
 }
@@ -656,11 +658,11 @@ async fn a_failing_body_keeps_what_was_read() {
 #[tokio::test]
 async fn inner_errors_go_through_from_error() {
     let refused: BoxError = Box::new(io::Error::from(io::ErrorKind::ConnectionRefused));
-    let e = service_error(call(ServiceErrorLayer::new(), Err(refused)).await.unwrap_err());
+    let e = service_error(call(MapServiceErrorLayer::new(), Err(refused)).await.unwrap_err());
     assert_eq!(e.kind(), ServiceErrorKind::Transport);
     assert!(std::error::Error::source(&e).unwrap().is::<io::Error>());
 
-    let e = service_error(call(ServiceErrorLayer::new(), Err("boom".into())).await.unwrap_err());
+    let e = service_error(call(MapServiceErrorLayer::new(), Err("boom".into())).await.unwrap_err());
     assert_eq!(e.kind(), ServiceErrorKind::Internal);
 }
 
@@ -679,14 +681,14 @@ async fn poll_ready_errors_are_service_errors() {
             unreachable!("never ready")
         }
     }
-    let mut svc = ServiceErrorLayer::new().layer(Broken);
+    let mut svc = MapServiceErrorLayer::new().layer(Broken);
     let e = service_error(svc.ready().await.unwrap_err());
     assert_eq!(e.kind(), ServiceErrorKind::Transport);
 }
 
 #[tokio::test]
 async fn dropping_the_future_mid_body_drops_the_body() {
-    let (mut svc, mut handle) = service(ServiceErrorLayer::new());
+    let (mut svc, mut handle) = service(MapServiceErrorLayer::new());
     assert_ready_ok!(svc.poll_ready());
     let mut fut = tokio_test::task::spawn(svc.call(Request::new(())));
     assert_pending!(fut.poll());
@@ -703,7 +705,7 @@ async fn dropping_the_future_mid_body_drops_the_body() {
 
 #[tokio::test]
 async fn which_statuses_are_errors_is_configurable() {
-    let layer = || ServiceErrorLayer::new().statuses_where(|s| s.as_u16() >= 400 && s != StatusCode::NOT_FOUND);
+    let layer = || MapServiceErrorLayer::new().statuses_where(|s| s.as_u16() >= 400 && s != StatusCode::NOT_FOUND);
     assert!(call(layer(), Ok(response(404, &[], body(&[])))).await.is_ok());
     assert!(call(layer(), Ok(response(410, &[], body(&[])))).await.is_err());
 
@@ -711,10 +713,10 @@ async fn which_statuses_are_errors_is_configurable() {
     let mut set = StatusSet::empty();
     set.insert(StatusCode::FOUND);
     let e = service_error(
-        call(ServiceErrorLayer::new().statuses(set), Ok(response(302, &[], body(&[])))).await.unwrap_err(),
+        call(MapServiceErrorLayer::new().statuses(set), Ok(response(302, &[], body(&[])))).await.unwrap_err(),
     );
     assert_eq!((e.kind(), e.status()), (ServiceErrorKind::Internal, Some(StatusCode::FOUND)));
-    assert!(call(ServiceErrorLayer::new().statuses(set), Ok(response(500, &[], body(&[])))).await.is_ok());
+    assert!(call(MapServiceErrorLayer::new().statuses(set), Ok(response(500, &[], body(&[])))).await.is_ok());
 }
 
 #[tokio::test]
@@ -722,7 +724,7 @@ async fn errors_are_counted_by_kind() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let layer = metrics::with_local_recorder(&recorder, || ServiceErrorLayer::new().name("orders"));
+    let layer = metrics::with_local_recorder(&recorder, || MapServiceErrorLayer::new().name("orders"));
     let _ = call(layer.clone(), Ok(response(503, &[], body(&[])))).await;
     let _ = call(layer.clone(), Ok(response(502, &[], body(&[])))).await;
     let _ = call(layer.clone(), Ok(response(404, &[], body(&[])))).await;
@@ -752,11 +754,11 @@ async fn errors_are_counted_by_kind() {
 fn futures_and_services_are_send_and_sync() {
     fn send<T: Send>(_: &T) {}
     fn sync<T: Sync>(_: &T) {}
-    let mut svc = ServiceErrorLayer::new().layer(mock::pair::<Request<()>, Response<Body>>().0);
+    let mut svc = MapServiceErrorLayer::new().layer(mock::pair::<Request<()>, Response<Body>>().0);
     sync(&svc);
     send(&svc.call(Request::new(())));
     sync(&ServiceError::new(ServiceErrorKind::Internal, ""));
-    assert!(format!("{:?}", ServiceErrorLayer::new().name("x")).contains("\"x\""));
+    assert!(format!("{:?}", MapServiceErrorLayer::new().name("x")).contains("\"x\""));
 }
 
 // ---------------------------------------------------------------- properties

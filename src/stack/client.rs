@@ -280,32 +280,9 @@ impl ClientConfig {
             self.correlation.then(|| crate::correlation::CorrelationIdClientLayer::new().name(&self.name));
         #[cfg(not(feature = "correlation-id"))]
         let correlation = None;
-        #[cfg(feature = "jwt")]
-        let jwt = if self.forward_token_to.is_empty() {
-            None
-        } else {
-            let allow = crate::jwt::Allowlist::new(self.forward_token_to.iter().map(String::as_str))
-                .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
-            Some(crate::jwt::JwtClientLayer::new(allow).name(&self.name))
-        };
-        #[cfg(not(feature = "jwt"))]
-        let jwt = None;
+        let jwt = self.jwt_layer()?;
         #[cfg(feature = "discovery")]
-        let (discovery, registry) = if self.endpoints.is_empty() {
-            (None, None)
-        } else {
-            let registry = crate::discovery::Registry::new();
-            registry
-                .set_static(&self.name, &self.endpoints)
-                .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
-            let layer = crate::discovery::DiscoveryLayer::builder(registry.clone())
-                .name(&self.name)
-                .service(&self.name)
-                .classifier(classifier.clone())
-                .build()
-                .map_err(invalid)?;
-            (Some(layer), Some(registry))
-        };
+        let (discovery, registry) = self.discovery_layer(&classifier)?;
         #[cfg(not(feature = "discovery"))]
         let discovery = None;
         Ok(ClientStack {
@@ -329,5 +306,40 @@ impl ClientConfig {
             #[cfg(feature = "discovery")]
             registry,
         })
+    }
+
+    /// The token-forwarding layer, when `forward_token_to` names any host.
+    fn jwt_layer(&self) -> Result<Option<JwtL>, StackError> {
+        #[cfg(feature = "jwt")]
+        if !self.forward_token_to.is_empty() {
+            let allow = crate::jwt::Allowlist::new(self.forward_token_to.iter().map(String::as_str))
+                .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
+            return Ok(Some(crate::jwt::JwtClientLayer::new(allow).name(&self.name)));
+        }
+        Ok(None)
+    }
+
+    /// The discovery layer and the registry it reads, when `endpoints` lists
+    /// any.
+    #[cfg(feature = "discovery")]
+    #[allow(clippy::type_complexity)]
+    fn discovery_layer<C: Clone>(
+        &self,
+        classifier: &C,
+    ) -> Result<(Option<DiscoveryL<C>>, Option<crate::discovery::Registry>), StackError> {
+        if self.endpoints.is_empty() {
+            return Ok((None, None));
+        }
+        let registry = crate::discovery::Registry::new();
+        registry
+            .set_static(&self.name, &self.endpoints)
+            .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
+        let layer = crate::discovery::DiscoveryLayer::builder(registry.clone())
+            .name(&self.name)
+            .service(&self.name)
+            .classifier(classifier.clone())
+            .build()
+            .map_err(|source| StackError::Invalid { service: self.name.clone(), source })?;
+        Ok((Some(layer), Some(registry)))
     }
 }

@@ -122,6 +122,7 @@
 mod client;
 mod config;
 mod error;
+mod load;
 mod observe;
 mod optional;
 mod server;
@@ -129,8 +130,9 @@ mod server;
 mod tests;
 
 pub use client::{ClientService, ClientStack, Passthrough};
-pub use config::{ClientConfig, MeshConfig, Preset, ServerConfig, CONFIG_FILE_ENV, ENV_PREFIX};
+pub use config::{ClientConfig, MeshConfig, Preset, ServerConfig};
 pub use error::StackError;
+pub use load::{CONFIG_FILE_ENV, ENV_PREFIX};
 pub use observe::{Observe, ObserveFuture, ObserveLayer, Side};
 pub use optional::{Opt, Optional, OptionalFuture};
 pub use server::{ServerService, ServerStack};

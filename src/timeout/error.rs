@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::classify::GrpcCode;
-use crate::error::MeshError;
+use crate::error::{MeshError, MeshErrorKind};
 
 /// Which timeout expired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,6 +75,15 @@ impl fmt::Display for Elapsed {
 impl std::error::Error for Elapsed {}
 
 impl MeshError for Elapsed {
+    /// [`TimedOut`](MeshErrorKind::TimedOut) for a per-attempt timeout,
+    /// [`DeadlineExceeded`](MeshErrorKind::DeadlineExceeded) for the total one.
+    fn kind(&self) -> MeshErrorKind {
+        match self.kind {
+            TimeoutKind::Attempt => MeshErrorKind::TimedOut,
+            TimeoutKind::Total => MeshErrorKind::DeadlineExceeded,
+        }
+    }
+
     fn http_status(&self) -> StatusCode {
         StatusCode::GATEWAY_TIMEOUT
     }
