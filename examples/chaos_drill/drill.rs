@@ -85,7 +85,7 @@ impl Upstream {
     /// The upstream, in the first of `phases`.
     pub fn new(phases: &[Phase]) -> Self {
         let handler: Handler = tower::service_fn(boxed_handler as fn(_) -> _);
-        let services = phases.iter().map(|p| tower::Layer::layer(&p.chaos, handler.clone())).collect();
+        let services = phases.iter().map(|p| tower::Layer::layer(&p.chaos, handler)).collect();
         Upstream { phase: Arc::default(), services: Arc::new(services) }
     }
 

@@ -75,7 +75,7 @@ mod tests;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::error::BoxError;
+use crate::error::{BoxError, MeshErrorKind};
 
 pub use crate::request_key::{http_key, HttpKey};
 pub use config::{FallbackConfig, HttpKeyFn, HttpStaleLayer};
@@ -102,20 +102,11 @@ impl FallbackReason {
     /// The reason of an error: a tower-mesh rejection or timeout, else a
     /// failure.
     pub fn of_error(error: &BoxError) -> Self {
-        if crate::classify::is_rejection(error) {
-            return FallbackReason::Rejected;
+        match crate::error::find_mesh_error(&**error).map(|e| e.kind()) {
+            Some(MeshErrorKind::Rejected) => FallbackReason::Rejected,
+            Some(kind) if kind.is_timeout() => FallbackReason::TimedOut,
+            _ => FallbackReason::Failed,
         }
-        #[cfg(feature = "timeout")]
-        {
-            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
-            while let Some(e) = cur {
-                if e.is::<crate::timeout::Elapsed>() {
-                    return FallbackReason::TimedOut;
-                }
-                cur = e.source();
-            }
-        }
-        FallbackReason::Failed
     }
 
     /// A short, stable label (`rejected`, `timeout`, `failure`), used in
