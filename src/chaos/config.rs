@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::ChaosConfigError;
 use super::fault::{AllowedCallers, Delay, RequestMatch};
@@ -22,7 +22,7 @@ use super::layer::{ChaosLayer, ChaosLayerBuilder};
 /// only = { methods = ["GET"], path_prefix = "/api", headers = { x-canary = "1" } }
 /// header_faults = { allowed_ips = ["127.0.0.1"], max_delay = "5s" }
 /// ```
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChaosConfig {
     /// Whether the layer injects anything (default `false`).
@@ -49,7 +49,7 @@ pub struct ChaosConfig {
 }
 
 /// `delay = { fixed = "300ms" | min = "..", max = ".." | mean = "..", probability = p }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelayConfig {
     /// A fixed delay.
@@ -69,7 +69,7 @@ pub struct DelayConfig {
 }
 
 /// `abort = { with = "503", probability = p }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AbortConfig {
     /// What the failure is: an HTTP status (`"503"`), a gRPC code
@@ -81,7 +81,7 @@ pub struct AbortConfig {
 }
 
 /// `only = { methods = [..], path_prefix = "..", headers = { name = "value" } }`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Methods the faults apply to (any when empty).
@@ -96,7 +96,7 @@ pub struct MatchConfig {
 }
 
 /// `header_faults = { allowed_ips = [..], max_delay = ".." }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderFaultsConfig {
     /// The peer addresses allowed to send fault headers (at least one).

@@ -326,3 +326,21 @@ proptest! {
         prop_assert!(Delay::Exponential(mean).sample(u) <= mean * 10);
     }
 }
+
+#[cfg(feature = "stack")]
+#[test]
+fn the_server_config_carries_chaos_and_production_refuses_header_faults() {
+    use crate::stack::{MeshConfig, Preset};
+    let toml = |preset: &str| {
+        format!(
+            "preset = \"{preset}\"\n[server.chaos]\nenabled = true\nabort = {{ with = \"503\", probability = 0.1 }}\nheader_faults = {{ allowed_ips = [\"127.0.0.1\"] }}\n"
+        )
+    };
+    let cfg = MeshConfig::from_toml_str(&toml("testing")).unwrap();
+    assert!(cfg.server.chaos_layer(Preset::Testing).unwrap().is_some());
+    let err = MeshConfig::from_toml_str(&toml("production")).unwrap_err();
+    let source = std::error::Error::source(&err).unwrap();
+    assert!(matches!(source.downcast_ref::<ChaosConfigError>(), Some(ChaosConfigError::HeaderFaults(_))), "{source}");
+    let off = MeshConfig::from_toml_str("preset = \"production\"").unwrap();
+    assert_eq!(off.server.chaos_layer(Preset::Production).unwrap().map(|_| ()), None, "off by default");
+}

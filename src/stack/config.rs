@@ -192,6 +192,14 @@ pub struct ServerConfig {
     /// [`RateLimitConfig`](crate::rate_limit::RateLimitConfig)'s defaults.
     #[cfg(feature = "rate-limit")]
     pub rate_limit: Option<crate::rate_limit::RateLimitConfig>,
+    /// Fault injection (feature `chaos`), off unless `enabled = true`; the
+    /// `production` preset refuses header-driven faults at load. Not part
+    /// of [`ServerStack`](super::ServerStack) (it would ask every handler
+    /// for a `Clone` service and a `Default` body): add
+    /// [`chaos_layer`](Self::chaos_layer) under the stack with
+    /// `ServiceBuilder::option_layer`.
+    #[cfg(feature = "chaos")]
+    pub chaos: Option<crate::chaos::ChaosConfig>,
     /// Read or make the request's correlation id and trace context, echo it,
     /// make it current for the handler (needs the `correlation-id` feature;
     /// on by default when it is enabled).
@@ -381,9 +389,22 @@ impl ServerConfig {
             max_concurrent_requests: Some(if preset == Preset::Testing { 256 } else { 1024 }),
             #[cfg(feature = "rate-limit")]
             rate_limit: None,
+            #[cfg(feature = "chaos")]
+            chaos: None,
             correlation: cfg!(feature = "correlation-id"),
             metrics: true,
             log_calls: preset == Preset::Development,
+        }
+    }
+
+    /// The configured [`ChaosLayer`](crate::chaos::ChaosLayer) (feature
+    /// `chaos`), `None` when not enabled; header-driven faults are refused
+    /// under the `production` preset.
+    #[cfg(feature = "chaos")]
+    pub fn chaos_layer(&self, preset: Preset) -> Result<Option<crate::chaos::ChaosLayer>, crate::chaos::ChaosConfigError> {
+        match &self.chaos {
+            Some(chaos) => chaos.layer(&self.name, preset == Preset::Production),
+            None => Ok(None),
         }
     }
 

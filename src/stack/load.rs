@@ -109,6 +109,10 @@ impl MeshConfig {
             return Err(StackError::UnknownKey(key.clone()));
         }
         server.validate().map_err(|source| StackError::Invalid { service: "server".into(), source })?;
+        #[cfg(feature = "chaos")]
+        server
+            .chaos_layer(preset)
+            .map_err(|e| StackError::Section { service: "server".into(), source: Box::new(e) })?;
         Ok(MeshConfig { preset, clients, server })
     }
 
