@@ -25,6 +25,8 @@ pub mod error;
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(feature = "hedge")]
+pub mod hedge;
 #[cfg(any(feature = "discovery", feature = "jwt", feature = "stack", feature = "rate-limit"))]
 mod redact;
 #[cfg(feature = "retry")]

@@ -46,6 +46,15 @@ pub trait RetryRequests<Req, Res> {
         let _ = (copy, failure);
         true
     }
+
+    /// Whether a copy of `req` may be sent while the first is still in
+    /// flight (a [hedge](crate::hedge)): both may be processed. Default: yes
+    /// (the request is already replayable); [`GrpcRequests`] says yes only
+    /// for methods marked idempotent.
+    fn may_hedge(&self, req: &Req) -> bool {
+        let _ = req;
+        true
+    }
 }
 
 /// What is known of a failed attempt when the retry layer asks
@@ -405,6 +414,10 @@ impl<B: ReplayBody, ResB> RetryRequests<Request<B>, Response<ResB>> for GrpcRequ
 
     fn pushback(&self, res: &Response<ResB>) -> Pushback {
         pushback_from_headers(res.headers())
+    }
+
+    fn may_hedge(&self, req: &Request<B>) -> bool {
+        self.is_idempotent(req.uri().path())
     }
 
     fn may_retry(&self, copy: &Request<B>, failure: &AttemptFailure<'_>) -> bool {
