@@ -143,63 +143,83 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let shared = &**this.shared;
-        if this.copy.is_some() || this.hedging.as_ref().is_some_and(|h| h.pending.is_some()) {
-            send_due_hedges(shared, this.timer.as_mut(), this.copy, this.hedging, *this.delay, cx);
-        }
-        if let Some(fut) = this.primary.as_mut().as_pin_mut() {
-            if let Poll::Ready(result) = fut.poll(cx) {
-                this.primary.set(None);
-                match shared.judge(result, *this.start) {
-                    Judged::Won(result) => {
-                        // The losers are cancelled now, not when the caller
-                        // drops this future.
-                        *this.hedging = None;
-                        this.timer.set(None);
-                        return Poll::Ready(result);
+        loop {
+            // The answers first: a call that answers at its first poll never
+            // registers its hedge timer.
+            if let Some(fut) = this.primary.as_mut().as_pin_mut() {
+                if let Poll::Ready(result) = fut.poll(cx) {
+                    this.primary.set(None);
+                    match shared.judge(result, *this.start) {
+                        Judged::Won(result) => {
+                            // The losers are cancelled now, not when the
+                            // caller drops this future.
+                            *this.hedging = None;
+                            this.timer.set(None);
+                            return Poll::Ready(result);
+                        }
+                        Judged::Failed(result) => *this.failed = Some(result),
                     }
-                    Judged::Failed(result) => *this.failed = Some(result),
                 }
             }
-        }
-        if let Some(h) = this.hedging.as_deref_mut() {
-            let mut i = 0;
-            while i < h.flights.len() {
-                let flight = &mut h.flights[i];
-                let Poll::Ready(result) = flight.fut.as_mut().poll(cx) else {
-                    i += 1;
-                    continue;
-                };
-                let start = this.start.map(|_| flight.start);
-                h.flights.swap_remove(i);
-                match shared.judge(result, start) {
-                    Judged::Won(result) => {
-                        shared.settings.shared.won.increment(1);
-                        tracing::debug!(service = %shared.settings.shared.name, "a hedge answered first");
-                        *this.hedging = None;
-                        this.timer.set(None);
-                        return Poll::Ready(result);
-                    }
-                    Judged::Failed(result) => *this.failed = Some(result),
-                }
+            if let Some(result) = poll_flights(shared, this.hedging, this.failed, this.start.is_some(), cx) {
+                this.timer.set(None);
+                return Poll::Ready(result);
             }
-        }
-        let in_flight = this.primary.is_some() || this.hedging.as_ref().is_some_and(|h| !h.flights.is_empty());
-        match this.failed.take() {
-            // Every copy failed: the last failure is the answer.
-            Some(result) if !in_flight => {
+            let in_flight = this.primary.is_some() || this.hedging.as_ref().is_some_and(|h| !h.flights.is_empty());
+            if !in_flight {
+                // Every copy failed: the last failure is the answer.
                 *this.hedging = None;
-                Poll::Ready(result)
+                let result = this.failed.take().expect("an answer when nothing is in flight");
+                return Poll::Ready(result);
             }
-            failed => {
-                *this.failed = failed;
-                Poll::Pending
+            let due = this.copy.is_some() || this.hedging.as_ref().is_some_and(|h| h.pending.is_some());
+            // A hedge just sent is polled at the next turn of the loop.
+            if !due || !send_due_hedges(shared, this.timer.as_mut(), this.copy, this.hedging, *this.delay, cx) {
+                return Poll::Pending;
             }
         }
     }
 }
 
-/// Send the hedges that are due: wait out the timer, take the budget, wait
-/// for the service to be ready, send; then arm the timer for the next one.
+/// Poll the hedges in flight; the winner's answer, if one won (the others are
+/// then dropped). Failed answers go to `failed`.
+fn poll_flights<S, C, P, Req>(
+    shared: &HedgeShared<S, C, P>,
+    hedging: &mut Option<Box<Hedging<S, S::Future>>>,
+    failed: &mut Option<Result<S::Response, S::Error>>,
+    record: bool,
+    cx: &mut Context<'_>,
+) -> Option<Result<S::Response, S::Error>>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error>,
+{
+    let h = hedging.as_deref_mut()?;
+    let mut i = 0;
+    while i < h.flights.len() {
+        let flight = &mut h.flights[i];
+        let Poll::Ready(result) = flight.fut.as_mut().poll(cx) else {
+            i += 1;
+            continue;
+        };
+        let start = record.then_some(flight.start);
+        h.flights.swap_remove(i);
+        match shared.judge(result, start) {
+            Judged::Won(result) => {
+                shared.settings.shared.won.increment(1);
+                tracing::debug!(service = %shared.settings.shared.name, "a hedge answered first");
+                *hedging = None;
+                return Some(result);
+            }
+            Judged::Failed(result) => *failed = Some(result),
+        }
+    }
+    None
+}
+
+/// Send the hedge that is due, if one is: wait out the timer, take the
+/// budget, wait for the service to be ready, send; then arm the timer for the
+/// next one. Returns whether a hedge was sent.
 fn send_due_hedges<S, Req, C, P>(
     shared: &HedgeShared<S, C, P>,
     mut timer: Pin<&mut Option<Sleep>>,
@@ -207,54 +227,53 @@ fn send_due_hedges<S, Req, C, P>(
     hedging: &mut Option<Box<Hedging<S, S::Future>>>,
     delay: Duration,
     cx: &mut Context<'_>,
-) where
+) -> bool
+where
     S: Service<Req> + Clone,
     C: Classify<S::Response, S::Error>,
     P: RetryRequests<Req, S::Response>,
 {
     let s = &shared.settings;
-    loop {
-        if hedging.as_ref().is_none_or(|h| h.pending.is_none()) {
-            let Some(sleep) = timer.as_mut().as_pin_mut() else { return };
-            if sleep.poll(cx).is_pending() {
-                return;
-            }
-            timer.set(None);
-            let Some(pending) = shared.start_hedge(delay) else {
-                *copy = None;
-                return;
-            };
-            // The first allocation of a call: a hedge is due.
-            hedging.get_or_insert_with(|| Box::new(Hedging { pending: None, flights: Vec::new(), sent: 0 })).pending =
-                Some(pending);
+    if hedging.as_ref().is_none_or(|h| h.pending.is_none()) {
+        let Some(sleep) = timer.as_mut().as_pin_mut() else { return false };
+        if sleep.poll(cx).is_pending() {
+            return false;
         }
-        let h = hedging.as_deref_mut().expect("hedging started");
-        let (service, _) = h.pending.as_mut().expect("a pending hedge");
-        match service.poll_ready(cx) {
-            Poll::Pending => return,
-            Poll::Ready(Err(_)) => {
-                tracing::debug!(service = %s.shared.name, "no hedge: the service failed to become ready");
-                h.pending = None;
-                *copy = None;
-                return;
-            }
-            Poll::Ready(Ok(())) => {}
+        timer.set(None);
+        let Some(pending) = shared.start_hedge(delay) else {
+            *copy = None;
+            return false;
+        };
+        // The first allocation of a call: a hedge is due.
+        hedging.get_or_insert_with(|| Box::new(Hedging { pending: None, flights: Vec::new(), sent: 0 })).pending =
+            Some(pending);
+    }
+    let h = hedging.as_deref_mut().expect("hedging started");
+    let (service, _) = h.pending.as_mut().expect("a pending hedge");
+    match service.poll_ready(cx) {
+        Poll::Pending => return false,
+        Poll::Ready(Err(_)) => {
+            tracing::debug!(service = %s.shared.name, "no hedge: the service failed to become ready");
+            h.pending = None;
+            *copy = None;
+            return false;
         }
-        let (mut service, token) = h.pending.take().expect("a pending hedge");
-        let Some(req) = copy.take() else { return };
-        h.sent += 1;
-        if h.sent < s.shared.max_hedges {
-            *copy = s.requests.clone_request(&req);
-        }
-        if let Some(token) = token {
-            token.spend();
-        }
-        s.shared.sent.increment(1);
-        tracing::debug!(service = %s.shared.name, hedge = h.sent, delay_us = delay.as_micros() as u64, "sending a hedge");
-        h.flights.push(Flight { fut: Box::pin(service.call(req)), start: Instant::now() });
-        if copy.is_none() {
-            return;
-        }
+        Poll::Ready(Ok(())) => {}
+    }
+    let (mut service, token) = h.pending.take().expect("a pending hedge");
+    let Some(req) = copy.take() else { return false };
+    h.sent += 1;
+    if h.sent < s.shared.max_hedges {
+        *copy = s.requests.clone_request(&req);
+    }
+    if let Some(token) = token {
+        token.spend();
+    }
+    s.shared.sent.increment(1);
+    tracing::debug!(service = %s.shared.name, hedge = h.sent, delay_us = delay.as_micros() as u64, "sending a hedge");
+    h.flights.push(Flight { fut: Box::pin(service.call(req)), start: Instant::now() });
+    if copy.is_some() {
         timer.set(Some(tokio::time::sleep(delay)));
     }
+    true
 }
