@@ -61,11 +61,12 @@ impl<S: Service<Req>, Req, C, P> ResponseFuture<S, Req, C, P> {
         hedge: Option<(Req, Duration)>,
         shared: Arc<HedgeShared<S, C, P>>,
     ) -> Self {
-        let (copy, delay, timer) = match hedge {
-            Some((copy, delay)) => (Some(copy), delay, Some(tokio::time::sleep(delay))),
-            None => (None, Duration::ZERO, None),
+        let (copy, delay) = match hedge {
+            Some((copy, delay)) => (Some(copy), delay),
+            None => (None, Duration::ZERO),
         };
-        ResponseFuture { primary: Some(fut), start, timer, copy, delay, hedging: None, failed: None, shared }
+        // The timer is armed at the first poll that finds no answer.
+        ResponseFuture { primary: Some(fut), start, timer: None, copy, delay, hedging: None, failed: None, shared }
     }
 }
 
@@ -235,6 +236,12 @@ where
 {
     let s = &shared.settings;
     if hedging.as_ref().is_none_or(|h| h.pending.is_none()) {
+        if timer.is_none() {
+            if copy.is_none() {
+                return false;
+            }
+            timer.set(Some(tokio::time::sleep(delay)));
+        }
         let Some(sleep) = timer.as_mut().as_pin_mut() else { return false };
         if sleep.poll(cx).is_pending() {
             return false;
