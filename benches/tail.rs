@@ -5,7 +5,8 @@
 //! requests and the extra requests the upstream saw, without hedging, with
 //! tower-mesh's `HedgeLayer` and with tower's `hedge`, in one run (both at
 //! p95 of the previous second's latencies, at least 100 answers; HedgeLayer
-//! with its default 5 % budget).
+//! with its default 5 % budget; tower's `Hedge`, which is not `Clone`, behind
+//! a `Buffer`).
 //!
 //! Then the happy-path cost of a call that is not hedged (a no-op service
 //! answering at once, driven by hand): ns per call and heap allocations per
@@ -158,6 +159,8 @@ async fn tail() {
 
         let theirs =
             tower::hedge::Hedge::new::<Req>(client.clone(), TowerPolicy(HttpRequests::new()), 100, 95.0, window);
+        // tower's Hedge is not Clone: shared through a Buffer.
+        let theirs = tower::buffer::Buffer::new(theirs, 1024);
         warm_up(&theirs, addr, &served, fanout).await;
         print(fanout, "tower hedge", &run(&theirs, addr, &served, fanout, users).await);
     }
