@@ -232,3 +232,30 @@ fn bad_settings_are_errors() {
     let bad = HedgeDelay::Percentile { percentile: 95.0, min_samples: 1, window: Duration::ZERO };
     assert!(HedgeLayer::builder().delay(bad).build().is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_hedges_sent_won_and_refused_by_the_budget() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A budget of exactly one hedge.
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5);
+    let layer = metrics::with_local_recorder(&recorder, || fixed(10).name("orders").budget(budget).build().unwrap());
+    // Two slow calls; the hedge of the second (the third request) answers at once.
+    let (svc, seen) = backend::<u32>(|n| (if n == 2 { MS } else { MS * 100 }, true));
+    let svc = layer.layer(svc);
+    svc.clone().oneshot(0).await.unwrap(); // deposits 0.5: no hedge
+    svc.clone().oneshot(0).await.unwrap(); // 1.0: hedged, and the hedge wins
+    assert_eq!(seen.started(), 3);
+    let counts: std::collections::HashMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(k, _, _, v)| match v {
+            metrics_util::debugging::DebugValue::Counter(c) => Some((k.key().name().to_string(), c)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts["tower_mesh_hedge_sent_total"], 1);
+    assert_eq!(counts["tower_mesh_hedge_won_total"], 1);
+    assert_eq!(counts["tower_mesh_hedge_budget_exhausted_total"], 1);
+}
