@@ -26,6 +26,8 @@ mod layer_errors;
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(feature = "hedge")]
+pub mod hedge;
 #[cfg(any(feature = "discovery", feature = "jwt", feature = "stack", feature = "rate-limit"))]
 mod redact;
 #[cfg(feature = "retry")]

@@ -108,6 +108,10 @@ impl<B: ReplayBody, ResB> RetryRequests<Request<B>, Response<ResB>> for GrpcRequ
         pushback_from_headers(res.headers())
     }
 
+    fn may_hedge(&self, req: &Request<B>) -> bool {
+        self.is_idempotent(req.uri().path())
+    }
+
     fn may_retry(&self, copy: &Request<B>, failure: &AttemptFailure<'_>) -> bool {
         if self.is_idempotent(copy.uri().path()) {
             return true;

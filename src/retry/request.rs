@@ -47,6 +47,15 @@ pub trait RetryRequests<Req, Res> {
         let _ = (copy, failure);
         true
     }
+
+    /// Whether a copy of `req` may be sent while the first is still in
+    /// flight (a [hedge](crate::hedge)): both may be processed. Default: yes
+    /// (the request is already replayable); [`GrpcRequests`] says yes only
+    /// for methods marked idempotent.
+    fn may_hedge(&self, req: &Req) -> bool {
+        let _ = req;
+        true
+    }
 }
 
 /// What is known of a failed attempt when the retry layer asks
