@@ -401,7 +401,10 @@ impl ServerConfig {
     /// `chaos`), `None` when not enabled; header-driven faults are refused
     /// under the `production` preset.
     #[cfg(feature = "chaos")]
-    pub fn chaos_layer(&self, preset: Preset) -> Result<Option<crate::chaos::ChaosLayer>, crate::chaos::ChaosConfigError> {
+    pub fn chaos_layer(
+        &self,
+        preset: Preset,
+    ) -> Result<Option<crate::chaos::ChaosLayer>, crate::chaos::ChaosConfigError> {
         match &self.chaos {
             Some(chaos) => chaos.layer(&self.name, preset == Preset::Production),
             None => Ok(None),
