@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -8,6 +8,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::Settings;
 use crate::classify::Classify;
+use crate::retry::template::ServiceTemplate;
 use crate::retry::RetryRequests;
 
 /// Hedges slow calls to `S`; made by [`HedgeLayer`](super::HedgeLayer).
@@ -24,15 +25,13 @@ pub struct Hedge<S, C, P> {
 /// What the calls of one [`Hedge`] (and its clones) share.
 pub(crate) struct HedgeShared<S, C, P> {
     pub(crate) settings: Settings<C, P>,
-    /// A clone of the service, taken at the first call; locked only to clone
-    /// it when a hedge is due.
-    template: OnceLock<Mutex<S>>,
+    template: ServiceTemplate<S>,
 }
 
 impl<S: Clone, C, P> HedgeShared<S, C, P> {
     /// A clone of the wrapped service to send a hedge through.
     pub(crate) fn service(&self) -> Option<S> {
-        Some(self.template.get()?.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        self.template.get()
     }
 }
 
@@ -44,7 +43,7 @@ impl<S: Clone, C, P> Clone for Hedge<S, C, P> {
 
 impl<S, C, P> Hedge<S, C, P> {
     pub(crate) fn new(inner: S, settings: Settings<C, P>) -> Self {
-        Hedge { inner, shared: Arc::new(HedgeShared { settings, template: OnceLock::new() }) }
+        Hedge { inner, shared: Arc::new(HedgeShared { settings, template: ServiceTemplate::new() }) }
     }
 
     /// The wrapped service.
@@ -100,8 +99,8 @@ where
             Some(_) if s.requests.may_hedge(&req) => s.requests.clone_request(&req),
             _ => None,
         };
-        if copy.is_some() && self.shared.template.get().is_none() {
-            let _ = self.shared.template.set(Mutex::new(self.inner.clone()));
+        if copy.is_some() {
+            self.shared.template.keep(&self.inner);
         }
         let start = s.shared.delay.records().then(Instant::now);
         let fut = self.inner.call(req);

@@ -93,6 +93,7 @@ mod grpc;
 mod layer;
 mod request;
 mod service;
+pub(crate) mod template;
 
 pub use self::backoff::{Backoff, Jitter};
 pub use self::budget::{BudgetToken, RetryBudget};

@@ -1,11 +1,12 @@
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::{Common, Settings};
+use super::template::ServiceTemplate;
 use super::RetryRequests;
 use crate::classify::Classify;
 use crate::deadline::DeadlineCarrier;
@@ -36,9 +37,7 @@ pub struct Retry<S, C, P> {
 /// the service retries are sent through clones of.
 pub(crate) struct RetryShared<S, C, P> {
     settings: Settings<C, P>,
-    /// A clone of the service, taken at the first call. Locked only to clone
-    /// it when a retry is due (never across an `.await`).
-    template: OnceLock<Mutex<S>>,
+    template: ServiceTemplate<S>,
 }
 
 impl<S, C, P> RetryShared<S, C, P> {
@@ -71,7 +70,7 @@ impl<S: Clone, C, P> RetryShared<S, C, P> {
     /// A clone of the wrapped service, to send a retry through (`None` before
     /// the first call, which cannot have failed yet).
     pub(crate) fn service(&self) -> Option<S> {
-        Some(self.template.get()?.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        self.template.get()
     }
 }
 
@@ -83,7 +82,7 @@ impl<S: Clone, C, P> Clone for Retry<S, C, P> {
 
 impl<S, C, P> Retry<S, C, P> {
     pub(crate) fn new(inner: S, settings: Settings<C, P>) -> Self {
-        Retry { inner, shared: Arc::new(RetryShared { settings, template: OnceLock::new() }) }
+        Retry { inner, shared: Arc::new(RetryShared { settings, template: ServiceTemplate::new() }) }
     }
 
     /// The wrapped service.
@@ -139,10 +138,8 @@ where
         let copy = if shared.max_retries() > 0 { shared.requests().clone_request(&req) } else { None };
         // Needed only by a call that may be retried.
         let deadline = if copy.is_some() { crate::deadline::of(&req) } else { None };
-        if shared.template.get().is_none() {
-            // The first call: keep a clone for the retries of every call.
-            let _ = shared.template.set(Mutex::new(self.inner.clone()));
-        }
+        // The first call: keep a clone for the retries of every call.
+        shared.template.keep(&self.inner);
         let fut = self.inner.call(req);
         ResponseFuture::new(fut, copy, deadline, self.shared.clone())
     }
