@@ -150,7 +150,7 @@ impl RequestMatch {
 }
 
 /// Who may drive faults with request headers (see
-/// [`ChaosLayer::header_faults`](super::ChaosLayer::header_faults)).
+/// [`ChaosLayerBuilder::header_faults`](super::ChaosLayerBuilder::header_faults)).
 #[derive(Clone)]
 pub enum AllowedCallers {
     /// Callers whose address — the request's `SocketAddr` extension, as

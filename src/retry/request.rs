@@ -50,7 +50,7 @@ pub trait RetryRequests<Req, Res> {
 
     /// Whether a copy of `req` may be sent while the first is still in
     /// flight (a [hedge](crate::hedge)): both may be processed. Default: yes
-    /// (the request is already replayable); [`GrpcRequests`] says yes only
+    /// (the request is already replayable); [`GrpcRequests`](super::GrpcRequests) says yes only
     /// for methods marked idempotent.
     fn may_hedge(&self, req: &Req) -> bool {
         let _ = req;
