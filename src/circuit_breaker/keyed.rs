@@ -248,7 +248,7 @@ where
 
 /// Builder of a [`KeyedCircuitBreakerLayer`], from
 /// [`CircuitBreakerBuilder::key`](super::CircuitBreakerBuilder::key).
-pub struct KeyedCircuitBreakerBuilder<C, F> {
+pub struct KeyedCircuitBreakerBuilder<F, C> {
     pub(crate) config: CircuitBreakerConfig,
     pub(crate) classifier: C,
     pub(crate) listeners: Vec<Listener>,
@@ -269,7 +269,7 @@ impl Default for KeyLabelsConfig {
     }
 }
 
-impl<C: fmt::Debug, F> fmt::Debug for KeyedCircuitBreakerBuilder<C, F> {
+impl<F, C: fmt::Debug> fmt::Debug for KeyedCircuitBreakerBuilder<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreakerBuilder")
             .field("config", &self.config)
@@ -282,7 +282,7 @@ impl<C: fmt::Debug, F> fmt::Debug for KeyedCircuitBreakerBuilder<C, F> {
     }
 }
 
-impl<C, F> KeyedCircuitBreakerBuilder<C, F> {
+impl<F, C> KeyedCircuitBreakerBuilder<F, C> {
     /// Keys unused for this long are evicted (default 10 minutes).
     pub fn idle_ttl(mut self, ttl: Duration) -> Self {
         self.idle_ttl = ttl;

@@ -222,7 +222,7 @@ impl<C> CircuitBreakerBuilder<C> {
     /// [`metric_keys`](super::KeyedCircuitBreakerBuilder::metric_keys)). At
     /// most [`max_keys`](super::KeyedCircuitBreakerBuilder::max_keys) keys
     /// are kept.
-    pub fn key<F>(self, key_fn: F) -> super::KeyedCircuitBreakerBuilder<C, F> {
+    pub fn key<F>(self, key_fn: F) -> super::KeyedCircuitBreakerBuilder<F, C> {
         super::KeyedCircuitBreakerBuilder {
             config: self.config,
             classifier: self.classifier,

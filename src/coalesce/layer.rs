@@ -49,7 +49,7 @@ impl Shared {
 ///
 /// `F` maps a request to its key (`None`: never shared); the services a
 /// layer makes share its calls in flight.
-pub struct CoalesceLayer<F, K, Res> {
+pub struct CoalesceLayer<K, F, Res> {
     key: F,
     flights: Arc<Flights<K, Res>>,
     shared: Arc<Shared>,
@@ -58,7 +58,7 @@ pub struct CoalesceLayer<F, K, Res> {
 /// The default bound on keys in flight.
 pub(crate) const MAX_KEYS: usize = 10_000;
 
-impl<F, K: Hash + Eq, Res> CoalesceLayer<F, K, Res> {
+impl<K: Hash + Eq, F, Res> CoalesceLayer<K, F, Res> {
     /// Share calls between requests with the same key (as `key` says).
     pub fn new(key: F) -> Self {
         CoalesceLayer {
@@ -87,20 +87,20 @@ impl<F, K: Hash + Eq, Res> CoalesceLayer<F, K, Res> {
     }
 }
 
-impl<F: Clone, K, Res> Clone for CoalesceLayer<F, K, Res> {
+impl<K, F: Clone, Res> Clone for CoalesceLayer<K, F, Res> {
     fn clone(&self) -> Self {
         CoalesceLayer { key: self.key.clone(), flights: self.flights.clone(), shared: self.shared.clone() }
     }
 }
 
-impl<F, K, Res> fmt::Debug for CoalesceLayer<F, K, Res> {
+impl<K, F, Res> fmt::Debug for CoalesceLayer<K, F, Res> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CoalesceLayer").field("name", &self.shared.name).finish_non_exhaustive()
     }
 }
 
-impl<S, F: Clone, K, Res> Layer<S> for CoalesceLayer<F, K, Res> {
-    type Service = Coalesce<S, F, K, Res>;
+impl<S, K, F: Clone, Res> Layer<S> for CoalesceLayer<K, F, Res> {
+    type Service = Coalesce<S, K, F, Res>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Coalesce::new(inner, self.key.clone(), self.flights.clone(), self.shared.clone())

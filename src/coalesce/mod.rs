@@ -102,7 +102,7 @@ pub type HttpKeyFn<B> = fn(&http::Request<B>) -> Option<crate::request_key::Http
 
 impl CoalesceConfig {
     /// The layer: `GET` / `HEAD` requests to the same URI share a call.
-    pub fn http_layer<B, Res>(&self, name: &str) -> CoalesceLayer<HttpKeyFn<B>, crate::request_key::HttpKey, Res> {
+    pub fn http_layer<B, Res>(&self, name: &str) -> CoalesceLayer<crate::request_key::HttpKey, HttpKeyFn<B>, Res> {
         CoalesceLayer::new(http_key as HttpKeyFn<B>).max_keys(self.max_keys).name(name)
     }
 }

@@ -19,14 +19,14 @@ use crate::error::BoxError;
 /// the call itself if the caller running it goes away); otherwise it runs
 /// its call, and the requests with the same key that come meanwhile share
 /// it.
-pub struct Coalesce<S, F, K, Res> {
+pub struct Coalesce<S, K, F, Res> {
     inner: S,
     key: F,
     flights: Arc<Flights<K, Res>>,
     shared: Arc<Shared>,
 }
 
-impl<S, F, K, Res> Coalesce<S, F, K, Res> {
+impl<S, K, F, Res> Coalesce<S, K, F, Res> {
     pub(crate) fn new(inner: S, key: F, flights: Arc<Flights<K, Res>>, shared: Arc<Shared>) -> Self {
         Coalesce { inner, key, flights, shared }
     }
@@ -37,7 +37,7 @@ impl<S, F, K, Res> Coalesce<S, F, K, Res> {
     }
 }
 
-impl<S: Clone, F: Clone, K, Res> Clone for Coalesce<S, F, K, Res> {
+impl<S: Clone, K, F: Clone, Res> Clone for Coalesce<S, K, F, Res> {
     fn clone(&self) -> Self {
         Coalesce {
             inner: self.inner.clone(),
@@ -48,13 +48,13 @@ impl<S: Clone, F: Clone, K, Res> Clone for Coalesce<S, F, K, Res> {
     }
 }
 
-impl<S: fmt::Debug, F, K, Res> fmt::Debug for Coalesce<S, F, K, Res> {
+impl<S: fmt::Debug, K, F, Res> fmt::Debug for Coalesce<S, K, F, Res> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coalesce").field("inner", &self.inner).field("name", &self.shared.name).finish_non_exhaustive()
     }
 }
 
-impl<S, Req, F, K> Service<Req> for Coalesce<S, F, K, S::Response>
+impl<S, Req, K, F> Service<Req> for Coalesce<S, K, F, S::Response>
 where
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send,

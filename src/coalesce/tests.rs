@@ -62,9 +62,9 @@ async fn spawn_call(svc: &Svc, req: Request<()>) -> tokio::task::JoinHandle<Resu
 }
 
 type KeyFn = fn(&Request<()>) -> Option<HttpKey>;
-type Svc = Coalesce<Upstream, KeyFn, HttpKey, Response<String>>;
+type Svc = Coalesce<Upstream, HttpKey, KeyFn, Response<String>>;
 
-fn layer() -> (CoalesceLayer<KeyFn, HttpKey, Response<String>>, Upstream, Svc) {
+fn layer() -> (CoalesceLayer<HttpKey, KeyFn, Response<String>>, Upstream, Svc) {
     let layer = CoalesceLayer::new(http_key as KeyFn);
     let up = Upstream::new();
     let svc = layer.layer(up.clone());

@@ -54,7 +54,7 @@ impl Default for FallbackConfig {
 pub type HttpKeyFn<B> = fn(&Request<B>) -> Option<HttpKey>;
 
 /// The layer [`FallbackConfig::http_layer`] makes.
-pub type HttpStaleLayer<B, ResB> = FallbackLayer<Stale<HttpKeyFn<B>, HttpKey, Response<ResB>>, HttpClassifier>;
+pub type HttpStaleLayer<B, ResB> = FallbackLayer<Stale<HttpKey, HttpKeyFn<B>, Response<ResB>>, HttpClassifier>;
 
 impl FallbackConfig {
     /// The layer: the last good answer to a `GET` / `HEAD` of the same URI,

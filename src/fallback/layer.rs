@@ -92,7 +92,7 @@ impl<S> FallbackLayer<Backup<S>> {
     }
 }
 
-impl<F, K: Hash + Eq, Res> FallbackLayer<Stale<F, K, Res>> {
+impl<K: Hash + Eq, F, Res> FallbackLayer<Stale<K, F, Res>> {
     /// Answer with the last good response for the request's key (`key`
     /// returns `None` for requests never to cache, e.g. non-`GET`s), if it
     /// is at most `ttl` old; at most `capacity` keys are kept.

@@ -142,25 +142,25 @@ where
 /// At most `capacity` keys are kept (the least recently used goes first),
 /// each answer for at most `ttl`. Every good answer is copied into the
 /// cache, so the response type is `Clone` (buffer streaming bodies first).
-pub struct Stale<F, K, Res> {
+pub struct Stale<K, F, Res> {
     key: F,
     cache: Arc<Mutex<LruCache<K, (Instant, Res)>>>,
     ttl: Duration,
 }
 
-impl<F: Clone, K, Res> Clone for Stale<F, K, Res> {
+impl<K, F: Clone, Res> Clone for Stale<K, F, Res> {
     fn clone(&self) -> Self {
         Stale { key: self.key.clone(), cache: self.cache.clone(), ttl: self.ttl }
     }
 }
 
-impl<F, K, Res> fmt::Debug for Stale<F, K, Res> {
+impl<K, F, Res> fmt::Debug for Stale<K, F, Res> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stale").field("ttl", &self.ttl).finish_non_exhaustive()
     }
 }
 
-impl<F, K: Hash + Eq, Res> Stale<F, K, Res> {
+impl<K: Hash + Eq, F, Res> Stale<K, F, Res> {
     pub(crate) fn new(key: F, capacity: NonZeroUsize, ttl: Duration) -> Self {
         Stale { key, cache: Arc::new(Mutex::new(LruCache::new(capacity))), ttl }
     }
@@ -176,7 +176,7 @@ impl<F, K: Hash + Eq, Res> Stale<F, K, Res> {
     }
 }
 
-impl<Req, Res, F, K> FallbackSource<Req, Res> for Stale<F, K, Res>
+impl<Req, Res, K, F> FallbackSource<Req, Res> for Stale<K, F, Res>
 where
     F: Fn(&Req) -> Option<K> + Clone,
     K: Hash + Eq,
