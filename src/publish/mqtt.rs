@@ -36,7 +36,7 @@
 //!
 //! [rumqttc]: https://docs.rs/rumqttc
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -220,11 +220,20 @@ impl MqttBuilder {
 type Reply = oneshot::Sender<Result<Confirmation, PublishError>>;
 
 /// Confirmations waiting: first for their packet id (in hand-over order),
-/// then for their `PUBACK`.
+/// then for their `PUBACK` (in send order, which is the order a broker
+/// acknowledges QoS 1 messages in: the one acknowledged is found first).
 #[derive(Default)]
 struct Waiters {
     unsent: VecDeque<Reply>,
-    sent: HashMap<u16, Reply>,
+    sent: VecDeque<(u16, Reply)>,
+}
+
+impl Waiters {
+    /// The confirmation waiting for the `PUBACK` of packet `pkid`.
+    fn acknowledged(&mut self, pkid: u16) -> Option<Reply> {
+        let i = self.sent.iter().position(|(id, _)| *id == pkid)?;
+        self.sent.remove(i).map(|(_, reply)| reply)
+    }
 }
 
 /// An open MQTT session; its event loop task ends when this is dropped.
@@ -277,11 +286,11 @@ async fn run(mut eventloop: EventLoop, waiters: Arc<Mutex<Waiters>>, lost: LostS
             Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
                 let mut w = lock(&waiters);
                 if let Some(reply) = w.unsent.pop_front() {
-                    w.sent.insert(pkid, reply);
+                    w.sent.push_back((pkid, reply));
                 }
             }
             Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                let reply = lock(&waiters).sent.remove(&ack.pkid);
+                let reply = lock(&waiters).acknowledged(ack.pkid);
                 if let Some(reply) = reply {
                     let _ = reply.send(puback_result(&ack));
                 }
@@ -440,6 +449,27 @@ mod tests {
         assert_eq!(get("correlationid"), Some("c-1"));
         assert!(get("traceparent").is_some());
         assert_eq!(p.content_type.as_deref(), Some("application/cloudevents+json"));
+    }
+
+    #[test]
+    fn pubacks_find_their_waiter_in_or_out_of_order() {
+        let mut w = Waiters::default();
+        let mut rxs = Vec::new();
+        for pkid in [1, 2, 3] {
+            let (tx, rx) = oneshot::channel();
+            w.sent.push_back((pkid, tx));
+            rxs.push(rx);
+        }
+        let ok = || Ok(Confirmation::default());
+        // In order (the usual case), then one out of order.
+        assert!(w.acknowledged(1).unwrap().send(ok()).is_ok());
+        assert!(w.acknowledged(3).unwrap().send(ok()).is_ok());
+        assert!(w.acknowledged(3).is_none());
+        assert!(w.acknowledged(9).is_none());
+        assert_eq!(w.sent.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2]);
+        assert!(rxs[0].try_recv().is_ok());
+        assert!(rxs[1].try_recv().is_err());
+        assert!(rxs[2].try_recv().is_ok());
     }
 
     #[test]
