@@ -78,13 +78,13 @@ pub(crate) enum LastFailure<E> {
 /// `err`, the result of a retry, as the call's error: a [`RetryRejected`]
 /// carrying `last` when `E` is [`BoxError`] and `err` is the stack's own
 /// rejection; `err` unchanged otherwise.
-pub(crate) fn after_retry<E: 'static>(err: E, last: Option<Box<LastFailure<E>>>, attempts: u32) -> E {
+pub(crate) fn after_retry<E: 'static>(err: E, last: Option<LastFailure<E>>, attempts: u32) -> E {
     let Some(last) = last else { return err };
     let mut slot = Some(err);
     if let Some(boxed) = (&mut slot as &mut dyn Any).downcast_mut::<Option<BoxError>>() {
         if let Some(rejection) = boxed.take() {
             *boxed = Some(if crate::classify::is_rejection(&rejection) {
-                let (last_failure, last_error) = match *last {
+                let (last_failure, last_error) = match last {
                     LastFailure::Response(kind) => (kind, None),
                     LastFailure::Error(kind, e) => {
                         let mut e = Some(e);

@@ -63,14 +63,30 @@ struct Call<S: Service<Req>, Req, C, P> {
     // The deadline the request carried (or the task had) at `call`: no retry
     // starts after it, and each retry carries it again.
     deadline: Option<Deadline>,
-    // How the last attempt failed, once one was retried: kept for the error
-    // of a retry the stack's own protection rejects. Boxed, like the backoff
-    // state: only a retried call pays for it.
-    last: Option<Box<LastFailure<S::Error>>>,
-    token: Option<BudgetToken>,
+    // Once the call was retried. Boxed, like the backoff state: only a
+    // retried call pays for it, and a call that is not retried initializes,
+    // moves and drops a smaller future.
+    retried: Option<Box<Retried<S::Error>>>,
+    shared: Arc<RetryShared<S, C, P>>,
+}
+
+/// What a call keeps once it was retried.
+struct Retried<E> {
     retries: u32,
     previous_delay: Duration,
-    shared: Arc<RetryShared<S, C, P>>,
+    // How the last attempt failed: kept for the error of a retry the stack's
+    // own protection rejects.
+    last: Option<LastFailure<E>>,
+    // The retry taken from the budget, given back if the call is dropped
+    // during the backoff.
+    token: Option<BudgetToken>,
+}
+
+impl<S: Service<Req>, Req, C, P> Call<S, Req, C, P> {
+    /// Retries sent so far.
+    fn retries(&self) -> u32 {
+        self.retried.as_ref().map_or(0, |r| r.retries)
+    }
 }
 
 /// What follows an attempt.
@@ -89,7 +105,7 @@ impl<S: Service<Req>, Req, C, P> ResponseFuture<S, Req, C, P> {
         deadline: Option<Deadline>,
         shared: Arc<RetryShared<S, C, P>>,
     ) -> Self {
-        let call = Call { copy, deadline, last: None, token: None, retries: 0, previous_delay: Duration::ZERO, shared };
+        let call = Call { copy, deadline, retried: None, shared };
         ResponseFuture { state: State::Calling { fut }, call }
     }
 }
@@ -97,7 +113,7 @@ impl<S: Service<Req>, Req, C, P> ResponseFuture<S, Req, C, P> {
 impl<S: Service<Req>, Req, C, P> fmt::Debug for ResponseFuture<S, Req, C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("retries", &self.call.retries)
+            .field("retries", &self.call.retries())
             .field("retryable", &self.call.copy.is_some())
             .field("deadline", &self.call.deadline)
             .finish_non_exhaustive()
@@ -132,8 +148,7 @@ where
                         *retry.slept = true;
                     }
                     if let Err(e) = ready!(retry.service.poll_ready(cx)) {
-                        let call = this.call;
-                        return Poll::Ready(Err(after_retry(e, call.last.take(), call.retries)));
+                        return Poll::Ready(Err(this.call.after_retry(e)));
                     }
                     let fut = this.call.resend(retry.service);
                     this.state.set(State::Calling { fut });
@@ -152,19 +167,34 @@ where
     Req: DeadlineCarrier,
 {
     /// An attempt ended with `result`: the call's result, or a retry.
+    #[inline]
     fn after_attempt(&mut self, result: Result<S::Response, S::Error>) -> Next<S, Result<S::Response, S::Error>> {
         let shared = &*self.shared;
-        let common = shared.common();
         let local = local_pushback(result.as_ref().err().and_then(as_error));
         let kind = match shared.classifier().classify(result.as_ref()) {
-            Outcome::Failure(kind) if common.retry_if.is_none_or(|f| f(&kind)) => kind,
+            Outcome::Failure(kind) if shared.common().retry_if.is_none_or(|f| f(&kind)) => kind,
             // Rate limited here, not sent: retried after its wait.
             _ if local.is_some() => FailureKind::Custom("rate limited"),
             // A retry turned away by the stack's own protection (an open
             // breaker): keep the last real failure.
-            _ => return Next::Done(result.map_err(|e| after_retry(e, self.last.take(), self.retries))),
+            _ => return Next::Done(result.map_err(|e| self.after_retry(e))),
         };
-        if self.retries >= shared.max_retries() {
+        self.after_failure(kind, local, result)
+    }
+
+    /// An attempt failed as `kind`: a retry, or the call's result. Out of
+    /// line (`cold`): most calls never get here, and their path stays short.
+    #[cold]
+    fn after_failure(
+        &mut self,
+        kind: FailureKind,
+        local: Option<Duration>,
+        result: Result<S::Response, S::Error>,
+    ) -> Next<S, Result<S::Response, S::Error>> {
+        let shared = &*self.shared;
+        let common = shared.common();
+        let retries = self.retries();
+        if retries >= shared.max_retries() {
             common.exhausted.increment(1);
             return Next::Done(result);
         }
@@ -177,27 +207,36 @@ where
         }
         let Some(service) = shared.service() else { return Next::Done(result) };
         let Some(delay) = self.delay(pushback) else { return Next::Done(result) };
-        if !self.take_from_budget() {
-            return Next::Done(result);
-        }
-        let common = self.shared.common();
-        self.retries += 1;
-        self.previous_delay = delay;
+        let Some(token) = self.take_from_budget() else { return Next::Done(result) };
         common.retries.increment(1);
         tracing::debug!(
             service = %common.name,
-            retry = self.retries,
+            retry = retries + 1,
             delay_ms = delay.as_millis() as u64,
             pushback = matches!(pushback, Pushback::After(_)),
             "retrying failed call"
         );
         // The failed response (and its connection) is released here, before
         // the wait; an error is kept.
-        self.last = Some(Box::new(match result {
+        let last = Some(match result {
             Ok(_) => LastFailure::Response(kind),
             Err(e) => LastFailure::Error(kind, e),
-        }));
+        });
+        let retried = Retried { retries: retries + 1, previous_delay: delay, last, token };
+        match &mut self.retried {
+            Some(r) => **r = retried,
+            None => self.retried = Some(Box::new(retried)),
+        }
         Next::Retry(Pending { sleep: tokio::time::sleep(delay), slept: delay.is_zero(), service })
+    }
+
+    /// `err`, the result of a retry, as the call's error: a rejection by
+    /// the stack's own protection carries the last real failure.
+    fn after_retry(&mut self, err: S::Error) -> S::Error {
+        match self.retried.as_mut() {
+            Some(r) => after_retry(err, r.last.take(), r.retries),
+            None => err,
+        }
     }
 
     /// Whether the request may be sent again after this failure: it was
@@ -239,7 +278,11 @@ where
                 return None;
             }
             Pushback::After(d) => d,
-            Pushback::None => common.delay(self.retries, self.previous_delay),
+            Pushback::None => {
+                let (retries, previous) =
+                    self.retried.as_ref().map_or((0, Duration::ZERO), |r| (r.retries, r.previous_delay));
+                common.delay(retries, previous)
+            }
         };
         // Never sleep past the deadline: give up with this result instead.
         if let Some(deadline) = self.deadline {
@@ -256,20 +299,17 @@ where
         Some(delay)
     }
 
-    /// Take the retry from the budget, if the layer has one: `false` when it
-    /// is spent.
-    fn take_from_budget(&mut self) -> bool {
+    /// Take the retry from the budget, if the layer has one: `None` when it
+    /// is spent, `Some(None)` without a budget.
+    fn take_from_budget(&self) -> Option<Option<BudgetToken>> {
         let common = self.shared.common();
-        let Some(budget) = &common.budget else { return true };
+        let Some(budget) = &common.budget else { return Some(None) };
         match budget.withdraw() {
-            Some(token) => {
-                self.token = Some(token);
-                true
-            }
+            Some(token) => Some(Some(token)),
             None => {
                 common.budget_exhausted.increment(1);
                 tracing::warn!(service = %common.name, "retry budget exhausted; not retrying");
-                false
+                None
             }
         }
     }
@@ -279,7 +319,7 @@ where
     fn resend(&mut self, service: &mut S) -> S::Future {
         let mut req = self.copy.take().expect("a retry holds its request until it is sent");
         let shared = &*self.shared;
-        if self.retries < shared.max_retries() {
+        if self.retries() < shared.max_retries() {
             self.copy = shared.requests().clone_request(&req);
         }
         // After the copy: a request policy leaves a deadline out of its
@@ -287,7 +327,7 @@ where
         if let Some(deadline) = self.deadline {
             req.set_deadline(deadline);
         }
-        if let Some(token) = self.token.take() {
+        if let Some(token) = self.retried.as_mut().and_then(|r| r.token.take()) {
             token.spend();
         }
         shared.common().attempts.increment(1);
