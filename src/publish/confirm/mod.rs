@@ -380,11 +380,11 @@ struct Job {
     sent_at: Option<Instant>,
     /// How many connections it was written to.
     sends: u32,
-    /// When `call` handed it in.
-    queued_at: Instant,
-    /// Handed in while connected: it waits for the next connection however
-    /// long that takes (like a message already sent), instead of failing
-    /// after [`outage_wait`](super::PublisherConfig::outage_wait).
-    accepted_connected: bool,
+    /// When `call` handed it in, if the publisher was not connected then:
+    /// it fails after [`outage_wait`](super::PublisherConfig::outage_wait)
+    /// unless a connection takes it. `None`: handed in while connected, it
+    /// waits for the next connection however long that takes (like a
+    /// message already sent); the clock is not read for it.
+    queued_unconnected: Option<Instant>,
     _permit: OwnedSemaphorePermit,
 }

@@ -203,8 +203,7 @@ mod tests {
             reply,
             sent_at: None,
             sends: 0,
-            queued_at: Instant::now(),
-            accepted_connected: false,
+            queued_unconnected: Some(Instant::now()),
             _permit: permit,
         }
     }

@@ -217,8 +217,7 @@ impl<T: Transport> Service<Event> for Publisher<T> {
             reply,
             sent_at: None,
             sends: 0,
-            queued_at: Instant::now(),
-            accepted_connected: self.handles.shared.state() == ConnectionState::Connected,
+            queued_unconnected: (self.handles.shared.state() != ConnectionState::Connected).then(Instant::now),
             _permit: permit,
         };
         match self.handles.tx.try_send(job) {

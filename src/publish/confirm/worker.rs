@@ -421,7 +421,7 @@ impl<T: Transport> Worker<T> {
     /// When the waiting message `job` fails, unless the connection is back:
     /// `None` for one accepted while connected (it waits).
     fn due(&self, job: &Job) -> Option<Instant> {
-        (!job.accepted_connected).then(|| job.queued_at + self.config.outage_wait)
+        job.queued_unconnected.map(|queued| queued + self.config.outage_wait)
     }
 
     /// Fail the waiting messages handed in while not connected that have
