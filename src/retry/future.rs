@@ -170,7 +170,11 @@ where
     #[inline]
     fn after_attempt(&mut self, result: Result<S::Response, S::Error>) -> Next<S, Result<S::Response, S::Error>> {
         let shared = &*self.shared;
-        let local = local_pushback(result.as_ref().err().and_then(as_error));
+        // A wait asked by a rate limiter of this process (only an error can be one).
+        let local = match &result {
+            Ok(_) => None,
+            Err(e) => local_pushback(as_error(e)),
+        };
         let kind = match shared.classifier().classify(result.as_ref()) {
             Outcome::Failure(kind) if shared.common().retry_if.is_none_or(|f| f(&kind)) => kind,
             // Rate limited here, not sent: retried after its wait.
