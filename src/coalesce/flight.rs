@@ -1,12 +1,12 @@
 //! One call in flight for a key, and the callers waiting for its answer.
 
-use std::collections::hash_map::Entry as HashEntry;
-use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use hashbrown::hash_table::Entry as TableEntry;
+use hashbrown::HashTable;
 use tokio::sync::watch;
 
 use super::Key;
@@ -56,22 +56,31 @@ pub(crate) enum Slot<Res> {
 
 type Sender<Res> = Arc<watch::Sender<Slot<Res>>>;
 
-/// A call in flight: which caller runs it (`id`), and the channel to its
-/// waiters, made when the first one comes (a call nobody waits for makes
-/// none).
-struct Entry<Res> {
+/// A call in flight: its key and the key's hash (computed once, when the
+/// caller joins), which caller runs it (`id`, unique), and the channel to
+/// its waiters, made when the first one comes (a call nobody waits for
+/// makes none).
+struct Entry<K, Res> {
+    hash: u64,
     id: u64,
+    key: K,
     tx: Option<Sender<Res>>,
 }
 
 struct Map<K, Res> {
-    entries: HashMap<K, Entry<Res>, foldhash::fast::RandomState>,
+    entries: HashTable<Entry<K, Res>>,
     next_id: u64,
 }
 
 /// The calls in flight, by key.
+///
+/// A table of entries that keep their hash: a caller hashes its key once;
+/// the key is moved in (never cloned); a key is compared only with the keys
+/// of equal hash; and the flight ends by hash and `id` (no hashing, no key
+/// comparison), so two keys of equal hash are never mixed up.
 pub(crate) struct Flights<K, Res> {
     map: Mutex<Map<K, Res>>,
+    hasher: foldhash::fast::RandomState,
     max_keys: usize,
 }
 
@@ -85,9 +94,10 @@ pub(crate) enum Role<K: Key, Res> {
     Alone,
 }
 
-impl<K: Hash + Eq, Res> Flights<K, Res> {
+impl<K: Key, Res> Flights<K, Res> {
     pub(crate) fn new(max_keys: usize) -> Self {
-        Flights { map: Mutex::new(Map { entries: HashMap::default(), next_id: 0 }), max_keys }
+        let map = Map { entries: HashTable::new(), next_id: 0 };
+        Flights { map: Mutex::new(map), hasher: foldhash::fast::RandomState::default(), max_keys }
     }
 
     fn lock(&self) -> MutexGuard<'_, Map<K, Res>> {
@@ -99,37 +109,34 @@ impl<K: Hash + Eq, Res> Flights<K, Res> {
         self.lock().entries.len()
     }
 
-    /// Ends `key`'s flight if it is still call `id`'s: the channel to its
-    /// waiters, if any came.
-    fn end(&self, key: &K, id: u64) -> Option<Sender<Res>> {
-        let mut map = self.lock();
-        match map.entries.get(key) {
-            Some(entry) if entry.id == id => map.entries.remove(key).and_then(|e| e.tx),
-            _ => None,
-        }
-    }
-}
-
-impl<K: Hash + Eq + Clone, Res> Flights<K, Res> {
     /// Joins the flight for `key`, or starts one.
     pub(crate) fn join(self: &Arc<Self>, key: K) -> Role<K, Res> {
+        let hash = self.hasher.hash_one(&key);
         let mut map = self.lock();
-        let full = map.entries.len() >= self.max_keys;
-        let id = map.next_id;
-        match map.entries.entry(key) {
-            HashEntry::Occupied(mut running) => {
+        let Map { entries, next_id } = &mut *map;
+        let full = entries.len() >= self.max_keys;
+        match entries.entry(hash, |e| e.hash == hash && e.key == key, |e| e.hash) {
+            TableEntry::Occupied(mut running) => {
                 let tx = running.get_mut().tx.get_or_insert_with(|| Arc::new(watch::Sender::new(Slot::Running)));
-                let rx = tx.subscribe();
-                Role::Follow(rx, running.key().clone())
+                Role::Follow(tx.subscribe(), key)
             }
-            HashEntry::Vacant(_) if full => Role::Alone,
-            HashEntry::Vacant(free) => {
-                let key = free.key().clone();
-                free.insert(Entry { id, tx: None });
-                map.next_id += 1;
-                Role::Lead(Guard { flights: self.clone(), key: Some(key), id })
+            TableEntry::Vacant(_) if full => Role::Alone,
+            TableEntry::Vacant(free) => {
+                let id = *next_id;
+                *next_id += 1;
+                free.insert(Entry { hash, id, key, tx: None });
+                Role::Lead(Guard { flights: self.clone(), hash, id: Some(id) })
             }
         }
+    }
+
+    /// Ends flight `id` (whose key hashes to `hash`): the channel to its
+    /// waiters, if any came.
+    fn end(&self, hash: u64, id: u64) -> Option<Sender<Res>> {
+        let mut map = self.lock();
+        let ended = map.entries.find_entry(hash, |e| e.id == id).ok().map(|e| e.remove().0);
+        drop(map); // the key is dropped unlocked
+        ended.and_then(|e| e.tx)
     }
 }
 
@@ -138,8 +145,9 @@ impl<K: Hash + Eq + Clone, Res> Flights<K, Res> {
 /// a waiter runs the call again.
 pub(crate) struct Guard<K: Key, Res> {
     flights: Arc<Flights<K, Res>>,
-    key: Option<K>,
-    id: u64,
+    hash: u64,
+    /// `None` once the flight ended.
+    id: Option<u64>,
 }
 
 impl<K: Key, Res: Clone> Guard<K, Res> {
@@ -147,8 +155,8 @@ impl<K: Key, Res: Clone> Guard<K, Res> {
     /// caller's own result is the original one, or, when others waited for
     /// an error, the same [`CoalescedError`] they get.
     pub(crate) fn finish(mut self, result: Result<Res, BoxError>) -> Result<Res, BoxError> {
-        let key = self.key.take().expect("a guard finishes once");
-        let Some(tx) = self.flights.end(&key, self.id).filter(|tx| tx.receiver_count() > 0) else {
+        let id = self.id.take().expect("a guard finishes once");
+        let Some(tx) = self.flights.end(self.hash, id).filter(|tx| tx.receiver_count() > 0) else {
             return result;
         };
         match result {
@@ -167,8 +175,8 @@ impl<K: Key, Res: Clone> Guard<K, Res> {
 
 impl<K: Key, Res> Drop for Guard<K, Res> {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            if let Some(tx) = self.flights.end(&key, self.id) {
+        if let Some(id) = self.id.take() {
+            if let Some(tx) = self.flights.end(self.hash, id) {
                 tx.send_replace(Slot::Abandoned);
             }
         }

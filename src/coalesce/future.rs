@@ -70,7 +70,7 @@ impl<F, K, Res> Future for ResponseFuture<F, K, Res>
 where
     F: TryFuture<Ok = Res>,
     F::Error: Into<BoxError>,
-    K: Hash + Eq + Clone,
+    K: Hash + Eq,
     Res: Clone,
 {
     type Output = Result<Res, BoxError>;
@@ -94,14 +94,14 @@ pub(crate) async fn follow<S, Req, K, Res>(
     mut rx: watch::Receiver<Slot<Res>>,
     service: S,
     request: Req,
-    key: K,
+    mut key: K,
     flights: Arc<Flights<K, Res>>,
     shared: Arc<Shared>,
 ) -> Result<Res, BoxError>
 where
     S: Service<Req, Response = Res>,
     S::Error: Into<BoxError>,
-    K: Key + Clone,
+    K: Key,
     Res: Clone,
 {
     loop {
@@ -115,8 +115,8 @@ where
                 break;
             }
         }
-        match flights.join(key.clone()) {
-            Role::Follow(next, _) => rx = next,
+        match flights.join(key) {
+            Role::Follow(next, handed_back) => (rx, key) = (next, handed_back),
             Role::Lead(guard) => {
                 shared.took_over();
                 let result = call(service, request).await;

@@ -48,9 +48,11 @@
 //!   request with a new key beyond that runs alone. The services a layer
 //!   makes (its clones) share the calls in flight.
 //!
-//! A request that runs its own call costs a lock and a map insert and
-//! removal more than the bare call; one that waits costs one allocation
-//! (its wait), and saves a call. Put the layer high in a client stack, so
+//! A request that runs its own call costs, more than the bare call, the
+//! hash of its key and two short lock holds (an insert into a table of
+//! calls in flight, and the removal of its entry, found by hash and an id
+//! without comparing keys); its key is moved into the table, not cloned.
+//! One that waits costs one allocation (its wait), and saves a call. Put the layer high in a client stack, so
 //! a shared call takes one permit of the bulkhead, breaker or rate limiter
 //! below.
 //!

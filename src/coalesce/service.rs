@@ -62,7 +62,7 @@ where
     S::Response: Clone + Send + Sync + 'static,
     Req: Send + 'static,
     F: Fn(&Req) -> Option<K>,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;

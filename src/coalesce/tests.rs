@@ -210,3 +210,89 @@ fn http_keys_differ_in_every_part() {
     assert_eq!(a.method(), http::Method::GET);
     assert_eq!(a.uri().path(), "/menu");
 }
+
+/// A key whose hash is the same for every path: the table must tell keys
+/// of equal hash apart by comparing them, and end each flight by its own
+/// identity.
+#[derive(PartialEq, Eq)]
+struct SameHash(String);
+
+impl std::hash::Hash for SameHash {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn keys_of_equal_hash_are_not_merged() {
+    type SameHashFn = fn(&Request<()>) -> Option<SameHash>;
+    let key: SameHashFn = |req| Some(SameHash(req.uri().path().to_owned()));
+    let layer = CoalesceLayer::new(key);
+    let up = Upstream::new();
+    let svc = layer.layer(up.clone());
+    let call = |path: &str| tokio::spawn(svc.clone().oneshot(get(path)));
+    let settle = || async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let (a, b) = (call("/a"), call("/b"));
+    settle().await;
+    let a2 = call("/a");
+    settle().await;
+    assert_eq!(up.calls(), 2, "/a and /b run apart; the second /a waits for the first");
+    assert_eq!(layer.in_flight(), 2);
+    up.gate.add_permits(1); // /a's call, the first to wait on the gate
+    assert_eq!(a.await.unwrap().unwrap().body(), "answer 1");
+    assert_eq!(a2.await.unwrap().unwrap().body(), "answer 1");
+    assert_eq!(layer.in_flight(), 1, "/a's end removed its own entry, not /b's");
+    let b2 = call("/b");
+    settle().await;
+    assert_eq!(up.calls(), 2, "a later /b still finds /b's call");
+    up.gate.add_permits(1);
+    assert_eq!(b.await.unwrap().unwrap().body(), "answer 2");
+    assert_eq!(b2.await.unwrap().unwrap().body(), "answer 2");
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_leader_that_goes_away_unwaited_ends_its_flight() {
+    let (layer, up, svc) = layer();
+    let leader = spawn_call(&svc, get("/menu")).await;
+    assert_eq!(layer.in_flight(), 1);
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    assert_eq!(layer.in_flight(), 0);
+    let next = spawn_call(&svc, get("/menu")).await;
+    assert_eq!(up.calls(), 2, "the next request runs a call of its own");
+    up.gate.add_permits(1);
+    assert_eq!(next.await.unwrap().unwrap().body(), "answer 2");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_leader_that_goes_away_after_its_waiters_ends_its_flight() {
+    let (layer, up, svc) = layer();
+    let leader = spawn_call(&svc, get("/menu")).await;
+    let waiter = spawn_call(&svc, get("/menu")).await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    assert_eq!((layer.in_flight(), up.calls()), (0, 1), "nobody took the call over");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_key_bound_slot_frees_when_its_call_ends() {
+    let layer = CoalesceLayer::new(http_key as KeyFn).max_keys(1);
+    let up = Upstream::new();
+    let svc = layer.layer(up.clone());
+    let a = spawn_call(&svc, get("/a")).await;
+    up.gate.add_permits(1);
+    a.await.unwrap().unwrap();
+    let b1 = spawn_call(&svc, get("/b")).await;
+    let b2 = spawn_call(&svc, get("/b")).await;
+    assert_eq!((up.calls(), layer.in_flight()), (2, 1), "/a's slot went to /b, whose calls are shared");
+    up.gate.add_permits(1);
+    for h in [b1, b2] {
+        assert_eq!(h.await.unwrap().unwrap().body(), "answer 2");
+    }
+    assert_eq!(layer.in_flight(), 0);
+}
