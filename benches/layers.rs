@@ -153,6 +153,13 @@ fn subjects(v: &mut impl Visit) {
     v.visit("mesh_timeout", tower_mesh::timeout::TimeoutLayer::new(LONG).layer(Noop));
     #[cfg(feature = "retry")]
     v.visit("mesh_retry", mesh_retry().layer(Noop));
+    #[cfg(feature = "hedge")]
+    v.visit(
+        "mesh_hedge_fixed",
+        mesh_hedge(tower_mesh::hedge::HedgeDelay::Fixed(Duration::from_millis(10))).layer(Noop),
+    );
+    #[cfg(feature = "hedge")]
+    v.visit("mesh_hedge_p95", mesh_hedge_p95());
     #[cfg(all(feature = "circuit-breaker", feature = "bulkhead"))]
     v.visit("mesh_breaker_bulkhead", mesh_breaker_bulkhead());
     #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "retry", feature = "timeout"))]
@@ -199,6 +206,33 @@ fn mesh_breaker_bulkhead() -> tower_mesh::circuit_breaker::CircuitBreaker<tower_
 #[cfg(feature = "retry")]
 fn mesh_retry() -> tower_mesh::retry::RetryLayer {
     tower_mesh::retry::RetryLayer::builder().max_retries(2).build().expect("tower-mesh retry")
+}
+
+/// One hedge after `delay`, default 5 % budget. The no-op service answers at the first poll, so no
+/// hedge is ever sent: this is the cost of a call that could have been hedged.
+#[cfg(feature = "hedge")]
+fn mesh_hedge(delay: tower_mesh::hedge::HedgeDelay) -> tower_mesh::hedge::HedgeLayer {
+    tower_mesh::hedge::HedgeLayer::builder().delay(delay).max_hedges(1).build().expect("tower-mesh hedge")
+}
+
+/// The hedge at p95 of 100 ms windows (at least one answer), warmed up until the percentile is
+/// known: every call records its latency, and may be hedged.
+#[cfg(feature = "hedge")]
+fn mesh_hedge_p95() -> impl Service<u32, Response = u32, Error = Infallible> {
+    let percentile = tower_mesh::hedge::HedgeDelay::Percentile {
+        percentile: 95.0,
+        min_samples: 1,
+        window: Duration::from_millis(100),
+    };
+    let layer = mesh_hedge(percentile);
+    let mut svc = layer.layer(Noop);
+    let mut cx = Context::from_waker(noop_waker_ref());
+    // One answer in the first window, one after its end to close it.
+    call_once(&mut svc, &mut cx, 0);
+    std::thread::sleep(Duration::from_millis(110));
+    call_once(&mut svc, &mut cx, 0);
+    assert!(layer.current_delay().is_some(), "the p95 delay is known");
+    svc
 }
 
 #[cfg(feature = "bulkhead")]
@@ -430,6 +464,8 @@ const CHECKS: &[(&str, &str, &str, Target)] = &[
     ("timeout vs tower-resilience TimeLimiter", "mesh_timeout", "tr_time_limiter", Target::Info),
     ("retry (no failure) vs tower Retry", "mesh_retry", "tower_retry", Target::PlusNs(5.0)),
     ("retry (no failure) vs tower-resilience retry", "mesh_retry", "tr_retry", Target::Info),
+    ("hedge, fixed delay (no hedge sent) vs retry", "mesh_hedge_fixed", "mesh_retry", Target::Ratio(2.0)),
+    ("hedge, p95 delay (no hedge sent) vs retry", "mesh_hedge_p95", "mesh_retry", Target::Ratio(2.0)),
 ];
 
 fn summary(medians: &BTreeMap<String, f64>) {

@@ -1,10 +1,10 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use tokio::time::Instant;
+
+use super::latencies::Latencies;
 
 use crate::config::ConfigError;
 
@@ -48,23 +48,22 @@ impl HedgeDelay {
     }
 }
 
-/// Longest latency recorded, in microseconds (an hour); longer ones are
-/// recorded as this.
-const MAX_MICROS: u64 = 3_600_000_000;
-
 /// The hedge delay in force: fixed, or read from the latencies of the
 /// previous window. The percentile is computed once per window, so a call
-/// reads it with one atomic load.
+/// reads it with one atomic load; an answer is recorded without a lock
+/// ([`Latencies`]).
 pub(crate) struct Delay {
     mode: HedgeDelay,
     /// The delay in microseconds; 0: not known (too few samples).
     current: AtomicU64,
-    window: Option<Mutex<Window>>,
+    window: Option<Window>,
 }
 
 struct Window {
-    hist: Histogram<u64>,
-    started: Instant,
+    latencies: Latencies,
+    min_samples: u64,
+    /// The clock's zero for [`Latencies`], which counts in µs.
+    epoch: Instant,
 }
 
 impl fmt::Debug for Delay {
@@ -77,10 +76,9 @@ impl Delay {
     pub(crate) fn new(mode: HedgeDelay) -> Self {
         let (current, window) = match mode {
             HedgeDelay::Fixed(d) => (micros(d).max(1), None),
-            HedgeDelay::Percentile { .. } => {
-                // Fixed bounds: recording never allocates.
-                let hist = Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid histogram bounds");
-                (0, Some(Mutex::new(Window { hist, started: Instant::now() })))
+            HedgeDelay::Percentile { percentile, min_samples, window } => {
+                let latencies = Latencies::new(percentile, micros(window).max(1));
+                (0, Some(Window { latencies, min_samples: min_samples.max(1), epoch: Instant::now() }))
             }
         };
         Delay { mode, current: AtomicU64::new(current), window }
@@ -101,26 +99,16 @@ impl Delay {
         self.window.is_some()
     }
 
-    /// An answer came `latency` after its request was sent. Returns the new
-    /// delay when a window ended and changed it.
-    pub(crate) fn record(&self, latency: Duration) -> Option<Option<Duration>> {
-        let (Some(window), HedgeDelay::Percentile { percentile, min_samples, window: len }) = (&self.window, self.mode)
-        else {
-            return None;
-        };
-        let now = Instant::now();
-        let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
-        let mut changed = None;
-        if now.saturating_duration_since(w.started) >= len {
-            let us = if w.hist.len() >= min_samples.max(1) { w.hist.value_at_percentile(percentile).max(1) } else { 0 };
-            if self.current.swap(us, Ordering::Relaxed) != us {
-                changed = Some((us > 0).then(|| Duration::from_micros(us)));
-            }
-            w.hist.reset();
-            w.started = now;
-        }
-        w.hist.saturating_record(micros(latency).clamp(1, MAX_MICROS));
-        changed
+    /// An answer came at `now`, `latency` after its request was sent (the
+    /// caller's one clock read gives both). Returns the new delay when a
+    /// window ended and changed it.
+    #[inline]
+    pub(crate) fn record(&self, latency: Duration, now: Instant) -> Option<Option<Duration>> {
+        let w = self.window.as_ref()?;
+        let at = micros(now.saturating_duration_since(w.epoch));
+        let closed = w.latencies.record(at, micros(latency))?;
+        let us = if closed.count >= w.min_samples { closed.percentile.max(1) } else { 0 };
+        (self.current.swap(us, Ordering::Relaxed) != us).then(|| (us > 0).then(|| Duration::from_micros(us)))
     }
 }
 

@@ -96,7 +96,8 @@ impl<S, C, P> HedgeShared<S, C, P> {
             return Judged::Failed(result);
         }
         if let Some(start) = start {
-            if let Some(delay) = s.shared.delay.record(start.elapsed()) {
+            let now = Instant::now();
+            if let Some(delay) = s.shared.delay.record(now.saturating_duration_since(start), now) {
                 tracing::debug!(
                     service = %s.shared.name,
                     delay_us = delay.map(|d| d.as_micros() as u64),

@@ -89,8 +89,11 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let s = &self.shared.settings;
-        if let Some(budget) = &s.shared.budget {
-            budget.deposit();
+        // One clock read for the budget and the latency, when either wants it.
+        let records = s.shared.delay.records();
+        let now = (records || s.shared.budget.is_some()).then(Instant::now);
+        if let (Some(budget), Some(now)) = (&s.shared.budget, now) {
+            budget.deposit_at(now);
         }
         // A copy only when a hedge may be sent: the delay is known and the
         // request is safe to have in flight twice.
@@ -102,7 +105,7 @@ where
         if copy.is_some() {
             self.shared.template.keep(&self.inner);
         }
-        let start = s.shared.delay.records().then(Instant::now);
+        let start = now.filter(|_| records);
         let fut = self.inner.call(req);
         ResponseFuture::new(fut, start, copy.zip(delay), self.shared.clone())
     }

@@ -138,6 +138,46 @@ async fn percentile_delay_after_min_samples_from_the_previous_window() {
     assert!((MS * 94..=MS * 96).contains(&p95), "{p95:?}");
 }
 
+/// The lock-free recorder behind the percentile delay: p95 of a known set,
+/// a new delay from each window, none once a window is too thin.
+#[tokio::test(start_paused = true)]
+async fn the_percentile_delay_follows_each_window_and_stops_when_answers_thin() {
+    let window = Duration::from_secs(1);
+    let delay = HedgeDelay::Percentile { percentile: 95.0, min_samples: 20, window };
+    let layer = HedgeLayer::builder().delay(delay).no_budget().build().unwrap();
+    // Latency in ms; 0: 1..=20 ms by call number.
+    let latency = Arc::new(AtomicUsize::new(0));
+    let l = latency.clone();
+    let (svc, seen) = backend::<u32>(move |n| {
+        let ms = match l.load(Ordering::SeqCst) {
+            0 => n % 20 + 1,
+            ms => ms,
+        };
+        (MS * ms as u32, true)
+    });
+    let svc = layer.layer(svc);
+    let batch = |n: u32| futures::future::join_all((0..n).map(|i| svc.clone().oneshot(i)));
+    batch(20).await;
+    tokio::time::advance(window).await;
+    latency.store(50, Ordering::SeqCst);
+    // The first answer after the window's end closes it (and counts in the next).
+    batch(1).await;
+    let p95 = layer.current_delay().expect("20 answers in the last window");
+    assert!((MS * 18..=MS * 20).contains(&p95), "the 19th of 1..=20 ms: {p95:?}");
+    batch(19).await;
+    tokio::time::advance(window).await;
+    batch(1).await;
+    let p95 = layer.current_delay().expect("20 answers of 50 ms");
+    assert!((MS * 49..=MS * 51).contains(&p95), "{p95:?}");
+    batch(4).await;
+    tokio::time::advance(window).await;
+    batch(1).await;
+    assert_eq!(layer.current_delay(), None, "5 answers: too few");
+    let before = seen.started();
+    batch(3).await;
+    assert_eq!(seen.started(), before + 3, "no hedge while the delay is not known");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_budget_bounds_hedges_to_a_ratio_of_requests() {
     let (svc, seen) = backend::<u32>(|_| (MS * 100, true));

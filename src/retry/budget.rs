@@ -89,7 +89,10 @@ impl RetryBudget {
     }
 
     fn with_slots<R>(&self, f: impl FnOnce(&mut Slots, usize) -> R) -> R {
-        let now = Instant::now();
+        self.with_slots_at(Instant::now(), f)
+    }
+
+    fn with_slots_at<R>(&self, now: Instant, f: impl FnOnce(&mut Slots, usize) -> R) -> R {
         let mut s = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let epoch = (now.saturating_duration_since(s.start).as_nanos() / self.inner.slot_len.as_nanos()) as u64;
         // Expire the slots that lie more than `ttl` back: at most SLOTS of them.
@@ -105,11 +108,17 @@ impl RetryBudget {
 
     /// Record a request (not a retry): adds `ratio` of a retry to the budget.
     pub fn deposit(&self) {
+        self.deposit_at(Instant::now());
+    }
+
+    /// [`deposit`](Self::deposit) with a clock read the caller made anyway
+    /// (the hedge layer's, which also times the call).
+    pub(crate) fn deposit_at(&self, now: Instant) {
         if self.inner.deposit == 0 {
             return;
         }
         let amount = self.inner.deposit;
-        self.with_slots(|s, idx| s.values[idx] += amount);
+        self.with_slots_at(now, |s, idx| s.values[idx] += amount);
     }
 
     /// Take one retry from the budget, or `None` when it is spent. The returned
