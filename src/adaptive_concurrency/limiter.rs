@@ -232,13 +232,14 @@ pub(crate) struct Shared<C> {
 pub(crate) struct Permit<C> {
     shared: Arc<Shared<C>>,
     in_flight: usize,
-    started: Instant,
+    /// Read once, by `start` (a clock read is a good part of a call's cost).
+    started: Option<Instant>,
     done: bool,
 }
 
 impl<C> Permit<C> {
     pub(crate) fn new(shared: Arc<Shared<C>>, in_flight: usize) -> Self {
-        Permit { shared, in_flight, started: Instant::now(), done: false }
+        Permit { shared, in_flight, started: None, done: false }
     }
 
     pub(crate) fn shared(&self) -> &Shared<C> {
@@ -248,7 +249,7 @@ impl<C> Permit<C> {
     /// The call starts now (the slot may have been taken in `poll_ready`).
     #[inline]
     pub(crate) fn start(mut self) -> Self {
-        self.started = Instant::now();
+        self.started = Some(Instant::now());
         self
     }
 
@@ -257,12 +258,12 @@ impl<C> Permit<C> {
     #[inline]
     pub(crate) fn finish(mut self, dropped: Option<bool>) {
         self.done = true;
-        let sample = dropped.map(|dropped| Sample {
-            started: self.started,
-            rtt: self.started.elapsed(),
-            in_flight: self.in_flight,
-            dropped,
-        });
+        let sample = match (dropped, self.started) {
+            (Some(dropped), Some(started)) => {
+                Some(Sample { started, rtt: started.elapsed(), in_flight: self.in_flight, dropped })
+            }
+            _ => None,
+        };
         self.shared.limiter.release(sample);
     }
 }
