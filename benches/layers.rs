@@ -149,6 +149,8 @@ fn subjects(v: &mut impl Visit) {
     v.visit("mesh_breaker_time", mesh_breaker_time().layer(Noop));
     #[cfg(feature = "bulkhead")]
     v.visit("mesh_bulkhead", mesh_bulkhead().layer(Noop));
+    #[cfg(feature = "adaptive-concurrency")]
+    v.visit("mesh_adaptive", mesh_adaptive().layer(Noop));
     #[cfg(feature = "timeout")]
     v.visit("mesh_timeout", tower_mesh::timeout::TimeoutLayer::new(LONG).layer(Noop));
     #[cfg(feature = "retry")]
@@ -204,6 +206,16 @@ fn mesh_retry() -> tower_mesh::retry::RetryLayer {
 #[cfg(feature = "bulkhead")]
 fn mesh_bulkhead() -> tower_mesh::bulkhead::BulkheadLayer {
     tower_mesh::bulkhead::BulkheadLayer::new(1024)
+}
+
+/// The adaptive limit (Gradient2, the default) at 1024: every call takes a slot and feeds a sample.
+#[cfg(feature = "adaptive-concurrency")]
+fn mesh_adaptive() -> tower_mesh::adaptive_concurrency::AdaptiveConcurrencyLayer {
+    tower_mesh::adaptive_concurrency::AdaptiveConcurrencyLayer::builder()
+        .initial_limit(1024)
+        .max_limit(1024)
+        .build()
+        .expect("tower-mesh adaptive concurrency")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,6 +402,8 @@ fn scaling_subjects(handle: &tokio::runtime::Handle) {
     scaling(handle, "tower_concurrency_limit", tower::limit::ConcurrencyLimit::new(Noop, 1024));
     #[cfg(feature = "bulkhead")]
     scaling(handle, "mesh_bulkhead", mesh_bulkhead().layer(Noop));
+    #[cfg(feature = "adaptive-concurrency")]
+    scaling(handle, "mesh_adaptive", mesh_adaptive().layer(Noop));
     #[cfg(feature = "circuit-breaker")]
     scaling(handle, "mesh_breaker_count", mesh_breaker_count().layer(Noop));
     #[cfg(all(feature = "circuit-breaker", feature = "bulkhead"))]
@@ -426,6 +440,8 @@ const CHECKS: &[(&str, &str, &str, Target)] = &[
     ("breaker + bulkhead vs tower ConcurrencyLimit", "mesh_breaker_bulkhead", "tower_concurrency_limit", Target::Info),
     ("bulkhead vs tower ConcurrencyLimit", "mesh_bulkhead", "tower_concurrency_limit", Target::Ratio(1.0)),
     ("bulkhead vs tower-resilience bulkhead", "mesh_bulkhead", "tr_bulkhead", Target::Info),
+    ("adaptive limit vs tower ConcurrencyLimit", "mesh_adaptive", "tower_concurrency_limit", Target::Info),
+    ("adaptive limit vs bulkhead", "mesh_adaptive", "mesh_bulkhead", Target::Info),
     ("timeout vs tower Timeout", "mesh_timeout", "tower_timeout", Target::Ratio(1.0)),
     ("timeout vs tower-resilience TimeLimiter", "mesh_timeout", "tr_time_limiter", Target::Info),
     ("retry (no failure) vs tower Retry", "mesh_retry", "tower_retry", Target::PlusNs(5.0)),

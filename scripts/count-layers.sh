@@ -42,7 +42,7 @@ per_call() {
 if [ $# -gt 0 ]; then
   subjects="$*"
 else
-  subjects="tower_timeout mesh_timeout tower_retry mesh_retry tower_concurrency_limit mesh_breaker_count mesh_breaker_time mesh_bulkhead"
+  subjects="tower_timeout mesh_timeout tower_retry mesh_retry tower_concurrency_limit mesh_breaker_count mesh_breaker_time mesh_bulkhead mesh_adaptive"
 fi
 bare=$(per_call bare)
 printf '%-28s %14s %10s\n' subject instructions overhead

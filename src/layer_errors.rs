@@ -24,6 +24,7 @@ pub(crate) fn as_mesh_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a dyn 
     try_each! {
         "circuit-breaker" => crate::circuit_breaker::CircuitOpen,
         "bulkhead" => crate::bulkhead::BulkheadFull,
+        "adaptive-concurrency" => crate::adaptive_concurrency::ConcurrencyLimited,
         "rate-limit" => crate::rate_limit::RateLimited,
         "timeout" => crate::timeout::Elapsed,
         "discovery" => crate::discovery::DiscoveryError,

@@ -22,6 +22,8 @@ pub mod deadline;
 pub mod error;
 mod layer_errors;
 
+#[cfg(feature = "adaptive-concurrency")]
+pub mod adaptive_concurrency;
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
