@@ -199,9 +199,10 @@ pub async fn table(load: Load) {
     row(load, &unloaded, &format!("BulkheadLayer {} (4× too high)", 4 * c), bulkhead(4 * c), None).await;
     row(load, &unloaded, &format!("BulkheadLayer {} (2× too low)", c / 2), bulkhead(c / 2), None).await;
     #[cfg(feature = "adaptive-concurrency")]
-    for (name, (svc, limit)) in
-        [("AdaptiveConcurrencyLayer Gradient2", ours(true)), ("AdaptiveConcurrencyLayer AIMD", ours(false))]
-    {
+    for (name, (svc, limit)) in [
+        ("AdaptiveConcurrencyLayer Gradient2", ours(&load, true)),
+        ("AdaptiveConcurrencyLayer AIMD", ours(&load, false)),
+    ] {
         row(load, &unloaded, name, svc, Some(limit)).await;
     }
     let (svc, limit) = tower_resilience(tr_aimd(&load));
@@ -210,12 +211,19 @@ pub async fn table(load: Load) {
     row(load, &unloaded, "tower-resilience adaptive Vegas (+ LoadShed)", svc, Some(limit)).await;
 }
 
-/// tower-mesh's adaptive layer, Gradient2 (`gradient`) or AIMD, starting at 20.
+/// tower-mesh's adaptive layer starting at 20: Gradient2 with its defaults
+/// (`gradient`), or AIMD counting an answer slower than 2 × the work time as
+/// a drop, like tower-resilience's (its default timeout, 5 s, is never
+/// reached here).
 #[cfg(feature = "adaptive-concurrency")]
-fn ours(gradient: bool) -> (impl Subject, LimitFn) {
+fn ours(load: &Load, gradient: bool) -> (impl Subject, LimitFn) {
     use tower_mesh::adaptive_concurrency::{AdaptiveConcurrencyLayer, Aimd, Gradient2};
     let builder = AdaptiveConcurrencyLayer::builder().name("overload");
-    let builder = if gradient { builder.gradient2(Gradient2::default()) } else { builder.aimd(Aimd::default()) };
+    let builder = if gradient {
+        builder.gradient2(Gradient2::default())
+    } else {
+        builder.aimd(Aimd { timeout: load.work * 2, ..Aimd::default() })
+    };
     let layer = builder.initial_limit(20).min_limit(1).max_limit(1000).max_wait(Duration::ZERO).build().unwrap();
     let handle = layer.handle();
     (layer.layer(client()), Box::new(move || handle.limit()))
@@ -232,7 +240,7 @@ pub async fn convergence(load: Load) {
     let unloaded = unloaded(load).await;
     let mut runs: Vec<(&str, Run)> = Vec::new();
     #[cfg(feature = "adaptive-concurrency")]
-    for (name, (svc, limit)) in [("Gradient2", ours(true)), ("AIMD", ours(false))] {
+    for (name, (svc, limit)) in [("Gradient2", ours(&load, true)), ("AIMD", ours(&load, false))] {
         runs.push((name, trace(load, svc, limit).await));
     }
     let (svc, limit) = tower_resilience(tr_aimd(&load));
