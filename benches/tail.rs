@@ -27,9 +27,9 @@
 //! Run all: `cargo bench --features hedge,adaptive-concurrency --bench tail`
 //! (about four minutes). Some parts only: filters after `--`; a section runs
 //! when its name contains one of them: `hedge-tail-at-scale`,
-//! `hedge-happy-path`, `overload`, `overload-convergence` (so `-- hedge` runs
-//! both hedging parts, `-- overload` both overload parts, `-- convergence`
-//! the convergence run alone).
+//! `hedge-happy-path`, `overload-table`, `overload-convergence` (so `--
+//! hedge` runs both hedging parts, `-- overload` both overload parts, `--
+//! convergence` the convergence run alone).
 
 use std::convert::Infallible;
 use std::future::{Future, Ready};
@@ -264,7 +264,7 @@ fn main() {
         println!();
     }
     let load = overload::Load::from_env();
-    if wanted("overload") {
+    if wanted("overload-table") {
         rt.block_on(overload_runs::table(load));
         println!();
     }
