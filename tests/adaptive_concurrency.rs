@@ -139,10 +139,12 @@ async fn gradient2_limit_comes_down_when_latency_rises_and_the_excess_gets_503()
         .unwrap();
     let handle = layer.handle();
     let addr = shedding_server(layer, slow_under_load(Duration::from_millis(2)).await).await;
-    // Unloaded first: the long-term latency learns the 2 ms.
-    let warm = load(addr, 1, 30).await;
-    assert_eq!(warm.ok.load(Ordering::SeqCst), 30);
+    // Unloaded first, for several 100 ms windows: the long-term latency
+    // learns the 2 ms.
+    let warm = load(addr, 1, 400).await;
+    assert_eq!(warm.ok.load(Ordering::SeqCst), 400);
     assert_eq!(handle.limit(), 64, "one call at a time is app-limited: the limit stays");
+    assert!(handle.long_rtt().is_some());
     let tally = load(addr, 64, 15).await;
     assert_shed(&handle, &tally, 64);
 }

@@ -29,7 +29,7 @@ pub enum AlgorithmKind {
 /// min_limit = 1
 /// max_limit = 1000
 /// max_wait = "0s"           # wait for a slot this long before rejecting
-/// gradient2 = { smoothing = 0.2, tolerance = 1.5, long_window = 600, queue_size = 4 }
+/// gradient2 = { smoothing = 0.2, tolerance = 1.5, long_window = 600, queue_size = 4, window = "100ms", min_window_samples = 10 }
 /// aimd = { backoff_ratio = 0.9, increase = 1, timeout = "5s" }
 /// ```
 ///

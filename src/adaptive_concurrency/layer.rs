@@ -182,7 +182,7 @@ impl<C> AdaptiveConcurrencyBuilder<C> {
         let name: Arc<str> = self.name.as_deref().unwrap_or(DEFAULT_NAME).into();
         let algorithm = match config.algorithm {
             AlgorithmKind::Gradient2 => Algorithm::gradient2(config.gradient2),
-            AlgorithmKind::Aimd => Algorithm::Aimd(config.aimd),
+            AlgorithmKind::Aimd => Algorithm::aimd(config.aimd),
         };
         let limits = [config.initial_limit, config.min_limit, config.max_limit];
         let limiter = Arc::new(Limiter::new(name, limits, config.max_wait, algorithm));

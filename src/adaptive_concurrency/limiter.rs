@@ -257,7 +257,12 @@ impl<C> Permit<C> {
     #[inline]
     pub(crate) fn finish(mut self, dropped: Option<bool>) {
         self.done = true;
-        let sample = dropped.map(|dropped| Sample { rtt: self.started.elapsed(), in_flight: self.in_flight, dropped });
+        let sample = dropped.map(|dropped| Sample {
+            started: self.started,
+            rtt: self.started.elapsed(),
+            in_flight: self.in_flight,
+            dropped,
+        });
         self.shared.limiter.release(sample);
     }
 }

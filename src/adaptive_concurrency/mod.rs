@@ -26,8 +26,13 @@
 //!
 //! **[`Gradient2`]** (the default; Netflix's `Gradient2Limit`):
 //!
+//! Samples are gathered into windows of `window` (100 ms) and at least
+//! `min_window_samples` (10) samples, as Netflix's `WindowedLimit` and
+//! Envoy's controller do; each window is one update, with `rtt` its mean
+//! RTT and `inflight` its largest number in flight:
+//!
 //! ```text
-//! long  = EMA of rtt over `long_window` samples (a plain mean for the first 10)
+//! long  = EMA of rtt over `long_window` windows (a plain mean for the first 10)
 //! if long / rtt > 2:  long = long * 0.95          (recover fast after an overload)
 //! if inflight < L / 2: keep L                      (app-limited: no evidence)
 //! gradient = clamp(tolerance * long / rtt, 0.5, 1.0)
@@ -36,20 +41,30 @@
 //! ```
 //!
 //! While the latency stays within `tolerance` times its long-term average,
-//! the limit grows by `queue_size × smoothing` per sample; when queueing
-//! makes the calls slower it comes down, at most halving per step. The
-//! long-term average follows a lasting change of latency, so Gradient2
-//! reacts to *changes* in latency: under a steady overload the limit
-//! oscillates around the point where the latency starts to rise rather than
-//! settling. A drop's latency is not a sample (a fast error would look
-//! like spare capacity).
+//! the limit grows by `queue_size × smoothing` per window; when queueing
+//! makes the calls slower it comes down. The limit settles where the
+//! latency is about `tolerance` times the long-term RTT. That average
+//! follows a lasting change of latency (over `long_window` windows, a
+//! minute by default), so a lasting overload slowly raises the limit again:
+//! Gradient2 reacts to *changes* in latency. A drop's latency is not a
+//! sample (a fast error would look like spare capacity). Without windows
+//! (Netflix's plain `Gradient2Limit`, one update per call) the limit grows
+//! by `0.8` per call and overshoots by far at high call rates.
 //!
-//! **[`Aimd`]** (Netflix's `AIMDLimit`, TCP's congestion window):
+//! **[`Aimd`]** (TCP's congestion avoidance, Netflix's `AIMDLimit`):
 //!
 //! ```text
-//! drop, or rtt > timeout:   L = L * backoff_ratio
-//! else if inflight * 2 >= L: L = L + increase
+//! drop, or rtt > timeout:    L = L * backoff_ratio   (once per window, see below)
+//! else if inflight * 2 >= L: L = L + increase / L    (+increase per window of L calls)
 //! ```
+//!
+//! Unlike Netflix's `AIMDLimit` (`+increase` per call, a decrease per
+//! drop), the limit moves as TCP's window does: it grows by `increase` per
+//! window of `L` successful calls, and a drop decreases it only if its call
+//! started after the last decrease — the calls admitted before a decrease
+//! report the overload it already answered. Per-call steps overshoot
+//! (the limit doubles every round trip) and then collapse to `min_limit`
+//! under one burst of slow calls.
 //!
 //! References: Netflix Tech Blog, "Performance Under Load" (2018);
 //! `Gradient2Limit.java` and `AIMDLimit.java` in Netflix/concurrency-limits;
@@ -114,7 +129,7 @@
 //! let second = svc.ready().await.unwrap().call(()); // rejected at once
 //! assert!(second.await.unwrap_err().is::<ConcurrencyLimited>());
 //! assert_eq!(first.await.unwrap(), "done");
-//! // A fast success with the limit in use: AIMD adds one.
+//! // A fast success with the limit in use: AIMD adds 1 / limit.
 //! assert_eq!(handle.limit(), 2);
 //! assert_eq!(handle.in_flight(), 0);
 //! # }
