@@ -12,7 +12,24 @@
 //! answering at once, driven by hand): ns per call and heap allocations per
 //! call for the bare service, `RetryLayer` and `HedgeLayer`.
 //!
-//! Run: `cargo bench --features hedge --bench tail` (about a minute).
+//! Then overload (issue 27): an upstream on 127.0.0.1 with C workers (each
+//! request holds one for 5 ms, the others queue) offered 2 × its capacity
+//! through hyper-util's client by an open-loop arrival process, behind no
+//! limit, static bulkheads 4× too high and 2× too low, tower-mesh's
+//! `AdaptiveConcurrencyLayer` (Gradient2, AIMD; feature
+//! `adaptive-concurrency`) and tower-resilience's adaptive limiter: goodput
+//! (answers within 50 ms), latency of the calls let through, rejections.
+//! And the convergence run: C halves from 32 to 16 workers mid-run; the
+//! adaptive subjects' limit and goodput per 500 ms. The workload's figures
+//! can be changed with `OVERLOAD_*` environment variables (see
+//! `support/overload.rs`).
+//!
+//! Run all: `cargo bench --features hedge,adaptive-concurrency --bench tail`
+//! (about four minutes). Some parts only: filters after `--`; a section runs
+//! when its name contains one of them: `hedge-tail-at-scale`,
+//! `hedge-happy-path`, `overload-table`, `overload-convergence` (so `--
+//! hedge` runs both hedging parts, `-- overload` both overload parts, `--
+//! convergence` the convergence run alone).
 
 use std::convert::Infallible;
 use std::future::{Future, Ready};
@@ -40,6 +57,10 @@ use tower_mesh::BoxError;
 #[path = "support/alloc.rs"]
 mod alloc;
 use alloc::ALLOCATIONS;
+#[path = "support/overload.rs"]
+mod overload;
+#[path = "support/overload_runs.rs"]
+mod overload_runs;
 
 type Req = Request<Full<Bytes>>;
 
@@ -206,12 +227,8 @@ fn happy<S: Service<u32>>(name: &str, mut svc: S) {
     println!("| {name} | {:.1} | {allocs} |", best.as_nanos() as f64 / f64::from(CALLS));
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(tail());
-
-    let _guard = rt.enter();
-    println!();
+/// The happy path of a call that is not hedged.
+fn happy_path() {
     println!("| happy path (no hedge sent) | ns/call | allocations/call |");
     println!("|---|---|---|");
     happy("bare", Noop);
@@ -231,4 +248,29 @@ fn main() {
     }
     assert!(pct.current_delay().is_some(), "percentile mode on");
     happy("HedgeLayer (p95 delay, budget)", warm);
+}
+
+/// Runs the sections named by the filters given after `--` (a section runs
+/// when its name contains one of them), or all of them.
+fn main() {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |section: &str| filters.is_empty() || filters.iter().any(|f| section.contains(f.as_str()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if wanted("hedge-tail-at-scale") {
+        rt.block_on(tail());
+        println!();
+    }
+    if wanted("hedge-happy-path") {
+        let _guard = rt.enter();
+        happy_path();
+        println!();
+    }
+    let load = overload::Load::from_env();
+    if wanted("overload-table") {
+        rt.block_on(overload_runs::table(load));
+        println!();
+    }
+    if wanted("overload-convergence") {
+        rt.block_on(overload_runs::convergence(load));
+    }
 }
