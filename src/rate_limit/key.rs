@@ -89,11 +89,7 @@ impl KeySpec {
     ) -> R {
         match self {
             KeySpec::Global => f(Some("")),
-            // A value that is not UTF-8 is keyed by its lossy decoding (the
-            // only case that allocates).
-            KeySpec::Header(name) => {
-                f(req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes())).as_deref())
-            }
+            KeySpec::Header(name) => f(req.headers().get(name).map(|v| utf8(v.as_bytes())).as_deref()),
             KeySpec::Claim(name) => f(claim(req.extensions(), name).as_deref()),
             KeySpec::Authority => f(req
                 .uri()
@@ -105,6 +101,17 @@ impl KeySpec {
                 f(peer.get(req.extensions()).map(|a| format_ip(a.ip(), &mut buf)))
             }
         }
+    }
+}
+
+/// `bytes` as text: borrowed when UTF-8 (checked with `str::from_utf8`,
+/// cheaper than `String::from_utf8_lossy`'s chunks), else decoded lossily
+/// (the only header key that allocates).
+#[inline]
+fn utf8(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
