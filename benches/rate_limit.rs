@@ -194,11 +194,14 @@ fn local(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     g.finish();
 }
 
-/// Exact mode against raw EVALSHA: `conc` tasks, `per_task` decisions each.
+/// Exact mode against raw EVALSHA: `conc` tasks, `per_task` decisions each,
+/// in `REDIS_ROUNDS` rounds (default 5) that alternate which loop goes
+/// first; the median ratio is the figure.
 async fn redis(url: &str) {
     use tower_mesh::rate_limit::redis::{RedisRateLimiter, SCRIPT};
     let conc = 32;
     let per_task = 2000;
+    let rounds: usize = std::env::var("REDIS_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
     let name = format!("bench-{}", std::process::id());
     let layer = RedisRateLimiter::builder(url)
         .name(&name)
@@ -211,57 +214,74 @@ async fn redis(url: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query_async(&mut conn).await.unwrap();
-    let interval_us = 1u64;
-    for round in 0..2 {
-        // Raw: the same script, arguments and concurrency on one multiplexed connection.
+    let raw_key = format!("tower-mesh:rl:{name}-raw:global");
+    // Raw: the same script, arguments and concurrency on one multiplexed connection.
+    let raw = || {
         let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..conc {
-            let mut conn = conn.clone();
-            let (sha, key) = (sha.clone(), format!("tower-mesh:rl:{name}-raw:global"));
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(per_task);
-                for _ in 0..per_task {
-                    let t = Instant::now();
-                    let r: Vec<i64> = redis::cmd("EVALSHA")
-                        .arg(&sha)
-                        .arg(1)
-                        .arg(&key)
-                        .arg(interval_us)
-                        .arg(1_000_000)
-                        .arg(1)
-                        .arg(0)
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
-                    black_box(r);
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        let raw = summarize(tasks, started).await;
+        let tasks = (0..conc)
+            .map(|_| {
+                let (mut conn, sha, key) = (conn.clone(), sha.clone(), raw_key.clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per_task);
+                    for _ in 0..per_task {
+                        let t = Instant::now();
+                        let r: Vec<i64> = redis::cmd("EVALSHA")
+                            .arg(&sha)
+                            .arg(1)
+                            .arg(&key)
+                            .arg(1u64)
+                            .arg(1_000_000)
+                            .arg(1)
+                            .arg(0)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        black_box(r);
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        summarize(tasks, started)
+    };
+    let ours = || {
         let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..conc {
-            let svc = svc.clone();
-            tasks.push(tokio::spawn(async move {
-                use tower::ServiceExt;
-                let mut lat = Vec::with_capacity(per_task);
-                for _ in 0..per_task {
-                    let t = Instant::now();
-                    svc.clone().oneshot(()).await.unwrap();
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        let ours = summarize(tasks, started).await;
+        let tasks = (0..conc)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    use tower::ServiceExt;
+                    let mut lat = Vec::with_capacity(per_task);
+                    for _ in 0..per_task {
+                        let t = Instant::now();
+                        svc.clone().oneshot(()).await.unwrap();
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        summarize(tasks, started)
+    };
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let (raw, ours) = if round % 2 == 0 {
+            let raw = raw().await;
+            (raw, ours().await)
+        } else {
+            let ours = ours().await;
+            (raw().await, ours)
+        };
+        let first = if round % 2 == 0 { "raw" } else { "ours" };
         println!(
-            "redis exact mode, round {round}, {conc} concurrent: raw EVALSHA {:.0}/s p99 {:?}; RedisRateLimiter {:.0}/s p99 {:?}; throughput ratio {:.3}",
+            "redis exact mode, round {round} ({first} first), {conc} concurrent: raw EVALSHA {:.0}/s p99 {:?}; RedisRateLimiter {:.0}/s p99 {:?}; throughput ratio {:.3}",
             raw.0, raw.1, ours.0, ours.1, ours.0 / raw.0
         );
+        ratios.push(ours.0 / raw.0);
     }
+    ratios.sort_by(f64::total_cmp);
+    println!("redis exact mode, median throughput ratio over {rounds} rounds: {:.3}", ratios[rounds / 2]);
 }
 
 async fn summarize(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, started: Instant) -> (f64, Duration) {

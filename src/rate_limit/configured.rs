@@ -29,10 +29,14 @@ pub struct ConfiguredLimiter {
 }
 
 impl ConfiguredLimiter {
-    /// The key of `req` (`None`: the anonymous limit).
+    /// Call `f` with the key of `req`, borrowed where it can be (`None`:
+    /// the anonymous limit).
     #[inline]
-    fn key_of<B>(&self, req: &http::Request<B>) -> Option<String> {
-        self.key.as_ref().and_then(|spec| spec.key_with(req, self.peer))
+    fn with_key<B, R>(&self, req: &http::Request<B>, f: impl FnOnce(Option<&str>) -> R) -> R {
+        match &self.key {
+            Some(spec) => spec.with_key(req, self.peer, f),
+            None => f(None),
+        }
     }
 }
 
@@ -58,16 +62,13 @@ impl<B> Limiter<http::Request<B>> for ConfiguredLimiter {
                 Ok(()) => Acquire::Admitted,
                 Err(e) => Acquire::Denied(e),
             },
-            Kind::Keyed(k) => match k.acquire_key(self.key_of(req)) {
+            Kind::Keyed(k) => match self.with_key(req, |key| k.acquire_borrowed(key)) {
                 Ok(()) => Acquire::Admitted,
                 Err(e) => Acquire::Denied(e),
             },
             #[cfg(feature = "rate-limit-redis")]
             Kind::Shared(r) => match &self.key {
-                Some(_) => match self.key_of(req) {
-                    Some(key) => r.acquire_key(&key),
-                    None => r.acquire_key("anonymous"),
-                },
+                Some(_) => self.with_key(req, |key| r.acquire_key(key.unwrap_or("anonymous"))),
                 None => r.acquire_key("global"),
             },
         }

@@ -1,8 +1,10 @@
 //! Where the key of an HTTP request comes from ([`KeySpec`]), and where its
 //! peer address is found ([`PeerAddr`]).
 
+use std::borrow::Cow;
 use std::fmt;
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::str::FromStr;
 
@@ -73,40 +75,76 @@ impl KeySpec {
 
     /// The key of `req`, `peer-ip` reading the peer address where `peer` says.
     pub fn key_with<B>(&self, req: &http::Request<B>, peer: PeerAddr) -> Option<String> {
+        self.with_key(req, peer, |key| key.map(str::to_owned))
+    }
+
+    /// Call `f` with the key of `req`, borrowed from the request where it
+    /// can be (a header, the authority, a claim) or formatted on the stack
+    /// (a peer IP): the keyed limiters look keys up without allocating.
+    pub(crate) fn with_key<B, R>(
+        &self,
+        req: &http::Request<B>,
+        peer: PeerAddr,
+        f: impl FnOnce(Option<&str>) -> R,
+    ) -> R {
         match self {
-            KeySpec::Global => Some(String::new()),
-            KeySpec::Header(name) => {
-                req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            }
-            KeySpec::Claim(name) => claim(req.extensions(), name),
-            KeySpec::Authority => req
+            KeySpec::Global => f(Some("")),
+            KeySpec::Header(name) => f(req.headers().get(name).map(|v| utf8(v.as_bytes())).as_deref()),
+            KeySpec::Claim(name) => f(claim(req.extensions(), name).as_deref()),
+            KeySpec::Authority => f(req
                 .uri()
                 .authority()
-                .map(|a| a.as_str().to_owned())
-                .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)),
-            KeySpec::PeerIp => peer.get(req.extensions()).map(|a| a.ip().to_string()),
+                .map(|a| a.as_str())
+                .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))),
+            KeySpec::PeerIp => {
+                let mut buf = [0u8; IP_MAX_LEN];
+                f(peer.get(req.extensions()).map(|a| format_ip(a.ip(), &mut buf)))
+            }
         }
     }
 }
 
+/// `bytes` as text: borrowed when UTF-8 (checked with `str::from_utf8`,
+/// cheaper than `String::from_utf8_lossy`'s chunks), else decoded lossily
+/// (the only header key that allocates).
+#[inline]
+fn utf8(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// The longest text of an IP address (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`).
+const IP_MAX_LEN: usize = 45;
+
+/// `ip` as text, written into `buf`.
+fn format_ip(ip: IpAddr, buf: &mut [u8; IP_MAX_LEN]) -> &str {
+    let mut rest = &mut buf[..];
+    write!(rest, "{ip}").expect("an IP address fits in 45 bytes");
+    let len = IP_MAX_LEN - rest.len();
+    std::str::from_utf8(&buf[..len]).expect("an IP address is ASCII")
+}
+
 #[cfg(feature = "jwt")]
-fn claim(ext: &http::Extensions, name: &str) -> Option<String> {
+fn claim<'r>(ext: &'r http::Extensions, name: &str) -> Option<Cow<'r, str>> {
     let c = ext.get::<crate::jwt::Claims>()?;
+    let borrowed = |s: &'r Option<String>| s.as_deref().map(Cow::Borrowed);
     match name {
-        "sub" => c.sub.clone(),
-        "iss" => c.iss.clone(),
-        "jti" => c.jti.clone(),
-        "aud" => c.aud.first().cloned(),
+        "sub" => borrowed(&c.sub),
+        "iss" => borrowed(&c.iss),
+        "jti" => borrowed(&c.jti),
+        "aud" => c.aud.first().map(|a| Cow::Borrowed(a.as_str())),
         other => match c.extra.get(other)? {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+            serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
             _ => None,
         },
     }
 }
 
 #[cfg(not(feature = "jwt"))]
-fn claim(_: &http::Extensions, _: &str) -> Option<String> {
+fn claim<'r>(_: &'r http::Extensions, _: &str) -> Option<Cow<'r, str>> {
     None
 }
 
@@ -203,6 +241,40 @@ impl FromStr for KeySpec {
                 let name = other.strip_prefix("header:").ok_or_else(err)?;
                 http::HeaderName::from_bytes(name.trim().as_bytes()).map(KeySpec::Header).map_err(|_| err())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A request with the header `x-api-key: <value>`.
+    pub(crate) fn api_key(value: &[u8]) -> http::Request<()> {
+        http::Request::get("/").header("x-api-key", http::HeaderValue::from_bytes(value).unwrap()).body(()).unwrap()
+    }
+
+    #[test]
+    fn header_keys_are_borrowed_from_the_request() {
+        let spec: KeySpec = "header:x-api-key".parse().unwrap();
+        let req = api_key(b"k1");
+        let value = req.headers()["x-api-key"].as_bytes().as_ptr();
+        spec.with_key(&req, PeerAddr::SOCKET_ADDR, |key| {
+            assert_eq!(key, Some("k1"));
+            assert_eq!(key.unwrap().as_ptr(), value, "the header's own bytes, not a copy");
+        });
+        let not_utf8 = api_key(b"k\xff");
+        assert_eq!(spec.key(&not_utf8).as_deref(), Some("k\u{fffd}"), "decoded lossily");
+    }
+
+    #[test]
+    fn peer_ip_keys_are_formatted_like_to_string() {
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe".parse().unwrap();
+        let mapped: IpAddr = "::ffff:255.255.255.254".parse().unwrap();
+        for ip in [longest, mapped, "255.255.255.255".parse().unwrap()] {
+            let mut req = http::Request::new(());
+            req.extensions_mut().insert(SocketAddr::new(ip, 80));
+            assert_eq!(KeySpec::PeerIp.key(&req), Some(ip.to_string()));
         }
     }
 }
