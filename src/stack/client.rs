@@ -289,16 +289,14 @@ impl ClientConfig {
     /// [`StackError::NeedsBufferedBody`] here (build it with
     /// [`buffered_http_stack`](Self::buffered_http_stack)).
     pub fn stack_with<C: Clone, P: Clone>(&self, classifier: C, requests: P) -> Result<ClientStack<C, P>, StackError> {
-        let needs = |layer| Err(StackError::NeedsBufferedBody { service: self.name.clone(), layer });
         #[cfg(feature = "fallback")]
         if self.fallback.is_some() {
-            return needs("fallback");
+            return Err(StackError::NeedsBufferedBody { service: self.name.clone(), layer: "fallback" });
         }
         #[cfg(feature = "coalesce")]
         if self.coalesce.is_some() {
-            return needs("coalesce");
+            return Err(StackError::NeedsBufferedBody { service: self.name.clone(), layer: "coalesce" });
         }
-        let _ = needs;
         self.build(classifier, requests, ())
     }
 
