@@ -280,3 +280,65 @@ async fn server_maps_open_breaker_to_503_with_retry_after() {
     assert!((29..=30).contains(&secs), "{secs}");
     server.abort();
 }
+
+/// A stack loaded from TOML with a hedge, a fallback and coalescing, around
+/// a hyper-util client whose response bodies are buffered (with a cap).
+#[cfg(all(feature = "stack", feature = "hedge", feature = "fallback", feature = "coalesce"))]
+#[tokio::test]
+async fn configured_stack_hedges_coalesces_and_falls_back_against_a_real_upstream() {
+    use http_body_util::Limited;
+    use tower_mesh::fallback::ServedByFallback;
+    use tower_mesh::stack::MeshConfig;
+
+    let cfg = MeshConfig::from_toml_str(
+        r#"
+        preset = "testing"
+        [client.items]
+        retry = { max_retries = 1 }
+        hedge = { delay = "50ms", max = 1, budget = 1.0 }
+        coalesce = { max_keys = 100 }
+        fallback = { on = "both", ttl = "60s", header = "x-mesh-fallback", answer = { status = 200, body = "default" } }
+        "#,
+    )
+    .unwrap();
+    let stack = cfg.client("items").unwrap().buffered_http_stack().unwrap();
+    let http = client();
+    let buffered = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let http = http.clone();
+        async move {
+            let (parts, body) = http.request(req).await?.into_parts();
+            let bytes = Limited::new(body, 1 << 20).collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::from_parts(parts, Full::new(bytes)))
+        }
+    });
+    let svc = ServiceBuilder::new().layer(stack).service(buffered);
+    let up = Upstream::start().await;
+    let body = |res: Response<Full<Bytes>>| async move { res.into_body().collect().await.unwrap().to_bytes() };
+
+    // Five identical GETs in flight while the upstream is slow: one shared
+    // call, hedged once (its first request has not answered after 50 ms).
+    up.control.set_delay(Duration::from_millis(300));
+    let call = || svc.clone().oneshot(get(&up));
+    let (a, b, c, d, e) = tokio::join!(call(), call(), call(), call(), call());
+    for res in [a, b, c, d, e] {
+        let res = res.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.extensions().get::<ServedByFallback>().is_none());
+        assert_eq!(body(res).await, "ok");
+    }
+    assert_eq!(up.control.requests(), 2, "one coalesced call and its hedge");
+
+    // The upstream fails: the last good answer to the same GET, then the
+    // fixed answer for a GET never answered.
+    up.control.set_delay(Duration::ZERO);
+    up.control.set(Mode::Status(500));
+    let res = svc.clone().oneshot(get(&up)).await.unwrap();
+    assert!(res.headers().contains_key("x-mesh-fallback"), "{:?}", res.headers());
+    assert!(res.extensions().get::<ServedByFallback>().is_some());
+    assert_eq!(body(res).await, "ok");
+    let other = Request::get(up.uri("/other")).body(Full::new(Bytes::new())).unwrap();
+    let res = svc.clone().oneshot(other).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-mesh-fallback"));
+    assert_eq!(body(res).await, "default");
+}

@@ -81,7 +81,7 @@ pub use service::Coalesce;
 
 /// Request coalescing for an HTTP client, as configuration:
 /// `coalesce = { max_keys = 10000 }`.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoalesceConfig {
     /// The most keys in flight (default 10,000).
@@ -103,6 +103,11 @@ impl Default for CoalesceConfig {
 pub type HttpKeyFn<B> = fn(&http::Request<B>) -> Option<crate::request_key::HttpKey>;
 
 impl CoalesceConfig {
+    /// Check the values: `max_keys` is not zero.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        crate::config::check_nonzero("coalesce.max_keys", self.max_keys == 0)
+    }
+
     /// The layer: `GET` / `HEAD` requests to the same URI share a call.
     pub fn http_layer<B, Res>(&self, name: &str) -> CoalesceLayer<crate::request_key::HttpKey, HttpKeyFn<B>, Res> {
         CoalesceLayer::new(http_key as HttpKeyFn<B>).max_keys(self.max_keys).name(name)

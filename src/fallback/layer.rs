@@ -61,7 +61,7 @@ pub struct FallbackLayer<Src, C = ResultClassifier> {
 }
 
 impl<Src> FallbackLayer<Src> {
-    fn with(source: Src) -> Self {
+    pub(crate) fn with(source: Src) -> Self {
         FallbackLayer {
             source,
             classifier: ResultClassifier,

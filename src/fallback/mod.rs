@@ -55,8 +55,10 @@
 //! Put it at the top of a client stack, above the timeouts, retries,
 //! breaker and bulkhead whose rejections it covers.
 //!
-//! [`FallbackConfig`] is the stale-cache fallback of an HTTP client as
-//! configuration (`on`, `capacity`, `ttl`, `header`).
+//! [`FallbackConfig`] is the fallback of an HTTP client as configuration
+//! (`on`, `capacity`, `ttl`, `header`, `stale`, `answer`): the stale cache,
+//! then a fixed answer; [`FallbackConfig::layer`] builds it, as the
+//! configured client stack does.
 //!
 //! # Metrics
 //!
@@ -78,7 +80,7 @@ use http::{HeaderName, HeaderValue};
 use crate::error::{BoxError, MeshErrorKind};
 
 pub use crate::request_key::{http_key, HttpKey};
-pub use config::{FallbackConfig, HttpKeyFn, HttpStaleLayer};
+pub use config::{Configured, ConfiguredFallbackLayer, FallbackConfig, HttpKeyFn, HttpStaleLayer, StaticAnswer};
 pub use future::ResponseFuture;
 pub use layer::FallbackLayer;
 pub use service::Fallback;
@@ -127,7 +129,7 @@ impl std::fmt::Display for FallbackReason {
 }
 
 /// Which outcomes get a fallback answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Trigger {
     /// Rejections and timeouts of the layers below only.

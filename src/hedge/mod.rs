@@ -66,6 +66,9 @@
 //!   the circuit breaker, bulkhead and per-attempt timeout: every hedge is an
 //!   attempt that goes through them.
 //!
+//! [`HedgeConfig`] is the layer as configuration (`delay = "p95"`, `max`,
+//! `budget`, `min_samples`, `window`), as the configured client stack reads it.
+//!
 //! Metrics (label `service`): `tower_mesh_hedge_sent_total`,
 //! `tower_mesh_hedge_won_total`, `tower_mesh_hedge_budget_exhausted_total`.
 //! Tracing (`debug`): a hedge sent, a hedge that won, a hedge not sent (budget,
@@ -78,12 +81,14 @@
 //! | `max_hedges` | 1 | `MaxHedgedAttempts` | `maxAttempts − 1` |
 //! | budget | — | — | retry throttling |
 
+mod config;
 mod delay;
 mod future;
 mod latencies;
 mod layer;
 mod service;
 
+pub use self::config::{DelaySpec, HedgeConfig};
 pub use self::delay::HedgeDelay;
 pub use self::future::ResponseFuture;
 pub use self::layer::{HedgeBuilder, HedgeLayer};

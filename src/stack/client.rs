@@ -35,9 +35,9 @@ impl<S, C> Layer<S> for Passthrough<C> {
 }
 
 #[cfg(feature = "discovery")]
-type DiscoveryL<C> = crate::discovery::DiscoveryLayer<C>;
+pub(super) type DiscoveryL<C> = crate::discovery::DiscoveryLayer<C>;
 #[cfg(not(feature = "discovery"))]
-type DiscoveryL<C> = Passthrough<C>;
+pub(super) type DiscoveryL<C> = Passthrough<C>;
 #[cfg(feature = "correlation-id")]
 type CorrelationL = crate::correlation::CorrelationIdClientLayer;
 #[cfg(not(feature = "correlation-id"))]
@@ -51,32 +51,37 @@ type JwtL = crate::jwt::JwtClientLayer;
 #[cfg(not(feature = "jwt"))]
 type JwtL = Passthrough<()>;
 
+#[cfg(feature = "hedge")]
+type HedgeL<C, P> = crate::hedge::HedgeLayer<IgnoreRejections<C>, P>;
+#[cfg(not(feature = "hedge"))]
+type HedgeL<C, P> = Passthrough<(C, P)>;
+/// What each attempt of a [`ClientService`] goes through, from the outside
+/// in: hedge → rate limit → circuit breaker → bulkhead → attempt timeout →
+/// discovery → `S` (a hedge is an attempt too), each layer present only
+/// when configured (and its Cargo feature on).
+pub type AttemptService<S, C = HttpClassifier, P = HttpRequests> = Opt<
+    HedgeL<C, P>,
+    Opt<
+        RateLimitL,
+        Opt<CircuitBreakerLayer<IgnoreRejections<C>>, Opt<BulkheadLayer, Opt<TimeoutLayer, Opt<DiscoveryL<C>, S>>>>,
+    >,
+>;
+
+/// The total timeout and the retry around the attempts.
+pub(super) type Retried<S, C, P> = Opt<TimeoutLayer, Opt<RetryLayer<IgnoreRejections<C>, P>, AttemptService<S, C, P>>>;
+
 /// The service a [`ClientStack`] makes around `S`: from the outside in,
 /// metrics → correlation id → token forwarding → total timeout → retry →
-/// rate limit → circuit breaker → bulkhead → attempt timeout → discovery → `S`, each
-/// layer present only when configured (and its Cargo feature on).
-pub type ClientService<S, C = HttpClassifier, P = HttpRequests> = Observe<
-    Opt<
-        CorrelationL,
-        Opt<
-            JwtL,
-            Opt<
-                TimeoutLayer,
-                Opt<
-                    RetryLayer<IgnoreRejections<C>, P>,
-                    Opt<
-                        RateLimitL,
-                        Opt<
-                            CircuitBreakerLayer<IgnoreRejections<C>>,
-                            Opt<BulkheadLayer, Opt<TimeoutLayer, Opt<DiscoveryL<C>, S>>>,
-                        >,
-                    >,
-                >,
-            >,
-        >,
-    >,
-    C,
->;
+/// the [`AttemptService`] (hedge → rate limit → circuit breaker → bulkhead
+/// → attempt timeout → discovery) → `S`, each layer present only when
+/// configured (and its Cargo feature on). A
+/// [`BufferedHttpStack`](super::BufferedHttpStack) adds the fallback and
+/// coalescing under the token forwarding
+/// ([`BufferedHttpService`](super::BufferedHttpService)).
+pub type ClientService<S, C = HttpClassifier, P = HttpRequests> = Outer<Retried<S, C, P>, C>;
+
+/// The layers above the resilience ones: metrics, correlation id, token.
+pub(super) type Outer<S, C> = Observe<Opt<CorrelationL, Opt<JwtL, S>>, C>;
 
 /// The layers of one downstream service, built from its [`ClientConfig`] —
 /// a [`Layer`] that wraps a hyper-util client or a tonic `Channel` in the
@@ -97,13 +102,18 @@ pub type ClientService<S, C = HttpClassifier, P = HttpRequests> = Observe<
 /// assert_eq!(breaker.name(), "orders");
 /// # });
 /// ```
-pub struct ClientStack<C = HttpClassifier, P = HttpRequests> {
+///
+/// `A` holds the layers of a [`BufferedHttpStack`](super::BufferedHttpStack)
+/// (fallback, coalescing); `()` in the others.
+pub struct ClientStack<C = HttpClassifier, P = HttpRequests, A = ()> {
     name: String,
     observe: ObserveLayer<C>,
     correlation: Option<CorrelationL>,
     jwt: Option<JwtL>,
+    pub(super) answers: A,
     total: Option<TimeoutLayer>,
     retry: Option<RetryLayer<IgnoreRejections<C>, P>>,
+    hedge: Option<HedgeL<C, P>>,
     rate_limit: Option<RateLimitL>,
     breaker: Option<CircuitBreakerLayer<IgnoreRejections<C>>>,
     bulkhead: Option<BulkheadLayer>,
@@ -113,7 +123,7 @@ pub struct ClientStack<C = HttpClassifier, P = HttpRequests> {
     registry: Option<crate::discovery::Registry>,
 }
 
-impl<C: Clone, P: Clone> Clone for ClientStack<C, P>
+impl<C: Clone, P: Clone, A: Clone> Clone for ClientStack<C, P, A>
 where
     DiscoveryL<C>: Clone,
 {
@@ -123,8 +133,10 @@ where
             observe: self.observe.clone(),
             correlation: self.correlation.clone(),
             jwt: self.jwt.clone(),
+            answers: self.answers.clone(),
             total: self.total.clone(),
             retry: self.retry.clone(),
+            hedge: self.hedge.clone(),
             rate_limit: self.rate_limit.clone(),
             breaker: self.breaker.clone(),
             bulkhead: self.bulkhead.clone(),
@@ -136,14 +148,16 @@ where
     }
 }
 
-impl<C, P> fmt::Debug for ClientStack<C, P> {
+impl<C, P, A: fmt::Debug> fmt::Debug for ClientStack<C, P, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStack")
             .field("service", &self.name)
             .field("correlation", &self.correlation.is_some())
             .field("forward_token", &self.jwt.is_some())
+            .field("answers", &self.answers)
             .field("total_timeout", &self.total.is_some())
             .field("retry", &self.retry.is_some())
+            .field("hedge", &self.hedge.is_some())
             .field("rate_limit", &self.rate_limit.is_some())
             .field("circuit_breaker", &self.breaker.is_some())
             .field("bulkhead", &self.bulkhead.is_some())
@@ -164,23 +178,44 @@ where
     type Service = ClientService<S, C, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.outer(self.retried(inner))
+    }
+}
+
+impl<C: Clone, P: Clone, A> ClientStack<C, P, A> {
+    /// The total timeout, the retry and the attempt layers around `inner`.
+    pub(super) fn retried<S>(&self, inner: S) -> Retried<S, C, P>
+    where
+        DiscoveryL<C>: Layer<S>,
+    {
         let s = opt(&self.discovery, inner);
         let s = opt(&self.attempt, s);
         let s = opt(&self.bulkhead, s);
         let s = opt(&self.breaker, s);
         let s = opt(&self.rate_limit, s);
+        let s = opt(&self.hedge, s);
         let s = opt(&self.retry, s);
-        let s = opt(&self.total, s);
-        let s = opt(&self.jwt, s);
+        opt(&self.total, s)
+    }
+
+    /// The token, correlation and metrics layers around `inner`.
+    pub(super) fn outer<S>(&self, inner: S) -> Outer<S, C> {
+        let s = opt(&self.jwt, inner);
         let s = opt(&self.correlation, s);
         self.observe.layer(s)
     }
 }
 
-impl<C, P> ClientStack<C, P> {
+impl<C, P, A> ClientStack<C, P, A> {
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The hedge layer (its delay and budget), when the stack has one.
+    #[cfg(feature = "hedge")]
+    pub fn hedge(&self) -> Option<&HedgeL<C, P>> {
+        self.hedge.as_ref()
     }
 
     /// The circuit breaker's handle (for health reports and manual
@@ -210,13 +245,19 @@ impl ClientConfig {
     /// request — a `POST` — is sent once, whatever the failure: a `503`, an
     /// error, a per-attempt timeout.
     pub fn http_stack(&self) -> Result<ClientStack<HttpClassifier, HttpRequests>, StackError> {
+        self.stack_with(HttpClassifier::new(), self.http_requests()?)
+    }
+
+    /// The HTTP request policy: idempotent methods and those named in
+    /// `retry.idempotent`.
+    pub(super) fn http_requests(&self) -> Result<HttpRequests, StackError> {
         let mut requests = HttpRequests::new();
         for name in self.retry.iter().flat_map(|r| &r.idempotent) {
             requests = requests
                 .idempotent(name)
                 .map_err(|e| StackError::Section { service: self.name.clone(), source: Box::new(e) })?;
         }
-        self.stack_with(HttpClassifier::new(), requests)
+        Ok(requests)
     }
 
     /// The stack for a gRPC client (a tonic `Channel`): failures by
@@ -242,11 +283,35 @@ impl ClientConfig {
         self.stack_with(GrpcClassifier::new(), requests)
     }
 
-    /// The stack with any classifier and retry request policy.
-    pub fn stack_with<C: Clone, P>(&self, classifier: C, requests: P) -> Result<ClientStack<C, P>, StackError> {
+    /// The stack with any classifier and retry request policy. The
+    /// fallback and coalescing layers keep or share responses, so they need
+    /// a buffered body: a configuration with either is a
+    /// [`StackError::NeedsBufferedBody`] here (build it with
+    /// [`buffered_http_stack`](Self::buffered_http_stack)).
+    pub fn stack_with<C: Clone, P: Clone>(&self, classifier: C, requests: P) -> Result<ClientStack<C, P>, StackError> {
+        #[cfg(feature = "fallback")]
+        if self.fallback.is_some() {
+            return Err(StackError::NeedsBufferedBody { service: self.name.clone(), layer: "fallback" });
+        }
+        #[cfg(feature = "coalesce")]
+        if self.coalesce.is_some() {
+            return Err(StackError::NeedsBufferedBody { service: self.name.clone(), layer: "coalesce" });
+        }
+        self.build(classifier, requests, ())
+    }
+
+    /// Every layer, with `answers` (the fallback and coalescing of a
+    /// buffered stack, or `()`).
+    pub(super) fn build<C: Clone, P: Clone, A>(
+        &self,
+        classifier: C,
+        requests: P,
+        answers: A,
+    ) -> Result<ClientStack<C, P, A>, StackError> {
         let invalid = |source| StackError::Invalid { service: self.name.clone(), source };
         self.validate().map_err(invalid)?;
         let timeouts = self.timeout.layers().map_err(invalid)?;
+        let hedge = self.hedge_layer(&classifier, &requests)?;
         let retry = match &self.retry {
             Some(r) => Some(
                 RetryLayer::from_config(r)
@@ -296,8 +361,10 @@ impl ClientConfig {
             ),
             correlation,
             jwt,
+            answers,
             total: timeouts.total.map(|t| t.name(&self.name)),
             retry,
+            hedge,
             rate_limit,
             breaker,
             bulkhead,
@@ -306,6 +373,28 @@ impl ClientConfig {
             #[cfg(feature = "discovery")]
             registry,
         })
+    }
+
+    /// The hedge layer, when `hedge` is configured: the retry's classifier
+    /// and request policy (only requests safe to send twice are hedged).
+    #[allow(clippy::unnecessary_wraps)]
+    fn hedge_layer<C: Clone, P: Clone>(
+        &self,
+        classifier: &C,
+        requests: &P,
+    ) -> Result<Option<HedgeL<C, P>>, StackError> {
+        #[cfg(feature = "hedge")]
+        if let Some(h) = &self.hedge {
+            let layer = h
+                .builder(&self.name)
+                .classifier(IgnoreRejections(classifier.clone()))
+                .requests(requests.clone())
+                .build()
+                .map_err(|source| StackError::Invalid { service: self.name.clone(), source })?;
+            return Ok(Some(layer));
+        }
+        let _ = (classifier, requests);
+        Ok(None)
     }
 
     /// The token-forwarding layer, when `forward_token_to` names any host.

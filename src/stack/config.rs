@@ -28,6 +28,13 @@ use crate::timeout::TimeoutConfig;
 /// | timeouts (attempt / total) | 10 s / 30 s | 2 s / 5 s | 3 s / 10 s |
 /// | retry | 2 retries, 1 s ×2.0, ≤ 10 s | 2 retries, 10 ms ×2.0, ≤ 100 ms | 2 retries, 1 s ×2.0, ≤ 10 s, budget 20 % |
 /// | per-call log events | on | off | off |
+/// | hedge, fallback, coalesce | off | off | off |
+///
+/// Hedging, fallback and coalescing are off in every preset: a hedge adds
+/// load on the dependency (worth it where its latency tail matters), what a
+/// fallback answers is the application's choice, and both fallback and
+/// coalescing need a buffered response body
+/// ([`ClientConfig::buffered_http_stack`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
@@ -124,6 +131,27 @@ pub struct ClientConfig {
     /// the dependency's quota).
     #[cfg(feature = "rate-limit")]
     pub rate_limit: Option<crate::rate_limit::RateLimitConfig>,
+    /// Hedged requests (feature `hedge`): a copy of a safe request (as the
+    /// retry decides: idempotent methods, gRPC methods in
+    /// `retry.idempotent`) when the first has not answered after `delay`;
+    /// off in every preset (it adds load on the dependency; turn it on
+    /// where the latency tail matters).
+    #[cfg(feature = "hedge")]
+    #[serde(with = "toggle")]
+    pub hedge: Option<crate::hedge::HedgeConfig>,
+    /// A fallback answer (feature `fallback`): the last good answer to the
+    /// same `GET` / `HEAD`, then a fixed one; off in every preset (what to
+    /// answer is the application's choice). Needs
+    /// [`buffered_http_stack`](Self::buffered_http_stack).
+    #[cfg(feature = "fallback")]
+    #[serde(with = "toggle")]
+    pub fallback: Option<crate::fallback::FallbackConfig>,
+    /// Identical `GET` / `HEAD` requests in flight share one call (feature
+    /// `coalesce`); off in every preset (callers get copies of one
+    /// response). Needs [`buffered_http_stack`](Self::buffered_http_stack).
+    #[cfg(feature = "coalesce")]
+    #[serde(with = "toggle")]
+    pub coalesce: Option<crate::coalesce::CoalesceConfig>,
     /// Attach the correlation id and trace context in scope to every request
     /// (needs the `correlation-id` feature; on by default when it is
     /// enabled).
@@ -163,6 +191,12 @@ impl fmt::Debug for ClientConfig {
             .field("bulkhead", &self.bulkhead);
         #[cfg(feature = "rate-limit")]
         d.field("rate_limit", &self.rate_limit);
+        #[cfg(feature = "hedge")]
+        d.field("hedge", &self.hedge);
+        #[cfg(feature = "fallback")]
+        d.field("fallback", &self.fallback);
+        #[cfg(feature = "coalesce")]
+        d.field("coalesce", &self.coalesce);
         d.field("correlation", &self.correlation)
             .field("forward_token_to", &urls(&self.forward_token_to))
             .field("endpoints", &urls(&self.endpoints))
@@ -270,6 +304,12 @@ impl ClientConfig {
             bulkhead: Some(BulkheadConfig { max_concurrent_calls: max_calls, max_wait: Duration::ZERO }),
             #[cfg(feature = "rate-limit")]
             rate_limit: None,
+            #[cfg(feature = "hedge")]
+            hedge: None,
+            #[cfg(feature = "fallback")]
+            fallback: None,
+            #[cfg(feature = "coalesce")]
+            coalesce: None,
             correlation: cfg!(feature = "correlation-id"),
             forward_token_to: Vec::new(),
             endpoints: Vec::new(),
@@ -303,6 +343,9 @@ impl ClientConfig {
     /// - a bulkhead's wait for a permit and the first retry delay shorter
     ///   than the total timeout (otherwise they can only end in a timeout);
     /// - a retry budget ratio within 0–1;
+    /// - a fixed hedge delay shorter than the attempt and total timeouts;
+    /// - a fallback with something to answer from, valid header names and
+    ///   status; a coalescing bound above zero;
     /// - sections that need a Cargo feature that is not enabled.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.timeout.validate()?;
@@ -343,6 +386,16 @@ impl ClientConfig {
                 });
             }
         }
+        #[cfg(feature = "hedge")]
+        self.validate_hedge()?;
+        #[cfg(feature = "fallback")]
+        if let Some(f) = &self.fallback {
+            f.validate()?;
+        }
+        #[cfg(feature = "coalesce")]
+        if let Some(c) = &self.coalesce {
+            c.validate()?;
+        }
         if let Some(b) = &self.bulkhead {
             b.validate()?;
             if total.is_some_and(|t| b.max_wait >= t) {
@@ -373,6 +426,33 @@ impl ClientConfig {
                 other: "features",
                 reason: "needs the `discovery` Cargo feature",
             });
+        }
+        Ok(())
+    }
+}
+
+impl ClientConfig {
+    /// The hedge's own checks, and a fixed delay shorter than the timeouts
+    /// (otherwise no hedge could be sent).
+    #[cfg(feature = "hedge")]
+    fn validate_hedge(&self) -> Result<(), ConfigError> {
+        let Some(h) = &self.hedge else { return Ok(()) };
+        h.validate()?;
+        if let crate::hedge::DelaySpec::Fixed(delay) = h.delay {
+            if self.timeout.attempt.is_some_and(|t| delay >= t) {
+                return Err(ConfigError::Conflict {
+                    field: "hedge.delay",
+                    other: "timeout.attempt",
+                    reason: "an attempt times out before its hedge is due, so no hedge could be sent",
+                });
+            }
+            if self.timeout.total.is_some_and(|t| delay >= t) {
+                return Err(ConfigError::Conflict {
+                    field: "hedge.delay",
+                    other: "timeout.total",
+                    reason: "the call times out before a hedge is due, so no hedge could be sent",
+                });
+            }
         }
         Ok(())
     }

@@ -30,6 +30,15 @@ pub enum StackError {
     UnknownPreset(String),
     /// A key that must hold a table holds something else.
     NotATable(String),
+    /// A layer that keeps or shares responses (`fallback`, `coalesce`) is
+    /// configured for a stack built without a buffered body: build it with
+    /// [`ClientConfig::buffered_http_stack`](super::ClientConfig::buffered_http_stack).
+    NeedsBufferedBody {
+        /// The service.
+        service: String,
+        /// The layer's section.
+        layer: &'static str,
+    },
     /// The values do not work together (see [`ClientConfig::validate`](super::ClientConfig::validate)).
     Invalid {
         /// The service (or `server`).
@@ -52,6 +61,11 @@ impl fmt::Display for StackError {
                 write!(f, "unknown preset {p:?} (expected `development`, `testing` or `production`)")
             }
             StackError::NotATable(k) => write!(f, "`{k}` must be a table"),
+            StackError::NeedsBufferedBody { service, layer } => write!(
+                f,
+                "`{layer}` of `{service}` keeps or shares responses: build the stack with `buffered_http_stack` \
+                 around a client with a buffered response body"
+            ),
             StackError::Invalid { service, .. } => write!(f, "invalid configuration for `{service}`"),
         }
     }

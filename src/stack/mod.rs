@@ -15,8 +15,11 @@
 //!   request ─▶ Observe          metrics + log of the whole call, retries included
 //!            ─▶ CorrelationId    one id and trace for every attempt
 //!            ─▶ Jwt (forward)    token added once, to allowed authorities only
+//!            ─▶ Fallback         answers a failed or rejected call (feature fallback, buffered stack)
+//!            ─▶ Coalesce         identical GETs in flight share one call (feature coalesce, buffered stack)
 //!            ─▶ Timeout (total)  bounds the call, backoff included; deadline in extensions
 //!            ─▶ Retry            sees every failure below; never sleeps past the deadline
+//!            ─▶ Hedge            a copy of a slow safe request; each copy is an attempt (feature hedge)
 //!            ─▶ RateLimit        a permit per attempt, waiting up to max_wait (feature rate-limit)
 //!            ─▶ CircuitBreaker   one outcome per attempt; open = fast rejection
 //!            ─▶ Bulkhead         a permit per attempt in flight
@@ -36,6 +39,23 @@
 //! - **The total timeout above the retry** bounds the whole call including
 //!   backoff sleeps; the retry reads the deadline and does not start a retry
 //!   that cannot finish.
+//! - **The fallback outermost of the resilience layers**: it sees every
+//!   outcome below — a total timeout, a [`RetryRejected`] keeping the last
+//!   failure, an open circuit, a full bulkhead — and answers each the same
+//!   way (the last good answer, then a fixed one), marked as a fallback.
+//! - **Coalescing above the total timeout and the retry**: identical
+//!   requests in flight share one whole call, retries included, so a
+//!   hundred waiting callers cost the dependency one call (and one retry
+//!   budget deposit, one breaker outcome per attempt), not a hundred; the
+//!   shared call runs under the deadline of the caller that started it,
+//!   and a waiter that takes it over under its own.
+//! - **The hedge below the retry and the total timeout, above the rate
+//!   limit, breaker, bulkhead and attempt timeout**: a hedge is one more
+//!   attempt, so it takes a rate-limit and bulkhead permit, is an outcome
+//!   for the breaker (a dropped loser counts as cancelled, ignored), and
+//!   has its own attempt timeout; the retry sees one answer — the first
+//!   good one — and retries only when every copy failed; the hedge reads
+//!   the total timeout's deadline and sends no copy that cannot finish.
 //! - **The rate limit below the retry, above the breaker and bulkhead**:
 //!   each attempt is a request the dependency's quota counts; a call it
 //!   rejects takes no bulkhead permit and is no outcome for the breaker;
@@ -53,6 +73,26 @@
 //! - **Correlation and token outermost**: every attempt carries the same
 //!   id and trace id, and the token allowlist is checked against the
 //!   logical authority before discovery rewrites it.
+//!
+//! # Hedge, fallback and coalescing
+//!
+//! ```toml
+//! [client.catalog]
+//! hedge = { delay = "p95", max = 1, budget = 0.05, min_samples = 100 }   # or delay = "10ms"
+//! fallback = { on = "rejections", ttl = "60s", answer = { status = 200, body = "[]" } }
+//! coalesce = { max_keys = 10000 }
+//! ```
+//!
+//! All three are off in every preset. The hedge works with
+//! [`ClientConfig::http_stack`] and [`ClientConfig::grpc_stack`] and copies
+//! only what the retry would resend. The fallback and coalescing keep or
+//! share responses: they need a buffered response body (`Clone`, made
+//! from `Bytes`: `Full<Bytes>`), so a configuration with either is built
+//! with [`ClientConfig::buffered_http_stack`] (the others return
+//! [`StackError::NeedsBufferedBody`]). A file can ask for a stale-cache or
+//! a fixed fallback answer; a closure or a second service as the fallback
+//! is code only ([`FallbackLayer`](crate::fallback::FallbackLayer), put
+//! above the stack).
 //!
 //! # What is retried
 //!
@@ -119,6 +159,7 @@
 //! [`CircuitOpen`]: crate::circuit_breaker::CircuitOpen
 //! [`RetryRejected`]: crate::retry::RetryRejected
 
+mod buffered;
 mod client;
 mod config;
 mod error;
@@ -128,8 +169,11 @@ mod optional;
 mod server;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_answers;
 
-pub use client::{ClientService, ClientStack, Passthrough};
+pub use buffered::{Answers, BufferedHttpService, BufferedHttpStack};
+pub use client::{AttemptService, ClientService, ClientStack, Passthrough};
 pub use config::{ClientConfig, MeshConfig, Preset, ServerConfig};
 pub use error::StackError;
 pub use load::{CONFIG_FILE_ENV, ENV_PREFIX};
