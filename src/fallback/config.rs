@@ -194,7 +194,7 @@ struct Prepared {
 /// The source of a configured fallback ([`FallbackConfig::layer`]): the
 /// stale cache, then the fixed answer.
 pub struct Configured<B, ResB> {
-    stale: Option<Stale<HttpKeyFn<B>, HttpKey, Response<ResB>>>,
+    stale: Option<Stale<HttpKey, HttpKeyFn<B>, Response<ResB>>>,
     answer: Option<Arc<Prepared>>,
 }
 
@@ -212,7 +212,7 @@ impl<B, ResB> std::fmt::Debug for Configured<B, ResB> {
 
 impl<B, ResB> Configured<B, ResB> {
     /// The stale cache, if configured.
-    pub fn stale(&self) -> Option<&Stale<HttpKeyFn<B>, HttpKey, Response<ResB>>> {
+    pub fn stale(&self) -> Option<&Stale<HttpKey, HttpKeyFn<B>, Response<ResB>>> {
         self.stale.as_ref()
     }
 }

@@ -19,7 +19,7 @@ type FallbackL<B, ResB> = crate::fallback::ConfiguredFallbackLayer<B, ResB>;
 type FallbackL<B, ResB> = super::Passthrough<(B, ResB)>;
 #[cfg(feature = "coalesce")]
 type CoalesceL<B, ResB> =
-    crate::coalesce::CoalesceLayer<crate::coalesce::HttpKeyFn<B>, crate::request_key::HttpKey, http::Response<ResB>>;
+    crate::coalesce::CoalesceLayer<crate::request_key::HttpKey, crate::coalesce::HttpKeyFn<B>, http::Response<ResB>>;
 #[cfg(not(feature = "coalesce"))]
 type CoalesceL<B, ResB> = super::Passthrough<(B, ResB)>;
 
