@@ -147,7 +147,7 @@ async fn the_stacks_hedge_sends_a_second_attempt_after_the_delay() {
     let c = calls.clone();
     // The first attempt of each call hangs for a second; a copy answers at once.
     let svc = ServiceBuilder::new().layer(stack).service_fn(move |req: Request<Body>| {
-        let first = c.fetch_add(1, Ordering::SeqCst) % 2 == 0 || req.method() == http::Method::POST;
+        let first = c.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) || req.method() == http::Method::POST;
         async move {
             if first {
                 tokio::time::sleep(Duration::from_secs(1)).await;
